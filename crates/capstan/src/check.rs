@@ -1,0 +1,72 @@
+//! `capstan check`: every problem of the home at once.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use capstan_core::Severity;
+
+use crate::cli::CheckArgs;
+use crate::home::{diagnostic_json, plural};
+use crate::{Exit, exit};
+
+pub fn run(root: &Path, args: &CheckArgs) -> anyhow::Result<u8> {
+    let (home, diags) = capstan_core::load_home(root)?;
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diags.len() - errors;
+    if args.json {
+        let out = serde_json::json!({
+            "home": root.display().to_string(),
+            "ok": errors == 0,
+            "errors": errors,
+            "warnings": warnings,
+            "diagnostics": diags.iter().map(diagnostic_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for d in &diags {
+            println!("{d}");
+        }
+        if errors > 0 {
+            let files: BTreeSet<_> = diags.iter().map(|d| &d.file).collect();
+            println!(
+                "{errors} error{}{} in {} file{}",
+                plural(errors),
+                if warnings > 0 {
+                    format!(", {warnings} warning{}", plural(warnings))
+                } else {
+                    String::new()
+                },
+                files.len(),
+                plural(files.len())
+            );
+        } else {
+            let recipes: usize = home.projects.values().map(|p| p.recipes.len()).sum();
+            println!(
+                "ok: {} execution configuration{}, {} Spark configuration{}, {} cluster{}, {} base image{}, {} code environment{}, {} user{}, {} project{} with {} recipe{}",
+                home.exec_configs.len(),
+                plural(home.exec_configs.len()),
+                home.spark_configs.len(),
+                plural(home.spark_configs.len()),
+                home.clusters.len(),
+                plural(home.clusters.len()),
+                home.base_images.len(),
+                plural(home.base_images.len()),
+                home.code_envs.len(),
+                plural(home.code_envs.len()),
+                home.users.len(),
+                plural(home.users.len()),
+                home.projects.len(),
+                plural(home.projects.len()),
+                recipes,
+                plural(recipes),
+            );
+        }
+    }
+    if errors > 0 {
+        return Err(Exit(exit::FAILURE).into());
+    }
+    Ok(exit::OK)
+}

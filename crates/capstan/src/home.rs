@@ -1,0 +1,58 @@
+//! Finding and loading the home for a command.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use capstan_core::{Diagnostic, Home, Severity};
+
+/// The home to use: `--home` / `CAPSTAN_HOME`, else the current folder if it holds capstan.toml.
+pub fn locate(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    if cwd.join("capstan.toml").is_file() {
+        return Ok(cwd);
+    }
+    bail!(
+        "no capstan home: pass --home DIR or set CAPSTAN_HOME (create one with `capstan init DIR`)"
+    )
+}
+
+/// Loads a home and fails, printing every error, if it has any. Warnings are printed and kept.
+pub fn load_valid(root: &Path) -> anyhow::Result<Home> {
+    let (home, diags) = capstan_core::load_home(root)?;
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    for d in &diags {
+        eprintln!("{d}");
+    }
+    if errors > 0 {
+        bail!(
+            "{} has {errors} configuration error{}; fix {} (`capstan check` lists {})",
+            root.display(),
+            plural(errors),
+            if errors == 1 { "it" } else { "them" },
+            if errors == 1 { "it" } else { "them" },
+        );
+    }
+    Ok(home)
+}
+
+pub fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+pub fn diagnostic_json(d: &Diagnostic) -> serde_json::Value {
+    serde_json::json!({
+        "severity": d.severity.to_string(),
+        "file": d.file.display().to_string(),
+        "line": d.line,
+        "column": d.col,
+        "field": d.field,
+        "message": d.message,
+        "help": d.help,
+    })
+}

@@ -1,0 +1,46 @@
+//! capstan's core: the domain model of an instance home, loading and validating its
+//! configuration, and resolving the effective settings of a run with their provenance.
+//!
+//! This crate does no I/O beyond reading a home's files ([`HomeFiles::read`]). Everything that
+//! talks to a database, an engine or the network lives in other crates.
+//!
+//! Start at [`load_home`], then [`resolve::resolve`].
+
+pub mod diag;
+pub mod load;
+pub mod model;
+pub mod quantity;
+pub mod resolve;
+pub mod sample;
+pub mod token;
+mod toml_read;
+mod validate;
+
+use std::path::Path;
+
+pub use diag::{Diagnostic, Severity};
+pub use load::HomeFiles;
+pub use model::Home;
+pub use toml_read::{check_name, suggest};
+pub use validate::{DOCKER_MIN_MEMORY, SPARK_MIN_MEMORY, SPARK_OWNED_CONF};
+
+/// Why a home could not be read at all (as opposed to being read with problems).
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("cannot read home {path}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads and validates the home at `root`. The diagnostics are sorted by file and position.
+pub fn load_home(root: &Path) -> Result<(Home, Vec<Diagnostic>), HomeError> {
+    let files = HomeFiles::read(root).map_err(|source| HomeError::Read {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let (home, diags) = load::load(root, &files);
+    Ok((home, diags.into_sorted()))
+}

@@ -1,0 +1,1103 @@
+//! Loading a home: reading its files and decoding each kind of TOML file.
+//!
+//! Layout of a home (every file but `capstan.toml` is optional):
+//!
+//! ```text
+//! capstan.toml            [instance], [defaults], [server]
+//! exec-configs.toml       [exec_config.NAME]
+//! spark-configs.toml      [spark_config.NAME]
+//! clusters.toml           [cluster.NAME]
+//! images.toml             [base_image.NAME], [code_env.NAME]
+//! users.toml              [group.NAME], [user.NAME]
+//! projects/KEY/project.toml         [project], [defaults], [dataset.NAME]
+//! projects/KEY/recipes/NAME.toml    one recipe; its code next to it (NAME.py, NAME.R, NAME.sh)
+//! projects/KEY/lib/                 the project's shared code, shipped with every recipe
+//! state/                            the daemon's database and logs (not configuration)
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+
+use crate::diag::{Diagnostics, Loc, SourceFile, SourceMap};
+use crate::model::*;
+use crate::toml_read::{Cx, Table, Value, check_name, type_name, unknown_help};
+
+/// Folders of a home that hold state or data, not configuration; never scanned.
+pub const NON_CONFIG_DIRS: [&str; 4] = ["state", "data", ".git", "target"];
+
+/// The files of a home, read into memory: TOML files with their bytes, others by path only.
+///
+/// Loading works on this rather than on the disk so tests (and fuzzing) can feed any bytes.
+#[derive(Debug, Default, Clone)]
+pub struct HomeFiles {
+    pub toml: BTreeMap<PathBuf, Vec<u8>>,
+    pub others: BTreeSet<PathBuf>,
+}
+
+impl HomeFiles {
+    /// Reads a home folder. Only I/O errors on the folder itself are returned; unreadable files
+    /// become diagnostics at load.
+    pub fn read(root: &Path) -> std::io::Result<HomeFiles> {
+        let mut files = HomeFiles::default();
+        if !root.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        walk(root, Path::new(""), 0, &mut files)?;
+        Ok(files)
+    }
+
+    pub fn exists(&self, rel: &Path) -> bool {
+        self.toml.contains_key(rel) || self.others.contains(rel)
+    }
+}
+
+fn walk(root: &Path, rel: &Path, depth: usize, files: &mut HomeFiles) -> std::io::Result<()> {
+    // Deep trees are not configuration; stop before a symlink loop or a huge data folder costs us.
+    if depth > 8 {
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let rel_path = rel.join(&name);
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            if depth == 0 && NON_CONFIG_DIRS.iter().any(|d| name == *d) {
+                continue;
+            }
+            walk(root, &rel_path, depth + 1, files)?;
+        } else if rel_path.extension().is_some_and(|e| e == "toml") {
+            match std::fs::read(root.join(&rel_path)) {
+                Ok(bytes) => {
+                    files.toml.insert(rel_path, bytes);
+                }
+                Err(_) => {
+                    // Recorded with no content; load reports it.
+                    files.others.insert(rel_path);
+                }
+            }
+        } else {
+            files.others.insert(rel_path);
+        }
+    }
+    Ok(())
+}
+
+/// Loads and validates a home from its files. Returns the home (as much of it as could be read)
+/// and every problem found.
+pub fn load(root: &Path, files: &HomeFiles) -> (Home, Diagnostics) {
+    let mut loader = Loader {
+        sources: SourceMap::default(),
+        diags: Diagnostics::default(),
+        files,
+    };
+    let mut home = Home {
+        root: root.to_path_buf(),
+        sources: SourceMap::default(),
+        instance: Instance::default(),
+        exec_configs: BTreeMap::new(),
+        spark_configs: BTreeMap::new(),
+        clusters: BTreeMap::new(),
+        base_images: BTreeMap::new(),
+        code_envs: BTreeMap::new(),
+        groups: BTreeMap::new(),
+        users: BTreeMap::new(),
+        projects: BTreeMap::new(),
+    };
+
+    let instance_path = Path::new("capstan.toml");
+    if files.toml.contains_key(instance_path) {
+        loader.file(instance_path, |cx, t| {
+            home.instance = decode_instance(cx, t)
+        });
+    } else {
+        loader.diags.file_error(
+            instance_path,
+            "not a capstan home: capstan.toml is missing (create one with `capstan init DIR`)",
+        );
+    }
+    loader.file(Path::new("exec-configs.toml"), |cx, t| {
+        named_tables(
+            cx,
+            t,
+            "exec_config",
+            &mut home.exec_configs,
+            decode_exec_config,
+        )
+    });
+    loader.file(Path::new("spark-configs.toml"), |cx, t| {
+        named_tables(
+            cx,
+            t,
+            "spark_config",
+            &mut home.spark_configs,
+            decode_spark_config,
+        )
+    });
+    loader.file(Path::new("clusters.toml"), |cx, t| {
+        named_tables(cx, t, "cluster", &mut home.clusters, decode_cluster)
+    });
+    loader.file(Path::new("images.toml"), |cx, t| {
+        named_tables(
+            cx,
+            t,
+            "base_image",
+            &mut home.base_images,
+            decode_base_image,
+        );
+        named_tables(cx, t, "code_env", &mut home.code_envs, decode_code_env);
+    });
+    loader.file(Path::new("users.toml"), |cx, t| {
+        named_tables(cx, t, "group", &mut home.groups, decode_group);
+        named_tables(cx, t, "user", &mut home.users, decode_user);
+    });
+
+    // Projects: every folder under projects/ with a project.toml.
+    let project_files: Vec<PathBuf> = files
+        .toml
+        .keys()
+        .filter(|p| {
+            let c: Vec<_> = p.components().collect();
+            c.len() == 3 && c[0].as_os_str() == "projects" && c[2].as_os_str() == "project.toml"
+        })
+        .cloned()
+        .collect();
+    for path in project_files {
+        let key = path
+            .components()
+            .nth(1)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut project = None;
+        loader.file(&path, |cx, t| {
+            if let Err(e) = check_name(&key) {
+                cx.error(&(0..0), "", format!("project folder name: {e}"), None);
+            }
+            project = Some(decode_project(cx, t, &key, files));
+        });
+        let Some(mut project) = project else { continue };
+        let recipe_dir = Path::new("projects").join(&key).join("recipes");
+        let recipe_files: Vec<PathBuf> = files
+            .toml
+            .keys()
+            .filter(|p| p.parent() == Some(recipe_dir.as_path()))
+            .cloned()
+            .collect();
+        for rpath in recipe_files {
+            let name = rpath
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            loader.file(&rpath, |cx, t| {
+                if let Err(e) = check_name(&name) {
+                    cx.error(&(0..0), "", format!("recipe file name: {e}"), None);
+                }
+                let recipe = decode_recipe(cx, t, &name, &recipe_dir, files);
+                project.recipes.insert(name.clone(), recipe);
+            });
+        }
+        home.projects.insert(key, project);
+    }
+    // A recipes folder without project.toml is almost certainly a mistake worth reporting.
+    for p in files.toml.keys() {
+        let c: Vec<_> = p.components().collect();
+        if c.len() == 4 && c[0].as_os_str() == "projects" && c[2].as_os_str() == "recipes" {
+            let key = c[1].as_os_str().to_string_lossy();
+            if !home.projects.contains_key(key.as_ref()) {
+                loader.diags.file_error(
+                    p,
+                    format!("recipe of project `{key}`, which has no projects/{key}/project.toml"),
+                );
+            }
+        }
+    }
+
+    home.sources = loader.sources;
+    let mut diags = loader.diags;
+    crate::validate::validate(&home, files, &mut diags);
+    (home, diags)
+}
+
+struct Loader<'f> {
+    sources: SourceMap,
+    diags: Diagnostics,
+    files: &'f HomeFiles,
+}
+
+impl Loader<'_> {
+    /// Parses one file (if present) and hands its top-level table to `decode`.
+    fn file(&mut self, rel: &Path, decode: impl FnOnce(&mut Cx<'_>, &mut Table<'_, '_>)) {
+        let Some(bytes) = self.files.toml.get(rel) else {
+            if self.files.others.contains(rel) {
+                self.diags.file_error(rel, "cannot read this file");
+            }
+            return;
+        };
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t.to_string(),
+            Err(e) => {
+                let file = SourceFile::new(
+                    rel.to_path_buf(),
+                    String::from_utf8_lossy(bytes).into_owned(),
+                );
+                let id = self.sources.add(file);
+                let loc = self.sources.loc(id, &(e.valid_up_to()..e.valid_up_to()));
+                self.diags
+                    .error_at(&self.sources, loc, "", "file is not valid UTF-8", None);
+                return;
+            }
+        };
+        let id = self.sources.add(SourceFile::new(rel.to_path_buf(), text));
+        let text = &self.sources.get(id).text;
+        let (doc, errors) = DeTable::parse_recoverable(text);
+        let mut cx = Cx {
+            sources: &self.sources,
+            file: id,
+            diags: &mut self.diags,
+        };
+        let had_syntax_errors = !errors.is_empty();
+        for e in errors {
+            let span = e.span().unwrap_or(0..0);
+            cx.error(
+                &span,
+                "",
+                format!("invalid TOML: {}", e.message().trim()),
+                None,
+            );
+        }
+        // After a syntax error the recovered tree may be partial; decoding it would add noise
+        // about "missing" fields that are only missing because of the syntax error.
+        if had_syntax_errors {
+            return;
+        }
+        let span = doc.span();
+        let mut table = Table::new(doc.get_ref(), span, "");
+        decode(&mut cx, &mut table);
+        table.finish(&mut cx);
+    }
+}
+
+/// Decodes `[PREFIX.NAME]` tables into `out`, keyed by name.
+fn named_tables<T>(
+    cx: &mut Cx<'_>,
+    top: &mut Table<'_, '_>,
+    prefix: &'static str,
+    out: &mut BTreeMap<String, T>,
+    decode: impl Fn(&mut Cx<'_>, &mut Table<'_, '_>, &str, Loc) -> T,
+) {
+    let Some(mut all) = top.sub_table(cx, prefix) else {
+        return;
+    };
+    for (key, value) in all.entries() {
+        let name = key.get_ref().to_string();
+        let field = all.field(&name);
+        if let Err(e) = check_name(&name) {
+            cx.error(&key.span(), &field, e, None);
+            continue;
+        }
+        let Some(table) = value.get_ref().as_table() else {
+            cx.error(
+                &value.span(),
+                &field,
+                format!("expected a table, found {}", type_name(value.get_ref())),
+                Some(format!("write it as [{prefix}.{name}]")),
+            );
+            continue;
+        };
+        let mut t = Table::new(table, value.span(), field);
+        let loc = cx.loc(&key.span());
+        let item = decode(cx, &mut t, &name, loc);
+        t.finish(cx);
+        out.insert(name, item);
+    }
+    all.accept_all();
+}
+
+fn description(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Option<String> {
+    t.str(cx, "description").map(|s| s.value)
+}
+
+fn allowed(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Allowed {
+    match t.string_list(cx, "allowed_groups") {
+        Some(list) => Allowed::Groups(list.value),
+        None => Allowed::Everyone,
+    }
+}
+
+/// Reads an enumerated string field; reports the valid choices (and the nearest) when wrong.
+fn choice<T>(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    key: &'static str,
+    names: &[&str],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<Sourced<T>> {
+    let v = t.get(key)?;
+    let field = t.field(key);
+    let Some(s) = v.get_ref().as_str() else {
+        cx.error(
+            &v.span(),
+            &field,
+            format!("expected a string, found {}", type_name(v.get_ref())),
+            Some(format!("one of: {}", names.join(", "))),
+        );
+        return None;
+    };
+    match parse(s) {
+        Some(value) => Some(Sourced {
+            value,
+            loc: cx.loc(&v.span()),
+        }),
+        None => {
+            cx.error(
+                &v.span(),
+                &field,
+                format!("unknown value `{s}`"),
+                Some(unknown_help(s, names, "value")),
+            );
+            None
+        }
+    }
+}
+
+fn required<T>(
+    cx: &mut Cx<'_>,
+    t: &Table<'_, '_>,
+    key: &str,
+    v: Option<T>,
+    what: &str,
+) -> Option<T> {
+    if v.is_none() && t.get_quiet(key).is_none() {
+        cx.error(
+            &t.span,
+            &t.field(key),
+            format!("missing field `{key}`"),
+            Some(format!("expected {what}")),
+        );
+    }
+    v
+}
+
+impl<'t, 'i> Table<'t, 'i> {
+    /// Looks a key up without marking it read (to tell "missing" from "present but bad").
+    fn get_quiet(&self, key: &str) -> Option<&'t Value<'i>> {
+        self.entries()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(_, v)| v)
+    }
+}
+
+fn tolerations(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Vec<Sourced<Toleration>> {
+    let mut out = Vec::new();
+    let Some(v) = t.get("tolerations") else {
+        return out;
+    };
+    let field = t.field("tolerations");
+    let Some(items) = v.get_ref().as_array() else {
+        cx.error(
+            &v.span(),
+            &field,
+            format!(
+                "expected an array of tables, found {}",
+                type_name(v.get_ref())
+            ),
+            None,
+        );
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let Some(table) = item.get_ref().as_table() else {
+            cx.error(
+                &item.span(),
+                &format!("{field}[{i}]"),
+                format!("expected a table, found {}", type_name(item.get_ref())),
+                None,
+            );
+            continue;
+        };
+        let mut tt = Table::new(table, item.span(), format!("{field}[{i}]"));
+        let operator = choice(cx, &mut tt, "operator", &["Equal", "Exists"], |s| {
+            ["Equal", "Exists"].contains(&s).then(|| s.to_string())
+        });
+        let effect = choice(
+            cx,
+            &mut tt,
+            "effect",
+            &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            |s| {
+                ["NoSchedule", "PreferNoSchedule", "NoExecute"]
+                    .contains(&s)
+                    .then(|| s.to_string())
+            },
+        );
+        let tol = Toleration {
+            key: tt.str(cx, "key").map(|s| s.value),
+            operator: operator.map(|s| s.value),
+            value: tt.str(cx, "value").map(|s| s.value),
+            effect: effect.map(|s| s.value),
+            toleration_seconds: tt.u32(cx, "toleration_seconds").map(|s| s.value),
+        };
+        tt.finish(cx);
+        out.push(Sourced {
+            value: tol,
+            loc: cx.loc(&item.span()),
+        });
+    }
+    out
+}
+
+/// The settings shared by every layer (instance `[defaults]`, project `[defaults]`, a recipe).
+pub(crate) fn decode_layer(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> LayerSettings {
+    let s = LayerSettings {
+        exec_config: t.name(cx, "exec_config"),
+        cluster: t.name(cx, "cluster"),
+        spark_config: t.name(cx, "spark_config"),
+        code_env: t.name(cx, "code_env"),
+        namespace: t.str(cx, "namespace"),
+        timeout: t.duration(cx, "timeout"),
+        cpu_request: t.cpu(cx, "cpu_request"),
+        cpu_limit: t.cpu(cx, "cpu_limit"),
+        memory_request: t.memory(cx, "memory_request"),
+        memory_limit: t.memory(cx, "memory_limit"),
+        gpus: t.u32(cx, "gpus"),
+        env: t.string_map(cx, "env"),
+    };
+    request_within_limit(cx, &s.cpu_request, &s.cpu_limit, t, "cpu");
+    request_within_limit(cx, &s.memory_request, &s.memory_limit, t, "memory");
+    s
+}
+
+fn request_within_limit<T: PartialOrd + std::fmt::Display>(
+    cx: &mut Cx<'_>,
+    request: &Option<Sourced<T>>,
+    limit: &Option<Sourced<T>>,
+    t: &Table<'_, '_>,
+    what: &str,
+) {
+    if let (Some(r), Some(l)) = (request, limit)
+        && r.value > l.value
+    {
+        let loc = r.loc;
+        cx.diags.error_at(
+            cx.sources,
+            loc,
+            &t.field(&format!("{what}_request")),
+            format!("request {} is above the limit {}", r.value, l.value),
+            Some(format!("lower {what}_request or raise {what}_limit")),
+        );
+    }
+}
+
+fn decode_instance(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Instance {
+    let mut instance = Instance::default();
+    if let Some(mut i) = t.sub_table(cx, "instance") {
+        instance.name = i.str(cx, "name").map(|s| s.value);
+        i.finish(cx);
+    }
+    if let Some(mut d) = t.sub_table(cx, "defaults") {
+        instance.defaults = decode_layer(cx, &mut d);
+        d.finish(cx);
+    }
+    if let Some(mut s) = t.sub_table(cx, "server") {
+        instance.server_bind = s.str(cx, "bind");
+        instance.server_public_url = s.str(cx, "public_url");
+        s.finish(cx);
+    }
+    instance
+}
+
+fn decode_exec_config(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc) -> ExecConfig {
+    let kind = choice(cx, t, "kind", &ExecKind::NAMES, ExecKind::parse);
+    let kind = required(cx, t, "kind", kind, "one of: local, docker, kubernetes");
+    let mut docker = DockerOptions::default();
+    if let Some(mut d) = t.sub_table(cx, "docker") {
+        docker.network = d.str(cx, "network");
+        docker.runtime = d.str(cx, "runtime");
+        docker.cap_add = d
+            .string_list(cx, "cap_add")
+            .map(|l| l.value)
+            .unwrap_or_default();
+        docker.extra_hosts = d
+            .string_list(cx, "extra_hosts")
+            .map(|l| l.value)
+            .unwrap_or_default();
+        docker.volumes = d
+            .string_list(cx, "volumes")
+            .map(|l| l.value)
+            .unwrap_or_default();
+        d.finish(cx);
+    }
+    let pod_patch = t.raw("pod_patch").and_then(|v| {
+        if v.get_ref().as_table().is_none() {
+            cx.error(
+                &v.span(),
+                &t.field("pod_patch"),
+                format!(
+                    "expected a table (a partial pod spec), found {}",
+                    type_name(v.get_ref())
+                ),
+                None,
+            );
+            return None;
+        }
+        Some(Sourced {
+            value: to_toml_value(v),
+            loc: cx.loc(&v.span()),
+        })
+    });
+    let c = ExecConfig {
+        name: name.to_string(),
+        loc,
+        description: description(cx, t),
+        kind: kind.unwrap_or(Sourced {
+            value: ExecKind::Local,
+            loc,
+        }),
+        base_image: t.name(cx, "base_image"),
+        image: t.str(cx, "image"),
+        registry: t.str(cx, "registry"),
+        context: t.str(cx, "context"),
+        namespace: t.str(cx, "namespace"),
+        create_namespace: t.bool(cx, "create_namespace").is_some_and(|b| b.value),
+        cpu_request: t.cpu(cx, "cpu_request"),
+        cpu_limit: t.cpu(cx, "cpu_limit"),
+        memory_request: t.memory(cx, "memory_request"),
+        memory_limit: t.memory(cx, "memory_limit"),
+        gpus: t.u32(cx, "gpus"),
+        shm_size: t.memory(cx, "shm_size"),
+        resources: t.quantity_map(cx, "resources"),
+        env: t.string_map(cx, "env"),
+        node_selector: t.string_map(cx, "node_selector"),
+        tolerations: tolerations(cx, t),
+        docker,
+        pod_patch,
+        image_pull_secrets: t
+            .string_list(cx, "image_pull_secrets")
+            .map(|l| l.value)
+            .unwrap_or_default(),
+        service_account: t.str(cx, "service_account"),
+        timeout: t.duration(cx, "timeout"),
+        pending_timeout: t.duration(cx, "pending_timeout"),
+        max_concurrent: t.u32(cx, "max_concurrent"),
+        allowed: allowed(cx, t),
+    };
+    request_within_limit(cx, &c.cpu_request, &c.cpu_limit, t, "cpu");
+    request_within_limit(cx, &c.memory_request, &c.memory_limit, t, "memory");
+    c
+}
+
+fn decode_spark_config(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    name: &str,
+    loc: Loc,
+) -> SparkConfig {
+    let master = choice(cx, t, "master", &SparkMaster::NAMES, SparkMaster::parse);
+    let master = required(
+        cx,
+        t,
+        "master",
+        master,
+        "one of: local, kubernetes, standalone",
+    );
+    SparkConfig {
+        name: name.to_string(),
+        loc,
+        description: description(cx, t),
+        master: master.unwrap_or(Sourced {
+            value: SparkMaster::Local,
+            loc,
+        }),
+        master_url: t.str(cx, "master_url"),
+        local_threads: t.u32(cx, "local_threads"),
+        base_image: t.name(cx, "base_image"),
+        image: t.str(cx, "image"),
+        registry: t.str(cx, "registry"),
+        namespace: t.str(cx, "namespace"),
+        service_account: t.str(cx, "service_account"),
+        driver_cores: t.u32(cx, "driver_cores"),
+        driver_memory: t.memory(cx, "driver_memory"),
+        executor_cores: t.u32(cx, "executor_cores"),
+        executor_memory: t.memory(cx, "executor_memory"),
+        executor_memory_overhead: t.memory(cx, "executor_memory_overhead"),
+        executor_instances: t.u32(cx, "executor_instances"),
+        dynamic_allocation: t.bool(cx, "dynamic_allocation"),
+        conf: t.string_map(cx, "conf"),
+        node_selector: t.string_map(cx, "node_selector"),
+        tolerations: tolerations(cx, t),
+        allowed: allowed(cx, t),
+    }
+}
+
+fn decode_cluster(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc) -> Cluster {
+    let kind = choice(cx, t, "kind", &["docker", "kubernetes"], |s| match s {
+        "docker" => Some(ExecKind::Docker),
+        "kubernetes" => Some(ExecKind::Kubernetes),
+        _ => None,
+    });
+    let kind = required(cx, t, "kind", kind, "one of: docker, kubernetes");
+    let host = t.str(cx, "host");
+    let kubeconfig = t.str(cx, "kubeconfig");
+    let context = t.str(cx, "context");
+    let namespace = t.str(cx, "namespace");
+    let target = match kind.as_ref().map(|k| k.value) {
+        Some(ExecKind::Kubernetes) => {
+            if let Some(h) = &host {
+                cx.diags.error_at(
+                    cx.sources,
+                    h.loc,
+                    &t.field("host"),
+                    "`host` is for Docker clusters",
+                    Some("a Kubernetes cluster takes `kubeconfig` and `context`".into()),
+                );
+            }
+            ClusterTarget::Kubernetes {
+                kubeconfig,
+                context,
+                namespace,
+            }
+        }
+        _ => {
+            for (key, v) in [
+                ("kubeconfig", &kubeconfig),
+                ("context", &context),
+                ("namespace", &namespace),
+            ] {
+                if let Some(v) = v {
+                    cx.diags.error_at(
+                        cx.sources,
+                        v.loc,
+                        &t.field(key),
+                        format!("`{key}` is for Kubernetes clusters"),
+                        Some("a Docker cluster takes `host`".into()),
+                    );
+                }
+            }
+            let host = match host {
+                Some(h) => {
+                    if let Err(e) = check_docker_host(&h.value) {
+                        cx.diags.error_at(
+                            cx.sources,
+                            h.loc,
+                            &t.field("host"),
+                            e,
+                            Some(
+                                "expected `unix:///path/to/docker.sock` or `tcp://HOST:PORT`"
+                                    .into(),
+                            ),
+                        );
+                    }
+                    h
+                }
+                None => {
+                    if kind.is_some() {
+                        cx.error(
+                            &t.span,
+                            &t.field("host"),
+                            "missing field `host`",
+                            Some(
+                                "expected `unix:///path/to/docker.sock` or `tcp://HOST:PORT`"
+                                    .into(),
+                            ),
+                        );
+                    }
+                    Sourced {
+                        value: String::new(),
+                        loc,
+                    }
+                }
+            };
+            ClusterTarget::Docker { host }
+        }
+    };
+    Cluster {
+        name: name.to_string(),
+        loc,
+        description: description(cx, t),
+        target,
+        max_concurrent: t.u32(cx, "max_concurrent"),
+        allowed: allowed(cx, t),
+    }
+}
+
+/// A Docker engine address must be something the Docker client libraries understand.
+pub fn check_docker_host(host: &str) -> Result<(), String> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        if path.starts_with('/') {
+            return Ok(());
+        }
+        return Err(format!(
+            "`{host}` is not a unix socket URL with an absolute path"
+        ));
+    }
+    let rest = ["tcp://", "http://", "https://"]
+        .iter()
+        .find_map(|p| host.strip_prefix(p))
+        .ok_or_else(|| format!("`{host}` is not a Docker engine address"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let (h, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{host}` has no port"))?;
+    if h.is_empty() || h.contains(char::is_whitespace) {
+        return Err(format!("`{host}` has no host name"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("`{host}` has an invalid port `{port}`"))?;
+    Ok(())
+}
+
+fn decode_base_image(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc) -> BaseImage {
+    let list = |cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key| {
+        t.string_list(cx, key).map(|l| l.value).unwrap_or_default()
+    };
+    BaseImage {
+        name: name.to_string(),
+        loc,
+        description: description(cx, t),
+        from: t.str(cx, "from"),
+        debian_suite: t.str(cx, "debian_suite"),
+        with_r: t.bool(cx, "with_r").is_some_and(|b| b.value),
+        with_cuda: t.bool(cx, "with_cuda").is_some_and(|b| b.value),
+        system_packages: list(cx, t, "system_packages"),
+        python_packages: list(cx, t, "python_packages"),
+        dockerfile_prepend: t.str(cx, "dockerfile_prepend"),
+        dockerfile_append: t.str(cx, "dockerfile_append"),
+        files: list(cx, t, "files"),
+    }
+}
+
+fn decode_code_env(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc) -> CodeEnv {
+    let language = choice(cx, t, "language", &["python", "r"], |s| match s {
+        "python" => Some(EnvLanguage::Python),
+        "r" => Some(EnvLanguage::R),
+        _ => None,
+    });
+    let language = required(cx, t, "language", language, "`python` or `r`");
+    let build_for = match t.get("build_for") {
+        None => Sourced {
+            value: BuildFor::All,
+            loc,
+        },
+        Some(v) => {
+            let vloc = cx.loc(&v.span());
+            match v.get_ref() {
+                DeValue::String(s) if s == "all" => Sourced {
+                    value: BuildFor::All,
+                    loc: vloc,
+                },
+                DeValue::String(s) if s == "none" => Sourced {
+                    value: BuildFor::None,
+                    loc: vloc,
+                },
+                DeValue::Array(_) => {
+                    let list = t
+                        .string_list(cx, "build_for")
+                        .map(|l| l.value)
+                        .unwrap_or_default();
+                    Sourced {
+                        value: BuildFor::List(list),
+                        loc: vloc,
+                    }
+                }
+                other => {
+                    cx.error(
+                        &v.span(),
+                        &t.field("build_for"),
+                        format!("expected \"all\", \"none\" or a list of execution configurations, found {}", match other {
+                            DeValue::String(s) => format!("`{s}`"),
+                            o => type_name(o).to_string(),
+                        }),
+                        None,
+                    );
+                    Sourced {
+                        value: BuildFor::All,
+                        loc: vloc,
+                    }
+                }
+            }
+        }
+    };
+    CodeEnv {
+        name: name.to_string(),
+        loc,
+        description: description(cx, t),
+        language: language.unwrap_or(Sourced {
+            value: EnvLanguage::Python,
+            loc,
+        }),
+        packages: t
+            .string_list(cx, "packages")
+            .map(|l| l.value)
+            .unwrap_or_default(),
+        requirements_file: t.str(cx, "requirements_file"),
+        constraints_file: t.str(cx, "constraints_file"),
+        system_packages: t
+            .string_list(cx, "system_packages")
+            .map(|l| l.value)
+            .unwrap_or_default(),
+        build_for,
+    }
+}
+
+fn decode_group(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc) -> Group {
+    Group {
+        name: name.to_string(),
+        loc,
+        description: description(cx, t),
+    }
+}
+
+fn decode_user(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc) -> User {
+    let mut tokens = Vec::new();
+    if let Some(v) = t.get("tokens") {
+        let field = t.field("tokens");
+        match v.get_ref().as_array() {
+            None => cx.error(
+                &v.span(),
+                &field,
+                format!(
+                    "expected an array of tables, found {}",
+                    type_name(v.get_ref())
+                ),
+                Some("write each token as [[user.NAME.tokens]]".into()),
+            ),
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let f = format!("{field}[{i}]");
+                    let Some(table) = item.get_ref().as_table() else {
+                        cx.error(
+                            &item.span(),
+                            &f,
+                            format!("expected a table, found {}", type_name(item.get_ref())),
+                            None,
+                        );
+                        continue;
+                    };
+                    let mut tt = Table::new(table, item.span(), f);
+                    let tname = tt.str(cx, "name");
+                    let hash = tt.str(cx, "sha256");
+                    if tt.get_quiet("token").is_some() || tt.get_quiet("secret").is_some() {
+                        cx.error(
+                            &item.span(),
+                            &tt.path,
+                            "tokens are never stored in plain text",
+                            Some("store `sha256 = \"<hex digest>\"`; `capstan init` and `capstan token create` print the token once and store its hash".into()),
+                        );
+                    }
+                    if let Some(h) = &hash
+                        && !(h.value.len() == 64 && h.value.bytes().all(|b| b.is_ascii_hexdigit()))
+                    {
+                        cx.diags.error_at(
+                            cx.sources,
+                            h.loc,
+                            &tt.field("sha256"),
+                            "not a SHA-256 digest",
+                            Some("expected 64 hexadecimal characters".into()),
+                        );
+                    }
+                    let hash = required(
+                        cx,
+                        &tt,
+                        "sha256",
+                        hash,
+                        "the token's SHA-256 digest, in hex",
+                    );
+                    tt.finish(cx);
+                    if let Some(h) = hash {
+                        tokens.push(TokenHash {
+                            name: tname
+                                .map(|n| n.value)
+                                .unwrap_or_else(|| format!("token-{i}")),
+                            sha256: h.value.to_ascii_lowercase(),
+                            loc: h.loc,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    User {
+        name: name.to_string(),
+        loc,
+        display_name: t.str(cx, "display_name").map(|s| s.value),
+        groups: t
+            .string_list(cx, "groups")
+            .map(|l| l.value)
+            .unwrap_or_default(),
+        admin: t.bool(cx, "admin").is_some_and(|b| b.value),
+        tokens,
+    }
+}
+
+fn decode_project(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, files: &HomeFiles) -> Project {
+    let mut project = Project {
+        key: key.to_string(),
+        loc: cx.loc(&(0..0)),
+        name: None,
+        description: None,
+        settings: LayerSettings::default(),
+        datasets: BTreeMap::new(),
+        recipes: BTreeMap::new(),
+        lib_dir: None,
+    };
+    if let Some(mut p) = t.sub_table(cx, "project") {
+        project.name = p.str(cx, "name").map(|s| s.value);
+        project.description = description(cx, &mut p);
+        p.finish(cx);
+    }
+    if let Some(mut d) = t.sub_table(cx, "defaults") {
+        project.settings = decode_layer(cx, &mut d);
+        d.finish(cx);
+    }
+    named_tables(
+        cx,
+        t,
+        "dataset",
+        &mut project.datasets,
+        |cx, t, name, loc| {
+            let format = choice(cx, t, "format", &["parquet"], |s| {
+                (s == "parquet").then(|| s.to_string())
+            });
+            Dataset {
+                name: name.to_string(),
+                loc,
+                description: description(cx, t),
+                format: format.map(|f| f.value).unwrap_or_else(|| "parquet".into()),
+            }
+        },
+    );
+    let lib = Path::new("projects").join(key).join("lib");
+    if files
+        .others
+        .iter()
+        .chain(files.toml.keys())
+        .any(|p| p.starts_with(&lib))
+    {
+        project.lib_dir = Some(lib);
+    }
+    project
+}
+
+fn decode_recipe(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    name: &str,
+    dir: &Path,
+    files: &HomeFiles,
+) -> Recipe {
+    let loc = cx.loc(&(0..0));
+    let kind = choice(cx, t, "kind", &RecipeKind::NAMES, RecipeKind::parse);
+    let kind = required(
+        cx,
+        t,
+        "kind",
+        kind,
+        &format!("one of: {}", RecipeKind::NAMES.join(", ")),
+    );
+    let code = match t.str(cx, "code") {
+        Some(c) => {
+            let rel = Path::new(&c.value);
+            let safe = rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !safe {
+                cx.diags.error_at(
+                    cx.sources,
+                    c.loc,
+                    "code",
+                    format!(
+                        "`{}` must be a relative path inside the recipes folder",
+                        c.value
+                    ),
+                    None,
+                );
+                None
+            } else {
+                let path = dir.join(rel);
+                if !files.exists(&path) {
+                    cx.diags.error_at(
+                        cx.sources,
+                        c.loc,
+                        "code",
+                        format!("code file {} does not exist", path.display()),
+                        None,
+                    );
+                }
+                Some(Sourced {
+                    value: path,
+                    loc: c.loc,
+                })
+            }
+        }
+        None => kind
+            .as_ref()
+            .and_then(|k| k.value.default_code_extension())
+            .and_then(|ext| {
+                let path = dir.join(format!("{name}.{ext}"));
+                if files.exists(&path) {
+                    Some(Sourced { value: path, loc })
+                } else {
+                    cx.error(
+                        &(0..0),
+                        "code",
+                        format!("code file {} does not exist", path.display()),
+                        Some("create it, or name another file with `code = \"FILE\"`".into()),
+                    );
+                    None
+                }
+            }),
+    };
+    let datasets = |cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key| {
+        let list = t.string_list(cx, key).map(|l| l.value).unwrap_or_default();
+        for d in &list {
+            if let Err(e) = check_name(&d.value) {
+                cx.diags.error_at(cx.sources, d.loc, key, e, None);
+            }
+        }
+        list
+    };
+    Recipe {
+        name: name.to_string(),
+        loc,
+        description: description(cx, t),
+        kind: kind.unwrap_or(Sourced {
+            value: RecipeKind::Python,
+            loc,
+        }),
+        code,
+        inputs: datasets(cx, t, "inputs"),
+        outputs: datasets(cx, t, "outputs"),
+        settings: decode_layer(cx, t),
+    }
+}
+
+/// Converts a spanned value into an owned `toml::Value` (for free-form fields such as a pod
+/// patch, which are checked by the backend that applies them).
+fn to_toml_value(v: &Value<'_>) -> toml::Value {
+    match v.get_ref() {
+        DeValue::String(s) => toml::Value::String(s.to_string()),
+        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => toml::Value::String(i.to_string()),
+        },
+        DeValue::Float(f) => f
+            .as_str()
+            .parse()
+            .map(toml::Value::Float)
+            .unwrap_or_else(|_| toml::Value::String(f.as_str().to_string())),
+        DeValue::Boolean(b) => toml::Value::Boolean(*b),
+        DeValue::Datetime(d) => toml::Value::Datetime(*d),
+        DeValue::Array(a) => toml::Value::Array(a.iter().map(to_toml_value).collect()),
+        DeValue::Table(t) => toml::Value::Table(
+            t.iter()
+                .map(|(k, v)| (k.get_ref().to_string(), to_toml_value(v)))
+                .collect(),
+        ),
+    }
+}

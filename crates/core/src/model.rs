@@ -1,0 +1,459 @@
+//! The domain model of an instance home, as loaded and validated.
+//!
+//! Every value an admin or user wrote keeps its [`Loc`], so resolution can say which layer and
+//! which file each effective setting came from (`capstan config explain`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::diag::{Loc, SourceMap};
+use crate::quantity::{Cpu, Duration, Memory, Quantity};
+
+/// A value and where it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub loc: Loc,
+}
+
+impl<T> Sourced<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Sourced<U> {
+        Sourced {
+            value: f(self.value),
+            loc: self.loc,
+        }
+    }
+}
+
+/// The engine an execution configuration runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExecKind {
+    /// No container: a child process of the daemon.
+    Local,
+    Docker,
+    Kubernetes,
+}
+
+impl ExecKind {
+    pub const NAMES: [&'static str; 3] = ["local", "docker", "kubernetes"];
+
+    pub fn parse(s: &str) -> Option<ExecKind> {
+        match s {
+            "local" => Some(ExecKind::Local),
+            "docker" => Some(ExecKind::Docker),
+            "kubernetes" => Some(ExecKind::Kubernetes),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecKind::Local => "local",
+            ExecKind::Docker => "docker",
+            ExecKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for ExecKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who may use a configuration or cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allowed {
+    /// `allowed_groups` absent: every user.
+    Everyone,
+    /// Only members of these groups (and admins).
+    Groups(Vec<Sourced<String>>),
+}
+
+impl Allowed {
+    pub fn group_names(&self) -> Vec<&str> {
+        match self {
+            Allowed::Everyone => Vec::new(),
+            Allowed::Groups(g) => g.iter().map(|g| g.value.as_str()).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Toleration {
+    pub key: Option<String>,
+    pub operator: Option<String>,
+    pub value: Option<String>,
+    pub effect: Option<String>,
+    pub toleration_seconds: Option<u32>,
+}
+
+/// Docker-only run options of an execution configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DockerOptions {
+    pub network: Option<Sourced<String>>,
+    pub runtime: Option<Sourced<String>>,
+    pub cap_add: Vec<Sourced<String>>,
+    pub extra_hosts: Vec<Sourced<String>>,
+    /// `host_path:container_path[:ro]`.
+    pub volumes: Vec<Sourced<String>>,
+}
+
+/// A containerized execution configuration: *how* something runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecConfig {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+    pub kind: Sourced<ExecKind>,
+    pub base_image: Option<Sourced<String>>,
+    pub image: Option<Sourced<String>>,
+    pub registry: Option<Sourced<String>>,
+    pub context: Option<Sourced<String>>,
+    pub namespace: Option<Sourced<String>>,
+    pub create_namespace: bool,
+    pub cpu_request: Option<Sourced<Cpu>>,
+    pub cpu_limit: Option<Sourced<Cpu>>,
+    pub memory_request: Option<Sourced<Memory>>,
+    pub memory_limit: Option<Sourced<Memory>>,
+    pub gpus: Option<Sourced<u32>>,
+    pub shm_size: Option<Sourced<Memory>>,
+    pub resources: BTreeMap<String, Sourced<Quantity>>,
+    pub env: BTreeMap<String, Sourced<String>>,
+    pub node_selector: BTreeMap<String, Sourced<String>>,
+    pub tolerations: Vec<Sourced<Toleration>>,
+    pub docker: DockerOptions,
+    /// Free Kubernetes pod-spec patch, applied last (checked against the schema by the
+    /// Kubernetes backend).
+    pub pod_patch: Option<Sourced<toml::Value>>,
+    pub image_pull_secrets: Vec<Sourced<String>>,
+    pub service_account: Option<Sourced<String>>,
+    pub timeout: Option<Sourced<Duration>>,
+    pub pending_timeout: Option<Sourced<Duration>>,
+    pub max_concurrent: Option<Sourced<u32>>,
+    pub allowed: Allowed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SparkMaster {
+    Local,
+    Kubernetes,
+    Standalone,
+}
+
+impl SparkMaster {
+    pub const NAMES: [&'static str; 3] = ["local", "kubernetes", "standalone"];
+
+    pub fn parse(s: &str) -> Option<SparkMaster> {
+        match s {
+            "local" => Some(SparkMaster::Local),
+            "kubernetes" => Some(SparkMaster::Kubernetes),
+            "standalone" => Some(SparkMaster::Standalone),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SparkMaster::Local => "local",
+            SparkMaster::Kubernetes => "kubernetes",
+            SparkMaster::Standalone => "standalone",
+        }
+    }
+}
+
+/// A Spark configuration: the execution configuration of Spark activities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparkConfig {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+    pub master: Sourced<SparkMaster>,
+    /// `spark://host:7077` for standalone; the API server for Kubernetes (else the cluster's).
+    pub master_url: Option<Sourced<String>>,
+    /// Threads for local mode (`local[N]`); `None` means all cores.
+    pub local_threads: Option<Sourced<u32>>,
+    pub base_image: Option<Sourced<String>>,
+    pub image: Option<Sourced<String>>,
+    pub registry: Option<Sourced<String>>,
+    pub namespace: Option<Sourced<String>>,
+    pub service_account: Option<Sourced<String>>,
+    pub driver_cores: Option<Sourced<u32>>,
+    pub driver_memory: Option<Sourced<Memory>>,
+    pub executor_cores: Option<Sourced<u32>>,
+    pub executor_memory: Option<Sourced<Memory>>,
+    pub executor_memory_overhead: Option<Sourced<Memory>>,
+    pub executor_instances: Option<Sourced<u32>>,
+    pub dynamic_allocation: Option<Sourced<bool>>,
+    pub conf: BTreeMap<String, Sourced<String>>,
+    pub node_selector: BTreeMap<String, Sourced<String>>,
+    pub tolerations: Vec<Sourced<Toleration>>,
+    pub allowed: Allowed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterTarget {
+    /// A Docker engine: `unix:///var/run/docker.sock` or `tcp://host:2376`.
+    Docker { host: Sourced<String> },
+    /// A Kubernetes cluster: a kubeconfig (default search order when absent) and a context.
+    Kubernetes {
+        kubeconfig: Option<Sourced<String>>,
+        context: Option<Sourced<String>>,
+        namespace: Option<Sourced<String>>,
+    },
+}
+
+/// A cluster: *where* something runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+    pub target: ClusterTarget,
+    pub max_concurrent: Option<Sourced<u32>>,
+    pub allowed: Allowed,
+}
+
+impl Cluster {
+    pub fn kind(&self) -> ExecKind {
+        match self.target {
+            ClusterTarget::Docker { .. } => ExecKind::Docker,
+            ClusterTarget::Kubernetes { .. } => ExecKind::Kubernetes,
+        }
+    }
+}
+
+/// The spec of a base image (building it is the images crate's job).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseImage {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+    /// An image to start from, where a registry is reachable; else a Debian root is bootstrapped.
+    pub from: Option<Sourced<String>>,
+    pub debian_suite: Option<Sourced<String>>,
+    pub with_r: bool,
+    pub with_cuda: bool,
+    pub system_packages: Vec<Sourced<String>>,
+    pub python_packages: Vec<Sourced<String>>,
+    pub dockerfile_prepend: Option<Sourced<String>>,
+    pub dockerfile_append: Option<Sourced<String>>,
+    /// Files copied into the build context, relative to the home.
+    pub files: Vec<Sourced<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvLanguage {
+    Python,
+    R,
+}
+
+/// Which execution configurations a code environment is built for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildFor {
+    All,
+    None,
+    List(Vec<Sourced<String>>),
+}
+
+/// The spec of a code environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeEnv {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+    pub language: Sourced<EnvLanguage>,
+    pub packages: Vec<Sourced<String>>,
+    pub requirements_file: Option<Sourced<String>>,
+    pub constraints_file: Option<Sourced<String>>,
+    pub system_packages: Vec<Sourced<String>>,
+    pub build_for: Sourced<BuildFor>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+}
+
+/// An API token, of which only a SHA-256 hash is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenHash {
+    pub name: String,
+    pub sha256: String,
+    pub loc: Loc,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub loc: Loc,
+    pub display_name: Option<String>,
+    pub groups: Vec<Sourced<String>>,
+    pub admin: bool,
+    pub tokens: Vec<TokenHash>,
+}
+
+/// The settings any layer (instance defaults, project, recipe, run request) may set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerSettings {
+    pub exec_config: Option<Sourced<String>>,
+    pub cluster: Option<Sourced<String>>,
+    pub spark_config: Option<Sourced<String>>,
+    pub code_env: Option<Sourced<String>>,
+    pub namespace: Option<Sourced<String>>,
+    pub timeout: Option<Sourced<Duration>>,
+    pub cpu_request: Option<Sourced<Cpu>>,
+    pub cpu_limit: Option<Sourced<Cpu>>,
+    pub memory_request: Option<Sourced<Memory>>,
+    pub memory_limit: Option<Sourced<Memory>>,
+    pub gpus: Option<Sourced<u32>>,
+    pub env: BTreeMap<String, Sourced<String>>,
+}
+
+/// `capstan.toml`: the instance itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Instance {
+    pub name: Option<String>,
+    pub defaults: LayerSettings,
+    pub server_bind: Option<Sourced<String>>,
+    pub server_public_url: Option<Sourced<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecipeKind {
+    Python,
+    R,
+    Shell,
+    Visual,
+    PySpark,
+    SparkSql,
+    MlTrain,
+    MlRetrain,
+    MlScore,
+    MlEvaluate,
+}
+
+impl RecipeKind {
+    pub const NAMES: [&'static str; 10] = [
+        "python",
+        "r",
+        "shell",
+        "visual",
+        "pyspark",
+        "spark_sql",
+        "ml_train",
+        "ml_retrain",
+        "ml_score",
+        "ml_evaluate",
+    ];
+
+    pub fn parse(s: &str) -> Option<RecipeKind> {
+        let i = Self::NAMES.iter().position(|n| *n == s)?;
+        Some(
+            [
+                RecipeKind::Python,
+                RecipeKind::R,
+                RecipeKind::Shell,
+                RecipeKind::Visual,
+                RecipeKind::PySpark,
+                RecipeKind::SparkSql,
+                RecipeKind::MlTrain,
+                RecipeKind::MlRetrain,
+                RecipeKind::MlScore,
+                RecipeKind::MlEvaluate,
+            ][i],
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipeKind::Python => "python",
+            RecipeKind::R => "r",
+            RecipeKind::Shell => "shell",
+            RecipeKind::Visual => "visual",
+            RecipeKind::PySpark => "pyspark",
+            RecipeKind::SparkSql => "spark_sql",
+            RecipeKind::MlTrain => "ml_train",
+            RecipeKind::MlRetrain => "ml_retrain",
+            RecipeKind::MlScore => "ml_score",
+            RecipeKind::MlEvaluate => "ml_evaluate",
+        }
+    }
+
+    /// The file a recipe of this kind reads its code from when `code` is not given.
+    pub fn default_code_extension(self) -> Option<&'static str> {
+        match self {
+            RecipeKind::Python | RecipeKind::PySpark => Some("py"),
+            RecipeKind::R => Some("R"),
+            RecipeKind::Shell => Some("sh"),
+            RecipeKind::SparkSql => Some("sql"),
+            _ => None,
+        }
+    }
+
+    /// Spark activities take a Spark configuration rather than an execution configuration.
+    pub fn is_spark(self) -> bool {
+        matches!(self, RecipeKind::PySpark | RecipeKind::SparkSql)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recipe {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+    pub kind: Sourced<RecipeKind>,
+    /// Path of the code file, relative to the home.
+    pub code: Option<Sourced<PathBuf>>,
+    pub inputs: Vec<Sourced<String>>,
+    pub outputs: Vec<Sourced<String>>,
+    pub settings: LayerSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+    pub format: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Project {
+    /// The project key: its folder name under `projects/`.
+    pub key: String,
+    pub loc: Loc,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub settings: LayerSettings,
+    pub datasets: BTreeMap<String, Dataset>,
+    pub recipes: BTreeMap<String, Recipe>,
+    /// The project's shared code folder (`lib/`), if present.
+    pub lib_dir: Option<PathBuf>,
+}
+
+/// A whole loaded home.
+#[derive(Debug)]
+pub struct Home {
+    pub root: PathBuf,
+    pub sources: SourceMap,
+    pub instance: Instance,
+    pub exec_configs: BTreeMap<String, ExecConfig>,
+    pub spark_configs: BTreeMap<String, SparkConfig>,
+    pub clusters: BTreeMap<String, Cluster>,
+    pub base_images: BTreeMap<String, BaseImage>,
+    pub code_envs: BTreeMap<String, CodeEnv>,
+    pub groups: BTreeMap<String, Group>,
+    pub users: BTreeMap<String, User>,
+    pub projects: BTreeMap<String, Project>,
+}
+
+impl Home {
+    pub fn recipe(&self, project: &str, recipe: &str) -> Option<(&Project, &Recipe)> {
+        let p = self.projects.get(project)?;
+        Some((p, p.recipes.get(recipe)?))
+    }
+}

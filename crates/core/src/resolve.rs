@@ -1,0 +1,957 @@
+//! Resolution: the effective settings of one run, each with the layer and file that set it.
+//!
+//! Lowest to highest: built-in defaults → instance (`capstan.toml` `[defaults]`, and the chosen
+//! execution configuration and cluster themselves) → project → recipe → run request. A layer
+//! that does not set a value never erases a lower one. *How* (the execution configuration) and
+//! *where* (the cluster) are chosen independently, then checked for compatibility.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::diag::{FileId, Loc};
+use crate::model::*;
+use crate::quantity::{Cpu, Duration, Memory};
+use crate::toml_read::unknown_help;
+
+/// The layers of resolution, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Layer {
+    Builtin,
+    Instance,
+    Project,
+    Recipe,
+    Request,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Builtin => "builtin",
+            Layer::Instance => "instance",
+            Layer::Project => "project",
+            Layer::Recipe => "recipe",
+            Layer::Request => "request",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an effective value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub layer: Layer,
+    /// File relative to the home, and line; `None` for built-in defaults and run requests.
+    pub file: Option<PathBuf>,
+    pub line: u32,
+    /// The object that carried the value, e.g. `exec_config 'small'`, when not a layer setting.
+    pub via: Option<String>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.layer.as_str())?;
+        if let Some(via) = &self.via {
+            write!(f, ", {via}")?;
+        }
+        if let Some(file) = &self.file {
+            write!(f, " ({}:{})", file.display(), self.line)?;
+        }
+        Ok(())
+    }
+}
+
+/// An effective value and its origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+/// What a run request may override (`capstan run --exec-config X --cluster Y`, the API).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunRequest {
+    pub user: Option<String>,
+    pub exec_config: Option<String>,
+    pub cluster: Option<String>,
+    pub spark_config: Option<String>,
+    pub code_env: Option<String>,
+    pub timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// The effective settings of one recipe run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    pub project: String,
+    pub recipe: String,
+    pub recipe_kind: RecipeKind,
+    pub user: Option<String>,
+    /// `None` means the built-in local execution (no container, no limits).
+    pub exec_config: Setting<Option<String>>,
+    pub kind: Setting<ExecKind>,
+    /// `None` for local execution, or where the engine's own default is used.
+    pub cluster: Setting<Option<String>>,
+    pub spark_config: Setting<Option<String>>,
+    pub code_env: Setting<Option<String>>,
+    pub image: Setting<Option<String>>,
+    pub registry: Setting<Option<String>>,
+    pub docker_host: Setting<Option<String>>,
+    pub context: Setting<Option<String>>,
+    pub namespace: Setting<Option<String>>,
+    pub cpu_request: Setting<Option<Cpu>>,
+    pub cpu_limit: Setting<Option<Cpu>>,
+    pub memory_request: Setting<Option<Memory>>,
+    pub memory_limit: Setting<Option<Memory>>,
+    pub gpus: Setting<u32>,
+    pub timeout: Setting<Option<Duration>>,
+    pub env: BTreeMap<String, Setting<String>>,
+}
+
+/// Why a run cannot be resolved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("unknown project `{name}`")]
+    UnknownProject { name: String, help: String },
+    #[error("unknown recipe `{name}` in project `{project}`")]
+    UnknownRecipe {
+        project: String,
+        name: String,
+        help: String,
+    },
+    #[error("unknown user `{name}`")]
+    UnknownUser { name: String, help: String },
+    /// A setting that cannot work: an unknown name, an incompatible pair, a value above a limit.
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+        help: Option<String>,
+        /// Where the offending value was written (absent for run-request values).
+        loc: Option<Loc>,
+    },
+    #[error(
+        "user `{user}` may not use {what} `{name}`: allowed groups are {} (and admins); {user} is in {}",
+        list_or(allowed_groups, "none"),
+        list_or(user_groups, "no group")
+    )]
+    PermissionDenied {
+        user: String,
+        what: &'static str,
+        name: String,
+        allowed_groups: Vec<String>,
+        user_groups: Vec<String>,
+    },
+}
+
+impl ResolveError {
+    pub fn help(&self) -> Option<&str> {
+        match self {
+            ResolveError::UnknownProject { help, .. }
+            | ResolveError::UnknownRecipe { help, .. }
+            | ResolveError::UnknownUser { help, .. } => Some(help),
+            ResolveError::Invalid { help, .. } => help.as_deref(),
+            ResolveError::PermissionDenied { .. } => None,
+        }
+    }
+}
+
+fn list_or(items: &[String], empty: &str) -> String {
+    if items.is_empty() {
+        return empty.to_string();
+    }
+    let quoted: Vec<String> = items.iter().map(|i| format!("`{i}`")).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        [] => unreachable!(),
+    }
+}
+
+/// A synthetic location for values that come from a run request, not from a file.
+const REQUEST_FILE: FileId = FileId(u32::MAX);
+
+fn request_loc() -> Loc {
+    Loc {
+        file: REQUEST_FILE,
+        line: 0,
+        col: 0,
+    }
+}
+
+impl RunRequest {
+    /// The request as a layer, so it goes through the same precedence code as the others.
+    fn as_layer(&self) -> LayerSettings {
+        let s = |v: &Option<String>| {
+            v.clone().map(|value| Sourced {
+                value,
+                loc: request_loc(),
+            })
+        };
+        LayerSettings {
+            exec_config: s(&self.exec_config),
+            cluster: s(&self.cluster),
+            spark_config: s(&self.spark_config),
+            code_env: s(&self.code_env),
+            timeout: self.timeout.map(|value| Sourced {
+                value,
+                loc: request_loc(),
+            }),
+            env: self
+                .env
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        Sourced {
+                            value: v.clone(),
+                            loc: request_loc(),
+                        },
+                    )
+                })
+                .collect(),
+            ..LayerSettings::default()
+        }
+    }
+}
+
+/// Resolves one run of `project/recipe`.
+pub fn resolve(
+    home: &Home,
+    project: &str,
+    recipe: &str,
+    request: &RunRequest,
+) -> Result<Resolution, Vec<ResolveError>> {
+    let Some(p) = home.projects.get(project) else {
+        let keys: Vec<&str> = home.projects.keys().map(String::as_str).collect();
+        return Err(vec![ResolveError::UnknownProject {
+            name: project.to_string(),
+            help: unknown_help(project, &keys, "project"),
+        }]);
+    };
+    let Some(r) = p.recipes.get(recipe) else {
+        let names: Vec<&str> = p.recipes.keys().map(String::as_str).collect();
+        return Err(vec![ResolveError::UnknownRecipe {
+            project: project.to_string(),
+            name: recipe.to_string(),
+            help: unknown_help(recipe, &names, "recipe"),
+        }]);
+    };
+    let request_layer = request.as_layer();
+    let r = Resolver {
+        home,
+        project: p,
+        recipe: r,
+        layers: [
+            (Layer::Request, &request_layer),
+            (Layer::Recipe, &r.settings),
+            (Layer::Project, &p.settings),
+            (Layer::Instance, &home.instance.defaults),
+        ],
+        errors: Vec::new(),
+    };
+    r.run(request)
+}
+
+struct Resolver<'h> {
+    home: &'h Home,
+    project: &'h Project,
+    recipe: &'h Recipe,
+    /// Highest first.
+    layers: [(Layer, &'h LayerSettings); 4],
+    errors: Vec<ResolveError>,
+}
+
+impl<'h> Resolver<'h> {
+    fn origin(&self, layer: Layer, loc: Loc, via: Option<String>) -> Origin {
+        if loc.file == REQUEST_FILE {
+            return Origin {
+                layer,
+                file: None,
+                line: 0,
+                via,
+            };
+        }
+        Origin {
+            layer,
+            file: Some(self.home.sources.path(loc.file).to_path_buf()),
+            line: loc.line,
+            via,
+        }
+    }
+
+    fn builtin<T>(&self, value: T, via: Option<String>) -> Setting<T> {
+        Setting {
+            value,
+            origin: Origin {
+                layer: Layer::Builtin,
+                file: None,
+                line: 0,
+                via,
+            },
+        }
+    }
+
+    /// The value of the highest layer that sets `get`.
+    fn pick<T: Clone + 'h>(
+        &self,
+        get: impl Fn(&'h LayerSettings) -> Option<&'h Sourced<T>>,
+    ) -> Option<Setting<T>> {
+        self.layers.iter().find_map(|(layer, settings)| {
+            get(settings).map(|s| Setting {
+                value: s.value.clone(),
+                origin: self.origin(*layer, s.loc, None),
+            })
+        })
+    }
+
+    /// A value from a configuration object (an execution configuration, a cluster), which
+    /// admins define at the instance layer.
+    fn from_object<T: Clone>(&self, s: &Sourced<T>, via: String) -> Setting<T> {
+        Setting {
+            value: s.value.clone(),
+            origin: self.origin(Layer::Instance, s.loc, Some(via)),
+        }
+    }
+
+    fn invalid(&mut self, field: &'static str, at: &Origin, message: String, help: Option<String>) {
+        // Point at the file and line that made the choice, so `check` can report it there.
+        let loc = at.file.as_ref().and_then(|f| self.home_loc(f, at.line));
+        self.errors.push(ResolveError::Invalid {
+            field,
+            message,
+            help,
+            loc,
+        });
+    }
+
+    fn home_loc(&self, file: &std::path::Path, line: u32) -> Option<Loc> {
+        self.home.sources.find(file).map(|id| Loc {
+            file: id,
+            line,
+            col: 1,
+        })
+    }
+
+    fn run(mut self, request: &RunRequest) -> Result<Resolution, Vec<ResolveError>> {
+        let home = self.home;
+        let user = match &request.user {
+            None => None,
+            Some(name) => match home.users.get(name) {
+                Some(u) => Some(u),
+                None => {
+                    let names: Vec<&str> = home.users.keys().map(String::as_str).collect();
+                    return Err(vec![ResolveError::UnknownUser {
+                        name: name.clone(),
+                        help: unknown_help(name, &names, "user"),
+                    }]);
+                }
+            },
+        };
+
+        // How: the execution configuration.
+        let exec_choice = self.pick(|l| l.exec_config.as_ref());
+        let exec = match &exec_choice {
+            Some(choice) => match home.exec_configs.get(&choice.value) {
+                Some(c) => Some(c),
+                None => {
+                    let names: Vec<&str> = home.exec_configs.keys().map(String::as_str).collect();
+                    let o = choice.origin.clone();
+                    self.invalid(
+                        "exec_config",
+                        &o,
+                        format!("unknown execution configuration `{}`", choice.value),
+                        Some(unknown_help(
+                            &choice.value,
+                            &names,
+                            "execution configuration",
+                        )),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let exec_config = match (&exec_choice, exec) {
+            (Some(choice), Some(_)) => Setting {
+                value: Some(choice.value.clone()),
+                origin: choice.origin.clone(),
+            },
+            _ => self.builtin(
+                None,
+                Some("no execution configuration: local processes".into()),
+            ),
+        };
+        let via_exec = |c: &ExecConfig| format!("exec_config '{}'", c.name);
+        let kind = match exec {
+            Some(c) => self.from_object(&c.kind, via_exec(c)),
+            None => self.builtin(ExecKind::Local, None),
+        };
+
+        // Where: the cluster, chosen independently, then checked against the kind.
+        let cluster_choice = self.pick(|l| l.cluster.as_ref());
+        let mut cluster: Option<&Cluster> = None;
+        let mut ignored: Option<String> = None;
+        if let Some(choice) = &cluster_choice {
+            match home.clusters.get(&choice.value) {
+                None => {
+                    let names: Vec<&str> = home.clusters.keys().map(String::as_str).collect();
+                    let o = choice.origin.clone();
+                    self.invalid(
+                        "cluster",
+                        &o,
+                        format!("unknown cluster `{}`", choice.value),
+                        Some(unknown_help(&choice.value, &names, "cluster")),
+                    );
+                }
+                Some(c) if kind.value == ExecKind::Local => {
+                    // Local execution runs no container, so a cluster simply does not apply.
+                    ignored = Some(format!(
+                        "cluster '{}' ({}) is not used by local execution",
+                        c.name, choice.origin
+                    ));
+                }
+                // A cluster inherited from a lower layer than the configuration gives way to
+                // it: a recipe that picks a docker configuration in a project whose default
+                // cluster is Kubernetes runs on Docker. Chosen at the same or a higher layer,
+                // the pair is a mistake.
+                Some(c)
+                    if c.kind() != kind.value && choice.origin.layer < exec_config.origin.layer =>
+                {
+                    ignored = Some(format!(
+                        "{} cluster '{}' ({}) does not apply to {} execution configuration '{}'",
+                        c.kind(),
+                        c.name,
+                        choice.origin,
+                        kind.value,
+                        exec_config.value.as_deref().unwrap_or("")
+                    ));
+                }
+                Some(c) if c.kind() != kind.value => {
+                    let o = choice.origin.clone();
+                    self.invalid(
+                        "cluster",
+                        &o,
+                        format!(
+                            "{} execution configuration `{}` cannot run on {} cluster `{}`",
+                            kind.value,
+                            exec_config.value.as_deref().unwrap_or(""),
+                            c.kind(),
+                            c.name
+                        ),
+                        Some(format!(
+                            "choose a {} cluster, or a {} execution configuration (exec config set by {}, cluster set by {})",
+                            kind.value,
+                            c.kind(),
+                            exec_config.origin,
+                            choice.origin
+                        )),
+                    );
+                }
+                Some(c) => cluster = Some(c),
+            }
+        }
+        let cluster_setting = match (&cluster_choice, cluster) {
+            (Some(choice), Some(_)) => Setting {
+                value: Some(choice.value.clone()),
+                origin: choice.origin.clone(),
+            },
+            _ => {
+                let default = match kind.value {
+                    ExecKind::Local => "local execution uses no cluster",
+                    ExecKind::Docker => "the local Docker engine",
+                    ExecKind::Kubernetes => "the kubeconfig's current context",
+                };
+                let note = match ignored {
+                    Some(why) => format!("{default}; {why}"),
+                    None => default.to_string(),
+                };
+                self.builtin(None, Some(note))
+            }
+        };
+
+        // Spark configuration and code environment: plain selections.
+        let spark_choice = self.pick(|l| l.spark_config.as_ref());
+        let spark = spark_choice
+            .as_ref()
+            .and_then(|choice| home.spark_configs.get(&choice.value));
+        if let (Some(choice), None) = (&spark_choice, spark) {
+            let names: Vec<&str> = home.spark_configs.keys().map(String::as_str).collect();
+            let o = choice.origin.clone();
+            self.invalid(
+                "spark_config",
+                &o,
+                format!("unknown Spark configuration `{}`", choice.value),
+                Some(unknown_help(&choice.value, &names, "Spark configuration")),
+            );
+        }
+        let spark_config = match spark_choice {
+            Some(s) if spark.is_some() => Setting {
+                value: Some(s.value),
+                origin: s.origin,
+            },
+            _ => self.builtin(
+                None,
+                Some(if self.recipe.kind.value.is_spark() {
+                    "local Spark".into()
+                } else {
+                    "not a Spark recipe".into()
+                }),
+            ),
+        };
+
+        let env_choice = self.pick(|l| l.code_env.as_ref());
+        let code_env = env_choice
+            .as_ref()
+            .and_then(|c| home.code_envs.get(&c.value));
+        if let Some(choice) = &env_choice {
+            let o = choice.origin.clone();
+            match code_env {
+                None => {
+                    let names: Vec<&str> = home.code_envs.keys().map(String::as_str).collect();
+                    self.invalid(
+                        "code_env",
+                        &o,
+                        format!("unknown code environment `{}`", choice.value),
+                        Some(unknown_help(&choice.value, &names, "code environment")),
+                    );
+                }
+                Some(env) => {
+                    let wanted = match self.recipe.kind.value {
+                        RecipeKind::R => Some(EnvLanguage::R),
+                        RecipeKind::Shell | RecipeKind::Visual => None,
+                        _ => Some(EnvLanguage::Python),
+                    };
+                    if let Some(lang) = wanted
+                        && lang != env.language.value
+                    {
+                        self.invalid(
+                            "code_env",
+                            &o,
+                            format!(
+                                "code environment `{}` is for {}, but recipe `{}` is a {} recipe",
+                                env.name,
+                                lang_name(env.language.value),
+                                self.recipe.name,
+                                self.recipe.kind.value.as_str()
+                            ),
+                            None,
+                        );
+                    }
+                    if let Some(c) = exec
+                        && c.kind.value != ExecKind::Local
+                        && !builds_for(env, &c.name)
+                    {
+                        self.invalid(
+                            "code_env",
+                            &o,
+                            format!(
+                                "code environment `{}` is not built for execution configuration `{}`",
+                                env.name, c.name
+                            ),
+                            Some(format!("add \"{}\" to code_env.{}.build_for in images.toml", c.name, env.name)),
+                        );
+                    }
+                }
+            }
+        }
+        let code_env_setting = match env_choice {
+            Some(s) if code_env.is_some() => Setting {
+                value: Some(s.value),
+                origin: s.origin,
+            },
+            _ => self.builtin(None, Some("the base image's Python".into())),
+        };
+
+        // Image and registry: from the configuration, or the code env's derived image.
+        let registry = match exec.and_then(|c| c.registry.as_ref().map(|r| (c, r))) {
+            Some((c, r)) => self.from_object(r, via_exec(c)).map(Some),
+            None => self.builtin(None, None),
+        };
+        let prefix = registry
+            .value
+            .as_deref()
+            .map(|r| format!("{}/", r.trim_end_matches('/')))
+            .unwrap_or_default();
+        let image = match exec {
+            Some(c) if c.kind.value != ExecKind::Local => {
+                if let (Some(env), Some(choice)) = (code_env, &code_env_setting.value) {
+                    Setting {
+                        value: Some(format!("{prefix}capstan-env-{}-{}", choice, c.name)),
+                        origin: Origin {
+                            via: Some(format!(
+                                "code_env '{}' built for exec_config '{}'",
+                                env.name, c.name
+                            )),
+                            ..code_env_setting.origin.clone()
+                        },
+                    }
+                } else if let Some(img) = &c.image {
+                    self.from_object(img, via_exec(c)).map(Some)
+                } else if let Some(base) = &c.base_image {
+                    self.from_object(base, via_exec(c))
+                        .map(|b| Some(format!("{prefix}capstan-base-{b}")))
+                } else if home.base_images.contains_key("default") {
+                    self.builtin(
+                        Some(format!("{prefix}capstan-base-default")),
+                        Some("base_image 'default'".into()),
+                    )
+                } else {
+                    self.builtin(None, None)
+                }
+            }
+            _ => self.builtin(None, Some("local execution uses no image".into())),
+        };
+
+        let docker_host = match (kind.value, cluster) {
+            (ExecKind::Docker, Some(c)) => match &c.target {
+                ClusterTarget::Docker { host } => self
+                    .from_object(host, format!("cluster '{}'", c.name))
+                    .map(Some),
+                ClusterTarget::Kubernetes { .. } => self.builtin(None, None),
+            },
+            (ExecKind::Docker, None) => self.builtin(
+                None,
+                Some("DOCKER_HOST, else unix:///var/run/docker.sock".into()),
+            ),
+            _ => self.builtin(None, None),
+        };
+
+        // Kubernetes context and namespace.
+        let (cluster_context, cluster_namespace) = match cluster.map(|c| (c, &c.target)) {
+            Some((
+                c,
+                ClusterTarget::Kubernetes {
+                    context, namespace, ..
+                },
+            )) => (
+                context
+                    .as_ref()
+                    .map(|x| self.from_object(x, format!("cluster '{}'", c.name))),
+                namespace
+                    .as_ref()
+                    .map(|x| self.from_object(x, format!("cluster '{}'", c.name))),
+            ),
+            _ => (None, None),
+        };
+        let is_k8s = kind.value == ExecKind::Kubernetes;
+        let context = if !is_k8s {
+            self.builtin(None, None)
+        } else if let Some(c) = cluster_context {
+            c.map(Some)
+        } else if let Some((c, ctx)) = exec.and_then(|c| c.context.as_ref().map(|x| (c, x))) {
+            self.from_object(ctx, via_exec(c)).map(Some)
+        } else {
+            self.builtin(None, Some("the kubeconfig's current context".into()))
+        };
+        let namespace = if !is_k8s {
+            self.builtin(None, None)
+        } else {
+            let raw = self
+                .pick(|l| l.namespace.as_ref())
+                .or_else(|| {
+                    exec.and_then(|c| {
+                        c.namespace
+                            .as_ref()
+                            .map(|n| self.from_object(n, via_exec(c)))
+                    })
+                })
+                .or(cluster_namespace);
+            match raw {
+                Some(ns) => {
+                    let user = request.user.as_deref().unwrap_or("anonymous");
+                    let expanded = expand_namespace(&ns.value, user, &self.project.key);
+                    Setting {
+                        value: Some(expanded),
+                        origin: ns.origin,
+                    }
+                }
+                None => {
+                    let o = exec_config.origin.clone();
+                    self.invalid(
+                        "namespace",
+                        &o,
+                        format!(
+                            "kubernetes execution configuration `{}` has no namespace, and {} has no default namespace",
+                            exec_config.value.as_deref().unwrap_or(""),
+                            cluster.map_or("the default cluster".into(), |c| format!("cluster `{}`", c.name))
+                        ),
+                        Some("set `namespace` on the execution configuration or on the cluster".into()),
+                    );
+                    self.builtin(None, None)
+                }
+            }
+        };
+
+        // Resources: a layer may override the configuration's values, never above its limits.
+        let cpu_limit = self.resource(
+            exec,
+            |l| l.cpu_limit.as_ref(),
+            |c| c.cpu_limit.as_ref(),
+            "cpu_limit",
+        );
+        let memory_limit = self.resource(
+            exec,
+            |l| l.memory_limit.as_ref(),
+            |c| c.memory_limit.as_ref(),
+            "memory_limit",
+        );
+        let cpu_request = self.resource(
+            exec,
+            |l| l.cpu_request.as_ref(),
+            |c| c.cpu_request.as_ref(),
+            "cpu_request",
+        );
+        let memory_request = self.resource(
+            exec,
+            |l| l.memory_request.as_ref(),
+            |c| c.memory_request.as_ref(),
+            "memory_request",
+        );
+        self.request_below_limit("cpu_request", &cpu_request, &cpu_limit);
+        self.request_below_limit("memory_request", &memory_request, &memory_limit);
+        let gpus = self
+            .resource(exec, |l| l.gpus.as_ref(), |c| c.gpus.as_ref(), "gpus")
+            .map(|g| g.unwrap_or(0));
+        if gpus.value > 0 && kind.value == ExecKind::Local {
+            let o = gpus.origin.clone();
+            self.invalid(
+                "gpus",
+                &o,
+                "local execution cannot reserve GPUs".into(),
+                Some("use a docker or kubernetes execution configuration with `gpus`".into()),
+            );
+        }
+
+        let timeout = self
+            .pick(|l| l.timeout.as_ref())
+            .map(|t| t.map(Some))
+            .or_else(|| {
+                exec.and_then(|c| {
+                    c.timeout
+                        .as_ref()
+                        .map(|t| self.from_object(t, via_exec(c)).map(Some))
+                })
+            })
+            .unwrap_or_else(|| self.builtin(None, Some("no timeout".into())));
+
+        // Environment: merged key by key, the configuration first, then each layer upwards.
+        let mut env = BTreeMap::new();
+        if let Some(c) = exec {
+            for (k, v) in &c.env {
+                env.insert(k.clone(), self.from_object(v, via_exec(c)));
+            }
+        }
+        for (layer, settings) in self.layers.iter().rev() {
+            for (k, v) in &settings.env {
+                env.insert(
+                    k.clone(),
+                    Setting {
+                        value: v.value.clone(),
+                        origin: self.origin(*layer, v.loc, None),
+                    },
+                );
+            }
+        }
+
+        // Permissions, last, so a refusal comes with a fully resolved picture.
+        if let Some(u) = user
+            && !u.admin
+        {
+            if let Some(c) = exec {
+                self.permit(u, "execution configuration", &c.name, &c.allowed);
+            }
+            if let Some(c) = cluster {
+                self.permit(u, "cluster", &c.name, &c.allowed);
+            }
+            if let Some(s) = spark
+                && self.recipe.kind.value.is_spark()
+            {
+                self.permit(u, "Spark configuration", &s.name, &s.allowed);
+            }
+        }
+
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        Ok(Resolution {
+            project: self.project.key.clone(),
+            recipe: self.recipe.name.clone(),
+            recipe_kind: self.recipe.kind.value,
+            user: request.user.clone(),
+            exec_config,
+            kind,
+            cluster: cluster_setting,
+            spark_config,
+            code_env: code_env_setting,
+            image,
+            registry,
+            docker_host,
+            context,
+            namespace,
+            cpu_request,
+            cpu_limit,
+            memory_request,
+            memory_limit,
+            gpus,
+            timeout,
+            env,
+        })
+    }
+
+    /// A resource value: the highest layer's override, else the configuration's own value. An
+    /// override may not exceed what the configuration allows (its limit, or its GPU count).
+    fn resource<T: Clone + PartialOrd + fmt::Display + 'h>(
+        &mut self,
+        exec: Option<&'h ExecConfig>,
+        layer: impl Fn(&'h LayerSettings) -> Option<&'h Sourced<T>>,
+        config: impl Fn(&'h ExecConfig) -> Option<&'h Sourced<T>>,
+        field: &'static str,
+    ) -> Setting<Option<T>> {
+        let from_config = exec.and_then(|c| {
+            config(c).map(|v| self.from_object(v, format!("exec_config '{}'", c.name)))
+        });
+        let Some(over) = self.pick(layer) else {
+            return from_config
+                .map(|s| s.map(Some))
+                .unwrap_or_else(|| self.builtin(None, Some("not set".into())));
+        };
+        // A limit (or GPU count) override is capped by the configuration's own value, so users
+        // can shrink a t-shirt size but never grow it; requests are checked against the
+        // effective limit afterwards.
+        let cap = exec
+            .filter(|_| !field.ends_with("_request"))
+            .and_then(|c| config(c).map(|v| (c, v.value.clone())));
+        if let Some((c, cap)) = cap
+            && over.value > cap
+        {
+            let o = over.origin.clone();
+            self.invalid(
+                field,
+                &o,
+                format!(
+                    "{field} {} is above the {cap} of execution configuration `{}`",
+                    over.value, c.name
+                ),
+                Some("choose a larger execution configuration instead".into()),
+            );
+        }
+        over.map(Some)
+    }
+
+    fn request_below_limit<T: PartialOrd + fmt::Display>(
+        &mut self,
+        field: &'static str,
+        request: &Setting<Option<T>>,
+        limit: &Setting<Option<T>>,
+    ) {
+        if let (Some(r), Some(l)) = (&request.value, &limit.value)
+            && r > l
+        {
+            let o = request.origin.clone();
+            self.invalid(
+                field,
+                &o,
+                format!(
+                    "{field} {r} is above the effective limit {l} (set by {})",
+                    limit.origin
+                ),
+                None,
+            );
+        }
+    }
+
+    fn permit(&mut self, user: &User, what: &'static str, name: &str, allowed: &Allowed) {
+        let Allowed::Groups(groups) = allowed else {
+            return;
+        };
+        let ok = user
+            .groups
+            .iter()
+            .any(|g| groups.iter().any(|a| a.value == g.value));
+        if !ok {
+            self.errors.push(ResolveError::PermissionDenied {
+                user: user.name.clone(),
+                what,
+                name: name.to_string(),
+                allowed_groups: groups.iter().map(|g| g.value.clone()).collect(),
+                user_groups: user.groups.iter().map(|g| g.value.clone()).collect(),
+            });
+        }
+    }
+}
+
+impl<T> Setting<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Setting<U> {
+        Setting {
+            value: f(self.value),
+            origin: self.origin,
+        }
+    }
+}
+
+fn lang_name(l: EnvLanguage) -> &'static str {
+    match l {
+        EnvLanguage::Python => "Python",
+        EnvLanguage::R => "R",
+    }
+}
+
+/// Whether a code environment is built into the images of an execution configuration.
+pub fn builds_for(env: &CodeEnv, exec_config: &str) -> bool {
+    match &env.build_for.value {
+        BuildFor::All => true,
+        BuildFor::None => false,
+        BuildFor::List(list) => list.iter().any(|n| n.value == exec_config),
+    }
+}
+
+/// Expands `${user}` and `${project}` in a namespace and makes the result a valid RFC 1123
+/// label: lower case, `[a-z0-9-]`, at most 63 characters, starting and ending alphanumeric.
+pub fn expand_namespace(template: &str, user: &str, project: &str) -> String {
+    let expanded = template
+        .replace("${user}", user)
+        .replace("${project}", project);
+    let mut out: String = expanded
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    out.truncate(63);
+    let trimmed = out.trim_matches('-');
+    if trimmed.is_empty() {
+        "default".into()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_rfc1123() {
+        assert_eq!(
+            expand_namespace("capstan-${user}", "Alice.Smith", "p"),
+            "capstan-alice-smith"
+        );
+        assert_eq!(
+            expand_namespace("${project}_ns", "u", "Sales_EU"),
+            "sales-eu-ns"
+        );
+        assert_eq!(expand_namespace("--", "u", "p"), "default");
+        assert!(expand_namespace(&"x".repeat(100), "u", "p").len() <= 63);
+    }
+}

@@ -1,0 +1,53 @@
+//! The sample home that `capstan init` writes: a local default, a docker and a kubernetes
+//! configuration, two groups, an admin and a normal user, and a sample project.
+
+use std::path::PathBuf;
+
+/// The files of the sample home, relative to its root, with the two users' token digests
+/// filled in.
+pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(PathBuf, String)> {
+    let files: [(&str, &str); 12] = [
+        ("capstan.toml", include_str!("sample/capstan.toml")),
+        (
+            "exec-configs.toml",
+            include_str!("sample/exec-configs.toml"),
+        ),
+        ("clusters.toml", include_str!("sample/clusters.toml")),
+        (
+            "spark-configs.toml",
+            include_str!("sample/spark-configs.toml"),
+        ),
+        ("images.toml", include_str!("sample/images.toml")),
+        ("users.toml", include_str!("sample/users.toml")),
+        (
+            "projects/sample/project.toml",
+            include_str!("sample/projects/sample/project.toml"),
+        ),
+        (
+            "projects/sample/recipes/hello.toml",
+            include_str!("sample/projects/sample/recipes/hello.toml"),
+        ),
+        (
+            "projects/sample/recipes/hello.py",
+            include_str!("sample/projects/sample/recipes/hello.py"),
+        ),
+        (
+            "projects/sample/recipes/inventory.toml",
+            include_str!("sample/projects/sample/recipes/inventory.toml"),
+        ),
+        (
+            "projects/sample/recipes/inventory.sh",
+            include_str!("sample/projects/sample/recipes/inventory.sh"),
+        ),
+        (".gitignore", "/state/\n"),
+    ];
+    files
+        .iter()
+        .map(|(path, text)| {
+            let text = text
+                .replace("@ADMIN_TOKEN_SHA256@", admin_token_sha256)
+                .replace("@ALICE_TOKEN_SHA256@", user_token_sha256);
+            (PathBuf::from(path), text)
+        })
+        .collect()
+}

@@ -1,0 +1,439 @@
+//! Cross-reference checks: everything that needs more than one file to be wrong.
+
+use std::path::Path;
+
+use crate::diag::{Diagnostics, Loc};
+use crate::load::HomeFiles;
+use crate::model::*;
+use crate::quantity::Memory;
+use crate::resolve::{ResolveError, RunRequest, resolve};
+use crate::toml_read::unknown_help;
+
+/// The smallest memory limit the Docker engine accepts.
+pub const DOCKER_MIN_MEMORY: u64 = 6 * 1024 * 1024;
+
+/// Spark refuses drivers and executors with less than 1.5 × its 300 MiB reserved memory.
+pub const SPARK_MIN_MEMORY: u64 = 471_859_200;
+
+/// Spark settings capstan sets itself from the configuration's fields; setting them in `conf`
+/// would silently fight the configuration, so they are refused with the field to use instead.
+pub const SPARK_OWNED_CONF: [(&str, &str); 14] = [
+    ("spark.master", "master / master_url"),
+    ("spark.submit.deployMode", "master"),
+    ("spark.kubernetes.container.image", "image / base_image"),
+    ("spark.kubernetes.namespace", "namespace"),
+    ("spark.kubernetes.context", "the cluster's context"),
+    (
+        "spark.kubernetes.authenticate.driver.serviceAccountName",
+        "service_account",
+    ),
+    ("spark.driver.cores", "driver_cores"),
+    ("spark.driver.memory", "driver_memory"),
+    ("spark.executor.cores", "executor_cores"),
+    ("spark.executor.memory", "executor_memory"),
+    ("spark.executor.memoryOverhead", "executor_memory_overhead"),
+    ("spark.executor.instances", "executor_instances"),
+    ("spark.dynamicAllocation.enabled", "dynamic_allocation"),
+    ("spark.pyspark.python", "the recipe's code_env"),
+];
+
+struct V<'a> {
+    home: &'a Home,
+    diags: &'a mut Diagnostics,
+}
+
+impl V<'_> {
+    fn error(&mut self, loc: Loc, field: &str, message: impl Into<String>, help: Option<String>) {
+        self.diags
+            .error_at(&self.home.sources, loc, field, message, help);
+    }
+
+    fn reference<T>(
+        &mut self,
+        name: &Sourced<String>,
+        field: &str,
+        map: &std::collections::BTreeMap<String, T>,
+        what: &str,
+    ) {
+        if !map.contains_key(&name.value) {
+            let names: Vec<&str> = map.keys().map(String::as_str).collect();
+            self.error(
+                name.loc,
+                field,
+                format!("unknown {what} `{}`", name.value),
+                Some(unknown_help(&name.value, &names, what)),
+            );
+        }
+    }
+
+    fn groups(&mut self, allowed: &Allowed, field: &str) {
+        if let Allowed::Groups(groups) = allowed {
+            for g in groups {
+                self.reference(g, field, &self.home.groups, "group");
+            }
+        }
+    }
+
+    fn file_exists(&mut self, files: &HomeFiles, path: &Sourced<String>, field: &str) {
+        let rel = Path::new(&path.value);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            self.error(
+                path.loc,
+                field,
+                format!("`{}` must be a path inside the home", path.value),
+                None,
+            );
+        } else if !files.exists(rel) {
+            self.error(
+                path.loc,
+                field,
+                format!("file `{}` does not exist in the home", path.value),
+                None,
+            );
+        }
+    }
+}
+
+pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) {
+    let mut v = V { home, diags };
+
+    for c in home.exec_configs.values() {
+        let f = |k: &str| format!("exec_config.{}.{k}", c.name);
+        v.groups(&c.allowed, &f("allowed_groups"));
+        if let Some(b) = &c.base_image {
+            v.reference(b, &f("base_image"), &home.base_images, "base image");
+        }
+        if let (Some(_), Some(b)) = (&c.image, &c.base_image) {
+            v.error(
+                b.loc,
+                &f("base_image"),
+                "set either `image` or `base_image`, not both",
+                None,
+            );
+        }
+        let kind = c.kind.value;
+        let only_for = |k: ExecKind| format!("only used by kind = \"{k}\"");
+        if kind != ExecKind::Kubernetes {
+            let k8s_fields = [
+                ("namespace", c.namespace.as_ref().map(|x| x.loc)),
+                ("context", c.context.as_ref().map(|x| x.loc)),
+                ("service_account", c.service_account.as_ref().map(|x| x.loc)),
+                ("pod_patch", c.pod_patch.as_ref().map(|x| x.loc)),
+                ("pending_timeout", c.pending_timeout.as_ref().map(|x| x.loc)),
+                (
+                    "node_selector",
+                    c.node_selector.values().next().map(|x| x.loc),
+                ),
+                ("tolerations", c.tolerations.first().map(|x| x.loc)),
+                (
+                    "image_pull_secrets",
+                    c.image_pull_secrets.first().map(|x| x.loc),
+                ),
+            ];
+            for (key, loc) in k8s_fields {
+                if let Some(loc) = loc {
+                    v.error(
+                        loc,
+                        &f(key),
+                        format!("`{key}` is for Kubernetes configurations"),
+                        Some(only_for(ExecKind::Kubernetes)),
+                    );
+                }
+            }
+        }
+        if kind != ExecKind::Docker {
+            let d = &c.docker;
+            let loc = d
+                .network
+                .as_ref()
+                .map(|x| x.loc)
+                .or(d.runtime.as_ref().map(|x| x.loc))
+                .or(d.cap_add.first().map(|x| x.loc))
+                .or(d.extra_hosts.first().map(|x| x.loc))
+                .or(d.volumes.first().map(|x| x.loc));
+            if let Some(loc) = loc {
+                v.error(
+                    loc,
+                    &f("docker"),
+                    "`docker` options are for Docker configurations",
+                    Some(only_for(ExecKind::Docker)),
+                );
+            }
+        }
+        if kind == ExecKind::Local {
+            for (key, loc) in [
+                ("image", c.image.as_ref().map(|x| x.loc)),
+                ("base_image", c.base_image.as_ref().map(|x| x.loc)),
+                ("registry", c.registry.as_ref().map(|x| x.loc)),
+                ("shm_size", c.shm_size.as_ref().map(|x| x.loc)),
+            ] {
+                if let Some(loc) = loc {
+                    v.error(
+                        loc,
+                        &f(key),
+                        format!("`{key}` has no effect: local execution runs no container"),
+                        Some("use kind = \"docker\" or \"kubernetes\"".into()),
+                    );
+                }
+            }
+            if let Some(g) = &c.gpus
+                && g.value > 0
+            {
+                v.error(
+                    g.loc,
+                    &f("gpus"),
+                    "local execution cannot reserve GPUs",
+                    Some("use kind = \"docker\" or \"kubernetes\"".into()),
+                );
+            }
+        } else if c.image.is_none()
+            && c.base_image.is_none()
+            && !home.base_images.contains_key("default")
+        {
+            v.error(
+                c.loc,
+                &f("base_image"),
+                "no image: set `base_image` (a base image defined in images.toml) or `image`",
+                Some("or define [base_image.default] in images.toml".into()),
+            );
+        }
+        if kind == ExecKind::Docker
+            && let Some(m) = &c.memory_limit
+            && m.value.bytes() < DOCKER_MIN_MEMORY
+        {
+            v.error(
+                m.loc,
+                &f("memory_limit"),
+                format!(
+                    "{} is below the Docker engine's minimum of {}",
+                    m.value,
+                    Memory::from_bytes(DOCKER_MIN_MEMORY)
+                ),
+                None,
+            );
+        }
+        if let Some(m) = &c.max_concurrent
+            && m.value == 0
+        {
+            v.error(
+                m.loc,
+                &f("max_concurrent"),
+                "0 would never run anything",
+                Some("expected at least 1".into()),
+            );
+        }
+    }
+
+    for s in home.spark_configs.values() {
+        let f = |k: &str| format!("spark_config.{}.{k}", s.name);
+        v.groups(&s.allowed, &f("allowed_groups"));
+        if let Some(b) = &s.base_image {
+            v.reference(b, &f("base_image"), &home.base_images, "base image");
+        }
+        for (key, value) in &s.conf {
+            if let Some((_, instead)) = SPARK_OWNED_CONF.iter().find(|(k, _)| k == key) {
+                v.error(
+                    value.loc,
+                    &f(&format!("conf.\"{key}\"")),
+                    format!("`{key}` is set by capstan from the configuration"),
+                    Some(format!("set {instead} instead")),
+                );
+            }
+        }
+        for (key, m) in [
+            ("driver_memory", &s.driver_memory),
+            ("executor_memory", &s.executor_memory),
+        ] {
+            if let Some(m) = m
+                && m.value.bytes() < SPARK_MIN_MEMORY
+            {
+                v.error(
+                    m.loc,
+                    &f(key),
+                    format!("{} is below Spark's minimum of 450Mi", m.value),
+                    None,
+                );
+            }
+        }
+        if s.dynamic_allocation.as_ref().is_some_and(|d| d.value)
+            && let Some(i) = &s.executor_instances
+        {
+            v.error(
+                i.loc,
+                &f("executor_instances"),
+                "fixed executor_instances contradicts dynamic_allocation = true",
+                Some("remove one of them".into()),
+            );
+        }
+        match s.master.value {
+            SparkMaster::Standalone => match &s.master_url {
+                Some(u) if !u.value.starts_with("spark://") => {
+                    v.error(
+                        u.loc,
+                        &f("master_url"),
+                        format!("`{}` is not a standalone master URL", u.value),
+                        Some("expected spark://HOST:PORT".into()),
+                    );
+                }
+                None => v.error(
+                    s.master.loc,
+                    &f("master_url"),
+                    "a standalone Spark configuration needs `master_url`",
+                    Some("expected spark://HOST:PORT".into()),
+                ),
+                _ => {}
+            },
+            SparkMaster::Local => {
+                for (key, loc) in [
+                    ("namespace", s.namespace.as_ref().map(|x| x.loc)),
+                    ("image", s.image.as_ref().map(|x| x.loc)),
+                    ("master_url", s.master_url.as_ref().map(|x| x.loc)),
+                ] {
+                    if let Some(loc) = loc {
+                        v.error(
+                            loc,
+                            &f(key),
+                            format!("`{key}` has no effect with master = \"local\""),
+                            None,
+                        );
+                    }
+                }
+            }
+            SparkMaster::Kubernetes => {}
+        }
+    }
+
+    for c in home.clusters.values() {
+        v.groups(&c.allowed, &format!("cluster.{}.allowed_groups", c.name));
+    }
+
+    for b in home.base_images.values() {
+        for file in &b.files {
+            v.file_exists(files, file, &format!("base_image.{}.files", b.name));
+        }
+    }
+
+    for e in home.code_envs.values() {
+        let f = |k: &str| format!("code_env.{}.{k}", e.name);
+        if let BuildFor::List(list) = &e.build_for.value {
+            for n in list {
+                v.reference(
+                    n,
+                    &f("build_for"),
+                    &home.exec_configs,
+                    "execution configuration",
+                );
+            }
+        }
+        for (key, file) in [
+            ("requirements_file", &e.requirements_file),
+            ("constraints_file", &e.constraints_file),
+        ] {
+            if let Some(file) = file {
+                v.file_exists(files, file, &f(key));
+            }
+        }
+    }
+
+    for u in home.users.values() {
+        for g in &u.groups {
+            v.reference(g, &format!("user.{}.groups", u.name), &home.groups, "group");
+        }
+    }
+    // Two users sharing a token would be indistinguishable to the daemon.
+    let mut seen = std::collections::BTreeMap::new();
+    for u in home.users.values() {
+        for t in &u.tokens {
+            if let Some(other) = seen.insert(t.sha256.clone(), u.name.clone()) {
+                v.error(
+                    t.loc,
+                    &format!("user.{}.tokens", u.name),
+                    format!("this token hash is also a token of user `{other}`"),
+                    None,
+                );
+            }
+        }
+    }
+
+    for p in home.projects.values() {
+        for r in p.recipes.values() {
+            for d in r.inputs.iter().chain(&r.outputs) {
+                if !p.datasets.contains_key(&d.value) {
+                    let names: Vec<&str> = p.datasets.keys().map(String::as_str).collect();
+                    v.error(
+                        d.loc,
+                        "inputs/outputs",
+                        format!("unknown dataset `{}` in project `{}`", d.value, p.key),
+                        Some(unknown_help(&d.value, &names, "dataset")),
+                    );
+                }
+            }
+            for o in &r.outputs {
+                if r.inputs.iter().any(|i| i.value == o.value) {
+                    v.error(
+                        o.loc,
+                        "outputs",
+                        format!("dataset `{}` is both an input and an output", o.value),
+                        None,
+                    );
+                }
+            }
+            if r.kind.value.is_spark()
+                && let Some(e) = &r.settings.exec_config
+            {
+                v.error(
+                    e.loc,
+                    "exec_config",
+                    "Spark recipes run with a Spark configuration",
+                    Some("set `spark_config` instead".into()),
+                );
+            }
+            // Resolve every recipe as the home stands: this finds unknown names, incompatible
+            // configuration/cluster pairs, missing namespaces and overrides above limits.
+            if let Err(errors) = resolve(home, &p.key, &r.name, &RunRequest::default()) {
+                for e in errors {
+                    if let ResolveError::Invalid {
+                        field,
+                        message,
+                        help,
+                        loc,
+                    } = e
+                    {
+                        let loc = loc.unwrap_or(r.loc);
+                        v.error(loc, field, message, help);
+                    }
+                }
+            }
+        }
+    }
+
+    // The instance defaults on their own (a home with no project still gets them checked).
+    let d = &home.instance.defaults;
+    for (name, field, what) in [
+        (
+            &d.exec_config,
+            "defaults.exec_config",
+            "execution configuration",
+        ),
+        (&d.cluster, "defaults.cluster", "cluster"),
+        (
+            &d.spark_config,
+            "defaults.spark_config",
+            "Spark configuration",
+        ),
+        (&d.code_env, "defaults.code_env", "code environment"),
+    ] {
+        if let Some(name) = name {
+            match what {
+                "execution configuration" => v.reference(name, field, &home.exec_configs, what),
+                "cluster" => v.reference(name, field, &home.clusters, what),
+                "Spark configuration" => v.reference(name, field, &home.spark_configs, what),
+                _ => v.reference(name, field, &home.code_envs, what),
+            }
+        }
+    }
+}
