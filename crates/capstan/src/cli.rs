@@ -26,6 +26,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Create a demo home if needed and run its sample project.
     Quickstart(QuickstartArgs),
 }
@@ -88,4 +91,18 @@ pub struct QuickstartArgs {
     /// Where to create the demo home when no home is given (default: ./demo-home).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for USER: printed once, its SHA-256 digest stored in users.toml.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    pub user: String,
+    /// A name to tell the token apart (default: token-N).
+    #[arg(long)]
+    pub name: Option<String>,
 }

@@ -9,6 +9,7 @@ mod explain;
 mod home;
 mod init;
 mod quickstart;
+mod token;
 
 use std::process::ExitCode;
 
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<u8> {
-    use cli::{Command, ConfigCommand};
+    use cli::{Command, ConfigCommand, TokenCommand};
     match args.command {
         Command::Init(a) => init::run(&a),
         Command::Check(a) => check::run(&home::locate(args.home.as_deref())?, &a),
@@ -63,6 +64,9 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         }
         Command::Config(ConfigCommand::List(a)) => {
             explain::list(&home::locate(args.home.as_deref())?, &a)
+        }
+        Command::Token(TokenCommand::Create(a)) => {
+            token::create(&home::locate(args.home.as_deref())?, &a)
         }
         Command::Quickstart(a) => quickstart::run(args.home.as_deref(), &a),
     }

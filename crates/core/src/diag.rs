@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(f.line_col(0), (1, 1));
         assert_eq!(f.line_col(3), (2, 1));
         // "çé" is 4 bytes, 2 characters.
-        assert_eq!(f.line_col(7), (2, 4));
+        assert_eq!(f.line_col(7), (2, 3));
         // Inside a multi-byte character and past the end: no panic.
         assert_eq!(f.line_col(4).0, 2);
         assert_eq!(f.line_col(1000).0, 3);

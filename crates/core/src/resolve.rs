@@ -677,11 +677,17 @@ impl<'h> Resolver<'h> {
                         "namespace",
                         &o,
                         format!(
-                            "kubernetes execution configuration `{}` has no namespace, and {} has no default namespace",
+                            "kubernetes execution configuration `{}` has no namespace, and {}",
                             exec_config.value.as_deref().unwrap_or(""),
-                            cluster.map_or("the default cluster".into(), |c| format!("cluster `{}`", c.name))
+                            cluster.map_or(
+                                "no cluster that gives one is chosen".into(),
+                                |c| format!("cluster `{}` gives none", c.name)
+                            )
                         ),
-                        Some("set `namespace` on the execution configuration or on the cluster".into()),
+                        Some(
+                            "set `namespace` on the execution configuration or on the cluster"
+                                .into(),
+                        ),
                     );
                     self.builtin(None, None)
                 }
@@ -850,8 +856,11 @@ impl<'h> Resolver<'h> {
         request: &Setting<Option<T>>,
         limit: &Setting<Option<T>>,
     ) {
+        // Both from the same execution configuration: loading reported it already.
+        let same_object = request.origin.via.is_some() && request.origin.via == limit.origin.via;
         if let (Some(r), Some(l)) = (&request.value, &limit.value)
             && r > l
+            && !same_object
         {
             let o = request.origin.clone();
             self.invalid(

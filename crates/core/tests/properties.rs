@@ -1,0 +1,259 @@
+//! Property tests over whole homes: precedence of the resolution layers, and loading arbitrary
+//! bytes without panicking.
+
+use std::path::PathBuf;
+
+use capstan_core::load::{HomeFiles, load};
+use capstan_core::resolve::{Layer, RunRequest, resolve};
+use proptest::prelude::*;
+
+fn home(files: &[(&str, String)]) -> HomeFiles {
+    let mut h = HomeFiles::default();
+    for (path, text) in files {
+        let p = PathBuf::from(path);
+        if path.ends_with(".toml") {
+            h.toml.insert(p, text.clone().into_bytes());
+        } else {
+            h.others.insert(p);
+        }
+    }
+    h
+}
+
+const CONFIGS: [&str; 3] = ["a", "b", "c"];
+
+/// What one layer sets, if anything.
+#[derive(Clone, Debug)]
+struct LayerChoice {
+    exec_config: Option<usize>,
+    timeout_mins: Option<u32>,
+    env: Option<u32>,
+    memory_mib: Option<u32>,
+}
+
+fn layer_choice() -> impl Strategy<Value = LayerChoice> {
+    (
+        proptest::option::of(0usize..3),
+        proptest::option::of(1u32..500),
+        proptest::option::of(0u32..1000),
+        proptest::option::of(16u32..256),
+    )
+        .prop_map(|(exec_config, timeout_mins, env, memory_mib)| LayerChoice {
+            exec_config,
+            timeout_mins,
+            env,
+            memory_mib,
+        })
+}
+
+fn toml_lines(c: &LayerChoice, table_prefix: &str) -> String {
+    let mut s = String::new();
+    if let Some(i) = c.exec_config {
+        s += &format!("exec_config = \"{}\"\n", CONFIGS[i]);
+    }
+    if let Some(t) = c.timeout_mins {
+        s += &format!("timeout = \"{t}m\"\n");
+    }
+    if let Some(m) = c.memory_mib {
+        s += &format!("memory_limit = \"{m}Mi\"\n");
+    }
+    if let Some(e) = c.env {
+        s += &format!("[{table_prefix}env]\nX = \"{e}\"\n");
+    }
+    s
+}
+
+/// The highest layer that sets a value, and the value.
+fn expected<T: Clone>(layers: &[(Layer, Option<T>)]) -> Option<(Layer, T)> {
+    layers
+        .iter()
+        .rev()
+        .find_map(|(l, v)| v.clone().map(|v| (*l, v)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The highest layer that sets a value wins; a layer that does not set it never erases a
+    /// lower one; with no layer setting it, the execution configuration's own value shows.
+    #[test]
+    fn highest_layer_wins(instance in layer_choice(), project in layer_choice(), recipe in layer_choice(), request in layer_choice()) {
+        let mut exec = String::new();
+        for (i, name) in CONFIGS.iter().enumerate() {
+            exec += &format!("[exec_config.{name}]\nkind = \"local\"\nmemory_limit = \"1Gi\"\ntimeout = \"{}h\"\n\n", i + 1);
+        }
+        let files = home(&[
+            ("capstan.toml", format!("[defaults]\n{}", toml_lines(&instance, "defaults."))),
+            ("exec-configs.toml", exec),
+            ("projects/p/project.toml", format!("[defaults]\n{}", toml_lines(&project, "defaults."))),
+            ("projects/p/recipes/r.toml", format!("kind = \"shell\"\n{}", toml_lines(&recipe, ""))),
+            ("projects/p/recipes/r.sh", String::new()),
+        ]);
+        let (h, diags) = load(&PathBuf::from("/h"), &files);
+        prop_assert!(!diags.has_errors(), "{:?}", diags.list);
+        let req = RunRequest {
+            exec_config: request.exec_config.map(|i| CONFIGS[i].to_string()),
+            timeout: request.timeout_mins.map(|m| capstan_core::quantity::Duration::from_secs(u64::from(m) * 60)),
+            env: request.env.map(|e| [("X".to_string(), e.to_string())].into()).unwrap_or_default(),
+            ..RunRequest::default()
+        };
+        let r = resolve(&h, "p", "r", &req).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+
+        let pick = |f: &dyn Fn(&LayerChoice) -> Option<u32>, with_request: bool| {
+            let mut v = vec![
+                (Layer::Instance, f(&instance)),
+                (Layer::Project, f(&project)),
+                (Layer::Recipe, f(&recipe)),
+            ];
+            if with_request {
+                v.push((Layer::Request, f(&request)));
+            }
+            expected(&v)
+        };
+
+        // The execution configuration.
+        let exec_choice = pick(&|c| c.exec_config.map(|i| i as u32), true);
+        match exec_choice {
+            Some((layer, i)) => {
+                prop_assert_eq!(r.exec_config.value.as_deref(), Some(CONFIGS[i as usize]));
+                prop_assert_eq!(r.exec_config.origin.layer, layer);
+            }
+            None => {
+                prop_assert_eq!(r.exec_config.value, None);
+                prop_assert_eq!(r.exec_config.origin.layer, Layer::Builtin);
+            }
+        }
+
+        // The timeout: a layer's value, else the chosen configuration's.
+        match pick(&|c| c.timeout_mins, true) {
+            Some((layer, m)) => {
+                prop_assert_eq!(r.timeout.value.map(|d| d.secs()), Some(u64::from(m) * 60));
+                prop_assert_eq!(r.timeout.origin.layer, layer);
+            }
+            None => match exec_choice {
+                Some((_, i)) => {
+                    prop_assert_eq!(r.timeout.value.map(|d| d.secs()), Some((i as u64 + 1) * 3600));
+                    prop_assert_eq!(r.timeout.origin.layer, Layer::Instance);
+                    prop_assert!(r.timeout.origin.via.as_deref().unwrap_or("").contains(CONFIGS[i as usize]));
+                }
+                None => prop_assert_eq!(r.timeout.value, None),
+            },
+        }
+
+        // Memory: a layer may lower the configuration's limit (every generated value is below).
+        match pick(&|c| c.memory_mib, false) {
+            Some((layer, m)) => {
+                prop_assert_eq!(r.memory_limit.value.map(|v| v.bytes()), Some(u64::from(m) << 20));
+                prop_assert_eq!(r.memory_limit.origin.layer, layer);
+            }
+            None if exec_choice.is_some() => {
+                prop_assert_eq!(r.memory_limit.value.map(|v| v.bytes()), Some(1 << 30));
+            }
+            None => prop_assert_eq!(r.memory_limit.value, None),
+        }
+
+        // Environment variables merge key by key.
+        match pick(&|c| c.env, true) {
+            Some((layer, e)) => {
+                let x = &r.env["X"];
+                prop_assert_eq!(&x.value, &e.to_string());
+                prop_assert_eq!(x.origin.layer, layer);
+            }
+            None => prop_assert!(!r.env.contains_key("X")),
+        }
+    }
+}
+
+/// Every kind of file in a home, with a valid example of each.
+fn valid_files() -> Vec<(&'static str, String)> {
+    capstan_core::sample::sample_home(&"a".repeat(64), &"b".repeat(64))
+        .into_iter()
+        .map(|(p, t)| {
+            (
+                Box::leak(p.to_string_lossy().into_owned().into_boxed_str()) as &str,
+                t,
+            )
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    Replace(Vec<u8>),
+    Truncate(usize),
+    Flip(usize, u8),
+    Insert(usize, String),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..400).prop_map(Mutation::Replace),
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+        (
+            any::<usize>(),
+            prop_oneof![
+                Just("[".to_string()),
+                Just("]]".to_string()),
+                Just("=".to_string()),
+                Just("\"".to_string()),
+                Just("\n[exec_config.x]\n".to_string()),
+                Just(" = {a = [1, {b = 2}]}\n".to_string()),
+                Just("99999999999999999999999Ei".to_string()),
+                Just("\u{fffd}é\u{0}".to_string()),
+                Just("\nkind = 3\n".to_string()),
+                Just("'''".to_string()),
+            ]
+        )
+            .prop_map(|(i, s)| Mutation::Insert(i, s)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever bytes any config file holds, loading and resolving never panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(which in 0usize..12, m in mutation(), m2 in mutation()) {
+        let mut files = valid_files();
+        let which = which % files.len();
+        let mut bytes = files[which].1.clone().into_bytes();
+        for m in [m, m2] {
+            match m {
+                Mutation::Replace(b) => bytes = b,
+                Mutation::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
+                Mutation::Flip(i, b) if !bytes.is_empty() => {
+                    let n = bytes.len();
+                    bytes[i % n] ^= b;
+                }
+                Mutation::Flip(..) => {}
+                Mutation::Insert(i, s) => {
+                    let at = i % (bytes.len() + 1);
+                    bytes.splice(at..at, s.into_bytes());
+                }
+            }
+        }
+        let mut h = HomeFiles::default();
+        for (i, (path, text)) in files.drain(..).enumerate() {
+            let content = if i == which { bytes.clone() } else { text.into_bytes() };
+            if path.ends_with(".toml") {
+                h.toml.insert(PathBuf::from(path), content);
+            } else {
+                h.others.insert(PathBuf::from(path));
+            }
+        }
+        let (home, diags) = load(&PathBuf::from("/h"), &h);
+        for d in &diags.list {
+            // Every diagnostic renders, and points into a file of the home.
+            let _ = d.to_string();
+        }
+        for p in home.projects.values() {
+            for r in p.recipes.values() {
+                for user in [None, Some("alice".to_string()), Some("nobody".to_string())] {
+                    let _ = resolve(&home, &p.key, &r.name, &RunRequest { user, exec_config: Some("k8s-medium".into()), ..RunRequest::default() });
+                    let _ = resolve(&home, &p.key, &r.name, &RunRequest::default());
+                }
+            }
+        }
+    }
+}
