@@ -13,6 +13,20 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAPSTAN_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
 
+    /// The daemon's URL (default: the daemon of the home, from its state/daemon.json).
+    #[arg(long, global = true, env = "CAPSTAN_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// API token (default: the local daemon's token, readable by whoever can read the home).
+    #[arg(
+        long,
+        global = true,
+        env = "CAPSTAN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -31,6 +45,100 @@ pub enum Command {
     Token(TokenCommand),
     /// Create a demo home if needed and run its sample project.
     Quickstart(QuickstartArgs),
+    /// Run the daemon of the home: the engine and the REST API.
+    Serve(ServeArgs),
+    /// Run a recipe: waits, streams its logs, exits 0 on success and 1 otherwise.
+    Run(RunArgs),
+    /// List jobs, newest first.
+    Jobs(JobsArgs),
+    /// Inspect one job.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Print a job's logs.
+    Logs(LogsArgs),
+    /// Cancel a job: its processes are stopped.
+    Cancel(CancelArgs),
+    /// Internal: supervise one local activity (started by the daemon).
+    #[command(hide = true)]
+    Shim(ShimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default: [server] bind in capstan.toml, else 127.0.0.1:7878).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// On shutdown, stop running jobs instead of leaving them to the next daemon.
+    #[arg(long)]
+    pub stop_jobs: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The recipe, as PROJECT/RECIPE.
+    pub target: String,
+    #[arg(long, value_name = "NAME")]
+    pub exec_config: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub spark_config: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub code_env: Option<String>,
+    /// Timeout for this run, e.g. 90s, 30m, 2h.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Extra environment variable for the recipe (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Queue the job and return at once.
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the job as JSON (after it ends, or at once with --detach) instead of its logs.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in these states (comma-separated).
+    #[arg(long, value_name = "STATES")]
+    pub state: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Everything about a job: states with times, diagnosis, settings, usage, logs.
+    Show(JobShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobShowArgs {
+    pub id: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub id: i64,
+    /// Keep printing new lines until the job ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub id: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct ShimArgs {
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

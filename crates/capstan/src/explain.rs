@@ -4,7 +4,8 @@ use std::path::Path;
 
 use anyhow::bail;
 use capstan_core::model::{ClusterTarget, Home};
-use capstan_core::resolve::{Origin, Resolution, ResolveError, RunRequest, Setting, resolve};
+use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve};
+use capstan_engine::record::{error_json, resolution_json, resolution_rows};
 use serde_json::{Value, json};
 
 use crate::cli::{ExplainArgs, ListArgs};
@@ -16,126 +17,6 @@ pub fn parse_target(target: &str) -> anyhow::Result<(&str, &str)> {
     match target.split_once('/') {
         Some((p, r)) if !p.is_empty() && !r.is_empty() && !r.contains('/') => Ok((p, r)),
         _ => bail!("`{target}` is not PROJECT/RECIPE"),
-    }
-}
-
-fn origin_json(o: &Origin) -> Value {
-    json!({
-        "layer": o.layer.as_str(),
-        "file": o.file.as_ref().map(|f| f.display().to_string()),
-        "line": o.file.as_ref().map(|_| o.line),
-        "via": o.via,
-    })
-}
-
-fn setting_json<T>(s: &Setting<T>, show: impl Fn(&T) -> Value) -> Value {
-    let mut v = origin_json(&s.origin);
-    v["value"] = show(&s.value);
-    v
-}
-
-fn opt<T: ToString>(v: &Option<T>) -> Value {
-    v.as_ref()
-        .map_or(Value::Null, |x| Value::String(x.to_string()))
-}
-
-/// Every effective setting, in a stable order, as (name, JSON value with origin).
-pub fn resolution_rows(r: &Resolution) -> Vec<(&'static str, Value, &Origin)> {
-    vec![
-        (
-            "exec_config",
-            opt(&r.exec_config.value),
-            &r.exec_config.origin,
-        ),
-        ("kind", json!(r.kind.value.as_str()), &r.kind.origin),
-        ("cluster", opt(&r.cluster.value), &r.cluster.origin),
-        (
-            "docker_host",
-            opt(&r.docker_host.value),
-            &r.docker_host.origin,
-        ),
-        ("context", opt(&r.context.value), &r.context.origin),
-        ("namespace", opt(&r.namespace.value), &r.namespace.origin),
-        ("image", opt(&r.image.value), &r.image.origin),
-        ("registry", opt(&r.registry.value), &r.registry.origin),
-        (
-            "spark_config",
-            opt(&r.spark_config.value),
-            &r.spark_config.origin,
-        ),
-        ("code_env", opt(&r.code_env.value), &r.code_env.origin),
-        (
-            "cpu_request",
-            opt(&r.cpu_request.value),
-            &r.cpu_request.origin,
-        ),
-        ("cpu_limit", opt(&r.cpu_limit.value), &r.cpu_limit.origin),
-        (
-            "memory_request",
-            opt(&r.memory_request.value),
-            &r.memory_request.origin,
-        ),
-        (
-            "memory_limit",
-            opt(&r.memory_limit.value),
-            &r.memory_limit.origin,
-        ),
-        ("gpu", json!(r.gpus.value), &r.gpus.origin),
-        ("timeout", opt(&r.timeout.value), &r.timeout.origin),
-    ]
-}
-
-pub fn resolution_json(r: &Resolution) -> Value {
-    let mut settings = serde_json::Map::new();
-    for (name, value, origin) in resolution_rows(r) {
-        let mut v = origin_json(origin);
-        v["value"] = value;
-        settings.insert(name.to_string(), v);
-    }
-    // Aliases scripts look for: `cpu` and `memory` are the limits, which is what is enforced.
-    for (alias, of) in [("cpu", "cpu_limit"), ("memory", "memory_limit")] {
-        let v = settings[of].clone();
-        settings.insert(alias.to_string(), v);
-    }
-    let env: serde_json::Map<String, Value> = r
-        .env
-        .iter()
-        .map(|(k, s)| (k.clone(), setting_json(s, |v| json!(v))))
-        .collect();
-    json!({
-        "project": r.project,
-        "recipe": r.recipe,
-        "recipe_kind": r.recipe_kind.as_str(),
-        "user": r.user,
-        "settings": settings,
-        "env": env,
-    })
-}
-
-pub fn error_json(e: &ResolveError) -> Value {
-    match e {
-        ResolveError::PermissionDenied {
-            user,
-            what,
-            name,
-            allowed_groups,
-            user_groups,
-        } => json!({
-            "kind": "permission_denied",
-            "message": e.to_string(),
-            "user": user,
-            "object": what,
-            "name": name,
-            "allowed_groups": allowed_groups,
-            "user_groups": user_groups,
-        }),
-        ResolveError::Invalid { field, .. } => json!({
-            "kind": "invalid",
-            "field": field,
-            "message": e.to_string(),
-            "help": e.help(),
-        }),
-        _ => json!({ "kind": "not_found", "message": e.to_string(), "help": e.help() }),
     }
 }
 

@@ -8,7 +8,8 @@ use capstan_core::{Diagnostic, Home, Severity};
 /// The home to use: `--home` / `CAPSTAN_HOME`, else the current folder if it holds capstan.toml.
 pub fn locate(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = arg {
-        return Ok(p.to_path_buf());
+        // Absolute, so paths handed to recipes and supervisors work from any folder.
+        return std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()));
     }
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
     if cwd.join("capstan.toml").is_file() {

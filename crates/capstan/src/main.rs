@@ -5,9 +5,12 @@
 
 mod check;
 mod cli;
+mod client;
+mod daemon;
 mod explain;
 mod home;
 mod init;
+mod jobs;
 mod quickstart;
 mod token;
 
@@ -17,9 +20,9 @@ use clap::Parser;
 
 /// Exit codes that scripts can rely on.
 pub mod exit {
-    /// The command did what was asked.
+    /// The command did what was asked (for `run`: the job succeeded).
     pub const OK: u8 = 0;
-    /// It failed: a problem in the home, a failed job, an engine error.
+    /// It failed: a problem in the home, a failed job, an unreachable daemon.
     pub const FAILURE: u8 = 1;
     /// The command line itself was wrong (clap's own code).
     pub const USAGE: u8 = 2;
@@ -27,7 +30,7 @@ pub mod exit {
     pub const DENIED: u8 = 3;
 }
 
-/// An error that carries its own exit code, for failures that are not "generic".
+/// An error that carries its own exit code, for failures already reported.
 #[derive(Debug)]
 pub struct Exit(pub u8);
 
@@ -41,6 +44,11 @@ impl std::error::Error for Exit {}
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // The shim is started by the daemon for every local activity: keep its start lean.
+    if let cli::Command::Shim(a) = &args.command {
+        return ExitCode::from(capstan_backend_local::shim::main(&a.dir).clamp(0, 255) as u8);
+    }
+    let _ = exit::USAGE;
     match run(args) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -54,20 +62,59 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn run(args: cli::Cli) -> anyhow::Result<u8> {
-    use cli::{Command, ConfigCommand, TokenCommand};
-    match args.command {
-        Command::Init(a) => init::run(&a),
-        Command::Check(a) => check::run(&home::locate(args.home.as_deref())?, &a),
-        Command::Config(ConfigCommand::Explain(a)) => {
-            explain::run(&home::locate(args.home.as_deref())?, &a)
+    use cli::{Command, ConfigCommand, JobCommand, TokenCommand};
+    let home = args.home.as_deref();
+    let connect = || client::Client::connect(home, args.server.as_deref(), args.token.as_deref());
+    match &args.command {
+        Command::Init(a) => init::run(a),
+        Command::Check(a) => check::run(&home::locate(home)?, a),
+        Command::Config(ConfigCommand::Explain(a)) => explain::run(&home::locate(home)?, a),
+        Command::Config(ConfigCommand::List(a)) => explain::list(&home::locate(home)?, a),
+        Command::Token(TokenCommand::Create(a)) => token::create(&home::locate(home)?, a),
+        Command::Quickstart(a) => {
+            init_tracing_quiet();
+            runtime()?.block_on(quickstart::run(home, a))
         }
-        Command::Config(ConfigCommand::List(a)) => {
-            explain::list(&home::locate(args.home.as_deref())?, &a)
+        Command::Serve(a) => {
+            init_tracing();
+            let root = home::locate(home)?;
+            runtime()?.block_on(daemon::serve(&root, a))
         }
-        Command::Token(TokenCommand::Create(a)) => {
-            token::create(&home::locate(args.home.as_deref())?, &a)
+        Command::Run(a) => runtime()?.block_on(async { jobs::run(&connect()?, a).await }),
+        Command::Jobs(a) => runtime()?.block_on(async { jobs::list(&connect()?, a).await }),
+        Command::Job(JobCommand::Show(a)) => {
+            runtime()?.block_on(async { jobs::show(&connect()?, a).await })
         }
-        Command::Quickstart(a) => quickstart::run(args.home.as_deref(), &a),
+        Command::Logs(a) => runtime()?.block_on(async { jobs::logs(&connect()?, a).await }),
+        Command::Cancel(a) => runtime()?.block_on(async { jobs::cancel(&connect()?, a).await }),
+        Command::Shim(_) => unreachable!("handled in main"),
     }
+}
+
+/// Quickstart prints its own story; only warnings from the engine are worth showing.
+fn init_tracing_quiet() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .try_init();
 }

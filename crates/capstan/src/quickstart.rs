@@ -1,17 +1,17 @@
 //! `capstan quickstart`: the README's main-job command.
 //!
-//! Creates a demo home when none is given, checks it, and shows how each sample recipe's
-//! settings resolve. (Running the recipes arrives with the daemon.)
+//! Creates a demo home when there is none, starts its daemon in this process (or uses the one
+//! already running), runs every recipe of the sample project on the instance default, and
+//! prints what ran, where, for how long, and the result.
 
 use std::path::{Path, PathBuf};
 
-use capstan_core::resolve::{RunRequest, resolve};
-
-use crate::cli::QuickstartArgs;
+use crate::cli::{QuickstartArgs, RunArgs};
+use crate::client::Client;
 use crate::exit;
-use crate::home::load_valid;
+use crate::jobs::{follow, submit, summary};
 
-pub fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Result<u8> {
+pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Result<u8> {
     let root: PathBuf = match home_arg {
         Some(h) => h.to_path_buf(),
         None => args
@@ -19,31 +19,72 @@ pub fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Result<u8>
             .clone()
             .unwrap_or_else(|| PathBuf::from("demo-home")),
     };
+    let root = std::path::absolute(&root)?;
     if !root.join("capstan.toml").exists() {
         let created = crate::init::create(&root)?;
         println!("created demo home {}", root.display());
-        println!("  admin token: {}", created.admin_token);
-        println!("  alice token: {}", created.user_token);
+        println!(
+            "  API tokens, shown this once: admin {}  alice {}",
+            created.admin_token, created.user_token
+        );
     } else {
         println!("using home {}", root.display());
     }
-    let home = load_valid(&root)?;
+    let home = crate::home::load_valid(&root)?;
+
+    let (client, daemon) = match crate::daemon::read_info(&root) {
+        Some(info) => {
+            println!("using the running daemon at {}", info.url);
+            (Client::from_parts(info.url, info.token), None)
+        }
+        None => {
+            let d = crate::daemon::start(&root, "127.0.0.1:0").await?;
+            println!("started the daemon in this process at {}", d.url());
+            (Client::from_parts(d.url(), d.token.clone()), Some(d))
+        }
+    };
+
+    let mut failed = 0;
     for p in home.projects.values() {
         for r in p.recipes.values() {
-            let res = resolve(&home, &p.key, &r.name, &RunRequest::default())
-                .map_err(|e| anyhow::anyhow!("{}/{}: {}", p.key, r.name, e[0]))?;
-            println!(
-                "{}/{} ({}): exec config {} [{}], cpu {}, memory {}, timeout {}",
-                p.key,
-                r.name,
-                r.kind.value.as_str(),
-                res.exec_config.value.as_deref().unwrap_or("(none)"),
-                res.kind.value,
-                res.cpu_limit.value.map_or("-".into(), |v| v.to_string()),
-                res.memory_limit.value.map_or("-".into(), |v| v.to_string()),
-                res.timeout.value.map_or("-".into(), |v| v.to_string()),
-            );
+            let target = format!("{}/{}", p.key, r.name);
+            let args = RunArgs {
+                target: target.clone(),
+                exec_config: None,
+                cluster: None,
+                spark_config: None,
+                code_env: None,
+                timeout: None,
+                env: Vec::new(),
+                detach: false,
+                json: false,
+            };
+            println!();
+            println!("==> {target} ({} recipe)", r.kind.value.as_str());
+            let job = submit(&client, &args).await?;
+            let id = job["id"].as_i64().unwrap_or(0);
+            let job = follow(&client, id, "  | ").await?;
+            println!("{}", summary(&job));
+            if job["state"] != "succeeded" {
+                failed += 1;
+                if let Some(d) = job["diagnosis"].as_str() {
+                    println!("error: {d}");
+                }
+            }
         }
     }
-    Ok(exit::OK)
+    if let Some(d) = daemon {
+        d.stop(true).await;
+    }
+    println!();
+    if failed == 0 {
+        println!(
+            "all sample recipes succeeded; next: `capstan --home {} serve`, then `capstan run sample/hello`",
+            root.display()
+        );
+        Ok(exit::OK)
+    } else {
+        println!("{failed} recipe(s) failed");
+        Ok(exit::FAILURE)
+    }
 }

@@ -127,7 +127,7 @@ impl Quantity {
 
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.nanos % NANO == 0 {
+        if self.nanos.is_multiple_of(NANO) {
             let units = self.nanos / NANO;
             for (suffix, shift) in [
                 ("Ei", 60),
@@ -137,14 +137,14 @@ impl fmt::Display for Quantity {
                 ("Mi", 20),
                 ("Ki", 10),
             ] {
-                if units >= 1 << shift && units % (1 << shift) == 0 {
+                if units >= 1 << shift && units.is_multiple_of(1 << shift) {
                     return write!(f, "{}{suffix}", units >> shift);
                 }
             }
             write!(f, "{units}")
-        } else if self.nanos % 1_000_000 == 0 {
+        } else if self.nanos.is_multiple_of(1_000_000) {
             write!(f, "{}m", self.nanos / 1_000_000)
-        } else if self.nanos % 1_000 == 0 {
+        } else if self.nanos.is_multiple_of(1_000) {
             write!(f, "{}u", self.nanos / 1_000)
         } else {
             write!(f, "{}n", self.nanos)
@@ -187,7 +187,7 @@ impl Cpu {
 
 impl fmt::Display for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.millis % 1000 == 0 {
+        if self.millis.is_multiple_of(1000) {
             write!(f, "{}", self.millis / 1000)
         } else {
             write!(f, "{}m", self.millis)
@@ -240,13 +240,13 @@ impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.bytes;
         for (suffix, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-            if b >= 1 << shift && b % (1 << shift) == 0 {
+            if b >= 1 << shift && b.is_multiple_of(1 << shift) {
                 return write!(f, "{}{suffix}", b >> shift);
             }
         }
         for (suffix, pow) in [("T", 12), ("G", 9), ("M", 6), ("k", 3)] {
             let unit = 10u64.pow(pow);
-            if b >= unit && b % unit == 0 {
+            if b >= unit && b.is_multiple_of(unit) {
                 return write!(f, "{}{suffix}", b / unit);
             }
         }

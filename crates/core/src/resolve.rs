@@ -312,7 +312,7 @@ impl<'h> Resolver<'h> {
 
     /// A value from a configuration object (an execution configuration, a cluster), which
     /// admins define at the instance layer.
-    fn from_object<T: Clone>(&self, s: &Sourced<T>, via: String) -> Setting<T> {
+    fn object_value<T: Clone>(&self, s: &Sourced<T>, via: String) -> Setting<T> {
         Setting {
             value: s.value.clone(),
             origin: self.origin(Layer::Instance, s.loc, Some(via)),
@@ -389,7 +389,7 @@ impl<'h> Resolver<'h> {
         };
         let via_exec = |c: &ExecConfig| format!("exec_config '{}'", c.name);
         let kind = match exec {
-            Some(c) => self.from_object(&c.kind, via_exec(c)),
+            Some(c) => self.object_value(&c.kind, via_exec(c)),
             None => self.builtin(ExecKind::Local, None),
         };
 
@@ -570,7 +570,7 @@ impl<'h> Resolver<'h> {
 
         // Image and registry: from the configuration, or the code env's derived image.
         let registry = match exec.and_then(|c| c.registry.as_ref().map(|r| (c, r))) {
-            Some((c, r)) => self.from_object(r, via_exec(c)).map(Some),
+            Some((c, r)) => self.object_value(r, via_exec(c)).map(Some),
             None => self.builtin(None, None),
         };
         let prefix = registry
@@ -592,9 +592,9 @@ impl<'h> Resolver<'h> {
                         },
                     }
                 } else if let Some(img) = &c.image {
-                    self.from_object(img, via_exec(c)).map(Some)
+                    self.object_value(img, via_exec(c)).map(Some)
                 } else if let Some(base) = &c.base_image {
-                    self.from_object(base, via_exec(c))
+                    self.object_value(base, via_exec(c))
                         .map(|b| Some(format!("{prefix}capstan-base-{b}")))
                 } else if home.base_images.contains_key("default") {
                     self.builtin(
@@ -611,7 +611,7 @@ impl<'h> Resolver<'h> {
         let docker_host = match (kind.value, cluster) {
             (ExecKind::Docker, Some(c)) => match &c.target {
                 ClusterTarget::Docker { host } => self
-                    .from_object(host, format!("cluster '{}'", c.name))
+                    .object_value(host, format!("cluster '{}'", c.name))
                     .map(Some),
                 ClusterTarget::Kubernetes { .. } => self.builtin(None, None),
             },
@@ -632,10 +632,10 @@ impl<'h> Resolver<'h> {
             )) => (
                 context
                     .as_ref()
-                    .map(|x| self.from_object(x, format!("cluster '{}'", c.name))),
+                    .map(|x| self.object_value(x, format!("cluster '{}'", c.name))),
                 namespace
                     .as_ref()
-                    .map(|x| self.from_object(x, format!("cluster '{}'", c.name))),
+                    .map(|x| self.object_value(x, format!("cluster '{}'", c.name))),
             ),
             _ => (None, None),
         };
@@ -645,7 +645,7 @@ impl<'h> Resolver<'h> {
         } else if let Some(c) = cluster_context {
             c.map(Some)
         } else if let Some((c, ctx)) = exec.and_then(|c| c.context.as_ref().map(|x| (c, x))) {
-            self.from_object(ctx, via_exec(c)).map(Some)
+            self.object_value(ctx, via_exec(c)).map(Some)
         } else {
             self.builtin(None, Some("the kubeconfig's current context".into()))
         };
@@ -658,7 +658,7 @@ impl<'h> Resolver<'h> {
                     exec.and_then(|c| {
                         c.namespace
                             .as_ref()
-                            .map(|n| self.from_object(n, via_exec(c)))
+                            .map(|n| self.object_value(n, via_exec(c)))
                     })
                 })
                 .or(cluster_namespace);
@@ -741,7 +741,7 @@ impl<'h> Resolver<'h> {
                 exec.and_then(|c| {
                     c.timeout
                         .as_ref()
-                        .map(|t| self.from_object(t, via_exec(c)).map(Some))
+                        .map(|t| self.object_value(t, via_exec(c)).map(Some))
                 })
             })
             .unwrap_or_else(|| self.builtin(None, Some("no timeout".into())));
@@ -750,7 +750,7 @@ impl<'h> Resolver<'h> {
         let mut env = BTreeMap::new();
         if let Some(c) = exec {
             for (k, v) in &c.env {
-                env.insert(k.clone(), self.from_object(v, via_exec(c)));
+                env.insert(k.clone(), self.object_value(v, via_exec(c)));
             }
         }
         for (layer, settings) in self.layers.iter().rev() {
@@ -820,7 +820,7 @@ impl<'h> Resolver<'h> {
         field: &'static str,
     ) -> Setting<Option<T>> {
         let from_config = exec.and_then(|c| {
-            config(c).map(|v| self.from_object(v, format!("exec_config '{}'", c.name)))
+            config(c).map(|v| self.object_value(v, format!("exec_config '{}'", c.name)))
         });
         let Some(over) = self.pick(layer) else {
             return from_config

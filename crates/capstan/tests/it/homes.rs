@@ -16,7 +16,7 @@ fn homes() {
     settings.add_filter(r"/\S*/capstan-it-[a-z0-9-]+", "[HOME]");
     settings.add_filter(r"(?m)^Python \S+ on \S+$", "Python [VERSION] on [HOST]");
     settings.bind(|| {
-        insta::glob!("../homes", "*/commands", |path| run_case(path));
+        insta::glob!("../homes", "*/commands", run_case);
     });
 }
 

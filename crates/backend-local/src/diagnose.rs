@@ -1,0 +1,156 @@
+//! From how a process ended to what a data scientist needs to read.
+
+use capstan_core::job::JobState;
+use capstan_core::quantity::Memory;
+use capstan_engine::backend::{ActivityOutcome, ActivitySpec};
+
+use crate::shim::ShimExit;
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// The line of a Python traceback that names the error, and where it was raised in the
+/// recipe's own code.
+pub fn python_error(stderr: &[String]) -> Option<String> {
+    let start = stderr
+        .iter()
+        .rposition(|l| l.starts_with("Traceback (most recent call last)"))?;
+    let tb = &stderr[start..];
+    let error = tb
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with(' ') && !l.trim().is_empty())?;
+    // The last frame: `  File "/…/work/hello.py", line 3, in <module>`.
+    let frame = tb
+        .iter()
+        .rev()
+        .find(|l| l.trim_start().starts_with("File \""));
+    let place = frame.and_then(|f| {
+        let f = f.trim_start().strip_prefix("File \"")?;
+        let (path, rest) = f.split_once('"')?;
+        let line = rest.trim_start_matches(", line ").split(',').next()?;
+        let file = path.rsplit('/').next()?;
+        Some(format!(" (at {file} line {line})"))
+    });
+    Some(format!("{}{}", error.trim(), place.unwrap_or_default()))
+}
+
+/// The outcome of an activity, with its diagnosis.
+pub fn outcome(spec: &ActivitySpec, exit: &ShimExit) -> ActivityOutcome {
+    let mut o = ActivityOutcome {
+        state: JobState::Failed,
+        exit_code: exit.exit_code.map(i64::from),
+        signal: exit.signal.map(i64::from),
+        diagnosis: None,
+        peak_memory_bytes: exit.peak_memory_bytes,
+        cpu_time_ms: exit.cpu_time_ms,
+    };
+    let last_line = || {
+        exit.last_stderr
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+    };
+    o.diagnosis = if let Some(e) = &exit.spawn_error {
+        Some(e.clone())
+    } else if let Some(e) = &exit.log_error {
+        Some(format!(
+            "stopped because its logs could not be kept under {} ({e}): the disk may be full",
+            spec.dir.display()
+        ))
+    } else if exit.oom_killed {
+        let limit = spec
+            .memory_limit
+            .map_or("memory".to_string(), |m| format!("{} memory", human(m)));
+        Some(format!(
+            "out of memory: exceeded the {limit} limit of {} (ask for a larger execution configuration, or use less memory)",
+            spec.config_phrase()
+        ))
+    } else if exit.timed_out {
+        o.state = JobState::TimedOut;
+        Some(format!(
+            "timed out: still running after the {} timeout",
+            spec.timeout
+                .map_or("configured".to_string(), |t| t.to_string())
+        ))
+    } else if exit.cancelled {
+        o.state = JobState::Cancelled;
+        None
+    } else {
+        match (exit.exit_code, exit.signal) {
+            (Some(0), _) => {
+                o.state = JobState::Succeeded;
+                None
+            }
+            (Some(code), _) => {
+                let detail = python_error(&exit.last_stderr).or_else(last_line);
+                Some(match detail {
+                    Some(d) => format!("the recipe failed with exit code {code}: {d}"),
+                    None => format!(
+                        "the recipe failed with exit code {code} (it printed nothing on stderr)"
+                    ),
+                })
+            }
+            (None, Some(sig)) => Some(format!(
+                "the recipe was killed by {} (signal {sig}) from outside capstan{}",
+                signal_name(sig),
+                if sig == 9 {
+                    ", not by its memory limit"
+                } else {
+                    ""
+                }
+            )),
+            (None, None) => Some("the recipe ended without an exit status".to_string()),
+        }
+    };
+    o
+}
+
+/// Memory as people say it: `256 MiB`, `2 GiB`.
+pub fn human(m: Memory) -> String {
+    let b = m.bytes();
+    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
+        format!("{} GiB", b >> 30)
+    } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
+        format!("{} MiB", b >> 20)
+    } else {
+        m.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_tracebacks() {
+        let err: Vec<String> = [
+            "Traceback (most recent call last):",
+            "  File \"/h/state/jobs/1/a0-0/work/fail.py\", line 3, in <module>",
+            "    1 / 0",
+            "ZeroDivisionError: division by zero",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            python_error(&err).unwrap(),
+            "ZeroDivisionError: division by zero (at fail.py line 3)"
+        );
+        assert_eq!(python_error(&["plain error".to_string()]), None);
+    }
+}

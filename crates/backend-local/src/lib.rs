@@ -1,0 +1,414 @@
+//! The `local` backend: each activity is a child process of the daemon's machine, supervised by
+//! a shim (see [`shim`]) so that it survives a daemon crash, limited through cgroups where the
+//! machine allows (see [`cgroup`]).
+//!
+//! Which limits are enforced where: with writable cgroups (v1, or v2 with delegation), memory
+//! (no swap), CPU (a CFS quota) and the process tree are enforced and measured, and an OOM
+//! kill is reported as such. Without them, the timeout and the process tree (by process group)
+//! still are, and each job records that its memory and CPU limits were not enforced.
+
+pub mod cgroup;
+pub mod diagnose;
+pub mod shim;
+pub mod venv;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use capstan_core::model::ExecKind;
+use capstan_core::model::RecipeKind;
+use capstan_engine::backend::{
+    ActivityControl, ActivityEvent, ActivityOutcome, ActivitySpec, Backend, Resumed, Usage,
+};
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::cgroup::{ActivityGroup, Cgroups};
+use crate::shim::{
+    CHILD, CLAIM, EXIT, GROUP, SPEC, ShimExit, ShimSpec, process_start, write_atomic,
+};
+
+pub struct LocalBackend {
+    /// The executable that runs `shim` (the capstan binary itself).
+    shim_exe: PathBuf,
+    envs_dir: PathBuf,
+    cgroups: Result<Cgroups, String>,
+}
+
+impl LocalBackend {
+    /// `shim_exe` is the program that implements `shim DIR` (normally `capstan`).
+    pub fn new(home_root: &Path, shim_exe: PathBuf) -> LocalBackend {
+        // One parent group per instance, so two homes on one machine never collide.
+        let name = format!("capstan-{}", short_hash(&home_root.display().to_string()));
+        let cgroups = Cgroups::detect(&name);
+        match &cgroups {
+            Ok(c) => tracing::info!(cgroups = c.describe(), "local limits are enforced"),
+            Err(why) => {
+                tracing::warn!(why = %why, "local memory and CPU limits cannot be enforced")
+            }
+        }
+        LocalBackend {
+            shim_exe,
+            envs_dir: home_root.join("state").join("envs"),
+            cgroups,
+        }
+    }
+
+    /// How limits are enforced, for `capstan serve`'s banner and the docs.
+    pub fn limits_description(&self) -> String {
+        match &self.cgroups {
+            Ok(c) => format!(
+                "memory, CPU and process-tree limits enforced by {}",
+                c.describe()
+            ),
+            Err(why) => format!("memory and CPU limits not enforced ({why})"),
+        }
+    }
+
+    async fn prepare(&self, spec: &ActivitySpec) -> Result<ShimSpec, String> {
+        let work = spec.dir.join("work");
+        std::fs::create_dir_all(&work)
+            .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+        let code = match &spec.code_file {
+            Some(src) => {
+                let name = src.file_name().map(|n| n.to_owned()).unwrap_or_default();
+                let dst = work.join(&name);
+                std::fs::copy(src, &dst).map_err(|e| {
+                    format!("cannot stage the recipe's code {}: {e}", src.display())
+                })?;
+                Some(dst)
+            }
+            None => None,
+        };
+        let mut env: Vec<(String, String)> = std::env::vars()
+            // The daemon's own secrets and settings are not the recipe's business.
+            .filter(|(k, _)| !k.starts_with("CAPSTAN_"))
+            .collect();
+        if let Some(lib) = &spec.lib_dir {
+            copy_dir(lib, &work.join("lib"))
+                .map_err(|e| format!("cannot stage the project library {}: {e}", lib.display()))?;
+            let lib = work.join("lib").display().to_string();
+            let pp = match std::env::var("PYTHONPATH") {
+                Ok(p) if !p.is_empty() => format!("{lib}:{p}"),
+                _ => lib,
+            };
+            env.push(("PYTHONPATH".into(), pp));
+        }
+        for (k, v) in [
+            ("CAPSTAN_JOB_ID", spec.job_id.to_string()),
+            ("CAPSTAN_ACTIVITY_ID", spec.activity_id()),
+            ("CAPSTAN_PROJECT", spec.project.clone()),
+            ("CAPSTAN_RECIPE", spec.recipe.clone()),
+            ("CAPSTAN_USER", spec.user.clone()),
+            (
+                "CAPSTAN_EXEC_CONFIG",
+                spec.exec_config.clone().unwrap_or_default(),
+            ),
+            // Output reaches the log as it is printed, not when a buffer fills.
+            ("PYTHONUNBUFFERED", "1".into()),
+        ] {
+            env.push((k.into(), v));
+        }
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+        let python = match &spec.code_env {
+            Some(ce) => {
+                let (envs, home, ce) = (self.envs_dir.clone(), spec.home_root.clone(), ce.clone());
+                tokio::task::spawn_blocking(move || venv::ensure(&envs, &home, &ce))
+                    .await
+                    .map_err(|e| format!("building the code environment failed: {e}"))??
+            }
+            None => PathBuf::from("python3"),
+        };
+        let Some(code) = code else {
+            return Err(format!(
+                "{} recipes do not run as local processes",
+                spec.recipe_kind.as_str()
+            ));
+        };
+        let (program, args) = match spec.recipe_kind {
+            RecipeKind::Python => (python, vec![code.display().to_string()]),
+            RecipeKind::R => (PathBuf::from("Rscript"), vec![code.display().to_string()]),
+            RecipeKind::Shell => (PathBuf::from("sh"), vec![code.display().to_string()]),
+            other => {
+                return Err(format!(
+                    "{} recipes do not run on the local backend yet",
+                    other.as_str()
+                ));
+            }
+        };
+        if !program.is_absolute() && find_on_path(&program).is_none() {
+            let hint = match spec.recipe_kind {
+                RecipeKind::R => "install R (Debian: r-base-core) on the daemon's machine",
+                RecipeKind::Python => "install Python 3 on the daemon's machine",
+                _ => "install it on the daemon's machine",
+            };
+            return Err(format!(
+                "interpreter `{}` not found on the daemon's machine (PATH={}): {hint}, or run the recipe in a container configuration",
+                program.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ));
+        }
+        Ok(ShimSpec {
+            activity: format!("{}-{}", spec.activity_id(), spec.attempt),
+            program,
+            args,
+            cwd: work,
+            env,
+            timeout_secs: spec.timeout.map(|t| t.secs()),
+            memory_limit: spec.memory_limit.map(|m| m.bytes()),
+            cpu_millis: spec.cpu_limit.map(|c| c.millis()),
+            // Always a group, limits or not: it is how the whole process tree is found, killed
+            // and measured.
+            cgroups: self.cgroups.as_ref().ok().cloned(),
+        })
+    }
+
+    async fn run_impl(&self, spec: &ActivitySpec, ctl: ActivityControl) -> ActivityOutcome {
+        let shim_spec = match self.prepare(spec).await {
+            Ok(s) => s,
+            Err(diagnosis) => {
+                cleanup_work(&spec.dir);
+                return ActivityOutcome::failed(diagnosis);
+            }
+        };
+        let bytes = serde_json::to_vec_pretty(&shim_spec).unwrap_or_default();
+        if let Err(e) = write_atomic(&spec.dir.join(SPEC), &bytes) {
+            return ActivityOutcome::failed(format!(
+                "cannot write {}: {e}",
+                spec.dir.join(SPEC).display()
+            ));
+        }
+        ctl.report(ActivityEvent::Starting);
+        let shim_err = std::fs::File::create(spec.dir.join("shim.err")).ok();
+        let mut cmd = tokio::process::Command::new(&self.shim_exe);
+        cmd.arg("shim")
+            .arg(&spec.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(shim_err.map(Stdio::from).unwrap_or(Stdio::null()))
+            // Its own process group: a Ctrl-C at the daemon's terminal is not the recipe's.
+            .process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup_work(&spec.dir);
+                return ActivityOutcome::failed(format!(
+                    "cannot start capstan's supervisor {}: {e}",
+                    self.shim_exe.display()
+                ));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        ctl.report(ActivityEvent::Started {
+            backend_ref: backend_ref(pid),
+        });
+        let mut lines = child.stdout.take().map(|s| BufReader::new(s).lines());
+        let mut cancelled = false;
+        loop {
+            tokio::select! {
+                line = async {
+                    match lines.as_mut() {
+                        Some(l) => l.next_line().await,
+                        None => std::future::pending().await,
+                    }
+                } => match line {
+                    Ok(Some(l)) if l.starts_with("running") => ctl.report(ActivityEvent::Running),
+                    Ok(Some(_)) => {}
+                    _ => lines = None,
+                },
+                _ = ctl.cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    signal(pid, rustix::process::Signal::TERM);
+                }
+                status = child.wait() => {
+                    let _ = status;
+                    break;
+                }
+            }
+        }
+        self.finish(spec)
+    }
+
+    /// Reads the shim's exit record into an outcome, and tidies the activity's folder.
+    fn finish(&self, spec: &ActivitySpec) -> ActivityOutcome {
+        let outcome = match read_exit(&spec.dir) {
+            Some(exit) => diagnose::outcome(spec, &exit),
+            None => {
+                let err = std::fs::read_to_string(spec.dir.join("shim.err")).unwrap_or_default();
+                kill_leftovers(&spec.dir);
+                ActivityOutcome::failed(format!(
+                    "capstan's supervisor process for this activity ended without recording how the recipe ended{}",
+                    if err.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", err.trim())
+                    }
+                ))
+            }
+        };
+        cleanup_work(&spec.dir);
+        outcome
+    }
+
+    async fn resume_impl(&self, spec: &ActivitySpec, ctl: ActivityControl) -> Resumed {
+        let dir = &spec.dir;
+        if read_exit(dir).is_some() {
+            return Resumed::Finished(self.finish(spec));
+        }
+        // Claim it for "never started" unless the shim got there first.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(CLAIM))
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                let _ = f.write_all(b"abandoned\n");
+                cleanup_work(dir);
+                return Resumed::NeverStarted;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Resumed::NeverStarted,
+            Err(_) => {}
+        }
+        let claim = std::fs::read_to_string(dir.join(CLAIM)).unwrap_or_default();
+        let mut parts = claim.split_whitespace();
+        if parts.next() != Some("shim") {
+            return Resumed::NeverStarted;
+        }
+        let pid: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let start: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        ctl.report(ActivityEvent::Running);
+        let mut cancelled = false;
+        // The shim is not our child any more: watch for its exit record, or its death.
+        loop {
+            if read_exit(dir).is_some() {
+                break;
+            }
+            if pid == 0 || process_start(pid) != Some(start) {
+                // Dead: give it a moment in case it was writing its record as it went.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = ctl.cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    signal(pid, rustix::process::Signal::TERM);
+                }
+            }
+        }
+        Resumed::Finished(self.finish(spec))
+    }
+}
+
+fn backend_ref(pid: u32) -> String {
+    format!("shim {pid} {}", process_start(pid).unwrap_or(0))
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+fn read_exit(dir: &Path) -> Option<ShimExit> {
+    let bytes = std::fs::read(dir.join(EXIT)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// After a shim died without a record: nothing of the activity may keep running.
+fn kill_leftovers(dir: &Path) {
+    let child: Option<u32> = std::fs::read_to_string(dir.join(CHILD))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let group: Option<ActivityGroup> = std::fs::read(dir.join(GROUP))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(c) = child {
+        shim::kill_tree(c, group.as_ref(), rustix::process::Signal::KILL);
+    }
+    if let Some(g) = group {
+        g.kill_all(Duration::from_secs(5));
+        g.remove();
+    }
+}
+
+/// The staged code is a copy; the log and the records stay.
+fn cleanup_work(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir.join("work"));
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if ty.is_file() {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn find_on_path(program: &Path) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+fn short_hash(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Backend for LocalBackend {
+    fn kind(&self) -> ExecKind {
+        ExecKind::Local
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+        ctl: ActivityControl,
+    ) -> BoxFuture<'a, ActivityOutcome> {
+        Box::pin(self.run_impl(spec, ctl))
+    }
+
+    fn resume<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+        _backend_ref: Option<&'a str>,
+        ctl: ActivityControl,
+    ) -> BoxFuture<'a, Resumed> {
+        Box::pin(self.resume_impl(spec, ctl))
+    }
+
+    fn usage<'a>(&'a self, spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>> {
+        Box::pin(async move {
+            let group: ActivityGroup =
+                serde_json::from_slice(&std::fs::read(spec.dir.join(GROUP)).ok()?).ok()?;
+            let before = group.cpu_nanos();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let after = group.cpu_nanos();
+            let cpu_percent = match (before, after) {
+                (Some(b), Some(a)) => Some((a.saturating_sub(b)) as f64 / 200_000_000.0 * 100.0),
+                _ => None,
+            };
+            Some(Usage {
+                cpu_percent,
+                memory_bytes: group.memory_now(),
+            })
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! `capstan serve`: the daemon of one home. Also started in-process by `capstan quickstart`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use capstan_backend_local::LocalBackend;
+use capstan_core::token::hash_token;
+use capstan_engine::Engine;
+use capstan_engine::backend::Backend;
+use serde_json::json;
+
+use crate::cli::ServeArgs;
+use crate::exit;
+use crate::home::load_valid;
+
+/// What a running daemon publishes for CLIs on the same machine (`state/daemon.json`).
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub url: String,
+    pub token: String,
+}
+
+pub fn info_path(root: &Path) -> PathBuf {
+    root.join("state").join("daemon.json")
+}
+
+/// The daemon of a home, if one is running.
+pub fn read_info(root: &Path) -> Option<DaemonInfo> {
+    let text = std::fs::read_to_string(info_path(root)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let info = DaemonInfo {
+        pid: v["pid"].as_u64()? as u32,
+        url: v["url"].as_str()?.to_string(),
+        token: v["token"].as_str()?.to_string(),
+    };
+    // A daemon killed with -9 leaves its file behind: only a live process counts.
+    std::path::Path::new(&format!("/proc/{}", info.pid))
+        .exists()
+        .then_some(info)
+}
+
+/// A daemon running in this process.
+pub struct Daemon {
+    pub engine: Engine,
+    pub addr: SocketAddr,
+    pub token: String,
+    root: PathBuf,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    _lock: std::fs::File,
+}
+
+/// Takes the home's daemon lock: one daemon per home.
+fn lock(root: &Path) -> anyhow::Result<std::fs::File> {
+    let state = root.join("state");
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("cannot create {}", state.display()))?;
+    let path = state.join("daemon.lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        match read_info(root) {
+            Some(info) => bail!(
+                "a capstan daemon already runs for {} (pid {}, {})",
+                root.display(),
+                info.pid,
+                info.url
+            ),
+            None => bail!("a capstan daemon already runs for {}", root.display()),
+        }
+    }
+    Ok(file)
+}
+
+/// Starts the engine and the API for the home at `root`, listening on `bind`.
+pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
+    let root = &std::path::absolute(root)?;
+    let home = load_valid(root)?;
+    let lock = lock(root)?;
+    let exe = std::env::current_exe()
+        .context("cannot find the capstan executable (for the local backend's supervisor)")?;
+    let local = LocalBackend::new(root, exe);
+    tracing::info!(limits = %local.limits_description(), "local backend ready");
+    let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(local)];
+    let (engine, starter) = Engine::open(root, home, backends)
+        .with_context(|| format!("cannot open the state of {}", root.display()))?;
+    let report = starter
+        .start()
+        .context("cannot recover the previous daemon's jobs")?;
+    if report.queued + report.reattached > 0 {
+        tracing::info!(
+            queued = report.queued,
+            reattached = report.reattached,
+            "recovered the previous daemon's jobs"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    let token = crate::init::new_token()?;
+    let state = capstan_server::AppState {
+        engine: engine.clone(),
+        local_token_sha256: Arc::new(hash_token(&token)),
+    };
+    let app = capstan_server::router(state);
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let info = json!({"pid": std::process::id(), "url": format!("http://{addr}"), "token": token});
+    write_private(&info_path(root), info.to_string().as_bytes())?;
+    Ok(Daemon {
+        engine,
+        addr,
+        token,
+        root: root.to_path_buf(),
+        shutdown: tx,
+        server,
+        _lock: lock,
+    })
+}
+
+/// Writes a file only its owner can read (it holds the local token).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+impl Daemon {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving; with `stop_jobs`, cancels running work and waits for it.
+    pub async fn stop(self, stop_jobs: bool) {
+        let _ = self.shutdown.send(true);
+        self.engine.shutdown(stop_jobs).await;
+        let _ = self.server.await;
+        let _ = std::fs::remove_file(info_path(&self.root));
+    }
+}
+
+pub async fn serve(root: &Path, args: &ServeArgs) -> anyhow::Result<u8> {
+    let bind = match &args.bind {
+        Some(b) => b.clone(),
+        None => {
+            let (home, _) = capstan_core::load_home(root)?;
+            home.instance
+                .server_bind
+                .map(|b| b.value)
+                .unwrap_or_else(|| "127.0.0.1:7878".to_string())
+        }
+    };
+    let daemon = start(root, &bind).await?;
+    eprintln!(
+        "capstan daemon for {} listening on {}",
+        root.display(),
+        daemon.url()
+    );
+    eprintln!(
+        "  local token in {} (for the CLI on this machine)",
+        info_path(root).display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    if args.stop_jobs {
+        eprintln!("stopping: cancelling running jobs");
+    } else {
+        eprintln!("stopping: running jobs keep running and are re-attached at the next start");
+    }
+    daemon.stop(args.stop_jobs).await;
+    Ok(exit::OK)
+}

@@ -1,0 +1,305 @@
+//! `capstan run`, `jobs`, `job show`, `logs` and `cancel`: the commands that talk to the daemon.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::bail;
+use serde_json::{Value, json};
+
+use crate::cli::{CancelArgs, JobShowArgs, JobsArgs, LogsArgs, RunArgs};
+use crate::client::{Client, LogLine};
+use crate::explain::parse_target;
+use crate::{Exit, exit};
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn human_ms(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    } else {
+        let s = ms / 1000;
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// `job 12 succeeded in 1.20s on local (exec config local), peak memory 9.1 MiB`.
+pub fn summary(job: &Value) -> String {
+    let state = job["state"].as_str().unwrap_or("?");
+    let mut s = format!("job {} {state}", job["id"]);
+    if let Some(ms) = job["duration_ms"].as_i64() {
+        s += &format!(" in {}", human_ms(ms));
+    }
+    s += &format!(" on {}", job["kind"].as_str().unwrap_or("?"));
+    match job["exec_config"].as_str() {
+        Some(c) => s += &format!(" (exec config {c})"),
+        None => s += " (no exec config)",
+    }
+    if let Some(c) = job["cluster"].as_str() {
+        s += &format!(", cluster {c}");
+    }
+    if let Some(b) = job["peak_memory_bytes"].as_u64() {
+        s += &format!(", peak memory {}", human_bytes(b));
+    }
+    if let Some(ms) = job["cpu_time_ms"].as_i64() {
+        s += &format!(", CPU time {}", human_ms(ms));
+    }
+    s
+}
+
+pub fn exit_for(job: &Value) -> u8 {
+    if job["state"] == "succeeded" {
+        exit::OK
+    } else {
+        exit::FAILURE
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled" | "timed_out")
+}
+
+/// Waits until a job is in a final state and returns it.
+pub async fn wait_final(client: &Client, id: i64) -> anyhow::Result<Value> {
+    loop {
+        let job = client.get(&format!("/api/v1/jobs/{id}")).await?;
+        if is_final(job["state"].as_str().unwrap_or("")) {
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Submits a run and returns the queued job.
+pub async fn submit(client: &Client, args: &RunArgs) -> anyhow::Result<Value> {
+    let (project, recipe) = parse_target(&args.target)?;
+    let mut env = serde_json::Map::new();
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env `{kv}` is not KEY=VALUE");
+        };
+        env.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    let body = json!({
+        "project": project,
+        "recipe": recipe,
+        "exec_config": args.exec_config,
+        "cluster": args.cluster,
+        "spark_config": args.spark_config,
+        "code_env": args.code_env,
+        "timeout": args.timeout,
+        "env": env,
+    });
+    client.post("/api/v1/jobs", &body).await
+}
+
+/// Streams a job's output as the recipe printed it (stdout to stdout, stderr to stderr), then
+/// returns the finished job.
+pub async fn follow(client: &Client, id: i64, prefix: &str) -> anyhow::Result<Value> {
+    client
+        .logs(id, true, |l| {
+            if l.stderr {
+                eprintln!("{prefix}{}", l.text);
+            } else {
+                println!("{prefix}{}", l.text);
+            }
+        })
+        .await?;
+    let _ = std::io::stdout().flush();
+    wait_final(client, id).await
+}
+
+pub async fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
+    let job = submit(client, args).await?;
+    let id = job["id"].as_i64().unwrap_or(0);
+    if args.detach {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        } else {
+            println!("job {id} queued ({})", args.target);
+        }
+        return Ok(exit::OK);
+    }
+    let job = if args.json {
+        let j = wait_final(client, id).await?;
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        j
+    } else {
+        eprintln!("job {id} queued: {}", args.target);
+        let j = follow(client, id, "").await?;
+        eprintln!("{}", summary(&j));
+        if let Some(d) = j["diagnosis"].as_str()
+            && j["state"] != "succeeded"
+        {
+            eprintln!("error: {d}");
+        }
+        j
+    };
+    Ok(exit_for(&job))
+}
+
+pub async fn list(client: &Client, args: &JobsArgs) -> anyhow::Result<u8> {
+    let mut path = format!("/api/v1/jobs?limit={}", args.limit);
+    if let Some(s) = &args.state {
+        path += &format!("&state={s}");
+    }
+    let jobs = client.get(&path).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:>6}  {:<10} {:<28} {:<10} {:<14} {:<24} {:>9}",
+        "ID", "STATE", "RECIPE", "USER", "EXEC CONFIG", "CREATED", "DURATION"
+    );
+    for j in jobs.as_array().into_iter().flatten() {
+        println!(
+            "{:>6}  {:<10} {:<28} {:<10} {:<14} {:<24} {:>9}",
+            j["id"],
+            j["state"].as_str().unwrap_or(""),
+            format!(
+                "{}/{}",
+                j["project"].as_str().unwrap_or(""),
+                j["recipe"].as_str().unwrap_or("")
+            ),
+            j["user"].as_str().unwrap_or(""),
+            j["exec_config"].as_str().unwrap_or("-"),
+            j["created_at"].as_str().unwrap_or(""),
+            j["duration_ms"]
+                .as_i64()
+                .map(human_ms)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
+    let j = client.get(&format!("/api/v1/jobs/{}", args.id)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(exit::OK);
+    }
+    let s = |k: &str| j[k].as_str().unwrap_or("-").to_string();
+    println!("job {}: {}/{}", j["id"], s("project"), s("recipe"));
+    println!("  state        {}", s("state"));
+    println!("  user         {}", s("user"));
+    println!(
+        "  runs on      {} (exec config {}, cluster {})",
+        s("kind"),
+        s("exec_config"),
+        s("cluster")
+    );
+    if let Some(code) = j["exit_code"].as_i64() {
+        println!("  exit code    {code}");
+    }
+    if let Some(d) = j["diagnosis"].as_str() {
+        println!("  diagnosis    {d}");
+    }
+    if let Some(ms) = j["duration_ms"].as_i64() {
+        println!("  duration     {}", human_ms(ms));
+    }
+    if let Some(b) = j["peak_memory_bytes"].as_u64() {
+        println!("  peak memory  {}", human_bytes(b));
+    }
+    if let Some(ms) = j["cpu_time_ms"].as_i64() {
+        println!("  CPU time     {}", human_ms(ms));
+    }
+    if let Some(u) = j["usage"].as_object() {
+        let cpu = u
+            .get("cpu_percent")
+            .and_then(Value::as_f64)
+            .map_or("-".into(), |c| format!("{c:.0}%"));
+        let mem = u
+            .get("memory_bytes")
+            .and_then(Value::as_u64)
+            .map_or("-".into(), human_bytes);
+        println!("  usage now    CPU {cpu}, memory {mem}");
+    }
+    if let Some(log) = j["activities"][0]["log"].as_str() {
+        println!("  log          {log}");
+    }
+    println!("  history");
+    for e in j["events"].as_array().into_iter().flatten() {
+        println!(
+            "    {}  {:<10} {}",
+            e["at"].as_str().unwrap_or(""),
+            e["state"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(settings) = j["resolution"]["settings"].as_object() {
+        println!("  settings");
+        for key in [
+            "exec_config",
+            "cluster",
+            "image",
+            "cpu_limit",
+            "memory_limit",
+            "gpu",
+            "namespace",
+            "code_env",
+            "timeout",
+        ] {
+            let Some(v) = settings.get(key) else { continue };
+            if v["value"].is_null() {
+                continue;
+            }
+            let value = v["value"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v["value"].to_string());
+            let origin = match (v["file"].as_str(), v["line"].as_u64()) {
+                (Some(f), Some(l)) => format!("{} ({f}:{l})", v["layer"].as_str().unwrap_or("")),
+                _ => v["layer"].as_str().unwrap_or("").to_string(),
+            };
+            println!("    {key:<13} {value:<20} {origin}");
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub async fn logs(client: &Client, args: &LogsArgs) -> anyhow::Result<u8> {
+    client
+        .logs(args.id, args.follow, |l: LogLine<'_>| {
+            // `2026-11-28T00:00:01.234567Z` → `00:00:01.234`.
+            let time = l.time.get(11..23).unwrap_or(l.time);
+            let stream = if l.stderr { "err" } else { "out" };
+            println!("{time} {stream} | {}", l.text);
+        })
+        .await?;
+    Ok(exit::OK)
+}
+
+pub async fn cancel(client: &Client, args: &CancelArgs) -> anyhow::Result<u8> {
+    client
+        .post(&format!("/api/v1/jobs/{}/cancel", args.id), &json!({}))
+        .await?;
+    // Wait until its processes are really gone (the job's final state says so).
+    let job = tokio::time::timeout(Duration::from_secs(30), wait_final(client, args.id)).await;
+    match job {
+        Ok(Ok(j)) => {
+            println!("job {} {}", args.id, j["state"].as_str().unwrap_or("?"));
+            Ok(exit::OK)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            eprintln!("error: job {} did not stop within 30s", args.id);
+            Err(Exit(exit::FAILURE).into())
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The job lifecycle: queued → preparing → starting → running → a final state.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum JobState {
+    /// Waiting for its turn (a free slot in its configuration's and cluster's `max_concurrent`).
+    Queued,
+    /// Claimed by the scheduler: code is being staged, the code environment built.
+    Preparing,
+    /// The backend is starting the process, container or pod.
+    Starting,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 8] = [
+        JobState::Queued,
+        JobState::Preparing,
+        JobState::Starting,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Preparing => "preparing",
+            JobState::Starting => "starting",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// A final state never changes again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut
+        )
+    }
+
+    /// Claimed and not final: counts against `max_concurrent`.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            JobState::Preparing | JobState::Starting | JobState::Running
+        )
+    }
+
+    /// Whether the lifecycle allows going from `self` to `to`.
+    pub fn can_become(self, to: JobState) -> bool {
+        use JobState::*;
+        match (self, to) {
+            (a, b) if a.is_final() || a == b => false,
+            // Any live state may end: cancelled, failed (a backend error), timed out.
+            (_, Cancelled | Failed) => true,
+            (Queued, Preparing) => true,
+            // A job that never started is requeued after a daemon crash.
+            (Preparing | Starting, Queued) => true,
+            (Preparing, Starting) => true,
+            (Starting, Running) => true,
+            (Starting | Running, Succeeded | TimedOut) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_states_are_final() {
+        for from in JobState::ALL.into_iter().filter(|s| s.is_final()) {
+            for to in JobState::ALL {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+        assert!(JobState::Queued.can_become(JobState::Preparing));
+        assert!(!JobState::Queued.can_become(JobState::Running));
+        assert!(JobState::Running.can_become(JobState::Succeeded));
+        assert!(JobState::Starting.can_become(JobState::Queued));
+        assert!(!JobState::Running.can_become(JobState::Queued));
+    }
+}

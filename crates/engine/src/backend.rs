@@ -1,0 +1,156 @@
+//! The backend trait: what the engine needs from local processes, Docker and Kubernetes.
+//!
+//! A backend runs one activity to completion ([`Backend::run`]), reporting progress through
+//! [`ActivityControl`] and honouring its cancellation token; after a daemon restart it finds an
+//! activity again from what [`ActivityEvent::Started`] recorded ([`Backend::resume`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use capstan_core::job::JobState;
+use capstan_core::model::{CodeEnv, ExecKind, RecipeKind};
+use capstan_core::quantity::{Cpu, Duration, Memory};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a backend needs to run one activity.
+#[derive(Clone, Debug)]
+pub struct ActivitySpec {
+    pub job_id: i64,
+    pub idx: i64,
+    pub attempt: i64,
+    /// The activity's own folder under the home's `state/`: logs, status, staged code.
+    pub dir: PathBuf,
+    pub home_root: PathBuf,
+    pub project: String,
+    pub recipe: String,
+    pub recipe_kind: RecipeKind,
+    pub user: String,
+    /// Absolute path of the recipe's code file.
+    pub code_file: Option<PathBuf>,
+    /// Absolute path of the project's shared library folder.
+    pub lib_dir: Option<PathBuf>,
+    pub kind: ExecKind,
+    pub exec_config: Option<String>,
+    pub cluster: Option<String>,
+    pub image: Option<String>,
+    pub docker_host: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub code_env: Option<CodeEnv>,
+    pub timeout: Option<Duration>,
+    pub cpu_limit: Option<Cpu>,
+    pub memory_limit: Option<Memory>,
+    pub gpus: u32,
+}
+
+impl ActivitySpec {
+    /// `job-activity`, as used in labels, cgroup names and logs.
+    pub fn activity_id(&self) -> String {
+        format!("{}-{}", self.job_id, self.idx)
+    }
+
+    /// The log file: one line per output line, `TIMESTAMP STREAM TEXT`.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    /// How to name the configuration in a diagnosis.
+    pub fn config_phrase(&self) -> String {
+        match &self.exec_config {
+            Some(c) => format!("execution configuration '{c}'"),
+            None => "the built-in local execution".to_string(),
+        }
+    }
+}
+
+/// How an activity ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivityOutcome {
+    /// Succeeded, Failed, Cancelled or TimedOut.
+    pub state: JobState,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    /// In the user's terms: what happened and what to do.
+    pub diagnosis: Option<String>,
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_time_ms: Option<u64>,
+}
+
+impl ActivityOutcome {
+    pub fn failed(diagnosis: impl Into<String>) -> ActivityOutcome {
+        ActivityOutcome {
+            state: JobState::Failed,
+            exit_code: None,
+            signal: None,
+            diagnosis: Some(diagnosis.into()),
+            peak_memory_bytes: None,
+            cpu_time_ms: None,
+        }
+    }
+}
+
+/// Progress reports from a backend to the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActivityEvent {
+    /// About to start the process, container or pod.
+    Starting,
+    /// Started: `backend_ref` is what [`Backend::resume`] needs to find it after a restart.
+    Started { backend_ref: String },
+    /// The user's code is running.
+    Running,
+}
+
+/// The engine's side of a running activity.
+#[derive(Clone, Debug)]
+pub struct ActivityControl {
+    /// Cancelled by `capstan cancel` or a shutdown with `--stop-jobs`.
+    pub cancel: CancellationToken,
+    pub events: UnboundedSender<ActivityEvent>,
+}
+
+impl ActivityControl {
+    pub fn report(&self, event: ActivityEvent) {
+        // The engine may have stopped listening (shutdown); the work goes on regardless.
+        let _ = self.events.send(event);
+    }
+}
+
+/// What resuming an activity after a daemon restart found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// It never started and never will: safe to run it again.
+    NeverStarted,
+    /// It ran (or was still running and has now finished).
+    Finished(ActivityOutcome),
+}
+
+/// Live resource usage of a running activity.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_percent: Option<f64>,
+    pub memory_bytes: Option<u64>,
+}
+
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> ExecKind;
+
+    /// Runs an activity to completion. Never fails: problems become a failed outcome with a
+    /// diagnosis.
+    fn run<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+        ctl: ActivityControl,
+    ) -> BoxFuture<'a, ActivityOutcome>;
+
+    /// Finds an activity again after a restart and waits for it to finish.
+    fn resume<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+        backend_ref: Option<&'a str>,
+        ctl: ActivityControl,
+    ) -> BoxFuture<'a, Resumed>;
+
+    /// Live usage of a running activity, where the backend can tell.
+    fn usage<'a>(&'a self, spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>>;
+}

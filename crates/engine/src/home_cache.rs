@@ -1,0 +1,100 @@
+//! The daemon's view of the home, reloaded when its files change.
+//!
+//! Admins edit the home with their editor or `git pull`; the daemon picks the change up at the
+//! next submission. A home that no longer loads cleanly is not taken: the daemon keeps the last
+//! good one and says why in its log.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use capstan_core::Severity;
+use capstan_core::load::NON_CONFIG_DIRS;
+use capstan_core::model::Home;
+
+/// How often at most the home's files are looked at.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+pub(crate) struct HomeCache {
+    root: PathBuf,
+    state: Mutex<(Arc<Home>, u64, Instant)>,
+}
+
+impl HomeCache {
+    pub(crate) fn new(root: &Path, home: Home) -> HomeCache {
+        HomeCache {
+            root: root.to_path_buf(),
+            state: Mutex::new((Arc::new(home), fingerprint(root), Instant::now())),
+        }
+    }
+
+    pub(crate) fn current(&self) -> Arc<Home> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The home, reloaded first if its files changed since the last look.
+    pub(crate) fn fresh(&self) -> Arc<Home> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.2.elapsed() < CHECK_EVERY {
+            return state.0.clone();
+        }
+        state.2 = Instant::now();
+        let print = fingerprint(&self.root);
+        if print == state.1 {
+            return state.0.clone();
+        }
+        state.1 = print;
+        match capstan_core::load_home(&self.root) {
+            Ok((home, diags)) if !diags.iter().any(|d| d.severity == Severity::Error) => {
+                tracing::info!(home = %self.root.display(), "configuration reloaded");
+                state.0 = Arc::new(home);
+            }
+            Ok((_, diags)) => {
+                let first = diags
+                    .iter()
+                    .find(|d| d.severity == Severity::Error)
+                    .map(|d| d.to_string());
+                tracing::warn!(
+                    home = %self.root.display(),
+                    error = first.unwrap_or_default(),
+                    "the changed configuration has errors; keeping the previous one (run `capstan check`)"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "cannot reload the configuration"),
+        }
+        state.0.clone()
+    }
+}
+
+/// A hash of the home's file names, sizes and modification times.
+fn fingerprint(root: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    walk(root, root, 0, &mut h);
+    h.finish()
+}
+
+fn walk(root: &Path, dir: &Path, depth: usize, h: &mut DefaultHasher) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        if depth == 0 && NON_CONFIG_DIRS.iter().any(|d| name == *d) {
+            continue;
+        }
+        let Ok(meta) = e.metadata() else { continue };
+        e.path().strip_prefix(root).ok().hash(h);
+        meta.len().hash(h);
+        meta.modified().ok().hash(h);
+        if meta.is_dir() && depth < 8 {
+            walk(root, &e.path(), depth + 1, h);
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! capstan's engine: submission, the scheduler, the job lifecycle and crash recovery.
+//!
+//! The engine owns the instance's state database and its backends. [`Engine::submit`] resolves
+//! and checks a run request and queues a job; the scheduler claims queued jobs first come,
+//! first served, within each execution configuration's and cluster's `max_concurrent`; each
+//! claimed job runs on its backend in its own task. On start, [`Engine::start`] accounts for
+//! every job the last daemon left behind: queued jobs run, running ones are re-attached, and
+//! ones that never started are queued again — nothing is lost and nothing runs twice.
+
+pub mod backend;
+mod home_cache;
+pub mod record;
+mod scheduler;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use capstan_core::job::JobState;
+use capstan_core::model::{ExecKind, Home};
+use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve};
+use capstan_store::{ActivityRow, EventRow, JobFilter, JobRow, NewJob, Outcome, Store, StoreError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{
+    ActivityControl, ActivityEvent, ActivityOutcome, ActivitySpec, Backend, Resumed, Usage,
+};
+use crate::home_cache::HomeCache;
+use crate::scheduler::{SchedMsg, Slot};
+
+/// Who is asking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub admin: bool,
+    /// False for the daemon's own local token, which stands for the machine's admin rather than
+    /// a user of `users.toml`.
+    pub in_home: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        details: Vec<ResolveError>,
+    },
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no backend for {0} execution is available in this daemon")]
+    NoBackend(ExecKind),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot prepare the job's folder {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A job with everything `job show` needs.
+#[derive(Clone, Debug)]
+pub struct JobDetail {
+    pub job: JobRow,
+    pub events: Vec<EventRow>,
+    pub activities: Vec<ActivityRow>,
+    pub usage: Option<Usage>,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    /// Why it was cancelled, for the record ("cancelled by alice").
+    reason: Arc<Mutex<Option<String>>>,
+    spec: Arc<ActivitySpec>,
+    backend: Arc<dyn Backend>,
+}
+
+struct Inner {
+    root: PathBuf,
+    jobs_dir: PathBuf,
+    home: HomeCache,
+    store: Mutex<Store>,
+    backends: Vec<Arc<dyn Backend>>,
+    sched: mpsc::UnboundedSender<SchedMsg>,
+    running: Mutex<HashMap<i64, Running>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The engine of one instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Opens the instance's state (`state/capstan.db` under the home) with the given backends.
+    /// Nothing runs until [`Engine::start`].
+    pub fn open(
+        root: &Path,
+        home: Home,
+        backends: Vec<Arc<dyn Backend>>,
+    ) -> Result<(Engine, EngineStarter), EngineError> {
+        let state = root.join("state");
+        let jobs_dir = state.join("jobs");
+        std::fs::create_dir_all(&jobs_dir).map_err(|source| EngineError::Io {
+            path: jobs_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&state.join("capstan.db"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                jobs_dir,
+                home: HomeCache::new(root, home),
+                store: Mutex::new(store),
+                backends,
+                sched: tx,
+                running: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        Ok((engine.clone(), EngineStarter { engine, rx }))
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock would be a bug; the data behind it is still a valid
+        // SQLite connection, so carry on rather than poison every later request.
+        self.inner.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn home(&self) -> Arc<Home> {
+        self.inner.home.current()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn backend(&self, kind: ExecKind) -> Option<Arc<dyn Backend>> {
+        self.inner
+            .backends
+            .iter()
+            .find(|b| b.kind() == kind)
+            .cloned()
+    }
+
+    /// Resolves, checks and queues a run of `project/recipe`.
+    pub fn submit(
+        &self,
+        caller: &Caller,
+        project: &str,
+        recipe: &str,
+        mut request: RunRequest,
+    ) -> Result<JobRow, EngineError> {
+        let home = self.inner.home.fresh();
+        request.user = caller.in_home.then(|| caller.name.clone());
+        let resolution = resolve(&home, project, recipe, &request).map_err(resolve_error)?;
+        if self.backend(resolution.kind.value).is_none() {
+            return Err(EngineError::NoBackend(resolution.kind.value));
+        }
+        let job = self.store().insert_job(&NewJob {
+            project: project.to_string(),
+            recipe: recipe.to_string(),
+            user: caller.name.clone(),
+            request_json: record::request_json(&request).to_string(),
+            resolution_json: record::resolution_json(&resolution).to_string(),
+            exec_config: resolution.exec_config.value.clone(),
+            cluster: resolution.cluster.value.clone(),
+            kind: resolution.kind.value.as_str().to_string(),
+        })?;
+        tracing::info!(job_id = job.id, project, recipe, user = %caller.name, "job queued");
+        let _ = self.inner.sched.send(SchedMsg::Queued(Slot::of(&job)));
+        Ok(job)
+    }
+
+    pub fn job(&self, caller: &Caller, id: i64) -> Result<JobRow, EngineError> {
+        let job = self.store().job(id)?;
+        match job {
+            Some(j) if caller.admin || j.user == caller.name => Ok(j),
+            _ => Err(EngineError::NotFound(format!("no job {id}"))),
+        }
+    }
+
+    pub async fn job_detail(&self, caller: &Caller, id: i64) -> Result<JobDetail, EngineError> {
+        let job = self.job(caller, id)?;
+        let (events, activities) = {
+            let store = self.store();
+            (store.events(id)?, store.activities(id)?)
+        };
+        let running = {
+            let map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&id).map(|r| (r.spec.clone(), r.backend.clone()))
+        };
+        let usage = match running {
+            Some((spec, backend)) if job.state == JobState::Running => backend.usage(&spec).await,
+            _ => None,
+        };
+        Ok(JobDetail {
+            job,
+            events,
+            activities,
+            usage,
+        })
+    }
+
+    pub fn jobs(&self, caller: &Caller, mut filter: JobFilter) -> Result<Vec<JobRow>, EngineError> {
+        if !caller.admin {
+            filter.user = Some(caller.name.clone());
+        }
+        Ok(self.store().jobs(&filter)?)
+    }
+
+    /// The log file of a job's (latest) activity, and whether the job is over.
+    pub fn log_file(
+        &self,
+        caller: &Caller,
+        id: i64,
+    ) -> Result<(Option<PathBuf>, bool), EngineError> {
+        let job = self.job(caller, id)?;
+        let acts = self.store().activities(id)?;
+        let path = acts
+            .first()
+            .and_then(|a| a.dir.as_ref())
+            .map(|d| PathBuf::from(d).join("log"));
+        Ok((path, job.state.is_final()))
+    }
+
+    pub fn state_of(&self, id: i64) -> Result<Option<JobState>, EngineError> {
+        Ok(self.store().job(id)?.map(|j| j.state))
+    }
+
+    /// Cancels a job: a queued one at once, a running one by stopping its work.
+    pub fn cancel(&self, caller: &Caller, id: i64) -> Result<JobState, EngineError> {
+        let job = self.job(caller, id)?;
+        if job.state.is_final() {
+            return Err(EngineError::Conflict(format!(
+                "job {id} is already {}",
+                job.state
+            )));
+        }
+        let message = format!("cancelled by {}", caller.name);
+        let cancelled = self.store().transition(
+            id,
+            &[JobState::Queued],
+            JobState::Cancelled,
+            Some(&message),
+            &Outcome {
+                diagnosis: Some(message.clone()),
+                ..Outcome::default()
+            },
+        )?;
+        if cancelled {
+            return Ok(JobState::Cancelled);
+        }
+        let map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get(&id) {
+            *r.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+            r.cancel.cancel();
+        }
+        Ok(self
+            .store()
+            .job(id)?
+            .map_or(JobState::Cancelled, |j| j.state))
+    }
+
+    /// Stops scheduling. With `stop_jobs`, running work is cancelled and waited for; without,
+    /// it is left running and re-attached by the next daemon.
+    pub async fn shutdown(&self, stop_jobs: bool) {
+        self.inner.shutdown.cancel();
+        if stop_jobs {
+            {
+                let map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                for r in map.values() {
+                    *r.reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some("stopped by the daemon's shutdown (--stop-jobs)".into());
+                    r.cancel.cancel();
+                }
+            }
+            self.inner.tasks.close();
+            self.inner.tasks.wait().await;
+        }
+    }
+
+    /// Builds the spec of a job's activity from the current home.
+    fn spec_for(
+        &self,
+        job: &JobRow,
+        attempt: i64,
+        dir: PathBuf,
+    ) -> Result<(ActivitySpec, ExecKind), String> {
+        let home = self.inner.home.current();
+        let request = record::request_from_json(&job.request_json);
+        let r: Resolution = resolve(&home, &job.project, &job.recipe, &request).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            format!(
+                "the configuration changed since the job was queued and it no longer resolves: {}",
+                list.join("; ")
+            )
+        })?;
+        let (project, recipe) = home
+            .recipe(&job.project, &job.recipe)
+            .expect("resolved above");
+        let code_env = r
+            .code_env
+            .value
+            .as_ref()
+            .and_then(|n| home.code_envs.get(n))
+            .cloned();
+        let spec = ActivitySpec {
+            job_id: job.id,
+            idx: 0,
+            attempt,
+            dir,
+            home_root: self.inner.root.clone(),
+            project: job.project.clone(),
+            recipe: job.recipe.clone(),
+            recipe_kind: recipe.kind.value,
+            user: job.user.clone(),
+            code_file: recipe.code.as_ref().map(|c| self.inner.root.join(&c.value)),
+            lib_dir: project.lib_dir.as_ref().map(|l| self.inner.root.join(l)),
+            kind: r.kind.value,
+            exec_config: r.exec_config.value.clone(),
+            cluster: r.cluster.value.clone(),
+            image: r.image.value.clone(),
+            docker_host: r.docker_host.value.clone(),
+            env: r
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+            code_env,
+            timeout: r.timeout.value,
+            cpu_limit: r.cpu_limit.value,
+            memory_limit: r.memory_limit.value,
+            gpus: r.gpus.value,
+        };
+        Ok((spec, r.kind.value))
+    }
+
+    fn activity_dir(&self, job_id: i64, idx: i64, attempt: i64) -> PathBuf {
+        self.inner
+            .jobs_dir
+            .join(job_id.to_string())
+            .join(format!("a{idx}-{attempt}"))
+    }
+
+    fn finish(&self, job_id: i64, outcome: &ActivityOutcome, message: Option<&str>) {
+        let from = [
+            JobState::Queued,
+            JobState::Preparing,
+            JobState::Starting,
+            JobState::Running,
+        ];
+        let message = message.or(outcome.diagnosis.as_deref());
+        let result = self.store().transition(
+            job_id,
+            &from,
+            outcome.state,
+            message,
+            &Outcome {
+                exit_code: outcome.exit_code,
+                signal: outcome.signal,
+                diagnosis: outcome.diagnosis.clone(),
+                peak_memory_bytes: outcome.peak_memory_bytes.map(|b| b as i64),
+                cpu_time_ms: outcome.cpu_time_ms.map(|c| c as i64),
+            },
+        );
+        match result {
+            Ok(_) => tracing::info!(job_id, state = %outcome.state, "job finished"),
+            Err(error) => tracing::error!(job_id, %error, "cannot record the end of a job"),
+        }
+    }
+
+    /// Runs (or, with `resume`, re-attaches) one claimed job to its end. Returns true if the
+    /// job went back to the queue because it had never started.
+    async fn drive(&self, job: JobRow, resume: Option<ActivityRow>) -> bool {
+        let job_id = job.id;
+        let (attempt, dir, backend_ref) = match &resume {
+            Some(a) => (
+                a.attempt,
+                a.dir.clone().map(PathBuf::from),
+                a.backend_ref.clone(),
+            ),
+            None => {
+                let attempt = self
+                    .store()
+                    .activities(job_id)
+                    .ok()
+                    .and_then(|a| a.first().map(|a| a.attempt))
+                    .unwrap_or(0);
+                (attempt, None, None)
+            }
+        };
+        let dir = dir.unwrap_or_else(|| self.activity_dir(job_id, 0, attempt));
+        let (spec, kind) = match self.spec_for(&job, attempt, dir.clone()) {
+            Ok(s) => s,
+            Err(diagnosis) if resume.is_none() => {
+                self.finish(job_id, &ActivityOutcome::failed(diagnosis), None);
+                return false;
+            }
+            Err(_) => {
+                // Resuming: the work exists whatever the configuration says now, so find it
+                // with what we know.
+                let kind = ExecKind::parse(&job.kind).unwrap_or(ExecKind::Local);
+                (self.minimal_spec(&job, attempt, dir.clone(), kind), kind)
+            }
+        };
+        let Some(backend) = self.backend(kind) else {
+            self.finish(
+                job_id,
+                &ActivityOutcome::failed(format!("no backend for {kind} execution in this daemon")),
+                None,
+            );
+            return false;
+        };
+        let spec = Arc::new(spec);
+        if resume.is_none() {
+            if let Err(error) = std::fs::create_dir_all(&spec.dir) {
+                self.finish(
+                    job_id,
+                    &ActivityOutcome::failed(format!(
+                        "cannot create the activity folder {}: {error}",
+                        spec.dir.display()
+                    )),
+                    None,
+                );
+                return false;
+            }
+            let d = spec.dir.display().to_string();
+            if let Err(error) = self
+                .store()
+                .set_activity_location(job_id, 0, Some(&d), None, false)
+            {
+                tracing::error!(job_id, %error, "cannot record the activity folder");
+            }
+        }
+
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                job_id,
+                Running {
+                    cancel: cancel.clone(),
+                    reason: reason.clone(),
+                    spec: spec.clone(),
+                    backend: backend.clone(),
+                },
+            );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ctl = ActivityControl { cancel, events: tx };
+
+        enum Done {
+            Outcome(ActivityOutcome),
+            Requeue,
+        }
+        let work = async {
+            match &resume {
+                None => Done::Outcome(backend.run(&spec, ctl).await),
+                Some(_) => match backend.resume(&spec, backend_ref.as_deref(), ctl).await {
+                    Resumed::Finished(o) => Done::Outcome(o),
+                    Resumed::NeverStarted => Done::Requeue,
+                },
+            }
+        };
+        tokio::pin!(work);
+        let done = loop {
+            tokio::select! {
+                biased;
+                Some(ev) = rx.recv() => self.apply_event(job_id, ev),
+                done = &mut work => {
+                    while let Ok(ev) = rx.try_recv() {
+                        self.apply_event(job_id, ev);
+                    }
+                    break done;
+                }
+            }
+        };
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job_id);
+        match done {
+            Done::Outcome(outcome) => {
+                let reason = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let message = match (&outcome.state, &reason) {
+                    (JobState::Cancelled, Some(r)) => Some(r.as_str()),
+                    _ => None,
+                };
+                let mut outcome = outcome;
+                if outcome.state == JobState::Cancelled && outcome.diagnosis.is_none() {
+                    outcome.diagnosis = reason.clone();
+                }
+                self.finish(job_id, &outcome, message);
+                false
+            }
+            Done::Requeue => {
+                let next = attempt + 1;
+                let requeued = {
+                    let mut store = self.store();
+                    let _ = store.set_activity_location(job_id, 0, None, None, true);
+                    store.transition(
+                        job_id,
+                        &[JobState::Preparing, JobState::Starting],
+                        JobState::Queued,
+                        Some("requeued: it had not started when the previous daemon stopped"),
+                        &Outcome::default(),
+                    )
+                };
+                tracing::info!(job_id, attempt = next, "job requeued after restart");
+                matches!(requeued, Ok(true))
+            }
+        }
+    }
+
+    fn minimal_spec(
+        &self,
+        job: &JobRow,
+        attempt: i64,
+        dir: PathBuf,
+        kind: ExecKind,
+    ) -> ActivitySpec {
+        ActivitySpec {
+            job_id: job.id,
+            idx: 0,
+            attempt,
+            dir,
+            home_root: self.inner.root.clone(),
+            project: job.project.clone(),
+            recipe: job.recipe.clone(),
+            recipe_kind: capstan_core::model::RecipeKind::Shell,
+            user: job.user.clone(),
+            code_file: None,
+            lib_dir: None,
+            kind,
+            exec_config: job.exec_config.clone(),
+            cluster: job.cluster.clone(),
+            image: None,
+            docker_host: None,
+            env: Default::default(),
+            code_env: None,
+            timeout: None,
+            cpu_limit: None,
+            memory_limit: None,
+            gpus: 0,
+        }
+    }
+
+    fn apply_event(&self, job_id: i64, ev: ActivityEvent) {
+        let mut store = self.store();
+        let result = match ev {
+            ActivityEvent::Starting => store
+                .transition(
+                    job_id,
+                    &[JobState::Preparing],
+                    JobState::Starting,
+                    None,
+                    &Outcome::default(),
+                )
+                .map(|_| ()),
+            ActivityEvent::Started { backend_ref } => {
+                store.set_activity_location(job_id, 0, None, Some(&backend_ref), false)
+            }
+            ActivityEvent::Running => store
+                .transition(
+                    job_id,
+                    &[JobState::Preparing, JobState::Starting],
+                    JobState::Running,
+                    None,
+                    &Outcome::default(),
+                )
+                .map(|_| ()),
+        };
+        if let Err(error) = result {
+            tracing::error!(job_id, %error, "cannot record a job's progress");
+        }
+    }
+}
+
+fn resolve_error(errors: Vec<ResolveError>) -> EngineError {
+    if let Some(e) = errors
+        .iter()
+        .find(|e| matches!(e, ResolveError::PermissionDenied { .. }))
+    {
+        return EngineError::Denied(e.to_string());
+    }
+    let first = &errors[0];
+    let with_help = |e: &ResolveError| match e.help() {
+        Some(h) => format!("{e} ({h})"),
+        None => e.to_string(),
+    };
+    match first {
+        ResolveError::UnknownProject { .. }
+        | ResolveError::UnknownRecipe { .. }
+        | ResolveError::UnknownUser { .. } => EngineError::NotFound(with_help(first)),
+        _ => EngineError::Invalid {
+            message: errors.iter().map(with_help).collect::<Vec<_>>().join("; "),
+            details: errors,
+        },
+    }
+}
+
+/// Returned by [`Engine::open`]; starting it recovers the previous daemon's jobs and runs the
+/// scheduler.
+pub struct EngineStarter {
+    engine: Engine,
+    rx: mpsc::UnboundedReceiver<SchedMsg>,
+}
+
+impl EngineStarter {
+    /// Recovers and starts scheduling. Must be called inside a tokio runtime.
+    pub fn start(self) -> Result<RecoveryReport, EngineError> {
+        scheduler::start(self.engine, self.rx)
+    }
+}
+
+/// What the engine found at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub queued: usize,
+    pub reattached: usize,
+}

@@ -1,0 +1,213 @@
+//! The scheduler: first come, first served within each configuration's and cluster's
+//! `max_concurrent`.
+//!
+//! It owns the in-memory queue (a mirror of the queued jobs, in id order) and the counts of
+//! active jobs; the database stays the truth, and every claim is a compare-and-set in it, so a
+//! job cancelled while queued is simply skipped.
+
+use std::collections::{BTreeMap, HashMap};
+
+use capstan_core::job::JobState;
+use capstan_store::{JobRow, Outcome};
+use tokio::sync::mpsc;
+
+use crate::{Engine, EngineError, RecoveryReport};
+
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    id: i64,
+    exec_config: Option<String>,
+    cluster: Option<String>,
+}
+
+impl Slot {
+    pub(crate) fn of(job: &JobRow) -> Slot {
+        Slot {
+            id: job.id,
+            exec_config: job.exec_config.clone(),
+            cluster: job.cluster.clone(),
+        }
+    }
+}
+
+pub(crate) enum SchedMsg {
+    Queued(Slot),
+    Finished(Slot),
+    Requeued(Slot),
+}
+
+#[derive(Default)]
+struct Counts {
+    by_exec: HashMap<String, u32>,
+    by_cluster: HashMap<String, u32>,
+}
+
+impl Counts {
+    fn add(&mut self, s: &Slot, delta: i32) {
+        for (map, key) in [
+            (&mut self.by_exec, &s.exec_config),
+            (&mut self.by_cluster, &s.cluster),
+        ] {
+            if let Some(k) = key {
+                let n = map.entry(k.clone()).or_default();
+                *n = (*n as i32 + delta).max(0) as u32;
+            }
+        }
+    }
+}
+
+pub(crate) fn start(
+    engine: Engine,
+    mut rx: mpsc::UnboundedReceiver<SchedMsg>,
+) -> Result<RecoveryReport, EngineError> {
+    let (queued, active) = {
+        let store = engine.store();
+        (
+            store.jobs_in(&[JobState::Queued])?,
+            store.jobs_in(&[JobState::Preparing, JobState::Starting, JobState::Running])?,
+        )
+    };
+    let report = RecoveryReport {
+        queued: queued.len(),
+        reattached: active.len(),
+    };
+    let mut queue: BTreeMap<i64, Slot> = queued.iter().map(|j| (j.id, Slot::of(j))).collect();
+    let mut counts = Counts::default();
+    for job in active {
+        let slot = Slot::of(&job);
+        counts.add(&slot, 1);
+        let activity = engine.store().activities(job.id)?.into_iter().next();
+        match activity {
+            Some(a) => {
+                tracing::info!(job_id = job.id, state = %job.state, "re-attaching a job of the previous daemon");
+                spawn_drive(&engine, job, Some(a), slot);
+            }
+            None => {
+                // A job without an activity row cannot have run anything.
+                let _ = engine.store().transition(
+                    job.id,
+                    &[job.state],
+                    JobState::Failed,
+                    Some("the job has no activity record"),
+                    &Outcome::default(),
+                );
+                counts.add(&slot, -1);
+            }
+        }
+    }
+    let shutdown = engine.inner.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            dispatch(&engine, &mut queue, &mut counts);
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = rx.recv() => match msg { Some(m) => m, None => break },
+            };
+            let mut handle = |m: SchedMsg| match m {
+                SchedMsg::Queued(s) => {
+                    queue.insert(s.id, s);
+                }
+                SchedMsg::Finished(s) => counts.add(&s, -1),
+                SchedMsg::Requeued(s) => {
+                    counts.add(&s, -1);
+                    queue.insert(s.id, s);
+                }
+            };
+            handle(msg);
+            // Take everything that is waiting before dispatching again: a burst of 1,000
+            // submissions costs one pass, not 1,000.
+            while let Ok(m) = rx.try_recv() {
+                handle(m);
+            }
+        }
+        tracing::info!("scheduler stopped");
+    });
+    Ok(report)
+}
+
+fn dispatch(engine: &Engine, queue: &mut BTreeMap<i64, Slot>, counts: &mut Counts) {
+    if queue.is_empty() || engine.inner.shutdown.is_cancelled() {
+        return;
+    }
+    let home = engine.home();
+    let limit_exec = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| home.exec_configs.get(n))
+            .and_then(|c| c.max_concurrent.as_ref())
+            .map(|m| m.value)
+    };
+    let limit_cluster = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| home.clusters.get(n))
+            .and_then(|c| c.max_concurrent.as_ref())
+            .map(|m| m.value)
+    };
+    let mut claimed = Vec::new();
+    let mut gone = Vec::new();
+    for (id, slot) in queue.iter() {
+        let exec_full = limit_exec(&slot.exec_config).is_some_and(|max| {
+            slot.exec_config
+                .as_ref()
+                .map_or(0, |e| counts.by_exec.get(e).copied().unwrap_or(0))
+                >= max
+        });
+        let cluster_full = limit_cluster(&slot.cluster).is_some_and(|max| {
+            slot.cluster
+                .as_ref()
+                .map_or(0, |c| counts.by_cluster.get(c).copied().unwrap_or(0))
+                >= max
+        });
+        if exec_full || cluster_full {
+            continue;
+        }
+        let claim = engine.store().transition(
+            *id,
+            &[JobState::Queued],
+            JobState::Preparing,
+            None,
+            &Outcome::default(),
+        );
+        match claim {
+            Ok(true) => {
+                counts.add(slot, 1);
+                claimed.push(*id);
+            }
+            // Cancelled (or otherwise moved on) while queued.
+            Ok(false) => gone.push(*id),
+            Err(error) => {
+                tracing::error!(job_id = id, %error, "cannot claim a job");
+                break;
+            }
+        }
+    }
+    for id in gone {
+        queue.remove(&id);
+    }
+    for id in claimed {
+        let Some(slot) = queue.remove(&id) else {
+            continue;
+        };
+        match engine.store().job(id) {
+            Ok(Some(job)) => spawn_drive(engine, job, None, slot),
+            _ => counts.add(&slot, -1),
+        }
+    }
+}
+
+fn spawn_drive(
+    engine: &Engine,
+    job: JobRow,
+    resume: Option<capstan_store::ActivityRow>,
+    slot: Slot,
+) {
+    let e = engine.clone();
+    engine.inner.tasks.spawn(async move {
+        let requeued = e.drive(job, resume).await;
+        let msg = if requeued {
+            SchedMsg::Requeued(slot)
+        } else {
+            SchedMsg::Finished(slot)
+        };
+        let _ = e.inner.sched.send(msg);
+    });
+}

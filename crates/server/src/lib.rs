@@ -1,0 +1,532 @@
+//! capstan's REST API under `/api/v1`. The only crate that knows HTTP.
+//!
+//! Every endpoint but `health` and `openapi.json` takes a bearer token: one of a user's tokens
+//! from `users.toml`, or the daemon's local token (written to `state/daemon.json` for the CLI on
+//! the same machine). Errors are JSON `{"error": {"code", "message"}}`, mapped from engine
+//! errors in exactly one place ([`ApiError`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use capstan_core::job::JobState;
+use capstan_core::quantity::Duration as CDuration;
+use capstan_core::resolve::RunRequest;
+use capstan_engine::record;
+use capstan_engine::{Caller, Engine, EngineError, JobDetail};
+use capstan_store::{JobFilter, JobRow};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    /// SHA-256 of the daemon's local token.
+    pub local_token_sha256: Arc<String>,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/jobs", get(list_jobs).post(submit))
+        .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/logs", get(logs))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An API error: status, a stable code, a message in the user's terms.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            EngineError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            EngineError::Invalid { details, .. } => ApiError {
+                details: Some(Value::Array(
+                    details.iter().map(record::error_json).collect(),
+                )),
+                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+            },
+            EngineError::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            EngineError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            EngineError::NoBackend(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_backend", message)
+            }
+            EngineError::Store(_) | EngineError::Io { .. } => {
+                tracing::error!(error = %message, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(d) = self.details {
+            body["error"]["details"] = d;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            "unsupported_media_type"
+        } else {
+            "bad_request"
+        };
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body is larger than {MAX_BODY} bytes")
+        } else {
+            r.body_text()
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+/// The authenticated caller.
+pub struct Auth(pub Caller);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing `Authorization: Bearer TOKEN` header"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
+        if capstan_core::token::hash_token(token) == *state.local_token_sha256 {
+            return Ok(Auth(Caller {
+                name: "local".into(),
+                admin: true,
+                in_home: false,
+            }));
+        }
+        let home = state.engine.home();
+        let user = home
+            .user_for_token(token)
+            .ok_or_else(|| unauthorized("unknown token"))?;
+        Ok(Auth(Caller {
+            name: user.name.clone(),
+            admin: user.admin,
+            in_home: true,
+        }))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint (see /api/v1/openapi.json)",
+    )
+}
+
+async fn health(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "home": s.engine.root().display().to_string(),
+    }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn whoami(Auth(c): Auth) -> Json<Value> {
+    Json(json!({"user": c.name, "admin": c.admin}))
+}
+
+/// The fields of a submission, checked one by one for precise messages.
+fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    const FIELDS: [&str; 8] = [
+        "project",
+        "recipe",
+        "exec_config",
+        "cluster",
+        "spark_config",
+        "code_env",
+        "timeout",
+        "env",
+    ];
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        let hint = capstan_core::suggest(k, FIELDS)
+            .map_or(String::new(), |s| format!(" (did you mean `{s}`?)"));
+        return Err(ApiError::bad_request(format!("unknown field `{k}`{hint}")));
+    }
+    let string = |k: &str| -> Result<Option<String>, ApiError> {
+        match obj.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "field `{k}` must be a string, not {other}"
+            ))),
+        }
+    };
+    let required =
+        |k: &str| string(k)?.ok_or_else(|| ApiError::bad_request(format!("missing field `{k}`")));
+    let project = required("project")?;
+    let recipe = required("recipe")?;
+    let timeout = match obj.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(CDuration::from_secs(n.as_u64().ok_or_else(|| {
+            ApiError::bad_request(
+                "field `timeout` must be a whole number of seconds or a duration like \"30m\"",
+            )
+        })?)),
+        Some(Value::String(s)) => Some(
+            CDuration::parse(s)
+                .map_err(|e| ApiError::bad_request(format!("field `timeout`: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "field `timeout` must be a number of seconds or a duration like \"30m\"",
+            ));
+        }
+    };
+    let env = match obj.get("env") {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                other => Err(ApiError::bad_request(format!(
+                    "field `env.{k}` must be a string, not {other}"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "field `env` must be an object of strings",
+            ));
+        }
+    };
+    let request = RunRequest {
+        user: None,
+        exec_config: string("exec_config")?,
+        cluster: string("cluster")?,
+        spark_config: string("spark_config")?,
+        code_env: string("code_env")?,
+        timeout,
+        env,
+    };
+    Ok((project, recipe, request))
+}
+
+async fn submit(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let (project, recipe, request) = parse_submit(&body)?;
+    let job = s.engine.submit(&c, &project, &recipe, request)?;
+    Ok((StatusCode::CREATED, Json(job_json(&job))).into_response())
+}
+
+fn ms_to_rfc3339(ms: Option<i64>) -> Value {
+    match ms {
+        Some(ms) if ms >= 0 => {
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+            Value::String(humantime_rfc3339(t))
+        }
+        _ => Value::Null,
+    }
+}
+
+fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn job_json(j: &JobRow) -> Value {
+    let duration_ms = match (j.started_at, j.finished_at) {
+        (Some(s), Some(f)) => Some(f - s),
+        _ => None,
+    };
+    json!({
+        "id": j.id,
+        "project": j.project,
+        "recipe": j.recipe,
+        "user": j.user,
+        "state": j.state.as_str(),
+        "exec_config": j.exec_config,
+        "cluster": j.cluster,
+        "kind": j.kind,
+        "created_at": ms_to_rfc3339(Some(j.created_at)),
+        "started_at": ms_to_rfc3339(j.started_at),
+        "finished_at": ms_to_rfc3339(j.finished_at),
+        "duration_ms": duration_ms,
+        "exit_code": j.exit_code,
+        "diagnosis": j.diagnosis,
+        "peak_memory_bytes": j.peak_memory_bytes,
+        "cpu_time_ms": j.cpu_time_ms,
+    })
+}
+
+fn detail_json(d: &JobDetail) -> Value {
+    let mut v = job_json(&d.job);
+    v["request"] = serde_json::from_str(&d.job.request_json).unwrap_or(Value::Null);
+    v["resolution"] = serde_json::from_str(&d.job.resolution_json).unwrap_or(Value::Null);
+    v["events"] = d
+        .events
+        .iter()
+        .map(|e| json!({"at": ms_to_rfc3339(Some(e.at)), "state": e.state.as_str(), "message": e.message}))
+        .collect();
+    v["activities"] = d
+        .activities
+        .iter()
+        .map(|a| {
+            json!({
+                "index": a.idx,
+                "recipe": a.recipe,
+                "state": a.state.as_str(),
+                "attempt": a.attempt,
+                "dir": a.dir,
+                "log": a.dir.as_ref().map(|d| format!("{d}/log")),
+                "exit_code": a.exit_code,
+                "signal": a.signal,
+                "diagnosis": a.diagnosis,
+                "peak_memory_bytes": a.peak_memory_bytes,
+                "cpu_time_ms": a.cpu_time_ms,
+                "started_at": ms_to_rfc3339(a.started_at),
+                "finished_at": ms_to_rfc3339(a.finished_at),
+            })
+        })
+        .collect();
+    v["usage"] = match &d.usage {
+        Some(u) => json!({"cpu_percent": u.cpu_percent, "memory_bytes": u.memory_bytes}),
+        None => Value::Null,
+    };
+    v
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_jobs(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut states = Vec::new();
+    for name in q
+        .state
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        states.push(JobState::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown state `{name}` (expected one of: {})",
+                JobState::ALL.map(|s| s.as_str()).join(", ")
+            ))
+        })?);
+    }
+    let jobs = s.engine.jobs(
+        &c,
+        JobFilter {
+            user: None,
+            states,
+            limit: Some(q.limit.unwrap_or(100).min(10_000)),
+        },
+    )?;
+    Ok(Json(Value::Array(jobs.iter().map(job_json).collect())))
+}
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a job id (a positive number)")))
+}
+
+async fn show_job(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = s.engine.job_detail(&c, parse_id(&id)?).await?;
+    Ok(Json(detail_json(&d)))
+}
+
+async fn cancel(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let state = s.engine.cancel(&c, id)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "state": state.as_str()})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    follow: Option<bool>,
+}
+
+/// The job's log as text, one line per output line (`TIMESTAMP STREAM TEXT`, STREAM being `o`
+/// or `e`). With `follow=true`, the response stays open and streams new lines until the job
+/// ends.
+async fn logs(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id = parse_id(&id)?;
+    let follow = q.follow.unwrap_or(false);
+    s.engine.log_file(&c, id)?;
+    let engine = s.engine.clone();
+    let caller = c.clone();
+    struct Tail {
+        engine: Engine,
+        caller: Caller,
+        id: i64,
+        file: Option<tokio::fs::File>,
+        follow: bool,
+    }
+    let tail = Tail {
+        engine,
+        caller,
+        id,
+        file: None,
+        follow,
+    };
+    let stream = futures_util::stream::unfold(tail, |mut t| async move {
+        use tokio::io::AsyncReadExt;
+        loop {
+            // The job's state is read before the file: if it was final then, everything it
+            // wrote is in the file, so reading to the end afterwards loses nothing.
+            let (path, was_final) = match t.engine.log_file(&t.caller, t.id) {
+                Ok(x) => x,
+                Err(_) => return None,
+            };
+            if t.file.is_none()
+                && let Some(p) = &path
+            {
+                t.file = tokio::fs::File::open(p).await.ok();
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = match t.file.as_mut() {
+                Some(f) => f.read(&mut buf).await.unwrap_or(0),
+                None => 0,
+            };
+            if n > 0 {
+                buf.truncate(n);
+                return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), t));
+            }
+            if was_final || !t.follow {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("static header"),
+    );
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_795_828_000_123);
+        assert_eq!(humantime_rfc3339(t), "2026-11-28T01:06:40.123Z");
+        assert_eq!(
+            humantime_rfc3339(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/api/v1/health",
+            "/api/v1/openapi.json",
+            "/api/v1/whoami",
+            "/api/v1/jobs",
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/{id}/cancel",
+            "/api/v1/jobs/{id}/logs",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing from openapi.json");
+        }
+        assert_eq!(
+            paths.len(),
+            7,
+            "openapi.json lists a route the router does not have"
+        );
+    }
+}

@@ -1,0 +1,590 @@
+//! capstan's persistent state: jobs, their activities and every state change, in SQLite.
+//!
+//! One [`Store`] owns one connection; the daemon serialises access to it, so the database is
+//! never contended inside an instance (no `SQLITE_BUSY` under a burst of submissions). WAL
+//! journaling keeps readers (a second `capstan` process inspecting the file) from blocking the
+//! writer. Migrations are plain SQL files embedded in the binary and tracked with
+//! `PRAGMA user_version`.
+//!
+//! Every state change goes through [`Store::transition`], a compare-and-set inside one
+//! transaction that also appends the event: a job is claimed by exactly one scheduler pass, and
+//! its history can never disagree with its state.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use capstan_core::job::JobState;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+/// The migrations, in order. Never edit one that has shipped: add a new one.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_jobs.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the state database was written by a newer capstan (schema {found}, this one knows {known})"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("state database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("job {0} has an unknown state `{1}` in the database")]
+    BadState(i64, String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A job as submitted.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub project: String,
+    pub recipe: String,
+    pub user: String,
+    pub request_json: String,
+    pub resolution_json: String,
+    pub exec_config: Option<String>,
+    pub cluster: Option<String>,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRow {
+    pub id: i64,
+    pub project: String,
+    pub recipe: String,
+    pub user: String,
+    pub request_json: String,
+    pub resolution_json: String,
+    pub exec_config: Option<String>,
+    pub cluster: Option<String>,
+    pub kind: String,
+    pub state: JobState,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub diagnosis: Option<String>,
+    pub peak_memory_bytes: Option<i64>,
+    pub cpu_time_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub at: i64,
+    pub state: JobState,
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivityRow {
+    pub job_id: i64,
+    pub idx: i64,
+    pub recipe: String,
+    pub state: JobState,
+    pub attempt: i64,
+    pub dir: Option<String>,
+    pub backend_ref: Option<String>,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub diagnosis: Option<String>,
+    pub peak_memory_bytes: Option<i64>,
+    pub cpu_time_ms: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// Fields set together with a state change (each `Some` overwrites).
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub diagnosis: Option<String>,
+    pub peak_memory_bytes: Option<i64>,
+    pub cpu_time_ms: Option<i64>,
+}
+
+/// Which jobs to list.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub user: Option<String>,
+    pub states: Vec<JobState>,
+    pub limit: Option<u32>,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+const JOB_COLUMNS: &str = "id, project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at, started_at, finished_at, exit_code, diagnosis, peak_memory_bytes, cpu_time_ms";
+const ACTIVITY_COLUMNS: &str = "job_id, idx, recipe, state, attempt, dir, backend_ref, exit_code, signal, diagnosis, peak_memory_bytes, cpu_time_ms, started_at, finished_at";
+
+fn state_of(id: i64, s: String) -> Result<JobState> {
+    JobState::parse(&s).ok_or(StoreError::BadState(id, s))
+}
+
+fn job_row(row: &Row<'_>) -> rusqlite::Result<(JobRow, String)> {
+    Ok((
+        JobRow {
+            id: row.get(0)?,
+            project: row.get(1)?,
+            recipe: row.get(2)?,
+            user: row.get(3)?,
+            request_json: row.get(4)?,
+            resolution_json: row.get(5)?,
+            exec_config: row.get(6)?,
+            cluster: row.get(7)?,
+            kind: row.get(8)?,
+            state: JobState::Queued,
+            created_at: row.get(10)?,
+            started_at: row.get(11)?,
+            finished_at: row.get(12)?,
+            exit_code: row.get(13)?,
+            diagnosis: row.get(14)?,
+            peak_memory_bytes: row.get(15)?,
+            cpu_time_ms: row.get(16)?,
+        },
+        row.get(9)?,
+    ))
+}
+
+fn activity_row(row: &Row<'_>) -> rusqlite::Result<(ActivityRow, String)> {
+    Ok((
+        ActivityRow {
+            job_id: row.get(0)?,
+            idx: row.get(1)?,
+            recipe: row.get(2)?,
+            state: JobState::Queued,
+            attempt: row.get(4)?,
+            dir: row.get(5)?,
+            backend_ref: row.get(6)?,
+            exit_code: row.get(7)?,
+            signal: row.get(8)?,
+            diagnosis: row.get(9)?,
+            peak_memory_bytes: row.get(10)?,
+            cpu_time_ms: row.get(11)?,
+            started_at: row.get(12)?,
+            finished_at: row.get(13)?,
+        },
+        row.get(3)?,
+    ))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // WAL lets readers in other processes proceed while the daemon writes; NORMAL
+        // synchronous is durable across process crashes (the WAL is fsynced at checkpoints),
+        // which is the failure this database must survive.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::init(conn)
+    }
+
+    pub fn open_in_memory() -> Result<Store> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Inserts a queued job with its one activity per recipe.
+    pub fn insert_job(&mut self, job: &NewJob) -> Result<JobRow> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO jobs (project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9)",
+            params![
+                job.project,
+                job.recipe,
+                job.user,
+                job.request_json,
+                job.resolution_json,
+                job.exec_config,
+                job.cluster,
+                job.kind,
+                now
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO activities (job_id, idx, recipe, state) VALUES (?1, 0, ?2, 'queued')",
+            params![id, job.recipe],
+        )?;
+        tx.execute(
+            "INSERT INTO job_events (job_id, at, state, message) VALUES (?1, ?2, 'queued', NULL)",
+            params![id, now],
+        )?;
+        tx.commit()?;
+        Ok(self.job(id)?.expect("job just inserted"))
+    }
+
+    pub fn job(&self, id: i64) -> Result<Option<JobRow>> {
+        let r = self
+            .conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                job_row,
+            )
+            .optional()?;
+        r.map(|(mut j, s)| {
+            j.state = state_of(j.id, s)?;
+            Ok(j)
+        })
+        .transpose()
+    }
+
+    /// Jobs, newest first.
+    pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRow>> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(u) = &filter.user {
+            args.push(u.clone().into());
+            sql += &format!(" AND user = ?{}", args.len());
+        }
+        if !filter.states.is_empty() {
+            let marks: Vec<String> = filter
+                .states
+                .iter()
+                .map(|s| {
+                    args.push(s.as_str().to_string().into());
+                    format!("?{}", args.len())
+                })
+                .collect();
+            sql += &format!(" AND state IN ({})", marks.join(", "));
+        }
+        sql += " ORDER BY id DESC";
+        if let Some(limit) = filter.limit {
+            sql += &format!(" LIMIT {limit}");
+        }
+        self.collect_jobs(&sql, rusqlite::params_from_iter(args))
+    }
+
+    /// Jobs in the given states, oldest first (the scheduler's order).
+    pub fn jobs_in(&self, states: &[JobState]) -> Result<Vec<JobRow>> {
+        let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({}) ORDER BY id",
+            list.join(", ")
+        );
+        self.collect_jobs(&sql, [])
+    }
+
+    fn collect_jobs(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<JobRow>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(args, job_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (mut j, s) = r?;
+            j.state = state_of(j.id, s)?;
+            out.push(j);
+        }
+        Ok(out)
+    }
+
+    pub fn events(&self, job_id: i64) -> Result<Vec<EventRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, state, message FROM job_events WHERE job_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([job_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (at, s, message) = r?;
+            out.push(EventRow {
+                at,
+                state: state_of(job_id, s)?,
+                message,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn activities(&self, job_id: i64) -> Result<Vec<ActivityRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE job_id = ?1 ORDER BY idx"
+        ))?;
+        let rows = stmt.query_map([job_id], activity_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (mut a, s) = r?;
+            a.state = state_of(job_id, s)?;
+            out.push(a);
+        }
+        Ok(out)
+    }
+
+    /// Moves a job (and its activities) to `to` if it is in one of `from`, recording the event.
+    /// Returns false, changing nothing, if the job was not in one of `from` — the
+    /// compare-and-set that makes a claim or a final state happen exactly once.
+    pub fn transition(
+        &mut self,
+        job_id: i64,
+        from: &[JobState],
+        to: JobState,
+        message: Option<&str>,
+        outcome: &Outcome,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE id = ?1", [job_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        let current = state_of(job_id, current)?;
+        if !from.contains(&current) || !current.can_become(to) {
+            return Ok(false);
+        }
+        let started = (to == JobState::Running).then_some(now);
+        let finished = to.is_final().then_some(now);
+        tx.execute(
+            "UPDATE jobs SET state = ?2,
+                started_at = COALESCE(?3, started_at),
+                finished_at = COALESCE(?4, finished_at),
+                exit_code = COALESCE(?5, exit_code),
+                diagnosis = COALESCE(?6, diagnosis),
+                peak_memory_bytes = COALESCE(?7, peak_memory_bytes),
+                cpu_time_ms = COALESCE(?8, cpu_time_ms)
+             WHERE id = ?1",
+            params![
+                job_id,
+                to.as_str(),
+                started,
+                finished,
+                outcome.exit_code,
+                outcome.diagnosis,
+                outcome.peak_memory_bytes,
+                outcome.cpu_time_ms
+            ],
+        )?;
+        tx.execute(
+            "UPDATE activities SET state = ?2,
+                started_at = COALESCE(?3, started_at),
+                finished_at = COALESCE(?4, finished_at),
+                exit_code = COALESCE(?5, exit_code),
+                signal = COALESCE(?6, signal),
+                diagnosis = COALESCE(?7, diagnosis),
+                peak_memory_bytes = COALESCE(?8, peak_memory_bytes),
+                cpu_time_ms = COALESCE(?9, cpu_time_ms)
+             WHERE job_id = ?1",
+            params![
+                job_id,
+                to.as_str(),
+                started,
+                finished,
+                outcome.exit_code,
+                outcome.signal,
+                outcome.diagnosis,
+                outcome.peak_memory_bytes,
+                outcome.cpu_time_ms
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO job_events (job_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
+            params![job_id, now, to.as_str(), message],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Records where an activity's work is (its folder and the backend's reference to it),
+    /// and bumps its attempt when `new_attempt` is set.
+    pub fn set_activity_location(
+        &mut self,
+        job_id: i64,
+        idx: i64,
+        dir: Option<&str>,
+        backend_ref: Option<&str>,
+        new_attempt: bool,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE activities SET dir = COALESCE(?3, dir), backend_ref = ?4,
+                attempt = attempt + ?5 WHERE job_id = ?1 AND idx = ?2",
+            params![job_id, idx, dir, backend_ref, new_attempt as i64],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_job(recipe: &str) -> NewJob {
+        NewJob {
+            project: "p".into(),
+            recipe: recipe.into(),
+            user: "alice".into(),
+            request_json: "{}".into(),
+            resolution_json: "{}".into(),
+            exec_config: Some("local".into()),
+            cluster: None,
+            kind: "local".into(),
+        }
+    }
+
+    #[test]
+    fn lifecycle_is_compare_and_set() {
+        let mut s = Store::open_in_memory().unwrap();
+        let j = s.insert_job(&new_job("r")).unwrap();
+        assert_eq!(j.state, JobState::Queued);
+        let none = Outcome::default();
+        // Claimed once, and only once.
+        assert!(
+            s.transition(j.id, &[JobState::Queued], JobState::Preparing, None, &none)
+                .unwrap()
+        );
+        assert!(
+            !s.transition(j.id, &[JobState::Queued], JobState::Preparing, None, &none)
+                .unwrap()
+        );
+        // The lifecycle refuses skipping to an impossible state.
+        assert!(
+            !s.transition(
+                j.id,
+                &[JobState::Preparing],
+                JobState::Succeeded,
+                None,
+                &none
+            )
+            .unwrap()
+        );
+        assert!(
+            s.transition(
+                j.id,
+                &[JobState::Preparing],
+                JobState::Starting,
+                None,
+                &none
+            )
+            .unwrap()
+        );
+        assert!(
+            s.transition(j.id, &[JobState::Starting], JobState::Running, None, &none)
+                .unwrap()
+        );
+        let out = Outcome {
+            exit_code: Some(0),
+            peak_memory_bytes: Some(1024),
+            ..Outcome::default()
+        };
+        assert!(
+            s.transition(
+                j.id,
+                &[JobState::Running],
+                JobState::Succeeded,
+                Some("done"),
+                &out
+            )
+            .unwrap()
+        );
+        // Final is final.
+        assert!(
+            !s.transition(j.id, &[JobState::Succeeded], JobState::Failed, None, &none)
+                .unwrap()
+        );
+        let j = s.job(j.id).unwrap().unwrap();
+        assert_eq!(j.state, JobState::Succeeded);
+        assert_eq!(j.exit_code, Some(0));
+        assert!(j.started_at.is_some() && j.finished_at.is_some());
+        let states: Vec<_> = s.events(j.id).unwrap().iter().map(|e| e.state).collect();
+        assert_eq!(
+            states,
+            [
+                JobState::Queued,
+                JobState::Preparing,
+                JobState::Starting,
+                JobState::Running,
+                JobState::Succeeded
+            ]
+        );
+        assert_eq!(s.activities(j.id).unwrap()[0].state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn survives_reopen_and_lists_in_order() {
+        let dir = std::env::temp_dir().join(format!("capstan-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            for r in ["a", "b", "c"] {
+                s.insert_job(&new_job(r)).unwrap();
+            }
+        }
+        let s = Store::open(&path).unwrap();
+        let queued: Vec<_> = s
+            .jobs_in(&[JobState::Queued])
+            .unwrap()
+            .into_iter()
+            .map(|j| j.recipe)
+            .collect();
+        assert_eq!(queued, ["a", "b", "c"]);
+        let newest = s
+            .jobs(&JobFilter {
+                limit: Some(2),
+                ..JobFilter::default()
+            })
+            .unwrap();
+        assert_eq!(
+            newest.iter().map(|j| j.recipe.as_str()).collect::<Vec<_>>(),
+            ["c", "b"]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
