@@ -206,6 +206,7 @@ impl LocalBackend {
         });
         let mut lines = child.stdout.take().map(|s| BufReader::new(s).lines());
         let mut cancelled = false;
+        let mut reported: Option<ShimExit> = None;
         loop {
             tokio::select! {
                 line = async {
@@ -215,6 +216,7 @@ impl LocalBackend {
                     }
                 } => match line {
                     Ok(Some(l)) if l.starts_with("running") => ctl.report(ActivityEvent::Running),
+                    Ok(Some(l)) if l.starts_with("exit ") => reported = serde_json::from_str(&l[5..]).ok(),
                     Ok(Some(_)) => {}
                     _ => lines = None,
                 },
@@ -228,12 +230,20 @@ impl LocalBackend {
                 }
             }
         }
-        self.finish(spec)
+        // The shim prints its record last: read what is left of its output.
+        if let Some(l) = lines.as_mut() {
+            while let Ok(Some(line)) = l.next_line().await {
+                if let Some(rec) = line.strip_prefix("exit ") {
+                    reported = serde_json::from_str(rec).ok();
+                }
+            }
+        }
+        self.finish(spec, reported)
     }
 
     /// Reads the shim's exit record into an outcome, and tidies the activity's folder.
-    fn finish(&self, spec: &ActivitySpec) -> ActivityOutcome {
-        let outcome = match read_exit(&spec.dir) {
+    fn finish(&self, spec: &ActivitySpec, reported: Option<ShimExit>) -> ActivityOutcome {
+        let outcome = match read_exit(&spec.dir).or(reported) {
             Some(exit) => diagnose::outcome(spec, &exit),
             None => {
                 let err = std::fs::read_to_string(spec.dir.join("shim.err")).unwrap_or_default();
@@ -255,7 +265,7 @@ impl LocalBackend {
     async fn resume_impl(&self, spec: &ActivitySpec, ctl: ActivityControl) -> Resumed {
         let dir = &spec.dir;
         if read_exit(dir).is_some() {
-            return Resumed::Finished(self.finish(spec));
+            return Resumed::Finished(self.finish(spec, None));
         }
         // Claim it for "never started" unless the shim got there first.
         match std::fs::OpenOptions::new()
@@ -299,7 +309,7 @@ impl LocalBackend {
                 }
             }
         }
-        Resumed::Finished(self.finish(spec))
+        Resumed::Finished(self.finish(spec, None))
     }
 }
 
@@ -410,5 +420,108 @@ impl Backend for LocalBackend {
                 memory_bytes: group.memory_now(),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_core::model::RecipeKind;
+
+    fn control() -> ActivityControl {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        ActivityControl {
+            cancel: Default::default(),
+            events: tx,
+        }
+    }
+
+    fn spec(dir: &Path) -> ActivitySpec {
+        ActivitySpec {
+            job_id: 1,
+            idx: 0,
+            attempt: 0,
+            dir: dir.to_path_buf(),
+            home_root: dir.to_path_buf(),
+            project: "p".into(),
+            recipe: "r".into(),
+            recipe_kind: RecipeKind::Shell,
+            user: "u".into(),
+            code_file: None,
+            lib_dir: None,
+            kind: ExecKind::Local,
+            exec_config: None,
+            cluster: None,
+            image: None,
+            docker_host: None,
+            env: Default::default(),
+            code_env: None,
+            timeout: None,
+            cpu_limit: None,
+            memory_limit: None,
+            gpus: 0,
+        }
+    }
+
+    fn activity_dir(label: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("capstan-claim-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("work")).unwrap();
+        let spec = ShimSpec {
+            activity: format!("test-{label}"),
+            program: "sh".into(),
+            args: vec!["-c".into(), "touch ../ran".into()],
+            cwd: dir.join("work"),
+            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+            timeout_secs: None,
+            memory_limit: None,
+            cpu_millis: None,
+            cgroups: None,
+        };
+        std::fs::write(dir.join(SPEC), serde_json::to_vec(&spec).unwrap()).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_recovered_activity_that_never_started_never_starts() {
+        let dir = activity_dir("never");
+        let backend = LocalBackend::new(&dir, PathBuf::from("/nonexistent"));
+        // The daemon died after writing the spec, before the shim claimed it.
+        let resumed = backend.resume_impl(&spec(&dir), control()).await;
+        assert_eq!(resumed, Resumed::NeverStarted);
+        // A shim that was on its way loses the race and runs nothing.
+        let d = dir.clone();
+        assert_eq!(
+            tokio::task::spawn_blocking(move || shim::main(&d))
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(
+            !dir.join("ran").exists(),
+            "the recipe ran although it was requeued"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_recovered_activity_that_finished_is_read_back() {
+        let dir = activity_dir("done");
+        let d = dir.clone();
+        // The shim is its own process with its own runtime; run it off this one.
+        assert_eq!(
+            tokio::task::spawn_blocking(move || shim::main(&d))
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(dir.join("ran").exists());
+        let backend = LocalBackend::new(&dir, PathBuf::from("/nonexistent"));
+        match backend.resume_impl(&spec(&dir), control()).await {
+            Resumed::Finished(o) => assert_eq!(o.state, capstan_core::job::JobState::Succeeded),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

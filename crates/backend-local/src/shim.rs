@@ -142,10 +142,17 @@ pub fn main(dir: &Path) -> i32 {
         Err(_) => return 4,
     };
     let exit = rt.block_on(supervise(dir, &spec));
-    if let Err(e) = write_atomic(
-        &dir.join(EXIT),
-        &serde_json::to_vec(&exit).unwrap_or_default(),
-    ) {
+    let record = serde_json::to_vec(&exit).unwrap_or_default();
+    // Also on stdout: if the disk is full and the file cannot be written, a daemon that is
+    // still listening learns how the recipe ended all the same.
+    // `println!` would panic once the daemon is gone (EPIPE); a failed write is fine.
+    let _ = writeln!(
+        std::io::stdout(),
+        "exit {}",
+        String::from_utf8_lossy(&record)
+    );
+    let _ = std::io::stdout().flush();
+    if let Err(e) = write_atomic(&dir.join(EXIT), &record) {
         eprintln!(
             "capstan shim: cannot write {}: {e}",
             dir.join(EXIT).display()
@@ -215,7 +222,7 @@ async fn supervise(dir: &Path, spec: &ShimSpec) -> ShimExit {
     let child_pid = child.id().unwrap_or(0);
     let _ = write_atomic(&dir.join(CHILD), child_pid.to_string().as_bytes());
     // Tell the daemon (if it is still there to hear) that user code is running.
-    println!("running {child_pid}");
+    let _ = writeln!(std::io::stdout(), "running {child_pid}");
     let _ = std::io::stdout().flush();
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Line>();

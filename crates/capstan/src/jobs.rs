@@ -169,7 +169,7 @@ pub async fn list(client: &Client, args: &JobsArgs) -> anyhow::Result<u8> {
     for j in jobs.as_array().into_iter().flatten() {
         println!(
             "{:>6}  {:<10} {:<28} {:<10} {:<14} {:<24} {:>9}",
-            j["id"],
+            j["id"].as_i64().unwrap_or(0),
             j["state"].as_str().unwrap_or(""),
             format!(
                 "{}/{}",

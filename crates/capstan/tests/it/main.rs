@@ -2,4 +2,13 @@
 
 mod support;
 
+mod daemon;
 mod homes;
+
+/// Whether the daemon with `pid` has published its address for `root`.
+pub fn daemon_info_ready(root: &std::path::Path, pid: u32) -> bool {
+    std::fs::read_to_string(root.join("state/daemon.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
+}

@@ -74,3 +74,215 @@ pub fn transcript(args: &str, out: &Output) -> String {
     s += &format!("[exit {}]\n", out.status.code().unwrap_or(-1));
     s
 }
+
+/// A home made by `capstan init`, with helpers to add recipes and configurations.
+pub struct TestHome {
+    pub dir: TempDir,
+}
+
+impl TestHome {
+    pub fn new(label: &str) -> TestHome {
+        let dir = TempDir::new(label);
+        let out = capstan()
+            .arg("init")
+            .arg(dir.path().join("h"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let home = TestHome { dir };
+        std::fs::write(home.root().join("init.out"), stdout).unwrap();
+        home
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("h")
+    }
+
+    /// The token `capstan init` printed for `user`.
+    pub fn token(&self, user: &str) -> String {
+        let out = std::fs::read_to_string(self.root().join("init.out")).unwrap();
+        out.lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(user)).then(|| w.next().unwrap().to_string())
+            })
+            .unwrap()
+    }
+
+    /// Adds `projects/sample/recipes/NAME.toml` and its code file.
+    pub fn recipe(&self, name: &str, kind: &str, ext: &str, code: &str, extra_toml: &str) {
+        let dir = self.root().join("projects/sample/recipes");
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!("kind = \"{kind}\"\n{extra_toml}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join(format!("{name}.{ext}")), code).unwrap();
+    }
+
+    pub fn append(&self, file: &str, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.root().join(file))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    pub fn capstan(&self) -> Command {
+        let mut c = capstan();
+        c.arg("--home").arg(self.root());
+        c
+    }
+
+    pub fn start(&self) -> TestDaemon {
+        TestDaemon::start(&self.root())
+    }
+}
+
+/// Waits for `cond`, checking every 20 ms, failing the test after `secs`.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A `capstan serve` child process on an ephemeral port.
+pub struct TestDaemon {
+    pub child: std::process::Child,
+    pub url: String,
+    pub token: String,
+    pub root: PathBuf,
+}
+
+impl TestDaemon {
+    pub fn start(root: &Path) -> TestDaemon {
+        let info = root.join("state/daemon.json");
+        let _ = std::fs::remove_file(&info);
+        let log = std::fs::File::create(root.join("daemon.log")).unwrap();
+        let child = capstan()
+            .arg("--home")
+            .arg(root)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut parsed = None;
+        wait_for("the daemon to publish state/daemon.json", 20, || {
+            let Ok(text) = std::fs::read_to_string(&info) else {
+                return false;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                return false;
+            };
+            if v["pid"].as_u64() != Some(u64::from(pid)) {
+                return false;
+            }
+            parsed = Some((
+                v["url"].as_str().unwrap().to_string(),
+                v["token"].as_str().unwrap().to_string(),
+            ));
+            true
+        });
+        let (url, token) = parsed.unwrap();
+        TestDaemon {
+            child,
+            url,
+            token,
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let out = curl(&[
+            "-sS",
+            "-H",
+            &format!("Authorization: Bearer {}", self.token),
+            &format!("{}{path}", self.url),
+        ]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{path}: {e}: {out}"))
+    }
+
+    pub fn job(&self, id: i64) -> serde_json::Value {
+        self.get(&format!("/api/v1/jobs/{id}"))
+    }
+
+    pub fn wait_state(&self, id: i64, secs: u64, ok: &[&str]) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        wait_for(&format!("job {id} to be {ok:?}"), secs, || {
+            last = self.job(id);
+            ok.contains(&last["state"].as_str().unwrap_or(""))
+        });
+        last
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        // Stop it as an admin would (SIGTERM with --stop-jobs is not what ran), so no test
+        // leaves a daemon behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs curl (the tests talk HTTP the way a script would).
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Submits a detached run through the CLI and returns the job id.
+pub fn submit(home: &TestHome, target: &str, extra: &[&str]) -> i64 {
+    let out = home
+        .capstan()
+        .args(["run", target, "--detach", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "run {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"].as_i64().unwrap()
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes: it runs nothing.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}

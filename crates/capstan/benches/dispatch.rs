@@ -1,0 +1,292 @@
+//! Dispatch benchmark: how much capstan adds on top of starting the interpreter yourself, and
+//! how many jobs per second its queue drains. Every number is printed next to the raw engine
+//! measured in the same run.
+//!
+//! Run: `cargo bench -p capstan --bench dispatch` (env `BENCH_JOBS`, default 1000).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Daemon {
+    child: std::process::Child,
+    url: String,
+    token: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn capstan() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_capstan"))
+}
+
+fn setup(dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    let out = capstan().arg("init").arg(&home).output().unwrap();
+    assert!(out.status.success());
+    let recipes = home.join("projects/sample/recipes");
+    std::fs::write(recipes.join("first.toml"), "kind = \"python\"\n").unwrap();
+    std::fs::write(
+        recipes.join("first.py"),
+        "import time; print(time.time_ns())\n",
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.join("noop.toml"),
+        "kind = \"shell\"\nexec_config = \"two\"\n",
+    )
+    .unwrap();
+    std::fs::write(recipes.join("noop.sh"), ":\n").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(home.join("exec-configs.toml"))
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        f,
+        "\n[exec_config.two]\nkind = \"local\"\nmax_concurrent = 2\n"
+    )
+    .unwrap();
+    home
+}
+
+fn start(home: &Path) -> Daemon {
+    let child = capstan()
+        .arg("--home")
+        .arg(home)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("CAPSTAN_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Owned at once, so the daemon is killed even if it never comes up.
+    let mut d = Daemon {
+        child,
+        url: String::new(),
+        token: String::new(),
+    };
+    let info = home.join("state/daemon.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&info)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && v["pid"].as_u64() == Some(u64::from(d.child.id()))
+        {
+            d.url = v["url"].as_str().unwrap().to_string();
+            d.token = v["token"].as_str().unwrap().to_string();
+            return d;
+        }
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+async fn submit(http: &reqwest::Client, d: &Daemon, recipe: &str) -> i64 {
+    let r: Value = http
+        .post(format!("{}/api/v1/jobs", d.url))
+        .bearer_auth(&d.token)
+        .json(&json!({"project": "sample", "recipe": recipe}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("submit failed: {r}"))
+}
+
+async fn wait_final(http: &reqwest::Client, d: &Daemon, id: i64) -> Value {
+    loop {
+        let j: Value = http
+            .get(format!("{}/api/v1/jobs/{id}", d.url))
+            .bearer_auth(&d.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["succeeded", "failed", "cancelled", "timed_out"]
+            .contains(&j["state"].as_str().unwrap_or(""))
+        {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let dir = std::env::temp_dir().join(format!("capstan-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let home = setup(&dir);
+    let d = start(&home);
+    let http = reqwest::Client::new();
+
+    // 1. Submit → first line of user code, against the bare interpreter.
+    let runs = 20;
+    let mut bare = Vec::new();
+    for _ in 0..runs {
+        let t0 = now_ns();
+        let out = Command::new("python3")
+            .args(["-c", "import time; print(time.time_ns())"])
+            .output()
+            .unwrap();
+        let t1: u128 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        bare.push((t1 - t0) as f64 / 1e6);
+    }
+    let mut ours = Vec::new();
+    for _ in 0..runs {
+        let t0 = now_ns();
+        let id = submit(&http, &d, "first").await;
+        let j = wait_final(&http, &d, id).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let log = std::fs::read_to_string(format!(
+            "{}/log",
+            j["activities"][0]["dir"].as_str().unwrap()
+        ))
+        .unwrap();
+        let t1: u128 = log
+            .lines()
+            .next()
+            .unwrap()
+            .splitn(3, ' ')
+            .nth(2)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        ours.push((t1 - t0) as f64 / 1e6);
+    }
+    let (b, o) = (median(bare), median(ours));
+    println!(
+        "submit → first line of user code (median of {runs}, trivial Python recipe, local backend)"
+    );
+    println!("  bare `python3 -c`     {b:8.1} ms");
+    println!("  capstan run           {o:8.1} ms");
+    println!(
+        "  overhead              {:8.1} ms   (ratio {:.2}x; aim: under 50 ms above bare)",
+        o - b,
+        o / b
+    );
+
+    // 2. Raw engine for no-op work: `sh noop` 2 at a time.
+    let noop = home.join("projects/sample/recipes/noop.sh");
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    for lane in 0..2 {
+        let noop = noop.clone();
+        handles.push(std::thread::spawn(move || {
+            for _ in (lane..jobs).step_by(2) {
+                Command::new("sh").arg(&noop).status().unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let raw = t.elapsed().as_secs_f64();
+
+    // 3. The same work as capstan jobs, all queued at once, max_concurrent = 2.
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(jobs);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..jobs {
+        let http = http.clone();
+        let (url, token) = (d.url.clone(), d.token.clone());
+        set.spawn(async move {
+            let r: Value = http
+                .post(format!("{url}/api/v1/jobs"))
+                .bearer_auth(&token)
+                .json(&json!({"project": "sample", "recipe": "noop"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (i, r["id"].as_i64())
+        });
+        // At most 16 submissions in flight, like a busy team's scripts.
+        if set.len() >= 16 {
+            let (_, id) = set.join_next().await.unwrap().unwrap();
+            ids.push(id.expect("submission refused"));
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        ids.push(r.unwrap().1.expect("submission refused"));
+    }
+    let submitted = t.elapsed().as_secs_f64();
+    loop {
+        let active: Value = http
+            .get(format!(
+                "{}/api/v1/jobs?state=queued,preparing,starting,running&limit=1",
+                d.url
+            ))
+            .bearer_auth(&d.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if active.as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = t.elapsed().as_secs_f64();
+    let failed: Value = http
+        .get(format!(
+            "{}/api/v1/jobs?state=failed,cancelled,timed_out&limit=10000",
+            d.url
+        ))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!();
+    println!("{jobs} no-op shell jobs queued at once, max_concurrent = 2");
+    println!(
+        "  raw `sh noop.sh`, 2 at a time   {raw:7.2} s   {:7.0} runs/s",
+        jobs as f64 / raw
+    );
+    println!(
+        "  capstan (all queued in {submitted:.2} s)  {total:7.2} s   {:7.0} jobs/s   (ratio {:.2}x; aim: ≥ 100 jobs/s)",
+        jobs as f64 / total,
+        total / raw
+    );
+    println!("  jobs not succeeded: {}", failed.as_array().unwrap().len());
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
