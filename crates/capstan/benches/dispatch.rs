@@ -100,6 +100,17 @@ fn start(home: &Path) -> Daemon {
     }
 }
 
+async fn get_json(http: &reqwest::Client, d: &Daemon, path: &str) -> Value {
+    http.get(format!("{}{path}", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn submit(http: &reqwest::Client, d: &Daemon, recipe: &str) -> i64 {
     let r: Value = http
         .post(format!("{}/api/v1/jobs", d.url))
@@ -118,15 +129,7 @@ async fn submit(http: &reqwest::Client, d: &Daemon, recipe: &str) -> i64 {
 
 async fn wait_final(http: &reqwest::Client, d: &Daemon, id: i64) -> Value {
     loop {
-        let j: Value = http
-            .get(format!("{}/api/v1/jobs/{id}", d.url))
-            .bearer_auth(&d.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j = get_json(http, d, &format!("/api/v1/jobs/{id}")).await;
         if ["succeeded", "failed", "cancelled", "timed_out"]
             .contains(&j["state"].as_str().unwrap_or(""))
         {

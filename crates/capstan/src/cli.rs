@@ -77,14 +77,8 @@ pub struct ServeArgs {
 pub struct RunArgs {
     /// The recipe, as PROJECT/RECIPE.
     pub target: String,
-    #[arg(long, value_name = "NAME")]
-    pub exec_config: Option<String>,
-    #[arg(long, value_name = "NAME")]
-    pub cluster: Option<String>,
-    #[arg(long, value_name = "NAME")]
-    pub spark_config: Option<String>,
-    #[arg(long, value_name = "NAME")]
-    pub code_env: Option<String>,
+    #[command(flatten)]
+    pub select: Selection,
     /// Timeout for this run, e.g. 90s, 30m, 2h.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
@@ -167,18 +161,8 @@ pub enum ConfigCommand {
 pub struct ExplainArgs {
     /// The recipe, as PROJECT/RECIPE.
     pub target: String,
-    /// Run-request override of the execution configuration.
-    #[arg(long, value_name = "NAME")]
-    pub exec_config: Option<String>,
-    /// Run-request override of the cluster.
-    #[arg(long, value_name = "NAME")]
-    pub cluster: Option<String>,
-    /// Run-request override of the Spark configuration.
-    #[arg(long, value_name = "NAME")]
-    pub spark_config: Option<String>,
-    /// Run-request override of the code environment.
-    #[arg(long, value_name = "NAME")]
-    pub code_env: Option<String>,
+    #[command(flatten)]
+    pub select: Selection,
     /// Check permissions as this user.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
@@ -213,4 +197,21 @@ pub struct TokenCreateArgs {
     /// A name to tell the token apart (default: token-N).
     #[arg(long)]
     pub name: Option<String>,
+}
+
+/// The run-request layer: choices that override the instance, project and recipe.
+#[derive(Debug, Args, Default)]
+pub struct Selection {
+    /// The execution configuration (how).
+    #[arg(long, value_name = "NAME")]
+    pub exec_config: Option<String>,
+    /// The cluster (where).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The Spark configuration.
+    #[arg(long, value_name = "NAME")]
+    pub spark_config: Option<String>,
+    /// The code environment.
+    #[arg(long, value_name = "NAME")]
+    pub code_env: Option<String>,
 }

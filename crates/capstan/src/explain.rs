@@ -25,10 +25,10 @@ pub fn run(root: &Path, args: &ExplainArgs) -> anyhow::Result<u8> {
     let home = load_valid(root)?;
     let request = RunRequest {
         user: args.user.clone(),
-        exec_config: args.exec_config.clone(),
-        cluster: args.cluster.clone(),
-        spark_config: args.spark_config.clone(),
-        code_env: args.code_env.clone(),
+        exec_config: args.select.exec_config.clone(),
+        cluster: args.select.cluster.clone(),
+        spark_config: args.select.spark_config.clone(),
+        code_env: args.select.code_env.clone(),
         ..RunRequest::default()
     };
     match resolve(&home, project, recipe, &request) {

@@ -97,10 +97,10 @@ pub async fn submit(client: &Client, args: &RunArgs) -> anyhow::Result<Value> {
     let body = json!({
         "project": project,
         "recipe": recipe,
-        "exec_config": args.exec_config,
-        "cluster": args.cluster,
-        "spark_config": args.spark_config,
-        "code_env": args.code_env,
+        "exec_config": args.select.exec_config,
+        "cluster": args.select.cluster,
+        "spark_config": args.select.spark_config,
+        "code_env": args.select.code_env,
         "timeout": args.timeout,
         "env": env,
     });

@@ -50,10 +50,7 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
             let target = format!("{}/{}", p.key, r.name);
             let args = RunArgs {
                 target: target.clone(),
-                exec_config: None,
-                cluster: None,
-                spark_config: None,
-                code_env: None,
+                select: Default::default(),
                 timeout: None,
                 env: Vec::new(),
                 detach: false,

@@ -317,18 +317,9 @@ impl Engine {
             .and_then(|n| home.code_envs.get(n))
             .cloned();
         let spec = ActivitySpec {
-            job_id: job.id,
-            idx: 0,
-            attempt,
-            dir,
-            home_root: self.inner.root.clone(),
-            project: job.project.clone(),
-            recipe: job.recipe.clone(),
             recipe_kind: recipe.kind.value,
-            user: job.user.clone(),
             code_file: recipe.code.as_ref().map(|c| self.inner.root.join(&c.value)),
             lib_dir: project.lib_dir.as_ref().map(|l| self.inner.root.join(l)),
-            kind: r.kind.value,
             exec_config: r.exec_config.value.clone(),
             cluster: r.cluster.value.clone(),
             image: r.image.value.clone(),
@@ -343,6 +334,7 @@ impl Engine {
             cpu_limit: r.cpu_limit.value,
             memory_limit: r.memory_limit.value,
             gpus: r.gpus.value,
+            ..self.minimal_spec(job, attempt, dir, r.kind.value)
         };
         Ok((spec, r.kind.value))
     }
@@ -527,6 +519,7 @@ impl Engine {
         }
     }
 
+    /// What is known of an activity without resolving its job: enough to find its work again.
     fn minimal_spec(
         &self,
         job: &JobRow,

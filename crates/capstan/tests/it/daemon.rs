@@ -414,13 +414,13 @@ fn code_environment_venv_is_built_once_and_reused() {
     let home = TestHome::new("venv");
     home.append(
         "images.toml",
-        "\n[code_env.plain]\nlanguage = \"python\"\nbuild_for = \"none\"\n",
+        "\n[code_env.plain]\nlanguage = \"python\"\npackages = [\"six\"]\nbuild_for = \"none\"\n",
     );
     home.recipe(
         "where",
         "python",
         "py",
-        "import sys\nprint(sys.prefix)\n",
+        "import sys, six\nprint(sys.prefix)\n",
         "code_env = \"plain\"",
     );
     let _d = home.start();
