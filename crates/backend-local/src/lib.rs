@@ -8,7 +8,6 @@
 //! still are, and each job records that its memory and CPU limits were not enforced.
 
 pub mod cgroup;
-pub mod diagnose;
 pub mod shim;
 pub mod venv;
 
@@ -40,7 +39,7 @@ impl LocalBackend {
     /// `shim_exe` is the program that implements `shim DIR` (normally `capstan`).
     pub fn new(home_root: &Path, shim_exe: PathBuf) -> LocalBackend {
         // One parent group per instance, so two homes on one machine never collide.
-        let name = format!("capstan-{}", short_hash(&home_root.display().to_string()));
+        let name = format!("capstan-{}", capstan_core::instance_id(home_root));
         let cgroups = Cgroups::detect(&name);
         match &cgroups {
             Ok(c) => tracing::info!(cgroups = c.describe(), "local limits are enforced"),
@@ -244,7 +243,7 @@ impl LocalBackend {
     /// Reads the shim's exit record into an outcome, and tidies the activity's folder.
     fn finish(&self, spec: &ActivitySpec, reported: Option<ShimExit>) -> ActivityOutcome {
         let outcome = match read_exit(&spec.dir).or(reported) {
-            Some(exit) => diagnose::outcome(spec, &exit),
+            Some(exit) => capstan_engine::diagnose::outcome(spec, &exit.ending()),
             None => {
                 let err = std::fs::read_to_string(spec.dir.join("shim.err")).unwrap_or_default();
                 kill_leftovers(&spec.dir);
@@ -373,15 +372,6 @@ fn find_on_path(program: &Path) -> Option<PathBuf> {
     })
 }
 
-fn short_hash(s: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 impl Backend for LocalBackend {
     fn kind(&self) -> ExecKind {
         ExecKind::Local
@@ -460,6 +450,7 @@ mod tests {
             cpu_limit: None,
             memory_limit: None,
             gpus: 0,
+            exec: None,
         }
     }
 

@@ -56,6 +56,23 @@ pub struct ShimExit {
     pub last_stderr: Vec<String>,
 }
 
+impl ShimExit {
+    pub fn ending(&self) -> capstan_engine::diagnose::Ending {
+        capstan_engine::diagnose::Ending {
+            exit_code: self.exit_code,
+            signal: self.signal,
+            oom_killed: self.oom_killed,
+            timed_out: self.timed_out,
+            cancelled: self.cancelled,
+            start_error: self.spawn_error.clone(),
+            log_error: self.log_error.clone(),
+            peak_memory_bytes: self.peak_memory_bytes,
+            cpu_time_ms: self.cpu_time_ms,
+            last_stderr: self.last_stderr.clone(),
+        }
+    }
+}
+
 pub const SPEC: &str = "spec.json";
 pub const CLAIM: &str = "claim";
 pub const EXIT: &str = "exit.json";

@@ -10,7 +10,11 @@ use crate::home::{diagnostic_json, plural};
 use crate::{Exit, exit};
 
 pub fn run(root: &Path, args: &CheckArgs) -> anyhow::Result<u8> {
-    let (home, diags) = capstan_core::load_home(root)?;
+    let (home, mut diags) = capstan_core::load_home(root)?;
+    // The daemon runs on this machine, and so does its default Docker engine.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    diags.extend(capstan_core::host_checks(&home, cpus));
+    diags.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)

@@ -83,7 +83,8 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
         .context("cannot find the capstan executable (for the local backend's supervisor)")?;
     let local = LocalBackend::new(root, exe);
     tracing::info!(limits = %local.limits_description(), "local backend ready");
-    let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(local)];
+    let docker = capstan_backend_docker::DockerBackend::new(root);
+    let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(local), Arc::new(docker)];
     let (engine, starter) = Engine::open(root, home, backends)
         .with_context(|| format!("cannot open the state of {}", root.display()))?;
     let report = starter

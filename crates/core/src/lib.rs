@@ -23,7 +23,7 @@ pub use diag::{Diagnostic, Severity};
 pub use load::HomeFiles;
 pub use model::Home;
 pub use toml_read::{check_name, suggest};
-pub use validate::{DOCKER_MIN_MEMORY, SPARK_MIN_MEMORY, SPARK_OWNED_CONF};
+pub use validate::{DOCKER_MIN_MEMORY, SPARK_MIN_MEMORY, SPARK_OWNED_CONF, host_checks};
 
 /// Why a home could not be read at all (as opposed to being read with problems).
 #[derive(Debug, thiserror::Error)]
@@ -44,4 +44,15 @@ pub fn load_home(root: &Path) -> Result<(Home, Vec<Diagnostic>), HomeError> {
     })?;
     let (home, diags) = load::load(root, &files);
     Ok((home, diags.into_sorted()))
+}
+
+/// A short, stable id for the instance at `root`: it labels the instance's containers and names
+/// its cgroups, so two homes on one machine or engine never touch each other's work.
+pub fn instance_id(root: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(root.display().to_string().as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

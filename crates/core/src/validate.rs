@@ -437,3 +437,28 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
         }
     }
 }
+
+/// Checks that need facts about the machine `capstan check` runs on (the daemon's machine):
+/// a Docker configuration asking for more CPUs than the local engine's host has can never run.
+pub fn host_checks(home: &Home, host_cpus: u32) -> Vec<crate::Diagnostic> {
+    let mut diags = Diagnostics::default();
+    for c in home.exec_configs.values() {
+        if c.kind.value != ExecKind::Docker {
+            continue;
+        }
+        if let Some(cpu) = &c.cpu_limit
+            && cpu.value.millis() > u64::from(host_cpus) * 1000
+        {
+            diags.error_at(
+                &home.sources,
+                cpu.loc,
+                &format!("exec_config.{}.cpu_limit", c.name),
+                format!("{} CPUs is more than this host's {host_cpus}", cpu.value),
+                Some(
+                    "the Docker engine refuses a container with more CPUs than its host has".into(),
+                ),
+            );
+        }
+    }
+    diags.into_sorted()
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use capstan_core::job::JobState;
-use capstan_core::model::{CodeEnv, ExecKind, RecipeKind};
+use capstan_core::model::{CodeEnv, ExecConfig, ExecKind, RecipeKind};
 use capstan_core::quantity::{Cpu, Duration, Memory};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedSender;
@@ -42,6 +42,9 @@ pub struct ActivitySpec {
     pub cpu_limit: Option<Cpu>,
     pub memory_limit: Option<Memory>,
     pub gpus: u32,
+    /// The execution configuration itself, for engine-specific options (Docker run options,
+    /// shared memory, Kubernetes placement).
+    pub exec: Option<ExecConfig>,
 }
 
 impl ActivitySpec {
@@ -125,6 +128,14 @@ pub enum Resumed {
     Finished(ActivityOutcome),
 }
 
+/// Identifies one attempt of one activity, for finding its work after a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ActivityKey {
+    pub job_id: i64,
+    pub idx: i64,
+    pub attempt: i64,
+}
+
 /// Live resource usage of a running activity.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
@@ -153,4 +164,16 @@ pub trait Backend: Send + Sync {
 
     /// Live usage of a running activity, where the backend can tell.
     fn usage<'a>(&'a self, spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>>;
+
+    /// Removes what this instance left on the backend's engines that belongs to no active
+    /// activity (containers, pods), and says what it removed. Called once at start, after
+    /// recovery has claimed the active ones.
+    fn sweep<'a>(
+        &'a self,
+        home: &'a capstan_core::model::Home,
+        active: &'a [ActivityKey],
+    ) -> BoxFuture<'a, Vec<String>> {
+        let _ = (home, active);
+        Box::pin(async { Vec::new() })
+    }
 }

@@ -8,6 +8,7 @@
 //! ones that never started are queued again — nothing is lost and nothing runs twice.
 
 pub mod backend;
+pub mod diagnose;
 mod home_cache;
 pub mod record;
 mod scheduler;
@@ -334,6 +335,12 @@ impl Engine {
             cpu_limit: r.cpu_limit.value,
             memory_limit: r.memory_limit.value,
             gpus: r.gpus.value,
+            exec: r
+                .exec_config
+                .value
+                .as_ref()
+                .and_then(|n| home.exec_configs.get(n))
+                .cloned(),
             ..self.minimal_spec(job, attempt, dir, r.kind.value)
         };
         Ok((spec, r.kind.value))
@@ -550,6 +557,7 @@ impl Engine {
             cpu_limit: None,
             memory_limit: None,
             gpus: 0,
+            exec: None,
         }
     }
 

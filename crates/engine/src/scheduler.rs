@@ -11,6 +11,7 @@ use capstan_core::job::JobState;
 use capstan_store::{JobRow, Outcome};
 use tokio::sync::mpsc;
 
+use crate::backend::ActivityKey;
 use crate::{Engine, EngineError, RecoveryReport};
 
 #[derive(Clone, Debug)]
@@ -73,6 +74,7 @@ pub(crate) fn start(
     };
     let mut queue: BTreeMap<i64, Slot> = queued.iter().map(|j| (j.id, Slot::of(j))).collect();
     let mut counts = Counts::default();
+    let active_ids: Vec<i64> = active.iter().map(|j| j.id).collect();
     for job in active {
         let slot = Slot::of(&job);
         counts.add(&slot, 1);
@@ -95,8 +97,29 @@ pub(crate) fn start(
             }
         }
     }
+    // With every active job claimed for recovery, what else the engines hold is an orphan.
+    let keys: Vec<ActivityKey> = {
+        let store = engine.store();
+        active_ids
+            .iter()
+            .flat_map(|id| store.activities(*id).unwrap_or_default())
+            .map(|a| ActivityKey {
+                job_id: a.job_id,
+                idx: a.idx,
+                attempt: a.attempt,
+            })
+            .collect()
+    };
     let shutdown = engine.inner.shutdown.clone();
     tokio::spawn(async move {
+        // Before the first claim, so nothing started by this daemon can be mistaken for a
+        // leftover.
+        let home = engine.home();
+        for backend in &engine.inner.backends {
+            for removed in backend.sweep(&home, &keys).await {
+                tracing::warn!(what = %removed, "removed a leftover the state does not know");
+            }
+        }
         loop {
             dispatch(&engine, &mut queue, &mut counts);
             let msg = tokio::select! {

@@ -14,6 +14,7 @@ fn homes() {
     settings.set_prepend_module_to_snapshot(false);
     settings.add_filter(r"cap_[0-9a-f]{40}", "[TOKEN]");
     settings.add_filter(r"/\S*/capstan-it-[a-z0-9-]+", "[HOME]");
+    settings.add_filter(r"this host's \d+", "this host's [N]");
     settings.add_filter(r"(?m)^Python \S+ on \S+$", "Python [VERSION] on [HOST]");
     settings.bind(|| {
         insta::glob!("../homes", "*/commands", run_case);

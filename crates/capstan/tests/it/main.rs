@@ -3,6 +3,7 @@
 mod support;
 
 mod daemon;
+mod docker;
 mod homes;
 
 /// Whether the daemon with `pid` has published its address for `root`.

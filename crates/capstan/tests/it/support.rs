@@ -157,6 +157,31 @@ pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+impl Drop for TestHome {
+    fn drop(&mut self) {
+        // A failed Docker test must not leave its containers running on the shared engine.
+        let label = format!(
+            "label=capstan.instance={}",
+            capstan_core::instance_id(&self.root())
+        );
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-a", "-q", "--filter", &label])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
 /// A `capstan serve` child process on an ephemeral port.
 pub struct TestDaemon {
     pub child: std::process::Child,

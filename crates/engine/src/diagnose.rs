@@ -2,9 +2,27 @@
 
 use capstan_core::job::JobState;
 use capstan_core::quantity::Memory;
-use capstan_engine::backend::{ActivityOutcome, ActivitySpec};
 
-use crate::shim::ShimExit;
+use crate::backend::{ActivityOutcome, ActivitySpec};
+
+/// How a recipe's process or container ended, as a backend observed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ending {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it (from the cgroup or the engine, never guessed from 137).
+    pub oom_killed: bool,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    /// It could not be started at all: the engine's or the OS's message.
+    pub start_error: Option<String>,
+    /// Its output could not be kept.
+    pub log_error: Option<String>,
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_time_ms: Option<u64>,
+    /// Its last lines on stderr.
+    pub last_stderr: Vec<String>,
+}
 
 fn signal_name(sig: i32) -> &'static str {
     match sig {
@@ -50,7 +68,7 @@ pub fn python_error(stderr: &[String]) -> Option<String> {
 }
 
 /// The outcome of an activity, with its diagnosis.
-pub fn outcome(spec: &ActivitySpec, exit: &ShimExit) -> ActivityOutcome {
+pub fn outcome(spec: &ActivitySpec, exit: &Ending) -> ActivityOutcome {
     let mut o = ActivityOutcome {
         state: JobState::Failed,
         exit_code: exit.exit_code.map(i64::from),
@@ -66,7 +84,7 @@ pub fn outcome(spec: &ActivitySpec, exit: &ShimExit) -> ActivityOutcome {
             .find(|l| !l.trim().is_empty())
             .map(|l| l.trim().to_string())
     };
-    o.diagnosis = if let Some(e) = &exit.spawn_error {
+    o.diagnosis = if let Some(e) = &exit.start_error {
         Some(e.clone())
     } else if let Some(e) = &exit.log_error {
         Some(format!(

@@ -1,0 +1,614 @@
+//! The `docker` backend: each activity in a fresh container on the Docker engine its cluster
+//! names (or the local engine), through the Engine API with the version negotiated.
+//!
+//! The recipe's code is uploaded into the created container before it starts, so it works the
+//! same whether or not the engine shares a filesystem with the daemon. The container's logs are
+//! streamed into the activity's log file as they come (and rewritten in full from the engine if
+//! the daemon restarts meanwhile). An OOM kill is read from the engine's `OOMKilled` state. When
+//! the activity ends — succeeded, failed, cancelled or timed out — its container is removed once
+//! its logs and state are saved. At start, containers of this instance that belong to no active
+//! job are removed.
+
+pub mod render;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerStateStatusEnum, ContainerSummary};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use capstan_core::model::{ClusterTarget, ExecKind, Home};
+use capstan_engine::backend::{
+    ActivityControl, ActivityEvent, ActivityKey, ActivityOutcome, ActivitySpec, Backend, Resumed,
+    Usage,
+};
+use capstan_engine::diagnose::{Ending, outcome};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+
+use crate::render::{LABEL_ACTIVITY, LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB};
+
+/// Seconds between SIGTERM and SIGKILL when a container is stopped (cancel, timeout).
+const STOP_GRACE_SECS: i32 = 2;
+
+pub struct DockerBackend {
+    instance: String,
+    engines: tokio::sync::Mutex<HashMap<String, Docker>>,
+}
+
+/// How to name an engine in messages.
+fn engine_name(host: Option<&str>) -> String {
+    match host {
+        Some(h) => h.to_string(),
+        None => {
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+        }
+    }
+}
+
+/// The engine's own words, without bollard's wrapping.
+fn engine_message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.trim().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// The command that builds an image capstan names, for the "image missing" diagnosis.
+fn how_to_build(image: &str) -> String {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    let name = name.split(':').next().unwrap_or(name);
+    if let Some(base) = name.strip_prefix("capstan-base-") {
+        format!("build it with `capstan image build-base {base}`")
+    } else if let Some(env) = name.strip_prefix("capstan-env-") {
+        let env = env.split('-').next().unwrap_or(env);
+        format!("build it with `capstan env build {env}`")
+    } else {
+        format!(
+            "load or build it on that engine (`docker pull {image}` where a registry is reachable)"
+        )
+    }
+}
+
+impl DockerBackend {
+    pub fn new(home_root: &Path) -> DockerBackend {
+        DockerBackend {
+            instance: capstan_core::instance_id(home_root),
+            engines: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client for an engine, with the API version negotiated (the engine may be older than
+    /// the client library, as Debian's 20.10 is).
+    async fn engine(&self, host: Option<&str>) -> Result<Docker, String> {
+        let key = host.unwrap_or("").to_string();
+        let mut engines = self.engines.lock().await;
+        if let Some(d) = engines.get(&key) {
+            return Ok(d.clone());
+        }
+        let name = engine_name(host);
+        let fail = |e: DockerError| format!("cannot reach the Docker engine at {name}: {e}");
+        let docker = match host {
+            None => Docker::connect_with_defaults(),
+            Some(h) if h.starts_with("unix://") => {
+                Docker::connect_with_unix(h, 120, bollard::API_DEFAULT_VERSION)
+            }
+            Some(h) => {
+                let http = h.replacen("tcp://", "http://", 1);
+                Docker::connect_with_http(&http, 120, bollard::API_DEFAULT_VERSION)
+            }
+        }
+        .map_err(fail)?;
+        let docker = docker.negotiate_version().await.map_err(fail)?;
+        engines.insert(key, docker.clone());
+        Ok(docker)
+    }
+
+    async fn run_impl(&self, spec: &ActivitySpec, ctl: ActivityControl) -> ActivityOutcome {
+        let host = spec.docker_host.as_deref();
+        let where_ = engine_name(host);
+        let docker = match self.engine(host).await {
+            Ok(d) => d,
+            Err(e) => return ActivityOutcome::failed(e),
+        };
+        let body = match render::container_body(spec, &self.instance) {
+            Ok(b) => b,
+            Err(e) => return ActivityOutcome::failed(e),
+        };
+        let image = body.image.clone().unwrap_or_default();
+        match docker.inspect_image(&image).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {
+                return ActivityOutcome::failed(format!(
+                    "image `{image}` is not on the Docker engine at {where_}: {}",
+                    how_to_build(&image)
+                ));
+            }
+            Err(e) => {
+                return ActivityOutcome::failed(format!(
+                    "cannot inspect image `{image}` on {where_}: {}",
+                    engine_message(&e)
+                ));
+            }
+        }
+        let archive = match render::code_archive(spec) {
+            Ok(a) => a,
+            Err(e) => {
+                return ActivityOutcome::failed(format!("cannot pack the recipe's code: {e}"));
+            }
+        };
+        ctl.report(ActivityEvent::Starting);
+        let name = render::container_name(spec, &self.instance);
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await;
+        let id = match created {
+            Ok(c) => c.id,
+            Err(e) => {
+                // Nothing was created; nothing to clean.
+                return ActivityOutcome::failed(format!(
+                    "the Docker engine at {where_} refused to create the container: {}",
+                    engine_message(&e)
+                ));
+            }
+        };
+        ctl.report(ActivityEvent::Started {
+            backend_ref: format!("{}|{id}", host.unwrap_or("")),
+        });
+        let upload = docker
+            .upload_to_container(
+                &id,
+                Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+                bollard::body_full(archive.into()),
+            )
+            .await;
+        if let Err(e) = upload {
+            remove(&docker, &id).await;
+            return ActivityOutcome::failed(format!(
+                "cannot upload the recipe's code into the container: {}",
+                engine_message(&e)
+            ));
+        }
+        if let Err(e) = docker.start_container(&id, None).await {
+            remove(&docker, &id).await;
+            return ActivityOutcome::failed(format!(
+                "the Docker engine at {where_} could not start the container: {}",
+                engine_message(&e)
+            ));
+        }
+        ctl.report(ActivityEvent::Running);
+        self.supervise(&docker, spec, &id, &ctl, false, SystemTime::now())
+            .await
+    }
+
+    /// Follows a started container to its end, then saves its outcome and removes it.
+    async fn supervise(
+        &self,
+        docker: &Docker,
+        spec: &ActivitySpec,
+        id: &str,
+        ctl: &ActivityControl,
+        rewrite_log: bool,
+        started: SystemTime,
+    ) -> ActivityOutcome {
+        let logs = tokio::spawn(follow_logs(
+            docker.clone(),
+            id.to_string(),
+            spec.log_path(),
+            rewrite_log,
+        ));
+        let stats = Arc::new(Mutex::new(Sample::default()));
+        let tracker = tokio::spawn(track_stats(docker.clone(), id.to_string(), stats.clone()));
+        // The timeout counts from the container's start, also when re-attached after a restart.
+        let deadline = spec.timeout.map(|t| {
+            let elapsed = started.elapsed().unwrap_or_default();
+            tokio::time::Instant::now() + Duration::from_secs(t.secs()).saturating_sub(elapsed)
+        });
+        let (mut timed_out, mut cancelled) = (false, false);
+        loop {
+            let mut wait = Box::pin(docker.wait_container(id, None));
+            tokio::select! {
+                _ = wait.next() => {}
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                    if deadline.is_some() && !timed_out && !cancelled => {
+                    timed_out = true;
+                    stop(docker, id).await;
+                    continue;
+                }
+                _ = ctl.cancel.cancelled(), if !cancelled && !timed_out => {
+                    cancelled = true;
+                    stop(docker, id).await;
+                    continue;
+                }
+            }
+            // The wait may end on a broken connection rather than the container's end.
+            match docker.inspect_container(id, None).await {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => break,
+            }
+        }
+        let (last_stderr, log_error) =
+            match tokio::time::timeout(Duration::from_secs(30), logs).await {
+                Ok(Ok(r)) => r,
+                _ => (Vec::new(), Some("the log stream did not end".to_string())),
+            };
+        tracker.abort();
+        let sample = *stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ending = Ending {
+            timed_out,
+            cancelled,
+            log_error,
+            last_stderr,
+            peak_memory_bytes: sample.peak_memory,
+            cpu_time_ms: sample.cpu_nanos.map(|n| n / 1_000_000),
+            ..Ending::default()
+        };
+        match docker.inspect_container(id, None).await {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                ending.oom_killed = state.oom_killed.unwrap_or(false);
+                ending.exit_code = state.exit_code.map(|c| c as i32);
+                if let Some(err) = state.error.filter(|e| !e.is_empty()) {
+                    ending.start_error = Some(format!("the container failed: {err}"));
+                }
+            }
+            Err(e) => {
+                ending.start_error = Some(format!(
+                    "the container vanished before its end could be read: {}",
+                    engine_message(&e)
+                ))
+            }
+        }
+        remove(docker, id).await;
+        outcome(spec, &ending)
+    }
+
+    async fn find(
+        &self,
+        docker: &Docker,
+        spec: &ActivitySpec,
+    ) -> Result<Option<ContainerSummary>, DockerError> {
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_INSTANCE}={}", self.instance),
+                format!("{LABEL_ACTIVITY}={}", spec.activity_id()),
+                format!("{LABEL_ATTEMPT}={}", spec.attempt),
+            ],
+        )]);
+        let list = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        Ok(list.into_iter().next())
+    }
+
+    async fn resume_impl(
+        &self,
+        spec: &ActivitySpec,
+        backend_ref: Option<&str>,
+        ctl: ActivityControl,
+    ) -> Resumed {
+        // The engine is the one recorded at start; the spec may have changed since.
+        let recorded = backend_ref.and_then(|r| r.split_once('|')).map(|(h, _)| h);
+        let host = match recorded {
+            Some("") => None,
+            Some(h) => Some(h),
+            None => spec.docker_host.as_deref(),
+        };
+        let docker = match self.engine(host).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Resumed::Finished(ActivityOutcome::failed(format!(
+                    "cannot re-attach after a restart: {e}"
+                )));
+            }
+        };
+        let found = match self.find(&docker, spec).await {
+            Ok(f) => f,
+            Err(e) => {
+                return Resumed::Finished(ActivityOutcome::failed(format!(
+                    "cannot look for the job's container after a restart: {}",
+                    engine_message(&e)
+                )));
+            }
+        };
+        let Some(container) = found else {
+            return match backend_ref {
+                // It was created, and now it is gone: removed from outside capstan.
+                Some(r) => Resumed::Finished(ActivityOutcome::failed(format!(
+                    "its container {} disappeared while the daemon was down (removed outside capstan?)",
+                    r.split('|').nth(1).unwrap_or("")
+                ))),
+                None => Resumed::NeverStarted,
+            };
+        };
+        let id = container.id.unwrap_or_default();
+        let inspect = docker.inspect_container(&id, None).await.ok();
+        let state = inspect
+            .as_ref()
+            .and_then(|c| c.state.clone())
+            .unwrap_or_default();
+        if state.status == Some(ContainerStateStatusEnum::CREATED) {
+            // Created but never started: safe to remove and run again.
+            remove(&docker, &id).await;
+            return Resumed::NeverStarted;
+        }
+        let started = state
+            .started_at
+            .as_deref()
+            .and_then(|s| humantime::parse_rfc3339_weak(s.split('.').next().unwrap_or(s)).ok())
+            .unwrap_or_else(SystemTime::now);
+        ctl.report(ActivityEvent::Running);
+        // The daemon missed part of the output: the engine kept all of it.
+        Resumed::Finished(
+            self.supervise(&docker, spec, &id, &ctl, true, started)
+                .await,
+        )
+    }
+
+    async fn usage_impl(&self, spec: &ActivitySpec) -> Option<Usage> {
+        let docker = self.engine(spec.docker_host.as_deref()).await.ok()?;
+        let id = self.find(&docker, spec).await.ok()??.id?;
+        let mut stream = docker.stats(&id, Some(StatsOptionsBuilder::new().stream(false).build()));
+        let s = stream.next().await?.ok()?;
+        let cpu = s.cpu_stats.as_ref()?;
+        let pre = s.precpu_stats.as_ref()?;
+        let delta =
+            |a: Option<u64>, b: Option<u64>| a.unwrap_or(0).saturating_sub(b.unwrap_or(0)) as f64;
+        let cpu_delta = delta(
+            cpu.cpu_usage.as_ref().and_then(|u| u.total_usage),
+            pre.cpu_usage.as_ref().and_then(|u| u.total_usage),
+        );
+        let system_delta = delta(cpu.system_cpu_usage, pre.system_cpu_usage);
+        let cpus = f64::from(cpu.online_cpus.unwrap_or(1));
+        Some(Usage {
+            cpu_percent: (system_delta > 0.0).then(|| cpu_delta / system_delta * cpus * 100.0),
+            memory_bytes: s.memory_stats.and_then(|m| m.usage),
+        })
+    }
+
+    async fn sweep_impl(&self, home: &Home, active: &[ActivityKey]) -> Vec<String> {
+        let mut hosts: Vec<Option<String>> = vec![None];
+        for c in home.clusters.values() {
+            if let ClusterTarget::Docker { host } = &c.target {
+                hosts.push(Some(host.value.clone()));
+            }
+        }
+        let filters: HashMap<&str, Vec<String>> =
+            HashMap::from([("label", vec![format!("{LABEL_INSTANCE}={}", self.instance)])]);
+        let mut removed = Vec::new();
+        for host in hosts {
+            // An engine that is down now has nothing we can remove; it is swept next time.
+            let Ok(docker) = self.engine(host.as_deref()).await else {
+                continue;
+            };
+            let Ok(list) = docker
+                .list_containers(Some(
+                    ListContainersOptionsBuilder::new()
+                        .all(true)
+                        .filters(&filters)
+                        .build(),
+                ))
+                .await
+            else {
+                continue;
+            };
+            for c in list {
+                let labels = c.labels.clone().unwrap_or_default();
+                let num = |k: &str| labels.get(k).and_then(|v| v.parse::<i64>().ok());
+                let idx = labels
+                    .get(LABEL_ACTIVITY)
+                    .and_then(|a| a.rsplit('-').next())
+                    .and_then(|i| i.parse().ok());
+                let key = match (num(LABEL_JOB), idx, num(LABEL_ATTEMPT)) {
+                    (Some(job_id), Some(idx), Some(attempt)) => Some(ActivityKey {
+                        job_id,
+                        idx,
+                        attempt,
+                    }),
+                    _ => None,
+                };
+                if key.is_some_and(|k| active.contains(&k)) {
+                    continue;
+                }
+                let id = c.id.clone().unwrap_or_default();
+                remove(&docker, &id).await;
+                removed.push(format!(
+                    "container {} ({}) on {}",
+                    c.names.and_then(|n| n.into_iter().next()).unwrap_or(id),
+                    key.map_or("no job".to_string(), |k| format!(
+                        "job {}, not active in this instance",
+                        k.job_id
+                    )),
+                    engine_name(host.as_deref())
+                ));
+            }
+        }
+        removed
+    }
+}
+
+async fn stop(docker: &Docker, id: &str) {
+    let _ = docker
+        .stop_container(
+            id,
+            Some(
+                StopContainerOptionsBuilder::new()
+                    .t(STOP_GRACE_SECS)
+                    .build(),
+            ),
+        )
+        .await;
+}
+
+async fn remove(docker: &Docker, id: &str) {
+    let opts = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    if let Err(e) = docker.remove_container(id, Some(opts)).await
+        && !is_not_found(&e)
+    {
+        tracing::warn!(container = id, error = %engine_message(&e), "cannot remove a container");
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    peak_memory: Option<u64>,
+    cpu_nanos: Option<u64>,
+}
+
+/// Keeps the peak memory and the CPU time the engine reports while the container runs.
+async fn track_stats(docker: Docker, id: String, sink: Arc<Mutex<Sample>>) {
+    let mut stream = docker.stats(&id, Some(StatsOptionsBuilder::new().stream(true).build()));
+    while let Some(Ok(s)) = stream.next().await {
+        let mut out = sink.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = &s.memory_stats {
+            let seen = m.max_usage.or(m.usage);
+            if let Some(v) = seen.filter(|v| *v > 0) {
+                out.peak_memory = Some(out.peak_memory.map_or(v, |p| p.max(v)));
+            }
+        }
+        if let Some(total) = s
+            .cpu_stats
+            .as_ref()
+            .and_then(|c| c.cpu_usage.as_ref())
+            .and_then(|u| u.total_usage)
+            && total > 0
+        {
+            out.cpu_nanos = Some(total);
+        }
+    }
+}
+
+/// Streams the container's output into the activity's log (`TIMESTAMP o|e TEXT`), and returns
+/// the last lines of stderr and whether the log could be written.
+async fn follow_logs(
+    docker: Docker,
+    id: String,
+    path: PathBuf,
+    rewrite: bool,
+) -> (Vec<String>, Option<String>) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!rewrite)
+        .truncate(rewrite)
+        .open(&path);
+    let mut file = match file {
+        Ok(f) => std::io::BufWriter::new(f),
+        Err(e) => return (Vec::new(), Some(format!("cannot open the log file: {e}"))),
+    };
+    let opts = LogsOptionsBuilder::new()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .build();
+    let mut stream = docker.logs(&id, Some(opts));
+    let mut last_err: std::collections::VecDeque<String> = Default::default();
+    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        let (which, bytes) = match item {
+            Ok(LogOutput::StdErr { message }) => (1, message),
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => (0, message),
+            Ok(LogOutput::StdIn { .. }) => continue,
+            Err(_) => break,
+        };
+        partial[which].extend_from_slice(&bytes);
+        while let Some(nl) = partial[which].iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial[which].drain(..=nl).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            // With timestamps, the engine starts each line with its RFC 3339 time.
+            let (stamp, text) = text.split_once(' ').unwrap_or(("", text.as_str()));
+            if which == 1 && !text.trim().is_empty() {
+                if last_err.len() == 20 {
+                    last_err.pop_front();
+                }
+                last_err.push_back(text.trim_end().to_string());
+            }
+            if error.is_none()
+                && let Err(e) = writeln!(
+                    file,
+                    "{stamp} {} {}",
+                    if which == 1 { "e" } else { "o" },
+                    text.trim_end_matches('\r')
+                )
+            {
+                error = Some(format!("cannot write the log file: {e}"));
+            }
+        }
+        if error.is_none()
+            && let Err(e) = file.flush()
+        {
+            error = Some(format!("cannot write the log file: {e}"));
+        }
+    }
+    (last_err.into_iter().collect(), error)
+}
+
+impl Backend for DockerBackend {
+    fn kind(&self) -> ExecKind {
+        ExecKind::Docker
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+        ctl: ActivityControl,
+    ) -> BoxFuture<'a, ActivityOutcome> {
+        Box::pin(self.run_impl(spec, ctl))
+    }
+
+    fn resume<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+        backend_ref: Option<&'a str>,
+        ctl: ActivityControl,
+    ) -> BoxFuture<'a, Resumed> {
+        Box::pin(self.resume_impl(spec, backend_ref, ctl))
+    }
+
+    fn usage<'a>(&'a self, spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>> {
+        Box::pin(self.usage_impl(spec))
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        home: &'a Home,
+        active: &'a [ActivityKey],
+    ) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(self.sweep_impl(home, active))
+    }
+}

@@ -1,0 +1,321 @@
+//! What capstan asks of the Docker engine, as pure functions: the container's create body, its
+//! labels, and the archive that delivers the recipe's code. Snapshot-tested.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use capstan_core::model::RecipeKind;
+use capstan_engine::backend::ActivitySpec;
+
+/// Where the recipe's code is unpacked inside the container.
+pub const WORK_DIR: &str = "/capstan/work";
+
+pub const LABEL_INSTANCE: &str = "capstan.instance";
+pub const LABEL_JOB: &str = "capstan.job";
+pub const LABEL_ACTIVITY: &str = "capstan.activity";
+pub const LABEL_ATTEMPT: &str = "capstan.attempt";
+
+/// The labels that identify a container: whose it is, and what for (cost attribution, and
+/// finding it again after a restart).
+pub fn labels(spec: &ActivitySpec, instance: &str) -> HashMap<String, String> {
+    let mut l = HashMap::new();
+    l.insert(LABEL_INSTANCE.into(), instance.into());
+    l.insert(LABEL_JOB.into(), spec.job_id.to_string());
+    l.insert(LABEL_ACTIVITY.into(), spec.activity_id());
+    l.insert(LABEL_ATTEMPT.into(), spec.attempt.to_string());
+    l.insert("capstan.project".into(), spec.project.clone());
+    l.insert("capstan.recipe".into(), spec.recipe.clone());
+    l.insert("capstan.user".into(), spec.user.clone());
+    if let Some(c) = &spec.exec_config {
+        l.insert("capstan.exec-config".into(), c.clone());
+    }
+    l
+}
+
+/// `capstan-<instance>-<job>-<idx>-<attempt>`: unique per attempt, readable in `docker ps`.
+pub fn container_name(spec: &ActivitySpec, instance: &str) -> String {
+    format!(
+        "capstan-{instance}-{}-{}-{}",
+        spec.job_id, spec.idx, spec.attempt
+    )
+}
+
+/// The command that runs the recipe's code inside the container.
+pub fn command(spec: &ActivitySpec) -> Result<Vec<String>, String> {
+    let file = spec
+        .code_file
+        .as_ref()
+        .and_then(|f| f.file_name())
+        .map(|f| format!("{WORK_DIR}/{}", f.to_string_lossy()))
+        .ok_or_else(|| {
+            format!(
+                "{} recipes have no code to run in a container",
+                spec.recipe_kind.as_str()
+            )
+        })?;
+    let program = match spec.recipe_kind {
+        RecipeKind::Python => "python3",
+        RecipeKind::R => "Rscript",
+        RecipeKind::Shell => "sh",
+        other => {
+            return Err(format!(
+                "{} recipes do not run on the Docker backend yet",
+                other.as_str()
+            ));
+        }
+    };
+    Ok(vec![program.to_string(), file])
+}
+
+/// The create body of the activity's container.
+pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCreateBody, String> {
+    let image = spec.image.clone().ok_or_else(|| {
+        format!(
+            "{} names no image: set `image` or `base_image` on it",
+            spec.config_phrase()
+        )
+    })?;
+    let mut env: Vec<String> = vec![
+        format!("CAPSTAN_JOB_ID={}", spec.job_id),
+        format!("CAPSTAN_ACTIVITY_ID={}", spec.activity_id()),
+        format!("CAPSTAN_PROJECT={}", spec.project),
+        format!("CAPSTAN_RECIPE={}", spec.recipe),
+        format!("CAPSTAN_USER={}", spec.user),
+        format!(
+            "CAPSTAN_EXEC_CONFIG={}",
+            spec.exec_config.clone().unwrap_or_default()
+        ),
+        // Output reaches the log as it is printed, not when a buffer fills.
+        "PYTHONUNBUFFERED=1".to_string(),
+    ];
+    if spec.lib_dir.is_some() {
+        env.push(format!("PYTHONPATH={WORK_DIR}/lib"));
+    }
+    env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+
+    let exec = spec.exec.as_ref();
+    let docker = exec.map(|e| &e.docker);
+    let memory = spec.memory_limit.map(|m| m.bytes() as i64);
+    let host_config = HostConfig {
+        memory,
+        // Memory + swap equal to memory: no swap, so the limit is what the recipe really gets.
+        memory_swap: memory,
+        memory_reservation: exec
+            .and_then(|e| e.memory_request.as_ref())
+            .map(|m| m.value.bytes() as i64),
+        nano_cpus: spec.cpu_limit.map(|c| c.millis() as i64 * 1_000_000),
+        // Relative weight under contention, from the CPU request (1 core = 1024 shares).
+        cpu_shares: exec
+            .and_then(|e| e.cpu_request.as_ref())
+            .map(|c| (c.value.millis() as i64 * 1024 / 1000).max(2)),
+        shm_size: exec
+            .and_then(|e| e.shm_size.as_ref())
+            .map(|m| m.value.bytes() as i64),
+        device_requests: (spec.gpus > 0).then(|| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                count: Some(i64::from(spec.gpus)),
+                device_ids: None,
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                options: None,
+            }]
+        }),
+        network_mode: docker
+            .and_then(|d| d.network.as_ref())
+            .map(|n| n.value.clone()),
+        runtime: docker
+            .and_then(|d| d.runtime.as_ref())
+            .map(|r| r.value.clone()),
+        cap_add: docker
+            .filter(|d| !d.cap_add.is_empty())
+            .map(|d| d.cap_add.iter().map(|c| c.value.clone()).collect()),
+        extra_hosts: docker
+            .filter(|d| !d.extra_hosts.is_empty())
+            .map(|d| d.extra_hosts.iter().map(|h| h.value.clone()).collect()),
+        binds: docker
+            .filter(|d| !d.volumes.is_empty())
+            .map(|d| d.volumes.iter().map(|v| v.value.clone()).collect()),
+        // A tiny init as PID 1: signals reach the recipe, and its zombies are reaped.
+        init: Some(true),
+        ..HostConfig::default()
+    };
+    Ok(ContainerCreateBody {
+        image: Some(image),
+        cmd: Some(command(spec)?),
+        env: Some(env),
+        working_dir: Some(WORK_DIR.into()),
+        labels: Some(labels(spec, instance)),
+        tty: Some(false),
+        open_stdin: Some(false),
+        attach_stdin: Some(false),
+        host_config: Some(host_config),
+        ..ContainerCreateBody::default()
+    })
+}
+
+/// The tar archive that delivers the recipe's code (and the project's library) into the
+/// container before it starts, whether or not the engine shares a filesystem with the daemon.
+pub fn code_archive(spec: &ActivitySpec) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.follow_symlinks(false);
+    let work = WORK_DIR.trim_start_matches('/');
+    dir_entry(&mut tar, "capstan")?;
+    dir_entry(&mut tar, work)?;
+    if let Some(code) = &spec.code_file {
+        let name = code
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(code)?;
+        file_entry(&mut tar, &format!("{work}/{name}"), &bytes)?;
+    }
+    if let Some(lib) = &spec.lib_dir {
+        add_dir(&mut tar, lib, &format!("{work}/lib"))?;
+    }
+    tar.into_inner()
+}
+
+fn dir_entry(tar: &mut tar::Builder<Vec<u8>>, path: &str) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    tar.append_data(&mut h, path, std::io::empty())
+}
+
+fn file_entry(tar: &mut tar::Builder<Vec<u8>>, path: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(bytes.len() as u64);
+    tar.append_data(&mut h, path, bytes)
+}
+
+fn add_dir(tar: &mut tar::Builder<Vec<u8>>, dir: &Path, at: &str) -> std::io::Result<()> {
+    dir_entry(tar, at)?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = format!("{at}/{}", e.file_name().to_string_lossy());
+        let ty = e.file_type()?;
+        if ty.is_dir() {
+            add_dir(tar, &e.path(), &name)?;
+        } else if ty.is_file() {
+            file_entry(tar, &name, &std::fs::read(e.path())?)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_core::load::{HomeFiles, load};
+    use capstan_engine::backend::ActivitySpec;
+
+    /// The spec of `sample/r` in a home whose exec config `c` is given as TOML.
+    fn spec(config: &str, gpus: u32) -> ActivitySpec {
+        let mut files = HomeFiles::default();
+        files.toml.insert("capstan.toml".into(), b"".to_vec());
+        files
+            .toml
+            .insert("exec-configs.toml".into(), config.as_bytes().to_vec());
+        let (home, diags) = load(Path::new("/h"), &files);
+        assert!(!diags.has_errors(), "{:?}", diags.list);
+        let exec = home.exec_configs.get("c").cloned();
+        ActivitySpec {
+            job_id: 42,
+            idx: 0,
+            attempt: 1,
+            dir: "/h/state/jobs/42/a0-1".into(),
+            home_root: "/h".into(),
+            project: "sales".into(),
+            recipe: "totals".into(),
+            recipe_kind: RecipeKind::Python,
+            user: "alice".into(),
+            code_file: Some("/h/projects/sales/recipes/totals.py".into()),
+            lib_dir: Some("/h/projects/sales/lib".into()),
+            kind: capstan_core::model::ExecKind::Docker,
+            exec_config: Some("c".into()),
+            cluster: None,
+            image: Some("registry.example.com/capstan-base-default".into()),
+            docker_host: None,
+            env: [("OMP_NUM_THREADS".to_string(), "2".to_string())].into(),
+            code_env: None,
+            timeout: None,
+            cpu_limit: exec
+                .as_ref()
+                .and_then(|e| e.cpu_limit.as_ref())
+                .map(|c| c.value),
+            memory_limit: exec
+                .as_ref()
+                .and_then(|e| e.memory_limit.as_ref())
+                .map(|m| m.value),
+            gpus,
+            exec,
+        }
+    }
+
+    /// The create body as the engine receives it, with labels sorted for a stable snapshot.
+    fn rendered(config: &str, gpus: u32) -> String {
+        let body = container_body(&spec(config, gpus), "abcd1234").unwrap();
+        let mut v = serde_json::to_value(&body).unwrap();
+        if let Some(labels) = v.get_mut("Labels") {
+            let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+                serde_json::from_value(labels.take()).unwrap();
+            *labels = serde_json::to_value(sorted).unwrap();
+        }
+        serde_json::to_string_pretty(&v).unwrap()
+    }
+
+    #[test]
+    fn small_configuration() {
+        insta::assert_snapshot!(rendered(
+            "[exec_config.c]\nkind = \"docker\"\nimage = \"x\"\ncpu_request = \"500m\"\ncpu_limit = 1\nmemory_request = \"128Mi\"\nmemory_limit = \"256Mi\"\nshm_size = \"64Mi\"\n",
+            0
+        ));
+    }
+
+    #[test]
+    fn gpu_configuration_with_run_options() {
+        insta::assert_snapshot!(rendered(
+            "[exec_config.c]\nkind = \"docker\"\nimage = \"x\"\ngpus = 2\nmemory_limit = \"16Gi\"\n\
+             [exec_config.c.docker]\nnetwork = \"host\"\nruntime = \"nvidia\"\ncap_add = [\"SYS_PTRACE\"]\n\
+             extra_hosts = [\"db:10.0.0.5\"]\nvolumes = [\"/data:/data:ro\"]\n",
+            2
+        ));
+    }
+
+    #[test]
+    fn archive_holds_the_code_under_the_work_dir() {
+        let dir = std::env::temp_dir().join(format!("capstan-archive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lib/pkg")).unwrap();
+        std::fs::write(dir.join("totals.py"), "print(1)\n").unwrap();
+        std::fs::write(dir.join("lib/pkg/util.py"), "X = 1\n").unwrap();
+        let mut s = spec("[exec_config.c]\nkind = \"docker\"\nimage = \"x\"\n", 0);
+        s.code_file = Some(dir.join("totals.py"));
+        s.lib_dir = Some(dir.join("lib"));
+        let bytes = code_archive(&s).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "capstan",
+                "capstan/work",
+                "capstan/work/totals.py",
+                "capstan/work/lib",
+                "capstan/work/lib/pkg",
+                "capstan/work/lib/pkg/util.py"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,412 @@
+//! The Docker backend on real Docker engines, with an image built locally (never pulled).
+//!
+//! These run when `CAPSTAN_TEST_IMAGE` names an image on the local engine; `scripts/test`
+//! starts `dockerd`, builds the image with `scripts/test-image` and sets it. Elsewhere each
+//! test says it was skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use crate::support::{TempDir, TestHome, submit, wait_for};
+
+fn image() -> Option<String> {
+    match std::env::var("CAPSTAN_TEST_IMAGE") {
+        Ok(i) if !i.is_empty() => Some(i),
+        _ => {
+            eprintln!(
+                "skipped: set CAPSTAN_TEST_IMAGE (scripts/test does) to run the Docker tests"
+            );
+            None
+        }
+    }
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A home whose `small` configuration runs the test image with 1 CPU and 256 MiB.
+fn docker_home(label: &str, image: &str) -> TestHome {
+    let home = TestHome::new(label);
+    home.append(
+        "exec-configs.toml",
+        &format!(
+            "\n[exec_config.small]\nkind = \"docker\"\nimage = \"{image}\"\ncpu_limit = 1\nmemory_limit = \"256Mi\"\nmax_concurrent = 4\n"
+        ),
+    );
+    home
+}
+
+/// Containers on an engine of this home's instance (and `label`, if given), running or not.
+fn containers(host: Option<&str>, home: &TestHome, label: &str) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    if let Some(h) = host {
+        cmd.args(["-H", h]);
+    }
+    cmd.args(["ps", "-a", "-q", "--filter"]).arg(format!(
+        "label=capstan.instance={}",
+        capstan_core::instance_id(&home.root())
+    ));
+    if !label.is_empty() {
+        cmd.args(["--filter", &format!("label={label}")]);
+    }
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_container_gets_the_configurations_limits() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-limits", &image);
+    home.recipe(
+        "limits",
+        "python",
+        "py",
+        "import os\n\
+         def read(*paths):\n    for p in paths:\n        try:\n            return open(p).read().strip()\n        except OSError:\n            pass\n\
+         print('cpus', os.cpu_count())\n\
+         print('memory', read('/sys/fs/cgroup/memory/memory.limit_in_bytes', '/sys/fs/cgroup/memory.max'))\n\
+         print('quota', read('/sys/fs/cgroup/cpu/cpu.cfs_quota_us', '/sys/fs/cgroup/cpu.max'))\n",
+        "exec_config = \"small\"",
+    );
+    let _d = home.start();
+    let out = home
+        .capstan()
+        .args(["run", "sample/limits"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("memory 268435456"), "{text}");
+    // 1 CPU: a quota of one period (v1: 100000 µs; v2: "100000 100000").
+    assert!(text.contains("quota 100000"), "{text}");
+    assert!(
+        stderr(&out).contains("on docker (exec config small)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn out_of_memory_in_a_container_names_the_limit_and_the_configuration() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-oom", &image);
+    home.recipe(
+        "hog",
+        "python",
+        "py",
+        "data = bytearray(1024 * 1024 * 1024)\nprint('survived')\n",
+        "exec_config = \"small\"",
+    );
+    let d = home.start();
+    let out = home
+        .capstan()
+        .args(["run", "sample/hog", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["state"], "failed");
+    let diagnosis = job["diagnosis"].as_str().unwrap();
+    assert!(
+        diagnosis.contains(
+            "out of memory: exceeded the 256 MiB memory limit of execution configuration 'small'"
+        ),
+        "{diagnosis}\n{}",
+        d.log()
+    );
+    assert!(
+        containers(None, &home, &format!("capstan.job={}", job["id"])).is_empty(),
+        "container left behind"
+    );
+}
+
+#[test]
+fn cancel_removes_the_container_and_show_has_live_usage() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-cancel", &image);
+    home.recipe(
+        "busy",
+        "python",
+        "py",
+        "import time\nprint('busy', flush=True)\nx = 0\nend = time.time() + 300\nwhile time.time() < end:\n    x += 1\n",
+        "exec_config = \"small\"",
+    );
+    let d = home.start();
+    let id = submit(&home, "sample/busy", &[]);
+    d.wait_state(id, 60, &["running"]);
+    let label = format!("capstan.job={id}");
+    assert_eq!(containers(None, &home, &label).len(), 1);
+    // Live usage of the running container.
+    let mut usage = serde_json::Value::Null;
+    wait_for("live usage of the container", 20, || {
+        usage = d.job(id)["usage"].clone();
+        usage["memory_bytes"].as_u64().is_some_and(|m| m > 0)
+    });
+    let show = home
+        .capstan()
+        .args(["job", "show", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&show).contains("usage now    CPU"),
+        "{}",
+        stdout(&show)
+    );
+    let out = home
+        .capstan()
+        .args(["cancel", &id.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_for("no container with the job's label", 10, || {
+        containers(None, &home, &label).is_empty()
+    });
+    assert_eq!(d.job(id)["state"], "cancelled");
+}
+
+#[test]
+fn a_daemon_killed_during_a_container_job_still_ends_it_with_its_full_log() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-kill9", &image);
+    home.recipe(
+        "steps",
+        "shell",
+        "sh",
+        "echo first\nsleep 3\necho second\necho to-stderr >&2\n",
+        "exec_config = \"small\"",
+    );
+    let d = home.start();
+    let id = submit(&home, "sample/steps", &[]);
+    let job = d.wait_state(id, 60, &["running"]);
+    let log = PathBuf::from(job["activities"][0]["log"].as_str().unwrap());
+    wait_for("the first line in the log", 30, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" o first"))
+    });
+    d.kill9();
+    let d = home.start();
+    let job = d.wait_state(id, 60, &["succeeded", "failed", "cancelled", "timed_out"]);
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", d.log());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.splitn(2, ' ').nth(1).unwrap())
+        .collect();
+    // Every line once; stdout in its order (the engine does not order stdout against stderr).
+    let out: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("o "))
+        .collect();
+    assert_eq!(out, ["o first", "o second"], "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines.contains(&"e to-stderr"), "{text}");
+    assert!(containers(None, &home, &format!("capstan.job={id}")).is_empty());
+}
+
+/// A second Docker engine on its own socket and data root, in its own network namespace (so its
+/// bridge cannot disturb the first engine's), stopped on drop.
+struct SecondEngine {
+    child: Child,
+    host: String,
+    netns: String,
+    _dir: TempDir,
+}
+
+impl SecondEngine {
+    fn start() -> SecondEngine {
+        let dir = TempDir::new("dockerd2");
+        let sock = dir.path().join("docker.sock");
+        let host = format!("unix://{}", sock.display());
+        let netns = format!("capstan-it-{}", std::process::id());
+        let made = Command::new("ip")
+            .args(["netns", "add", &netns])
+            .status()
+            .unwrap();
+        assert!(
+            made.success(),
+            "cannot create a network namespace for the second engine"
+        );
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &netns, "ip", "link", "set", "lo", "up"])
+            .status();
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        // `nsenter --net` enters the network namespace only; `ip netns exec` would also remount
+        // /sys, hiding the cgroups dockerd needs.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg("dockerd")
+            .arg("--host")
+            .arg(&host)
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let engine = SecondEngine {
+            child,
+            host,
+            netns,
+            _dir: dir,
+        };
+        wait_for("the second dockerd", 60, || {
+            Command::new("docker")
+                .args(["-H", &engine.host, "version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        engine
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        // nsenter execs dockerd, so the child is dockerd itself.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn cluster_second_host_runs_on_the_second_engine() {
+    let Some(image) = image() else { return };
+    let second = SecondEngine::start();
+    let load = Command::new(repo_root().join("scripts/test-image"))
+        .arg(&second.host)
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{}", stderr(&load));
+    let home = docker_home("docker-second", &image);
+    home.append(
+        "clusters.toml",
+        &format!(
+            "\n[cluster.second-host]\nkind = \"docker\"\nhost = \"{}\"\nmax_concurrent = 1\n",
+            second.host
+        ),
+    );
+    home.recipe(
+        "where",
+        "shell",
+        "sh",
+        "echo on $(hostname)\nsleep 2\n",
+        "exec_config = \"small\"",
+    );
+    let d = home.start();
+    let id = submit(&home, "sample/where", &["--cluster", "second-host"]);
+    let label = format!("capstan.job={id}");
+    wait_for("the job's container on the second engine", 60, || {
+        !containers(Some(&second.host), &home, &label).is_empty()
+    });
+    assert!(
+        containers(None, &home, &label).is_empty(),
+        "it also ran on the first engine"
+    );
+    let job = d.wait_state(id, 60, &["succeeded", "failed"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["cluster"], "second-host");
+    assert!(
+        containers(Some(&second.host), &home, &label).is_empty(),
+        "container left on the second engine"
+    );
+}
+
+#[test]
+fn engine_refusals_missing_images_and_unreachable_engines_are_diagnosed() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-bad", &image);
+    home.append(
+        "exec-configs.toml",
+        &format!(
+            "\n[exec_config.bad-runtime]\nkind = \"docker\"\nimage = \"{image}\"\n[exec_config.bad-runtime.docker]\nruntime = \"no-such-runtime\"\n\
+             \n[exec_config.no-image]\nkind = \"docker\"\nimage = \"capstan-nowhere:1\"\n\
+             \n[exec_config.unbuilt]\nkind = \"docker\"\nbase_image = \"default\"\n"
+        ),
+    );
+    home.append(
+        "clusters.toml",
+        "\n[cluster.gone]\nkind = \"docker\"\nhost = \"unix:///nonexistent/docker.sock\"\n",
+    );
+    home.recipe("hi", "shell", "sh", "echo hi\n", "");
+    let _d = home.start();
+    let run = |args: &[&str]| {
+        let out = home
+            .capstan()
+            .args(["run", "sample/hi"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let err = run(&["--exec-config", "bad-runtime"]);
+    assert!(
+        err.contains("refused to create the container") && err.contains("no-such-runtime"),
+        "{err}"
+    );
+    let err = run(&["--exec-config", "no-image"]);
+    assert!(
+        err.contains("image `capstan-nowhere:1` is not on the Docker engine"),
+        "{err}"
+    );
+    let err = run(&["--exec-config", "unbuilt"]);
+    assert!(
+        err.contains("build it with `capstan image build-base default`"),
+        "{err}"
+    );
+    let err = run(&["--exec-config", "small", "--cluster", "gone"]);
+    assert!(
+        err.contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock"),
+        "{err}"
+    );
+    assert!(
+        containers(None, &home, "").is_empty(),
+        "container left behind"
+    );
+}
+
+#[test]
+fn containers_the_state_does_not_know_are_removed_at_start() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-orphans", &image);
+    let instance = capstan_core::instance_id(&home.root());
+    let made = Command::new("docker")
+        .args(["create", "--label", &format!("capstan.instance={instance}")])
+        .args([
+            "--label",
+            "capstan.job=999",
+            "--label",
+            "capstan.activity=999-0",
+            "--label",
+            "capstan.attempt=0",
+        ])
+        .args([&image, "sleep", "1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let d = home.start();
+    wait_for("the orphan to be removed", 30, || {
+        containers(None, &home, "").is_empty()
+    });
+    assert!(d.log().contains("removed a leftover"), "{}", d.log());
+}
