@@ -56,6 +56,22 @@ fn setup(dir: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(recipes.join("noop.sh"), ":\n").unwrap();
+    std::fs::write(
+        recipes.join("dfirst.toml"),
+        "kind = \"python\"\nexec_config = \"box\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.join("dfirst.py"),
+        "import time; print(time.time_ns())\n",
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.join("dnoop.toml"),
+        "kind = \"shell\"\nexec_config = \"box\"\n",
+    )
+    .unwrap();
+    std::fs::write(recipes.join("dnoop.sh"), ":\n").unwrap();
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(home.join("exec-configs.toml"))
@@ -64,6 +80,14 @@ fn setup(dir: &Path) -> PathBuf {
     writeln!(
         f,
         "\n[exec_config.two]\nkind = \"local\"\nmax_concurrent = 2\n"
+    )
+    .unwrap();
+    // The Docker section runs where `CAPSTAN_TEST_IMAGE` names a local image (scripts/test-image).
+    let image = std::env::var("CAPSTAN_TEST_IMAGE")
+        .unwrap_or_else(|_| "capstan-test-python:bookworm-1".into());
+    writeln!(
+        f,
+        "\n[exec_config.box]\nkind = \"docker\"\nimage = \"{image}\"\nmax_concurrent = 4\n"
     )
     .unwrap();
     home
@@ -290,6 +314,88 @@ async fn main() {
         total / raw
     );
     println!("  jobs not succeeded: {}", failed.as_array().unwrap().len());
+
+    // 4. Docker: submit → first line in the container, against `docker run --rm` of the image.
+    let image = std::env::var("CAPSTAN_TEST_IMAGE").unwrap_or_default();
+    let have_docker = !image.is_empty()
+        && Command::new("docker")
+            .args(["image", "inspect", &image])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if have_docker {
+        let runs = 10;
+        let mut raw = Vec::new();
+        for _ in 0..runs {
+            let t0 = now_ns();
+            let out = Command::new("docker")
+                .args([
+                    "run",
+                    "--rm",
+                    &image,
+                    "python3",
+                    "-c",
+                    "import time; print(time.time_ns())",
+                ])
+                .output()
+                .unwrap();
+            let t1: u128 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            raw.push((t1 - t0) as f64 / 1e6);
+        }
+        let mut ours = Vec::new();
+        for _ in 0..runs {
+            let t0 = now_ns();
+            let id = submit(&http, &d, "dfirst").await;
+            let j = wait_final(&http, &d, id).await;
+            assert_eq!(j["state"], "succeeded", "{j}");
+            let log = std::fs::read_to_string(format!(
+                "{}/log",
+                j["activities"][0]["dir"].as_str().unwrap()
+            ))
+            .unwrap();
+            let t1: u128 = log
+                .lines()
+                .next()
+                .unwrap()
+                .splitn(3, ' ')
+                .nth(2)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            ours.push((t1 - t0) as f64 / 1e6);
+        }
+        let (r, o) = (median(raw), median(ours));
+        println!();
+        println!(
+            "submit → first line of user code in a container (median of {runs}, image {image})"
+        );
+        println!("  raw `docker run --rm`  {r:8.1} ms");
+        println!(
+            "  capstan run            {o:8.1} ms   (ratio {:.2}x; aim: ≤ 1.2x)",
+            o / r
+        );
+
+        let n = 100;
+        let t = Instant::now();
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(submit(&http, &d, "dnoop").await);
+        }
+        for id in ids {
+            let j = wait_final(&http, &d, id).await;
+            assert_eq!(j["state"], "succeeded", "{j}");
+        }
+        let total = t.elapsed().as_secs_f64();
+        println!(
+            "{n} trivial container jobs, max_concurrent = 4: {total:.2} s, {:.1} containers/s",
+            n as f64 / total
+        );
+    } else {
+        println!();
+        println!(
+            "Docker section skipped: set CAPSTAN_TEST_IMAGE to an image on the local engine (scripts/test-image)"
+        );
+    }
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -195,10 +195,7 @@ fn a_daemon_killed_during_a_container_job_still_ends_it_with_its_full_log() {
     let job = d.wait_state(id, 60, &["succeeded", "failed", "cancelled", "timed_out"]);
     assert_eq!(job["state"], "succeeded", "{job}\n{}", d.log());
     let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|l| l.splitn(2, ' ').nth(1).unwrap())
-        .collect();
+    let lines: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
     // Every line once; stdout in its order (the engine does not order stdout against stderr).
     let out: Vec<&str> = lines
         .iter()
