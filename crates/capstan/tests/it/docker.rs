@@ -406,5 +406,7 @@ fn containers_the_state_does_not_know_are_removed_at_start() {
         containers(None, &home, "").is_empty()
     });
     // Reported, not only removed.
-    wait_for("the removal to be logged", 10, || d.log().contains("removed a leftover"));
+    wait_for("the removal to be logged", 10, || {
+        d.log().contains("removed a leftover")
+    });
 }
