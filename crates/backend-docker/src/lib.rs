@@ -9,6 +9,7 @@
 //! its logs and state are saved. At start, containers of this instance that belong to no active
 //! job are removed.
 
+pub mod image_ops;
 pub mod render;
 
 use std::collections::HashMap;
@@ -73,19 +74,19 @@ fn is_not_found(e: &DockerError) -> bool {
     )
 }
 
-/// The command that builds an image capstan names, for the "image missing" diagnosis.
-fn how_to_build(image: &str) -> String {
+/// The command that builds the image an activity needs, for the "image missing" diagnosis.
+fn how_to_build(spec: &ActivitySpec, image: &str) -> String {
+    if let Some(env) = &spec.code_env {
+        return format!("build it with `capstan env build {}`", env.name);
+    }
+    let explicit = spec.exec.as_ref().is_some_and(|e| e.image.is_some());
     let name = image.rsplit('/').next().unwrap_or(image);
     let name = name.split(':').next().unwrap_or(name);
-    if let Some(base) = name.strip_prefix("capstan-base-") {
-        format!("build it with `capstan image build-base {base}`")
-    } else if let Some(env) = name.strip_prefix("capstan-env-") {
-        let env = env.split('-').next().unwrap_or(env);
-        format!("build it with `capstan env build {env}`")
-    } else {
-        format!(
+    match name.strip_prefix("capstan-base-") {
+        Some(base) if !explicit => format!("build it with `capstan image build-base {base}`"),
+        _ => format!(
             "load or build it on that engine (`docker pull {image}` where a registry is reachable)"
-        )
+        ),
     }
 }
 
@@ -137,10 +138,19 @@ impl DockerBackend {
         let image = body.image.clone().unwrap_or_default();
         match docker.inspect_image(&image).await {
             Ok(_) => {}
+            // An image in a registry is pulled on first use, as `docker run` would.
+            Err(e) if is_not_found(&e) && image_ops::has_registry(&image) => {
+                if let Err(why) = image_ops::pull(&docker, &image).await {
+                    return ActivityOutcome::failed(format!(
+                        "image `{image}` is not on the Docker engine at {where_}, and pulling it failed ({why}): {}",
+                        how_to_build(spec, &image)
+                    ));
+                }
+            }
             Err(e) if is_not_found(&e) => {
                 return ActivityOutcome::failed(format!(
                     "image `{image}` is not on the Docker engine at {where_}: {}",
-                    how_to_build(&image)
+                    how_to_build(spec, &image)
                 ));
             }
             Err(e) => {
@@ -258,13 +268,16 @@ impl DockerBackend {
             };
         tracker.abort();
         let sample = *stats.lock().unwrap_or_else(|e| e.into_inner());
+        // The engine samples once a second, the first time at start: a container that ended
+        // before a second sample was never measured, and a number would mislead.
+        let measured = sample.samples >= 2;
         let mut ending = Ending {
             timed_out,
             cancelled,
             log_error,
             last_stderr,
-            peak_memory_bytes: sample.peak_memory,
-            cpu_time_ms: sample.cpu_nanos.map(|n| n / 1_000_000),
+            peak_memory_bytes: sample.peak_memory.filter(|_| measured),
+            cpu_time_ms: sample.cpu_nanos.filter(|_| measured).map(|n| n / 1_000_000),
             ..Ending::default()
         };
         match docker.inspect_container(id, None).await {
@@ -486,6 +499,7 @@ async fn remove(docker: &Docker, id: &str) {
 struct Sample {
     peak_memory: Option<u64>,
     cpu_nanos: Option<u64>,
+    samples: u32,
 }
 
 /// Keeps the peak memory and the CPU time the engine reports while the container runs.
@@ -493,6 +507,7 @@ async fn track_stats(docker: Docker, id: String, sink: Arc<Mutex<Sample>>) {
     let mut stream = docker.stats(&id, Some(StatsOptionsBuilder::new().stream(true).build()));
     while let Some(Ok(s)) = stream.next().await {
         let mut out = sink.lock().unwrap_or_else(|e| e.into_inner());
+        out.samples += 1;
         if let Some(m) = &s.memory_stats {
             let seen = m.max_usage.or(m.usage);
             if let Some(v) = seen.filter(|v| *v > 0) {

@@ -45,6 +45,12 @@ pub enum Command {
     Token(TokenCommand),
     /// Create a demo home if needed and run its sample project.
     Quickstart(QuickstartArgs),
+    /// Base images: build and list.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Code environments: build (a local venv and one image per configuration) and list.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Run the daemon of the home: the engine and the REST API.
     Serve(ServeArgs),
     /// Run a recipe: waits, streams its logs, exits 0 on success and 1 otherwise.
@@ -214,4 +220,57 @@ pub struct Selection {
     /// The code environment.
     #[arg(long, value_name = "NAME")]
     pub code_env: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a base image from its spec in images.toml (and push it where configurations on
+    /// it name a registry).
+    BuildBase(BuildBaseArgs),
+    /// Base images: tag, size, age, state, and the configurations that use each.
+    List(ImageListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildBaseArgs {
+    pub name: String,
+    /// Build only; do not push to the configurations' registries.
+    #[arg(long)]
+    pub no_push: bool,
+    /// Build on the engine of this Docker cluster (default: the local engine).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageListArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Check images on the engine of this Docker cluster (default: the local engine).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Build a code environment: its local venv, and its image for each configuration in its
+    /// `build_for`. Nothing is rebuilt when nothing changed.
+    Build(EnvBuildArgs),
+    /// Code environment images per configuration, with their state (ok, stale, failed, missing).
+    List(ImageListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnvBuildArgs {
+    /// The environment (default with --rebuild-stale: every stale one).
+    pub name: Option<String>,
+    /// Rebuild the env images whose base image was rebuilt since.
+    #[arg(long)]
+    pub rebuild_stale: bool,
+    /// Build only; do not push to the configurations' registries.
+    #[arg(long)]
+    pub no_push: bool,
+    /// Build on the engine of this Docker cluster (default: the local engine).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
 }

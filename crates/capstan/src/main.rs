@@ -9,6 +9,7 @@ mod client;
 mod daemon;
 mod explain;
 mod home;
+mod images;
 mod init;
 mod jobs;
 mod quickstart;
@@ -81,7 +82,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<u8> {
-    use cli::{Command, ConfigCommand, JobCommand, TokenCommand};
+    use cli::{Command, ConfigCommand, EnvCommand, ImageCommand, JobCommand, TokenCommand};
     let home = args.home.as_deref();
     let connect = || client::Client::connect(home, args.server.as_deref(), args.token.as_deref());
     match &args.command {
@@ -106,6 +107,18 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         }
         Command::Logs(a) => runtime()?.block_on(async { jobs::logs(&connect()?, a).await }),
         Command::Cancel(a) => runtime()?.block_on(async { jobs::cancel(&connect()?, a).await }),
+        Command::Image(ImageCommand::BuildBase(a)) => {
+            runtime()?.block_on(images::build_base(&home::locate(home)?, a))
+        }
+        Command::Image(ImageCommand::List(a)) => {
+            runtime()?.block_on(images::list(&home::locate(home)?, a, false))
+        }
+        Command::Env(EnvCommand::Build(a)) => {
+            runtime()?.block_on(images::build_env(&home::locate(home)?, a))
+        }
+        Command::Env(EnvCommand::List(a)) => {
+            runtime()?.block_on(images::list(&home::locate(home)?, a, true))
+        }
         Command::Shim(_) => unreachable!("handled in main"),
     }
 }

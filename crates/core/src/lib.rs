@@ -42,7 +42,8 @@ pub fn load_home(root: &Path) -> Result<(Home, Vec<Diagnostic>), HomeError> {
         path: root.to_path_buf(),
         source,
     })?;
-    let (home, diags) = load::load(root, &files);
+    let (mut home, diags) = load::load(root, &files);
+    home.images = load::read_image_records(root);
     Ok((home, diags.into_sorted()))
 }
 

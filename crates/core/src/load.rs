@@ -109,6 +109,7 @@ pub fn load(root: &Path, files: &HomeFiles) -> (Home, Diagnostics) {
         groups: BTreeMap::new(),
         users: BTreeMap::new(),
         projects: BTreeMap::new(),
+        images: BTreeMap::new(),
     };
 
     let instance_path = Path::new("capstan.toml");
@@ -509,6 +510,18 @@ fn decode_instance(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Instance {
         instance.server_public_url = s.str(cx, "public_url");
         s.finish(cx);
     }
+    if let Some(mut b) = t.sub_table(cx, "build") {
+        instance.build = BuildSettings {
+            ca_bundle: b.str(cx, "ca_bundle"),
+            debian_mirror: b.str(cx, "debian_mirror"),
+            pip_index_url: b.str(cx, "pip_index_url"),
+            pip_extra_index_url: b.str(cx, "pip_extra_index_url"),
+            http_proxy: b.str(cx, "http_proxy"),
+            https_proxy: b.str(cx, "https_proxy"),
+            no_proxy: b.str(cx, "no_proxy"),
+        };
+        b.finish(cx);
+    }
     instance
 }
 
@@ -581,6 +594,7 @@ fn decode_exec_config(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: L
             .string_list(cx, "image_pull_secrets")
             .map(|l| l.value)
             .unwrap_or_default(),
+        pre_push_hook: t.str(cx, "pre_push_hook"),
         service_account: t.str(cx, "service_account"),
         timeout: t.duration(cx, "timeout"),
         pending_timeout: t.duration(cx, "pending_timeout"),
@@ -1110,4 +1124,61 @@ fn to_toml_value(v: &Value<'_>) -> toml::Value {
                 .collect(),
         ),
     }
+}
+
+/// Reads the image records under `state/images/`. Unreadable or malformed records are skipped:
+/// they describe builds, not configuration, and a missing record only means "not built".
+pub fn read_image_records(root: &Path) -> BTreeMap<(String, String, Option<String>), ImageRecord> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(root.join("state").join("images")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(t) = text.parse::<toml::Table>() else {
+            continue;
+        };
+        let s = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let (Some(kind), Some(name), Some(repository), Some(tag), Some(image_id)) = (
+            s("kind"),
+            s("name"),
+            s("repository"),
+            s("tag"),
+            s("image_id"),
+        ) else {
+            continue;
+        };
+        let record = ImageRecord {
+            kind,
+            name,
+            exec_config: s("exec_config"),
+            repository,
+            tag,
+            image_id,
+            base_image_id: s("base_image_id"),
+            built_at: s("built_at").unwrap_or_default(),
+            size_bytes: t
+                .get("size_bytes")
+                .and_then(|v| v.as_integer())
+                .unwrap_or(0)
+                .max(0) as u64,
+            pushed: t.get("pushed").and_then(|v| v.as_bool()).unwrap_or(false),
+            last_error: s("last_error"),
+        };
+        out.insert(
+            (
+                record.kind.clone(),
+                record.name.clone(),
+                record.exec_config.clone(),
+            ),
+            record,
+        );
+    }
+    out
 }

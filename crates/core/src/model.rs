@@ -128,6 +128,9 @@ pub struct ExecConfig {
     /// Kubernetes backend).
     pub pod_patch: Option<Sourced<toml::Value>>,
     pub image_pull_secrets: Vec<Sourced<String>>,
+    /// A script run before each push to `registry`, with the registry, image and tag as its
+    /// arguments (to log in, create the repository…). Relative paths are from the home.
+    pub pre_push_hook: Option<Sourced<String>>,
     pub service_account: Option<Sourced<String>>,
     pub timeout: Option<Sourced<Duration>>,
     pub pending_timeout: Option<Sourced<Duration>>,
@@ -320,6 +323,22 @@ pub struct Instance {
     pub defaults: LayerSettings,
     pub server_bind: Option<Sourced<String>>,
     pub server_public_url: Option<Sourced<String>>,
+    pub build: BuildSettings,
+}
+
+/// `[build]` in capstan.toml: what image builds need to get through a corporate network.
+/// Unset fields fall back to the host's own settings (its CA bundle, its proxy variables).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildSettings {
+    /// A PEM bundle of the CAs to trust inside builds (default: the host's system bundle).
+    pub ca_bundle: Option<Sourced<String>>,
+    /// The Debian mirror for bootstrapped OS roots (default: http://deb.debian.org/debian).
+    pub debian_mirror: Option<Sourced<String>>,
+    pub pip_index_url: Option<Sourced<String>>,
+    pub pip_extra_index_url: Option<Sourced<String>>,
+    pub http_proxy: Option<Sourced<String>>,
+    pub https_proxy: Option<Sourced<String>>,
+    pub no_proxy: Option<Sourced<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -435,6 +454,34 @@ pub struct Project {
     pub lib_dir: Option<PathBuf>,
 }
 
+/// What was built from a base image or code environment spec (`state/images/*.toml`, written
+/// by the image builder).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// `base` or `env`.
+    pub kind: String,
+    pub name: String,
+    /// For env images: the execution configuration it was built for.
+    pub exec_config: Option<String>,
+    /// The repository, with the registry prefix when pushed (`reg.example.com/capstan-base-x`).
+    pub repository: String,
+    pub tag: String,
+    pub image_id: String,
+    /// For env images: the base image id it was built on (a rebuilt base makes it stale).
+    pub base_image_id: Option<String>,
+    pub built_at: String,
+    pub size_bytes: u64,
+    pub pushed: bool,
+    /// The last build's error, when it failed (the image above stays in use).
+    pub last_error: Option<String>,
+}
+
+impl ImageRecord {
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.repository, self.tag)
+    }
+}
+
 /// A whole loaded home.
 #[derive(Debug)]
 pub struct Home {
@@ -449,9 +496,24 @@ pub struct Home {
     pub groups: BTreeMap<String, Group>,
     pub users: BTreeMap<String, User>,
     pub projects: BTreeMap<String, Project>,
+    /// Built images, keyed by (kind, name, exec config); read from `state/images/`.
+    pub images: BTreeMap<(String, String, Option<String>), ImageRecord>,
 }
 
 impl Home {
+    pub fn base_image_record(&self, name: &str) -> Option<&ImageRecord> {
+        self.images
+            .get(&("base".to_string(), name.to_string(), None))
+    }
+
+    pub fn env_image_record(&self, env: &str, exec_config: &str) -> Option<&ImageRecord> {
+        self.images.get(&(
+            "env".to_string(),
+            env.to_string(),
+            Some(exec_config.to_string()),
+        ))
+    }
+
     pub fn recipe(&self, project: &str, recipe: &str) -> Option<(&Project, &Recipe)> {
         let p = self.projects.get(project)?;
         Some((p, p.recipes.get(recipe)?))

@@ -578,14 +578,29 @@ impl<'h> Resolver<'h> {
             .as_deref()
             .map(|r| format!("{}/", r.trim_end_matches('/')))
             .unwrap_or_default();
+        // A built image is named with its content-hash tag from `state/images/`; one not built
+        // yet is named without, and running it fails with the command that builds it.
+        let tagged = |repo: String, record: Option<&ImageRecord>| -> (String, String) {
+            match record.filter(|r| !r.image_id.is_empty()) {
+                Some(r) => (
+                    format!("{prefix}{repo}:{}", r.tag),
+                    format!("built {}", r.built_at),
+                ),
+                None => (format!("{prefix}{repo}"), "not built yet".to_string()),
+            }
+        };
         let image = match exec {
             Some(c) if c.kind.value != ExecKind::Local => {
                 if let (Some(env), Some(choice)) = (code_env, &code_env_setting.value) {
+                    let (name, state) = tagged(
+                        format!("capstan-env-{choice}-{}", c.name),
+                        home.env_image_record(choice, &c.name),
+                    );
                     Setting {
-                        value: Some(format!("{prefix}capstan-env-{}-{}", choice, c.name)),
+                        value: Some(name),
                         origin: Origin {
                             via: Some(format!(
-                                "code_env '{}' built for exec_config '{}'",
+                                "code_env '{}' built for exec_config '{}', {state}",
                                 env.name, c.name
                             )),
                             ..code_env_setting.origin.clone()
@@ -593,16 +608,28 @@ impl<'h> Resolver<'h> {
                     }
                 } else if let Some(img) = &c.image {
                     self.object_value(img, via_exec(c)).map(Some)
-                } else if let Some(base) = &c.base_image {
-                    self.object_value(base, via_exec(c))
-                        .map(|b| Some(format!("{prefix}capstan-base-{b}")))
-                } else if home.base_images.contains_key("default") {
-                    self.builtin(
-                        Some(format!("{prefix}capstan-base-default")),
-                        Some("base_image 'default'".into()),
-                    )
                 } else {
-                    self.builtin(None, None)
+                    let base = c
+                        .base_image
+                        .as_ref()
+                        .map(|b| b.value.as_str())
+                        .unwrap_or("default");
+                    let (name, state) =
+                        tagged(format!("capstan-base-{base}"), home.base_image_record(base));
+                    match &c.base_image {
+                        Some(b) => Setting {
+                            value: Some(name),
+                            origin: self.origin(
+                                Layer::Instance,
+                                b.loc,
+                                Some(format!("{}, base_image '{base}' {state}", via_exec(c))),
+                            ),
+                        },
+                        None if home.base_images.contains_key("default") => {
+                            self.builtin(Some(name), Some(format!("base_image 'default' {state}")))
+                        }
+                        None => self.builtin(None, None),
+                    }
                 }
             }
             _ => self.builtin(None, Some("local execution uses no image".into())),

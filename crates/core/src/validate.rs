@@ -216,6 +216,18 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
                 None,
             );
         }
+        if let Some(h) = &c.pre_push_hook {
+            if c.registry.is_none() {
+                v.error(
+                    h.loc,
+                    &f("pre_push_hook"),
+                    "a pre-push hook needs a `registry` to push to",
+                    None,
+                );
+            } else if !Path::new(&h.value).is_absolute() {
+                v.file_exists(files, h, &f("pre_push_hook"));
+            }
+        }
         if let Some(m) = &c.max_concurrent
             && m.value == 0
         {

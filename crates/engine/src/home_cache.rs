@@ -75,6 +75,10 @@ impl HomeCache {
 fn fingerprint(root: &Path) -> u64 {
     let mut h = DefaultHasher::new();
     walk(root, root, 0, &mut h);
+    // Image records are state, but they decide which image a run uses: a build done while the
+    // daemon runs must be seen by its next submission.
+    let images = root.join("state").join("images");
+    walk(&images, &images, 1, &mut h);
     h.finish()
 }
 

@@ -5,6 +5,7 @@ mod support;
 mod daemon;
 mod docker;
 mod homes;
+mod images;
 
 /// Whether the daemon with `pid` has published its address for `root`.
 pub fn daemon_info_ready(root: &std::path::Path, pid: u32) -> bool {

@@ -1,0 +1,290 @@
+//! Base images and code environments, built for real: Debian roots by debootstrap, builds on the
+//! local engine, pushes to the registry `scripts/test` runs on 127.0.0.1:5000.
+
+use std::process::Command;
+
+use crate::support::TestHome;
+
+fn ready() -> bool {
+    let ok = std::env::var("CAPSTAN_TEST_IMAGE").is_ok_and(|i| !i.is_empty())
+        && Command::new("sh")
+            .args(["-c", "command -v debootstrap"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: needs the Docker engine and debootstrap that scripts/test provides");
+    }
+    ok
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A home whose configurations are all buildable here (the sample's Kubernetes one pushes to a
+/// registry that does not exist), with extra TOML for exec configs and images.
+fn home(label: &str, exec_configs: &str, images: &str) -> TestHome {
+    home_with(label, exec_configs, images, |_| {})
+}
+
+fn home_with(
+    label: &str,
+    exec_configs: &str,
+    images: &str,
+    prepare: impl FnOnce(&TestHome),
+) -> TestHome {
+    let h = TestHome::new(label);
+    prepare(&h);
+    std::fs::write(
+        h.root().join("exec-configs.toml"),
+        format!("[exec_config.local]\nkind = \"local\"\n\n{exec_configs}"),
+    )
+    .unwrap();
+    std::fs::write(
+        h.root().join("images.toml"),
+        format!("[base_image.default]\n\n{images}"),
+    )
+    .unwrap();
+    let check = h.capstan().arg("check").output().unwrap();
+    assert!(check.status.success(), "{}", stdout(&check));
+    h
+}
+
+fn ok(h: &TestHome, args: &[&str]) -> String {
+    let out = h.capstan().args(args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "capstan {args:?}\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+#[test]
+fn a_code_env_with_pandas_and_scikit_learn_runs_in_its_image_and_rebuilds_only_what_changed() {
+    if !ready() {
+        return;
+    }
+    let h = home(
+        "images-env",
+        "[exec_config.small]\nkind = \"docker\"\nbase_image = \"default\"\nmemory_limit = \"1Gi\"\n",
+        "[code_env.ml]\nlanguage = \"python\"\npackages = [\"pandas\", \"scikit-learn\"]\nbuild_for = [\"small\"]\n",
+    );
+    let out = ok(&h, &["image", "build-base", "default"]);
+    assert!(out.contains("base image default:"), "{out}");
+    let out = ok(&h, &["env", "build", "ml"]);
+    assert!(
+        out.contains("ml for small: built capstan-env-ml-small:"),
+        "{out}"
+    );
+    h.recipe(
+        "fit",
+        "python",
+        "py",
+        "import pandas, sklearn, capstan\nfrom sklearn.linear_model import LinearRegression\n\
+         df = pandas.DataFrame({'x': [1, 2, 3], 'y': [3, 5, 7]})\n\
+         m = LinearRegression().fit(df[['x']], df['y'])\n\
+         print('slope', round(float(m.coef_[0]), 2), 'recipe', capstan.context()['recipe'])\n",
+        "exec_config = \"small\"\ncode_env = \"ml\"",
+    );
+    let explain = ok(&h, &["config", "explain", "sample/fit", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&explain).unwrap();
+    let image = v["settings"]["image"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(image.starts_with("capstan-env-ml-small:"), "{image}");
+    let _d = h.start();
+    let run = ok(&h, &["run", "sample/fit"]);
+    assert!(run.contains("slope 2.0 recipe fit"), "{run}");
+
+    // Unchanged: nothing to build.
+    let again = ok(&h, &["env", "build", "ml"]);
+    assert!(
+        again.contains("up to date: capstan-env-ml-small:"),
+        "{again}"
+    );
+    // A one-line change rebuilds the env image only; the base stays as it is.
+    let base_before = ok(&h, &["image", "list", "--json"]);
+    let images = std::fs::read_to_string(h.root().join("images.toml")).unwrap();
+    std::fs::write(
+        h.root().join("images.toml"),
+        images.replace("\"scikit-learn\"]", "\"scikit-learn\", \"six\"]"),
+    )
+    .unwrap();
+    let rebuilt = ok(&h, &["env", "build", "ml"]);
+    assert!(
+        rebuilt.contains("ml for small: built capstan-env-ml-small:"),
+        "{rebuilt}"
+    );
+    assert!(
+        !rebuilt.contains(&image),
+        "the tag did not change: {rebuilt}"
+    );
+    assert_eq!(ok(&h, &["image", "list", "--json"]), base_before);
+
+    // A rebuilt base makes the env image stale until `--rebuild-stale`.
+    let images = std::fs::read_to_string(h.root().join("images.toml")).unwrap();
+    std::fs::write(
+        h.root().join("images.toml"),
+        images.replace(
+            "[base_image.default]\n",
+            "[base_image.default]\npython_packages = [\"six\"]\n",
+        ),
+    )
+    .unwrap();
+    ok(&h, &["image", "build-base", "default"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&h, &["env", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["state"], "stale", "{list}");
+    let out = ok(&h, &["env", "build", "--rebuild-stale"]);
+    assert!(out.contains("ml for small: built"), "{out}");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&h, &["env", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["state"], "ok", "{list}");
+    assert_eq!(list[0]["used_by"][0], "small");
+}
+
+#[test]
+fn a_failing_build_reports_the_step_and_records_nothing_usable() {
+    if !ready() {
+        return;
+    }
+    let h = home(
+        "images-fail",
+        "[exec_config.small]\nkind = \"docker\"\nbase_image = \"default\"\n",
+        "[code_env.broken]\nlanguage = \"python\"\npackages = [\"capstan-no-such-package-xyz\"]\nbuild_for = [\"small\"]\n",
+    );
+    ok(&h, &["image", "build-base", "default"]);
+    let out = h
+        .capstan()
+        .args(["env", "build", "broken"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("capstan-no-such-package-xyz"), "{err}");
+    assert!(
+        err.contains("No matching distribution") || err.contains("Could not find a version"),
+        "{err}"
+    );
+    // The failing step, in the build's own words.
+    assert!(
+        err.contains("RUN pip install capstan-no-such-package-xyz"),
+        "{err}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&h, &["env", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["state"], "failed", "{list}");
+    // Resolution does not pretend an image exists.
+    let explain = ok(
+        &h,
+        &[
+            "config",
+            "explain",
+            "sample/hello",
+            "--exec-config",
+            "small",
+            "--code-env",
+            "broken",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&explain).unwrap();
+    assert_eq!(
+        v["settings"]["image"]["value"], "capstan-env-broken-small",
+        "{v}"
+    );
+}
+
+#[test]
+fn images_go_to_the_registry_and_a_run_pulls_them_back() {
+    if !ready() {
+        return;
+    }
+    let Ok(registry) = std::env::var("CAPSTAN_TEST_REGISTRY") else {
+        eprintln!("skipped: needs CAPSTAN_TEST_REGISTRY (scripts/test runs one on 127.0.0.1:5000)");
+        return;
+    };
+    let h = home_with(
+        "images-registry",
+        &format!(
+            "[exec_config.pushed]\nkind = \"docker\"\nbase_image = \"default\"\nregistry = \"{registry}\"\npre_push_hook = \"hooks/pre-push.sh\"\n"
+        ),
+        "",
+        |h| {
+            // The hook records its arguments next to the home.
+            std::fs::create_dir_all(h.root().join("hooks")).unwrap();
+            let hook = h.root().join("hooks/pre-push.sh");
+            let calls = h.dir.path().join("hook-calls");
+            std::fs::write(
+                &hook,
+                format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", calls.display()),
+            )
+            .unwrap();
+            Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+        },
+    );
+    let calls = h.dir.path().join("hook-calls");
+    let out = ok(&h, &["image", "build-base", "default"]);
+    assert!(out.contains(", pushed"), "{out}");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&h, &["image", "list", "--json"])).unwrap();
+    let local = list[0]["image"].as_str().unwrap().to_string();
+    let tag = local.rsplit(':').next().unwrap().to_string();
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap().trim(),
+        format!("{registry} capstan-base-default {tag}")
+    );
+    // Gone from the engine: the run must pull it back from the registry.
+    let remote = format!("{registry}/capstan-base-default:{tag}");
+    let rmi = Command::new("docker")
+        .args(["rmi", "-f", &remote, &local])
+        .output()
+        .unwrap();
+    assert!(rmi.status.success(), "{}", stderr(&rmi));
+    h.recipe(
+        "where",
+        "python",
+        "py",
+        "import sys\nprint('python', sys.version_info.major)\n",
+        "exec_config = \"pushed\"",
+    );
+    let _d = h.start();
+    let run = ok(&h, &["run", "sample/where"]);
+    assert!(run.contains("python 3"), "{run}");
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", &remote])
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "the run did not pull {remote}");
+}
+
+#[test]
+fn a_base_image_with_r_runs_an_r_recipe() {
+    if !ready() {
+        return;
+    }
+    let h = home(
+        "images-r",
+        "[exec_config.rconf]\nkind = \"docker\"\nbase_image = \"r\"\n",
+        "[base_image.r]\nwith_r = true\n",
+    );
+    ok(&h, &["image", "build-base", "r"]);
+    h.recipe(
+        "stats",
+        "r",
+        "R",
+        "x <- c(1, 2, 3, 4)\ncat('mean', mean(x), 'R', R.version$major, '\\n')\n",
+        "exec_config = \"rconf\"",
+    );
+    let _d = h.start();
+    let run = ok(&h, &["run", "sample/stats"]);
+    assert!(run.contains("mean 2.5 R 4"), "{run}");
+}
