@@ -177,8 +177,10 @@ pub async fn build_env(root: &Path, args: &EnvBuildArgs) -> anyhow::Result<u8> {
             .get(name)
             .with_context(|| format!("no code environment `{name}` in images.toml"))?;
         let mut display = Display::new();
+        let images_started = Instant::now();
         let result = builder.build_env(name, &mut display).await;
         display.done();
+        let images_took = images_started.elapsed().as_secs_f64();
         for built in result? {
             let r = built.record();
             println!(
@@ -188,6 +190,7 @@ pub async fn build_env(root: &Path, args: &EnvBuildArgs) -> anyhow::Result<u8> {
                 if r.pushed { ", pushed" } else { "" }
             );
         }
+        println!("{name}: images in {images_took:.2}s");
         // The local backend's venv, for recipes on local execution.
         if env.language.value == capstan_core::model::EnvLanguage::Python {
             let (envs, home_root, spec) = (
@@ -195,18 +198,20 @@ pub async fn build_env(root: &Path, args: &EnvBuildArgs) -> anyhow::Result<u8> {
                 root.to_path_buf(),
                 env.clone(),
             );
+            let venv_started = Instant::now();
             let python = tokio::task::spawn_blocking(move || {
                 capstan_backend_local::venv::ensure(&envs, &home_root, &spec)
             })
             .await?
             .map_err(anyhow::Error::msg)?;
             println!(
-                "{name}: local venv {}",
+                "{name}: local venv {} in {:.2}s",
                 python
                     .parent()
                     .and_then(Path::parent)
                     .unwrap_or(&python)
-                    .display()
+                    .display(),
+                venv_started.elapsed().as_secs_f64()
             );
         }
     }

@@ -44,9 +44,13 @@ fn home_with(
         format!("[exec_config.local]\nkind = \"local\"\n\n{exec_configs}"),
     )
     .unwrap();
+    // A label of its own makes each test's base image distinct: tests run at once on one
+    // engine, and one of them removes its images.
     std::fs::write(
         h.root().join("images.toml"),
-        format!("[base_image.default]\n\n{images}"),
+        format!(
+            "[base_image.default]\ndockerfile_append = \"LABEL capstan.test={label}\"\n\n{images}"
+        ),
     )
     .unwrap();
     let check = h.capstan().arg("check").output().unwrap();
