@@ -40,6 +40,17 @@ pub async fn bootstrap(
     let fail = |m: String| ImageError::Bootstrap(m);
     std::fs::create_dir_all(cache)
         .map_err(|e| fail(format!("cannot create the cache {}: {e}", cache.display())))?;
+    // Two builds of the same root (two homes, two tests) bootstrap it once: the second waits.
+    let lock_path = cache.join(format!("os-{suite}-{key}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| fail(format!("cannot create {}: {e}", lock_path.display())))?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(format!("cannot lock the OS root cache: {e}")))?;
+    if tarball.is_file() {
+        return Ok(tarball);
+    }
     let dir = cache.join(format!("os-{suite}-{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let log_path = cache.join(format!("os-{suite}-{key}.log"));
@@ -110,5 +121,6 @@ pub async fn bootstrap(
     }
     std::fs::rename(&tmp, &tarball)
         .map_err(|e| fail(format!("cannot write {}: {e}", tarball.display())))?;
+    drop(lock);
     Ok(tarball)
 }
