@@ -117,10 +117,16 @@ pub fn outcome(spec: &ActivitySpec, exit: &Ending) -> ActivityOutcome {
             }
             (Some(code), _) => {
                 let detail = python_error(&exit.last_stderr).or_else(last_line);
+                // Containers report a process killed by a signal as 128 + the signal.
+                let signal = if (129..=159).contains(&code) {
+                    format!(" ({code} = killed by {})", signal_name(code - 128))
+                } else {
+                    String::new()
+                };
                 Some(match detail {
-                    Some(d) => format!("the recipe failed with exit code {code}: {d}"),
+                    Some(d) => format!("the recipe failed with exit code {code}{signal}: {d}"),
                     None => format!(
-                        "the recipe failed with exit code {code} (it printed nothing on stderr)"
+                        "the recipe failed with exit code {code}{signal} (it printed nothing on stderr)"
                     ),
                 })
             }
@@ -154,6 +160,45 @@ pub fn human(m: Memory) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_exit_codes_name_the_signal() {
+        let spec = crate::backend::ActivitySpec {
+            job_id: 1,
+            idx: 0,
+            attempt: 0,
+            dir: "/d".into(),
+            home_root: "/h".into(),
+            project: "p".into(),
+            recipe: "r".into(),
+            recipe_kind: capstan_core::model::RecipeKind::Shell,
+            user: "u".into(),
+            code_file: None,
+            lib_dir: None,
+            kind: capstan_core::model::ExecKind::Docker,
+            exec_config: Some("small".into()),
+            cluster: None,
+            image: None,
+            docker_host: None,
+            env: Default::default(),
+            code_env: None,
+            timeout: None,
+            cpu_limit: None,
+            memory_limit: Some(Memory::from_bytes(256 << 20)),
+            gpus: 0,
+            exec: None,
+        };
+        let killed = Ending { exit_code: Some(137), ..Ending::default() };
+        assert_eq!(
+            outcome(&spec, &killed).diagnosis.unwrap(),
+            "the recipe failed with exit code 137 (137 = killed by SIGKILL) (it printed nothing on stderr)"
+        );
+        let oom = Ending { exit_code: Some(137), oom_killed: true, ..Ending::default() };
+        assert_eq!(
+            outcome(&spec, &oom).diagnosis.unwrap(),
+            "out of memory: exceeded the 256 MiB memory limit of execution configuration 'small' (ask for a larger execution configuration, or use less memory)"
+        );
+    }
 
     #[test]
     fn python_tracebacks() {
