@@ -90,7 +90,8 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
         d += &format!("RUN pip install {}\n", pip.join(" "));
     }
     if spec.with_cuda {
-        d += "RUN python -c \"import os, nvidia.cuda_runtime as c; print(os.path.join(os.path.dirname(c.__file__), 'lib'))\" > /etc/ld.so.conf.d/capstan-cuda.conf && ldconfig\n";
+        // `nvidia.cuda_runtime` is a namespace package: its folder is in `__path__`.
+        d += "RUN python -c \"import os, nvidia.cuda_runtime as c; print(os.path.join(list(c.__path__)[0], 'lib'))\" > /etc/ld.so.conf.d/capstan-cuda.conf && ldconfig\n";
         d += "ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility\n";
     }
     if let Some(a) = &spec.dockerfile_append {
