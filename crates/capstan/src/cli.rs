@@ -45,6 +45,11 @@ pub enum Command {
     Token(TokenCommand),
     /// Create a demo home if needed and run its sample project.
     Quickstart(QuickstartArgs),
+    /// Datasets: import, head, schema.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// List every declared dataset with its rows and size.
+    Datasets(DatasetsArgs),
     /// Base images: build and list.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -273,4 +278,47 @@ pub struct EnvBuildArgs {
     /// Build on the engine of this Docker cluster (default: the local engine).
     #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Import a CSV or Parquet file as PROJECT/NAME (declared in the project if it is not yet).
+    /// Nothing is imported unless every line is.
+    Import(DatasetImportArgs),
+    /// The first rows of a dataset.
+    Head(DatasetHeadArgs),
+    /// A dataset's columns and types.
+    Schema(DatasetSchemaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetImportArgs {
+    /// The dataset, as PROJECT/NAME.
+    pub target: String,
+    pub file: PathBuf,
+    /// Column types, overriding inference: `--schema amount=string,day=date`.
+    #[arg(long, value_name = "COL=TYPE,…")]
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetHeadArgs {
+    pub target: String,
+    #[arg(short = 'n', long, default_value_t = 10)]
+    pub rows: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetSchemaArgs {
+    pub target: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetsArgs {
+    #[arg(long)]
+    pub json: bool,
 }

@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod client;
 mod daemon;
+mod datasets;
 mod explain;
 mod home;
 mod images;
@@ -82,7 +83,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<u8> {
-    use cli::{Command, ConfigCommand, EnvCommand, ImageCommand, JobCommand, TokenCommand};
+    use cli::{
+        Command, ConfigCommand, DatasetCommand, EnvCommand, ImageCommand, JobCommand, TokenCommand,
+    };
     let home = args.home.as_deref();
     let connect = || client::Client::connect(home, args.server.as_deref(), args.token.as_deref());
     match &args.command {
@@ -119,6 +122,10 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         Command::Env(EnvCommand::List(a)) => {
             runtime()?.block_on(images::list(&home::locate(home)?, a, true))
         }
+        Command::Dataset(DatasetCommand::Import(a)) => datasets::import(&home::locate(home)?, a),
+        Command::Dataset(DatasetCommand::Head(a)) => datasets::head(&home::locate(home)?, a),
+        Command::Dataset(DatasetCommand::Schema(a)) => datasets::schema(&home::locate(home)?, a),
+        Command::Datasets(a) => datasets::list(&home::locate(home)?, a),
         Command::Shim(_) => unreachable!("handled in main"),
     }
 }

@@ -988,11 +988,27 @@ fn decode_project(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, files: &Hom
             let format = choice(cx, t, "format", &["parquet"], |s| {
                 (s == "parquet").then(|| s.to_string())
             });
+            let mut schema = Vec::new();
+            for (col, ty) in t.string_map(cx, "schema") {
+                if !COLUMN_TYPES.contains(&ty.value.as_str()) {
+                    let help = crate::toml_read::unknown_help(&ty.value, &COLUMN_TYPES, "type");
+                    let field = t.field(&format!("schema.{col}"));
+                    cx.diags.error_at(
+                        cx.sources,
+                        ty.loc,
+                        &field,
+                        format!("unknown column type `{}`", ty.value),
+                        Some(help),
+                    );
+                }
+                schema.push((col, ty));
+            }
             Dataset {
                 name: name.to_string(),
                 loc,
                 description: description(cx, t),
                 format: format.map(|f| f.value).unwrap_or_else(|| "parquet".into()),
+                schema,
             }
         },
     );

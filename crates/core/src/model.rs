@@ -438,7 +438,13 @@ pub struct Dataset {
     pub loc: Loc,
     pub description: Option<String>,
     pub format: String,
+    /// Declared columns and their types (`string`, `int64`, `float64`, `bool`, `timestamp`,
+    /// `date`): a write that contradicts them is refused.
+    pub schema: Vec<(String, Sourced<String>)>,
 }
+
+/// The column types a dataset schema may declare.
+pub const COLUMN_TYPES: [&str; 6] = ["string", "int64", "float64", "bool", "timestamp", "date"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Project {

@@ -188,12 +188,19 @@ mod tests {
             gpus: 0,
             exec: None,
         };
-        let killed = Ending { exit_code: Some(137), ..Ending::default() };
+        let killed = Ending {
+            exit_code: Some(137),
+            ..Ending::default()
+        };
         assert_eq!(
             outcome(&spec, &killed).diagnosis.unwrap(),
             "the recipe failed with exit code 137 (137 = killed by SIGKILL) (it printed nothing on stderr)"
         );
-        let oom = Ending { exit_code: Some(137), oom_killed: true, ..Ending::default() };
+        let oom = Ending {
+            exit_code: Some(137),
+            oom_killed: true,
+            ..Ending::default()
+        };
         assert_eq!(
             outcome(&spec, &oom).diagnosis.unwrap(),
             "out of memory: exceeded the 256 MiB memory limit of execution configuration 'small' (ask for a larger execution configuration, or use less memory)"

@@ -1,0 +1,222 @@
+//! `capstan dataset import|head|schema` and `capstan datasets`: managed datasets, read and
+//! written in the home on this machine.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use capstan_data::arrow::datatypes::DataType;
+use capstan_data::arrow::record_batch::RecordBatchReader;
+use capstan_data::csv_import::{self, ImportError};
+use capstan_data::{DatasetStore, ParquetStore};
+use serde_json::json;
+
+use crate::cli::{DatasetHeadArgs, DatasetImportArgs, DatasetSchemaArgs, DatasetsArgs};
+use crate::home::load_valid;
+use crate::jobs::human_bytes;
+use crate::{Exit, exit};
+
+fn parse_target(target: &str) -> anyhow::Result<(&str, &str)> {
+    match target.split_once('/') {
+        Some((p, d)) if !p.is_empty() && !d.is_empty() && !d.contains('/') => Ok((p, d)),
+        _ => bail!("`{target}` is not PROJECT/DATASET"),
+    }
+}
+
+fn overrides(spec: Option<&str>) -> anyhow::Result<Vec<(String, DataType)>> {
+    let mut out = Vec::new();
+    for item in spec
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+    {
+        let Some((col, ty)) = item.split_once('=') else {
+            bail!("--schema `{item}` is not COLUMN=TYPE");
+        };
+        let t = capstan_data::parse_type(ty.trim()).with_context(|| {
+            format!("--schema {col}: unknown type `{ty}` (expected one of: string, int64, float64, bool, timestamp, date)")
+        })?;
+        out.push((col.trim().to_string(), t));
+    }
+    Ok(out)
+}
+
+fn print_schema(schema: &capstan_data::arrow::datatypes::Schema) {
+    for f in schema.fields() {
+        println!(
+            "  {:<24} {}",
+            f.name(),
+            capstan_data::type_name(f.data_type())
+        );
+    }
+}
+
+pub fn import(root: &Path, args: &DatasetImportArgs) -> anyhow::Result<u8> {
+    let (project, name) = parse_target(&args.target)?;
+    capstan_core::check_name(name).map_err(anyhow::Error::msg)?;
+    let home = load_valid(root)?;
+    let p = home
+        .projects
+        .get(project)
+        .with_context(|| format!("unknown project `{project}`"))?;
+    let store = ParquetStore::new(root);
+    let stage = format!("import-{}", std::process::id());
+    let is_parquet = args.file.extension().is_some_and(|e| e == "parquet");
+    let (schema, rows) = if is_parquet {
+        let file = std::fs::File::open(&args.file)
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
+        let reader = capstan_data::parquet_reader(file)
+            .with_context(|| format!("{} is not a Parquet file", args.file.display()))?;
+        let schema = reader.schema();
+        let mut w = store.stage(project, name, &stage, schema.clone())?;
+        for batch in reader {
+            w.write(&batch.with_context(|| format!("cannot read {}", args.file.display()))?)?;
+        }
+        (schema, w.finish()?)
+    } else {
+        let schema = match csv_import::infer(&args.file, &overrides(args.schema.as_deref())?) {
+            Ok(s) => s,
+            Err(ImportError::BadLines { path, lines, total }) => {
+                for l in &lines {
+                    eprintln!("{path}:{}: {}", l.line, l.message);
+                }
+                if total > lines.len() {
+                    eprintln!("… and {} more", total - lines.len());
+                }
+                eprintln!(
+                    "error: {total} problem{} in {path}; nothing was imported",
+                    if total == 1 { "" } else { "s" }
+                );
+                return Err(Exit(exit::FAILURE).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut w = store.stage(project, name, &stage, schema.clone())?;
+        let result = csv_import::read(&args.file, &schema, |b| w.write(&b));
+        if let Err(e) = result {
+            store.discard(project, name, &stage);
+            return Err(e.into());
+        }
+        (schema, w.finish()?)
+    };
+    if let Some(d) = p.datasets.get(name)
+        && !d.schema.is_empty()
+    {
+        let declared: Vec<(String, DataType)> = d
+            .schema
+            .iter()
+            .filter_map(|(c, t)| capstan_data::parse_type(&t.value).map(|t| (c.clone(), t)))
+            .collect();
+        if let Err(e) = capstan_data::check_schema(&capstan_data::schema_of(&declared), &schema) {
+            store.discard(project, name, &stage);
+            bail!(
+                "{} does not match the schema declared for {project}/{name}: {e}",
+                args.file.display()
+            );
+        }
+    }
+    store.commit(project, name, &stage)?;
+    if !p.datasets.contains_key(name) {
+        // Declared for the user, so recipes can name it at once.
+        let path = root.join("projects").join(project).join("project.toml");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        writeln!(f, "\n[dataset.{name}]\nformat = \"parquet\"")?;
+        println!(
+            "declared dataset {name} in {}",
+            path.strip_prefix(root).unwrap_or(&path).display()
+        );
+    }
+    println!("imported {rows} rows into {project}/{name}:");
+    print_schema(&schema);
+    Ok(exit::OK)
+}
+
+pub fn head(root: &Path, args: &DatasetHeadArgs) -> anyhow::Result<u8> {
+    let (project, name) = parse_target(&args.target)?;
+    let store = ParquetStore::new(root);
+    let reader = store.read(project, name, None, Some(args.rows))?;
+    let batches: Vec<_> = reader.collect::<Result<_, _>>()?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&capstan_data::display::json_rows(&batches))?
+        );
+    } else {
+        println!("{}", capstan_data::display::table(&batches));
+    }
+    Ok(exit::OK)
+}
+
+pub fn schema(root: &Path, args: &DatasetSchemaArgs) -> anyhow::Result<u8> {
+    let (project, name) = parse_target(&args.target)?;
+    let store = ParquetStore::new(root);
+    let info = store.info(project, name)?.with_context(|| {
+        format!("dataset `{project}/{name}` has no data yet (import or write it first)")
+    })?;
+    if args.json {
+        let cols: Vec<_> = info
+            .schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": capstan_data::type_name(f.data_type())}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"columns": cols, "rows": info.rows, "size_bytes": info.size_bytes})
+            )?
+        );
+    } else {
+        println!(
+            "{project}/{name}: {} rows, {}",
+            info.rows,
+            human_bytes(info.size_bytes)
+        );
+        print_schema(&info.schema);
+    }
+    Ok(exit::OK)
+}
+
+pub fn list(root: &Path, args: &DatasetsArgs) -> anyhow::Result<u8> {
+    let home = load_valid(root)?;
+    let store = ParquetStore::new(root);
+    let mut rows = Vec::new();
+    for p in home.projects.values() {
+        for d in p.datasets.values() {
+            let info = store.info(&p.key, &d.name)?;
+            rows.push(json!({
+                "project": p.key,
+                "name": d.name,
+                "rows": info.as_ref().map(|i| i.rows),
+                "size_bytes": info.as_ref().map(|i| i.size_bytes),
+                "columns": info.as_ref().map(|i| i.schema.fields().len()),
+                "description": d.description,
+            }));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<32} {:>12} {:>10} {:>8}",
+        "DATASET", "ROWS", "SIZE", "COLUMNS"
+    );
+    for r in rows {
+        println!(
+            "{:<32} {:>12} {:>10} {:>8}",
+            format!(
+                "{}/{}",
+                r["project"].as_str().unwrap_or(""),
+                r["name"].as_str().unwrap_or("")
+            ),
+            r["rows"].as_u64().map_or("-".into(), |n| n.to_string()),
+            r["size_bytes"].as_u64().map_or("-".into(), human_bytes),
+            r["columns"].as_u64().map_or("-".into(), |n| n.to_string()),
+        );
+    }
+    Ok(exit::OK)
+}
