@@ -10,6 +10,8 @@ use capstan_engine::backend::ActivitySpec;
 
 /// Where the recipe's code is unpacked inside the container.
 pub const WORK_DIR: &str = "/capstan/work";
+/// The activity's data token inside the container.
+pub const TOKEN_PATH: &str = "/capstan/token";
 
 pub const LABEL_INSTANCE: &str = "capstan.instance";
 pub const LABEL_JOB: &str = "capstan.job";
@@ -93,6 +95,12 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
         env.push(format!("PYTHONPATH={WORK_DIR}/lib"));
     }
     env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+    if let Some(access) = &spec.data {
+        // The token itself travels in the code archive (`/capstan/token`): an environment
+        // variable would show in `docker inspect`.
+        env.push(format!("CAPSTAN_API_URL={}", access.api_url));
+        env.push(format!("CAPSTAN_TOKEN_FILE={TOKEN_PATH}"));
+    }
 
     let exec = spec.exec.as_ref();
     let docker = exec.map(|e| &e.docker);
@@ -174,6 +182,17 @@ pub fn code_archive(spec: &ActivitySpec) -> std::io::Result<Vec<u8>> {
     if let Some(lib) = &spec.lib_dir {
         add_dir(&mut tar, lib, &format!("{work}/lib"))?;
     }
+    if let Some(access) = &spec.data {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o400);
+        h.set_size(access.token.len() as u64);
+        tar.append_data(
+            &mut h,
+            TOKEN_PATH.trim_start_matches('/'),
+            access.token.as_bytes(),
+        )?;
+    }
     tar.into_inner()
 }
 
@@ -237,6 +256,8 @@ mod tests {
             user: "alice".into(),
             code_file: Some("/h/projects/sales/recipes/totals.py".into()),
             lib_dir: Some("/h/projects/sales/lib".into()),
+            inputs: vec!["orders".into()],
+            outputs: vec!["totals".into()],
             kind: capstan_core::model::ExecKind::Docker,
             exec_config: Some("c".into()),
             cluster: None,
@@ -255,6 +276,7 @@ mod tests {
                 .map(|m| m.value),
             gpus,
             exec,
+            data: None,
         }
     }
 

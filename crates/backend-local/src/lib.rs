@@ -31,6 +31,8 @@ use crate::shim::{
 pub struct LocalBackend {
     /// The executable that runs `shim` (the capstan binary itself).
     shim_exe: PathBuf,
+    /// Where capstan's Python runtime is unpacked for local recipes (`state/runtime`).
+    runtime_dir: PathBuf,
     envs_dir: PathBuf,
     cgroups: Result<Cgroups, String>,
 }
@@ -47,8 +49,17 @@ impl LocalBackend {
                 tracing::warn!(why = %why, "local memory and CPU limits cannot be enforced")
             }
         }
+        // The runtime ships in the binary: unpack it where local recipes import it from.
+        let runtime_dir = home_root.join("state").join("runtime");
+        let package = runtime_dir.join("capstan");
+        if let Err(error) = std::fs::create_dir_all(&package).and_then(|()| {
+            std::fs::write(package.join("__init__.py"), capstan_core::PYTHON_RUNTIME)
+        }) {
+            tracing::warn!(%error, "cannot unpack capstan's Python runtime; recipes cannot `import capstan`");
+        }
         LocalBackend {
             shim_exe,
+            runtime_dir,
             envs_dir: home_root.join("state").join("envs"),
             cgroups,
         }
@@ -84,16 +95,20 @@ impl LocalBackend {
             // The daemon's own secrets and settings are not the recipe's business.
             .filter(|(k, _)| !k.starts_with("CAPSTAN_"))
             .collect();
+        // The project's library, then capstan's runtime, then whatever the machine had.
+        let mut python_path = Vec::new();
         if let Some(lib) = &spec.lib_dir {
             copy_dir(lib, &work.join("lib"))
                 .map_err(|e| format!("cannot stage the project library {}: {e}", lib.display()))?;
-            let lib = work.join("lib").display().to_string();
-            let pp = match std::env::var("PYTHONPATH") {
-                Ok(p) if !p.is_empty() => format!("{lib}:{p}"),
-                _ => lib,
-            };
-            env.push(("PYTHONPATH".into(), pp));
+            python_path.push(work.join("lib").display().to_string());
         }
+        python_path.push(self.runtime_dir.display().to_string());
+        if let Ok(p) = std::env::var("PYTHONPATH")
+            && !p.is_empty()
+        {
+            python_path.push(p);
+        }
+        env.push(("PYTHONPATH".into(), python_path.join(":")));
         for (k, v) in [
             ("CAPSTAN_JOB_ID", spec.job_id.to_string()),
             ("CAPSTAN_ACTIVITY_ID", spec.activity_id()),
@@ -110,6 +125,24 @@ impl LocalBackend {
             env.push((k.into(), v));
         }
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(access) = &spec.data {
+            // The token is a file only the recipe's user can read, not a variable that `ps e`
+            // would show.
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = spec.dir.join("token");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot write the activity's token file: {e}"))?;
+            f.write_all(access.token.as_bytes())
+                .map_err(|e| format!("cannot write the activity's token file: {e}"))?;
+            env.push(("CAPSTAN_TOKEN_FILE".into(), path.display().to_string()));
+            env.push(("CAPSTAN_API_URL".into(), access.api_url.clone()));
+        }
 
         let python = match &spec.code_env {
             Some(ce) => {
@@ -344,9 +377,10 @@ fn kill_leftovers(dir: &Path) {
     }
 }
 
-/// The staged code is a copy; the log and the records stay.
+/// The staged code is a copy and the token is spent; the log and the records stay.
 fn cleanup_work(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join("work"));
+    let _ = std::fs::remove_file(dir.join("token"));
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -439,6 +473,8 @@ mod tests {
             user: "u".into(),
             code_file: None,
             lib_dir: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
             kind: ExecKind::Local,
             exec_config: None,
             cluster: None,
@@ -451,6 +487,7 @@ mod tests {
             memory_limit: None,
             gpus: 0,
             exec: None,
+            data: None,
         }
     }
 

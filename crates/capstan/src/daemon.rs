@@ -85,8 +85,23 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     tracing::info!(limits = %local.limits_description(), "local backend ready");
     let docker = capstan_backend_docker::DockerBackend::new(root);
     let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(local), Arc::new(docker)];
-    let (engine, starter) = Engine::open(root, home, backends)
+    let data = Arc::new(
+        capstan_server::data_api::DataPlaneImpl::open(root, || {
+            let mut b = [0u8; 32];
+            let _ = getrandom::fill(&mut b);
+            b
+        })
+        .with_context(|| format!("cannot set up the data plane of {}", root.display()))?,
+    );
+    let (engine, starter) = Engine::open(root, home, backends, Some(data.clone()))
         .with_context(|| format!("cannot open the state of {}", root.display()))?;
+    // Listen first: activities get the API's address with their token, also the ones the
+    // scheduler claims the moment it starts.
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    data.set_api_url(&format!("http://{addr}"));
     let report = starter
         .start()
         .context("cannot recover the previous daemon's jobs")?;
@@ -97,13 +112,10 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
             "recovered the previous daemon's jobs"
         );
     }
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("cannot listen on {bind}"))?;
-    let addr = listener.local_addr()?;
     let token = crate::init::new_token()?;
     let state = capstan_server::AppState {
         engine: engine.clone(),
+        data,
         local_token_sha256: Arc::new(hash_token(&token)),
     };
     let app = capstan_server::router(state);

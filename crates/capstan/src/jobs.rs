@@ -58,6 +58,21 @@ pub fn summary(job: &Value) -> String {
     if let Some(ms) = job["cpu_time_ms"].as_i64() {
         s += &format!(", CPU time {}", human_ms(ms));
     }
+    for (verb, key) in [("read", "read"), ("wrote", "written")] {
+        if let Some(map) = job["io"][key].as_object().filter(|m| !m.is_empty()) {
+            let list: Vec<String> = map
+                .iter()
+                .map(|(d, n)| {
+                    format!(
+                        "{d} ({} row{})",
+                        n,
+                        if n.as_u64() == Some(1) { "" } else { "s" }
+                    )
+                })
+                .collect();
+            s += &format!("; {verb} {}", list.join(", "));
+        }
+    }
     s
 }
 

@@ -47,6 +47,10 @@ pub fn load_home(root: &Path) -> Result<(Home, Vec<Diagnostic>), HomeError> {
     Ok((home, diags.into_sorted()))
 }
 
+/// capstan's Python runtime (`python/capstan` in the repo), embedded so that images and local
+/// runs get it from the binary alone.
+pub const PYTHON_RUNTIME: &str = include_str!("../../../python/capstan/capstan/__init__.py");
+
 /// A short, stable id for the instance at `root`: it labels the instance's containers and names
 /// its cgroups, so two homes on one machine or engine never touch each other's work.
 pub fn instance_id(root: &Path) -> String {

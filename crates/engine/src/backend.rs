@@ -31,6 +31,9 @@ pub struct ActivitySpec {
     pub code_file: Option<PathBuf>,
     /// Absolute path of the project's shared library folder.
     pub lib_dir: Option<PathBuf>,
+    /// The datasets the recipe declares it reads and writes (its token allows exactly these).
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
     pub kind: ExecKind,
     pub exec_config: Option<String>,
     pub cluster: Option<String>,
@@ -45,6 +48,26 @@ pub struct ActivitySpec {
     /// The execution configuration itself, for engine-specific options (Docker run options,
     /// shared memory, Kubernetes placement).
     pub exec: Option<ExecConfig>,
+    /// How the recipe reaches its datasets: the data API and its own token.
+    pub data: Option<DataAccess>,
+}
+
+/// The data API's address and an activity's token. Backends hand the token to the recipe as a
+/// file, never as an environment variable (which `docker inspect` would show).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DataAccess {
+    pub api_url: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for DataAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never in a log line.
+        f.debug_struct("DataAccess")
+            .field("api_url", &self.api_url)
+            .field("token", &"[redacted]")
+            .finish()
+    }
 }
 
 impl ActivitySpec {

@@ -175,6 +175,8 @@ mod tests {
             user: "u".into(),
             code_file: None,
             lib_dir: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
             kind: capstan_core::model::ExecKind::Docker,
             exec_config: Some("small".into()),
             cluster: None,
@@ -187,6 +189,7 @@ mod tests {
             memory_limit: Some(Memory::from_bytes(256 << 20)),
             gpus: 0,
             exec: None,
+            data: None,
         };
         let killed = Ending {
             exit_code: Some(137),

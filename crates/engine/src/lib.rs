@@ -89,6 +89,7 @@ struct Inner {
     home: HomeCache,
     store: Mutex<Store>,
     backends: Vec<Arc<dyn Backend>>,
+    data_plane: Option<Arc<dyn DataPlane>>,
     sched: mpsc::UnboundedSender<SchedMsg>,
     running: Mutex<HashMap<i64, Running>>,
     shutdown: CancellationToken,
@@ -108,6 +109,7 @@ impl Engine {
         root: &Path,
         home: Home,
         backends: Vec<Arc<dyn Backend>>,
+        data_plane: Option<Arc<dyn DataPlane>>,
     ) -> Result<(Engine, EngineStarter), EngineError> {
         let state = root.join("state");
         let jobs_dir = state.join("jobs");
@@ -124,6 +126,7 @@ impl Engine {
                 home: HomeCache::new(root, home),
                 store: Mutex::new(store),
                 backends,
+                data_plane,
                 sched: tx,
                 running: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
@@ -236,6 +239,16 @@ impl Engine {
         Ok((path, job.state.is_final()))
     }
 
+    /// The current attempt of a job's activity.
+    pub fn activity_attempt(&self, job_id: i64, idx: i64) -> Option<i64> {
+        self.store()
+            .activities(job_id)
+            .ok()?
+            .into_iter()
+            .find(|a| a.idx == idx)
+            .map(|a| a.attempt)
+    }
+
     pub fn state_of(&self, id: i64) -> Result<Option<JobState>, EngineError> {
         Ok(self.store().job(id)?.map(|j| j.state))
     }
@@ -321,6 +334,8 @@ impl Engine {
             recipe_kind: recipe.kind.value,
             code_file: recipe.code.as_ref().map(|c| self.inner.root.join(&c.value)),
             lib_dir: project.lib_dir.as_ref().map(|l| self.inner.root.join(l)),
+            inputs: recipe.inputs.iter().map(|i| i.value.clone()).collect(),
+            outputs: recipe.outputs.iter().map(|o| o.value.clone()).collect(),
             exec_config: r.exec_config.value.clone(),
             cluster: r.cluster.value.clone(),
             image: r.image.value.clone(),
@@ -422,6 +437,10 @@ impl Engine {
             );
             return false;
         };
+        let mut spec = spec;
+        if let Some(dp) = &self.inner.data_plane {
+            spec.data = dp.grant(&spec);
+        }
         let spec = Arc::new(spec);
         if resume.is_none() {
             if let Err(error) = std::fs::create_dir_all(&spec.dir) {
@@ -504,6 +523,25 @@ impl Engine {
                 if outcome.state == JobState::Cancelled && outcome.diagnosis.is_none() {
                     outcome.diagnosis = reason.clone();
                 }
+                // Outputs become visible only with success: a failed, cancelled or timed-out
+                // activity leaves the previous versions in place.
+                if let Some(dp) = &self.inner.data_plane {
+                    match dp.end(&spec, outcome.state == JobState::Succeeded) {
+                        Ok(io) => {
+                            if let Err(error) = self
+                                .store()
+                                .set_io(job_id, &record::io_json(&io).to_string())
+                            {
+                                tracing::error!(job_id, %error, "cannot record the rows a job read and wrote");
+                            }
+                        }
+                        Err(why) => {
+                            outcome = ActivityOutcome::failed(format!(
+                                "the recipe succeeded, but its outputs could not be committed: {why}"
+                            ));
+                        }
+                    }
+                }
                 self.finish(job_id, &outcome, message);
                 false
             }
@@ -546,6 +584,8 @@ impl Engine {
             user: job.user.clone(),
             code_file: None,
             lib_dir: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
             kind,
             exec_config: job.exec_config.clone(),
             cluster: job.cluster.clone(),
@@ -558,6 +598,7 @@ impl Engine {
             memory_limit: None,
             gpus: 0,
             exec: None,
+            data: None,
         }
     }
 
@@ -613,6 +654,23 @@ fn resolve_error(errors: Vec<ResolveError>) -> EngineError {
             details: errors,
         },
     }
+}
+
+/// Rows an activity read and wrote, per dataset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IoSummary {
+    pub read: std::collections::BTreeMap<String, u64>,
+    pub written: std::collections::BTreeMap<String, u64>,
+}
+
+/// The data plane, as the engine sees it: credentials for an activity before it starts, and
+/// the commit (or discard) of its outputs when it ends.
+pub trait DataPlane: Send + Sync {
+    /// The data API address and a token for this activity (none if the recipe has no data).
+    fn grant(&self, spec: &ActivitySpec) -> Option<backend::DataAccess>;
+    /// Commits the activity's staged outputs when it succeeded, discards them otherwise, and
+    /// returns the rows it read and wrote.
+    fn end(&self, spec: &ActivitySpec, succeeded: bool) -> Result<IoSummary, String>;
 }
 
 /// Returned by [`Engine::open`]; starting it recovers the previous daemon's jobs and runs the

@@ -126,6 +126,11 @@ pub fn error_json(e: &ResolveError) -> Value {
     }
 }
 
+/// Rows read and written, as stored with a job and shown by the API.
+pub fn io_json(io: &crate::IoSummary) -> Value {
+    json!({"read": io.read, "written": io.written})
+}
+
 /// A run request as stored with its job.
 pub fn request_json(r: &capstan_core::resolve::RunRequest) -> Value {
     json!({

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The capstan Python runtime, embedded so builds need nothing but the binary.
-const RUNTIME_INIT: &str = include_str!("../../../python/capstan/capstan/__init__.py");
+const RUNTIME_INIT: &str = capstan_core::PYTHON_RUNTIME;
 
 /// Where builds report progress (a progress bar on a terminal, plain lines otherwise).
 pub trait Progress: Send {

@@ -5,6 +5,8 @@
 //! the same machine). Errors are JSON `{"error": {"code", "message"}}`, mapped from engine
 //! errors in exactly one place ([`ApiError`]).
 
+pub mod data_api;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    pub data: Arc<data_api::DataPlaneImpl>,
     /// SHA-256 of the daemon's local token.
     pub local_token_sha256: Arc<String>,
 }
@@ -49,6 +52,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/logs", get(logs))
+        .route(
+            "/api/v1/projects/{project}/datasets",
+            get(data_api::list_datasets),
+        )
+        .route(
+            "/api/v1/projects/{project}/datasets/{dataset}",
+            get(data_api::dataset_info),
+        )
+        .route(
+            "/api/v1/projects/{project}/datasets/{dataset}/data",
+            get(data_api::read_data).put(data_api::write_data),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -149,6 +164,13 @@ impl FromRequestParts<AppState> for Auth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
+        if token.starts_with(data_api::TOKEN_PREFIX) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "activity tokens reach only their recipe's datasets",
+            ));
+        }
         if capstan_core::token::hash_token(token) == *state.local_token_sha256 {
             return Ok(Auth(Caller {
                 name: "local".into(),
@@ -318,6 +340,7 @@ fn job_json(j: &JobRow) -> Value {
         "diagnosis": j.diagnosis,
         "peak_memory_bytes": j.peak_memory_bytes,
         "cpu_time_ms": j.cpu_time_ms,
+        "io": j.io_json.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()),
     })
 }
 
@@ -520,12 +543,15 @@ mod tests {
             "/api/v1/jobs/{id}",
             "/api/v1/jobs/{id}/cancel",
             "/api/v1/jobs/{id}/logs",
+            "/api/v1/projects/{project}/datasets",
+            "/api/v1/projects/{project}/datasets/{dataset}",
+            "/api/v1/projects/{project}/datasets/{dataset}/data",
         ] {
             assert!(paths.contains_key(p), "{p} missing from openapi.json");
         }
         assert_eq!(
             paths.len(),
-            7,
+            10,
             "openapi.json lists a route the router does not have"
         );
     }

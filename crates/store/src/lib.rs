@@ -17,7 +17,10 @@ use capstan_core::job::JobState;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 /// The migrations, in order. Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_jobs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_jobs.sql"),
+    include_str!("../migrations/0002_io.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +82,8 @@ pub struct JobRow {
     pub diagnosis: Option<String>,
     pub peak_memory_bytes: Option<i64>,
     pub cpu_time_ms: Option<i64>,
+    /// Rows read and written per dataset, as JSON.
+    pub io_json: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -128,7 +133,7 @@ pub struct Store {
     conn: Connection,
 }
 
-const JOB_COLUMNS: &str = "id, project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at, started_at, finished_at, exit_code, diagnosis, peak_memory_bytes, cpu_time_ms";
+const JOB_COLUMNS: &str = "id, project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at, started_at, finished_at, exit_code, diagnosis, peak_memory_bytes, cpu_time_ms, io";
 const ACTIVITY_COLUMNS: &str = "job_id, idx, recipe, state, attempt, dir, backend_ref, exit_code, signal, diagnosis, peak_memory_bytes, cpu_time_ms, started_at, finished_at";
 
 fn state_of(id: i64, s: String) -> Result<JobState> {
@@ -155,6 +160,7 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<(JobRow, String)> {
             diagnosis: row.get(14)?,
             peak_memory_bytes: row.get(15)?,
             cpu_time_ms: row.get(16)?,
+            io_json: row.get(17)?,
         },
         row.get(9)?,
     ))
@@ -439,6 +445,15 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(true)
+    }
+
+    /// Records the rows a job read and wrote.
+    pub fn set_io(&mut self, job_id: i64, io_json: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE jobs SET io = ?2 WHERE id = ?1",
+            params![job_id, io_json],
+        )?;
+        Ok(())
     }
 
     /// Records where an activity's work is (its folder and the backend's reference to it),

@@ -1,12 +1,28 @@
-"""capstan's Python runtime: what a recipe knows about the run it is part of.
+"""capstan's Python runtime: what a recipe knows about its run, and its datasets.
 
-Installed into every base image and usable in local code environments. The data plane
-(datasets in and out) builds on this module.
+The same recipe code runs unchanged as a local process, in a Docker container or in a pod: the
+client finds the data API and the activity's token in the activity's environment
+(`CAPSTAN_API_URL`, and `CAPSTAN_TOKEN_FILE`, a file holding the token).
+
+    import capstan
+    orders = capstan.Dataset("orders").to_pandas()
+    totals = orders.groupby("customer", as_index=False)["amount"].sum()
+    capstan.Output("order_totals").write(totals)
+
+Reading and writing need pyarrow (and pandas for `to_pandas`). The token allows exactly the
+recipe's declared inputs and outputs; anything else raises PermissionError.
 """
 
+import http.client
+import json
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 
 __version__ = "0.1.0"
+
+__all__ = ["Dataset", "Output", "context", "in_capstan", "CapstanError"]
 
 _FIELDS = {
     "job_id": "CAPSTAN_JOB_ID",
@@ -16,6 +32,10 @@ _FIELDS = {
     "user": "CAPSTAN_USER",
     "exec_config": "CAPSTAN_EXEC_CONFIG",
 }
+
+
+class CapstanError(RuntimeError):
+    """The data API refused or failed a request; the message says why."""
 
 
 def in_capstan():
@@ -29,3 +49,171 @@ def context():
     Outside capstan every value is None, so a recipe can be tried with plain `python3`.
     """
     return {name: os.environ.get(var) for name, var in _FIELDS.items()}
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.ipc  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "capstan datasets need pyarrow: add it to the recipe's code environment "
+            "(packages = [\"pyarrow\", \"pandas\"])"
+        ) from e
+    return pyarrow
+
+
+def _endpoint():
+    url = os.environ.get("CAPSTAN_API_URL")
+    token_file = os.environ.get("CAPSTAN_TOKEN_FILE")
+    token = os.environ.get("CAPSTAN_TOKEN")
+    if token_file:
+        with open(token_file) as f:
+            token = f.read().strip()
+    if not url or not token:
+        raise CapstanError(
+            "no capstan data API here: run the recipe with `capstan run` "
+            "(or set CAPSTAN_API_URL and CAPSTAN_TOKEN)"
+        )
+    return url.rstrip("/"), token
+
+
+def _raise_for(status, body, url):
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = body.decode("utf-8", "replace")[:500] if isinstance(body, bytes) else str(body)
+    if status == 403:
+        raise PermissionError(message)
+    if status == 401:
+        raise PermissionError(f"capstan refused the activity's token: {message}")
+    raise CapstanError(f"{message} (HTTP {status} from {url})")
+
+
+def _project(project):
+    p = project or os.environ.get("CAPSTAN_PROJECT")
+    if not p:
+        raise CapstanError("no project: pass project= or run the recipe with `capstan run`")
+    return p
+
+
+class Dataset:
+    """A dataset the recipe reads (one of its declared inputs)."""
+
+    def __init__(self, name, project=None):
+        self.name = name
+        self.project = _project(project)
+
+    def _open(self, columns=None, limit=None, fmt="arrow"):
+        base, token = _endpoint()
+        query = {"format": fmt}
+        if columns:
+            query["columns"] = ",".join(columns)
+        if limit is not None:
+            query["limit"] = str(limit)
+        path = (
+            f"/api/v1/projects/{urllib.parse.quote(self.project)}/datasets/"
+            f"{urllib.parse.quote(self.name)}/data?{urllib.parse.urlencode(query)}"
+        )
+        req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+        try:
+            return urllib.request.urlopen(req)
+        except urllib.error.HTTPError as e:
+            _raise_for(e.code, e.read(), base + path)
+        except urllib.error.URLError as e:
+            raise CapstanError(f"cannot reach the capstan data API at {base}: {e.reason}") from e
+
+    def iter_batches(self, columns=None, limit=None):
+        """The dataset as pyarrow RecordBatches, streamed."""
+        pa = _pyarrow()
+        with self._open(columns, limit) as resp:
+            reader = pa.ipc.open_stream(resp)
+            for batch in reader:
+                yield batch
+
+    def to_arrow(self, columns=None, limit=None):
+        """The dataset as a pyarrow Table."""
+        pa = _pyarrow()
+        with self._open(columns, limit) as resp:
+            return pa.ipc.open_stream(resp).read_all()
+
+    def to_pandas(self, columns=None, limit=None):
+        """The dataset as a pandas DataFrame."""
+        return self.to_arrow(columns, limit).to_pandas()
+
+
+class Output:
+    """A dataset the recipe writes (one of its declared outputs). The write becomes visible when
+    the activity succeeds; a failed activity leaves the previous version in place."""
+
+    def __init__(self, name, project=None):
+        self.name = name
+        self.project = _project(project)
+
+    def write(self, data):
+        """Writes a pandas DataFrame, a pyarrow Table or RecordBatch; returns the rows written."""
+        pa = _pyarrow()
+        if hasattr(data, "to_batches"):
+            table = data
+        elif isinstance(data, pa.RecordBatch):
+            table = pa.Table.from_batches([data])
+        else:
+            table = pa.Table.from_pandas(data, preserve_index=False)
+        base, token = _endpoint()
+        path = (
+            f"/api/v1/projects/{urllib.parse.quote(self.project)}/datasets/"
+            f"{urllib.parse.quote(self.name)}/data"
+        )
+
+        def chunks():
+            sink = _ChunkSink()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                for batch in table.to_batches(max_chunksize=64 * 1024):
+                    writer.write_batch(batch)
+                    yield from sink.take()
+            yield from sink.take()
+
+        parsed = urllib.parse.urlsplit(base)
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=600)
+        try:
+            conn.request(
+                "PUT",
+                path,
+                body=chunks(),
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/vnd.apache.arrow.stream",
+                },
+                encode_chunked=True,
+            )
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError as e:
+            raise CapstanError(f"cannot reach the capstan data API at {base}: {e}") from e
+        finally:
+            conn.close()
+        if resp.status >= 300:
+            _raise_for(resp.status, body, base + path)
+        return json.loads(body)["rows"]
+
+
+class _ChunkSink:
+    """A file-like sink for pyarrow that hands its bytes out in chunks."""
+
+    def __init__(self):
+        self._parts = []
+        self.closed = False
+
+    def write(self, b):
+        self._parts.append(bytes(b))
+        return len(b)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def take(self):
+        parts, self._parts = self._parts, []
+        return [p for p in parts if p]

@@ -3,6 +3,7 @@
 mod support;
 
 mod daemon;
+mod data;
 mod docker;
 mod homes;
 mod images;

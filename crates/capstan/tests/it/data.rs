@@ -1,0 +1,280 @@
+//! Datasets and the data plane: import, recipes reading and writing through the data API with
+//! least-privilege tokens, atomic outputs.
+
+use crate::support::{TestHome, curl, submit, wait_for};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+const ORDERS: &str = "id,customer,amount,day\n1,alice,10.5,2026-01-01\n2,bob,3,2026-01-02\n3,alice,7.25,2026-01-03\n";
+
+fn recipe_toml(inputs: &[&str], outputs: &[&str]) -> String {
+    let list = |l: &[&str]| {
+        l.iter()
+            .map(|d| format!("\"{d}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "code_env = \"tables\"\ninputs = [{}]\noutputs = [{}]",
+        list(inputs),
+        list(outputs)
+    )
+}
+
+#[test]
+fn csv_import_reports_bad_lines_and_imports_nothing() {
+    let h = TestHome::new("import-bad");
+    let file = h.dir.path().join("bad.csv");
+    std::fs::write(&file, "id,amount\n1,2\n2,x\n3,3\n4,4\n5,5\n6,6,7\n").unwrap();
+    let out = h
+        .capstan()
+        .args(["dataset", "import", "sample/orders"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.csv:3: column `amount` holds `x`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.csv:7: 3 fields, where the header has 2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 problems") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    let head = h
+        .capstan()
+        .args(["dataset", "head", "sample/orders"])
+        .output()
+        .unwrap();
+    assert_eq!(head.status.code(), Some(1));
+    assert!(
+        stderr(&head).contains("has no data yet"),
+        "{}",
+        stderr(&head)
+    );
+    // With the column imported as text, the ragged line is still refused.
+    let out = h
+        .capstan()
+        .args([
+            "dataset",
+            "import",
+            "sample/orders",
+            "--schema",
+            "amount=string",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("1 problem in"), "{}", stderr(&out));
+}
+
+#[test]
+fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits() {
+    let h = TestHome::new("data-plane");
+    let csv = h.dir.path().join("orders.csv");
+    std::fs::write(&csv, ORDERS).unwrap();
+    let out = h
+        .capstan()
+        .args(["dataset", "import", "sample/orders"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("imported 3 rows into sample/orders"),
+        "{}",
+        stdout(&out)
+    );
+    h.append("images.toml", "\n[code_env.tables]\nlanguage = \"python\"\npackages = [\"pandas\", \"pyarrow\"]\nbuild_for = \"none\"\n");
+    h.append(
+        "projects/sample/project.toml",
+        "\n[dataset.secret]\n\n[dataset.typed]\n[dataset.typed.schema]\namount = \"int64\"\n",
+    );
+    let tokens = h.dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    h.recipe(
+        "totals",
+        "python",
+        "py",
+        "import capstan\n\
+         orders = capstan.Dataset('orders').to_pandas()\n\
+         totals = orders.groupby('customer', as_index=False)['amount'].sum()\n\
+         print('wrote', capstan.Output('order_totals').write(totals))\n",
+        &recipe_toml(&["orders"], &["order_totals"]),
+    );
+    // Reads a dataset it did not declare.
+    h.recipe(
+        "snoop",
+        "python",
+        "py",
+        "import capstan\ncapstan.Dataset('secret').to_pandas()\n",
+        &recipe_toml(&["orders"], &[]),
+    );
+    // Writes its output, then dies before the activity can succeed.
+    h.recipe(
+        "halfway",
+        "python",
+        "py",
+        "import os, shutil, time, capstan, pandas\n\
+         shutil.copy(os.environ['CAPSTAN_TOKEN_FILE'], os.environ['KEEP'])\n\
+         capstan.Output('order_totals').write(pandas.DataFrame({'customer': ['mallory'], 'amount': [1.0]}))\n\
+         print('written', flush=True)\n\
+         time.sleep(300)\n",
+        &recipe_toml(&[], &["order_totals"]),
+    );
+    // Writes a float where the dataset declares integers.
+    h.recipe(
+        "mistyped",
+        "python",
+        "py",
+        "import capstan, pandas\ncapstan.Output('typed').write(pandas.DataFrame({'amount': [1.5]}))\n",
+        &recipe_toml(&[], &["typed"]),
+    );
+    let env = h
+        .capstan()
+        .args(["env", "build", "tables"])
+        .output()
+        .unwrap();
+    assert_eq!(env.status.code(), Some(0), "{}", stderr(&env));
+    let d = h.start();
+
+    // The pipeline, and the rows it read and wrote.
+    let run = h.capstan().args(["run", "sample/totals"]).output().unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    assert!(
+        stderr(&run).contains("read orders (3 rows); wrote order_totals (2 rows)"),
+        "{}",
+        stderr(&run)
+    );
+    let head = h
+        .capstan()
+        .args(["dataset", "head", "sample/order_totals", "--json"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"customer": "alice", "amount": 17.75}, {"customer": "bob", "amount": 3.0}])
+    );
+
+    // Least privilege: an undeclared read is 403, and the job says so.
+    let run = h.capstan().args(["run", "sample/snoop"]).output().unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let err = stderr(&run);
+    assert!(
+        err.contains("PermissionError: recipe `sample/snoop` may not read dataset `sample/secret`: it declares inputs `orders`"),
+        "{err}"
+    );
+
+    // Killed after writing: the previous output stays, whole.
+    let keep = h.dir.path().join("kept-token");
+    let id = submit(
+        &h,
+        "sample/halfway",
+        &["--env", &format!("KEEP={}", keep.display())],
+    );
+    let log = d.wait_state(id, 60, &["running"])["activities"][0]["log"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the output to be written", 60, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("written"))
+    });
+    let token = std::fs::read_to_string(&keep).unwrap();
+    // While it runs, its token reaches its outputs only.
+    let jobs = curl(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{}/api/v1/jobs", d.url),
+    ]);
+    assert!(jobs.ends_with("403"), "{jobs}");
+    let out = h
+        .capstan()
+        .args(["cancel", &id.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let head = h
+        .capstan()
+        .args(["dataset", "head", "sample/order_totals", "--json"])
+        .output()
+        .unwrap();
+    let after: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(
+        after, rows,
+        "a cancelled activity's output replaced the previous one"
+    );
+    // Its token died with it.
+    let read = curl(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!(
+            "{}/api/v1/projects/sample/datasets/order_totals/data?format=csv",
+            d.url
+        ),
+    ]);
+    assert!(
+        read.ends_with("401") && read.contains("token expired"),
+        "{read}"
+    );
+    // And it never shows in the job's record or its log.
+    let show = h
+        .capstan()
+        .args(["job", "show", &id.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(!stdout(&show).contains(token.trim()));
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains(token.trim())
+    );
+
+    // A write that contradicts the declared schema is refused with the column.
+    let run = h
+        .capstan()
+        .args(["run", "sample/mistyped"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        stderr(&run).contains("column `amount`: declared as int64, written as float64"),
+        "{}",
+        stderr(&run)
+    );
+
+    // Users read datasets through the API too, as CSV for tools without Arrow.
+    let csv = curl(&[
+        "-sS",
+        "-H",
+        &format!("Authorization: Bearer {}", d.token),
+        &format!(
+            "{}/api/v1/projects/sample/datasets/orders/data?format=csv&columns=customer,amount&limit=2",
+            d.url
+        ),
+    ]);
+    assert_eq!(csv, "customer,amount\nalice,10.5\nbob,3.0\n");
+}
