@@ -67,6 +67,12 @@ impl Engine {
         Ok(Engine { docker, name })
     }
 
+    /// The gateway of the engine's default bridge network: where its containers reach the host.
+    pub async fn bridge_gateway(&self) -> Option<String> {
+        let net = self.docker.inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>).await.ok()?;
+        net.ipam?.config?.into_iter().find_map(|c| c.gateway)
+    }
+
     /// The id and size of an image, or `None` if the engine does not have it.
     pub async fn image(&self, reference: &str) -> Result<Option<(String, u64)>, String> {
         match self.docker.inspect_image(reference).await {

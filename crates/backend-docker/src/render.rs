@@ -138,9 +138,16 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
         cap_add: docker
             .filter(|d| !d.cap_add.is_empty())
             .map(|d| d.cap_add.iter().map(|c| c.value.clone()).collect()),
-        extra_hosts: docker
-            .filter(|d| !d.extra_hosts.is_empty())
-            .map(|d| d.extra_hosts.iter().map(|h| h.value.clone()).collect()),
+        extra_hosts: {
+            let mut hosts: Vec<String> = docker
+                .map(|d| d.extra_hosts.iter().map(|h| h.value.clone()).collect())
+                .unwrap_or_default();
+            // The data API on the engine's host, by a name that works on every engine.
+            if spec.data.as_ref().is_some_and(|a| a.api_url.contains("://host.docker.internal")) {
+                hosts.push("host.docker.internal:host-gateway".into());
+            }
+            (!hosts.is_empty()).then_some(hosts)
+        },
         binds: docker
             .filter(|d| !d.volumes.is_empty())
             .map(|d| d.volumes.iter().map(|v| v.value.clone()).collect()),

@@ -78,6 +78,7 @@ fn lock(root: &Path) -> anyhow::Result<std::fs::File> {
 pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     let root = &std::path::absolute(root)?;
     let home = load_valid(root)?;
+    let public_url = home.instance.server_public_url.as_ref().map(|u| u.value.clone());
     let lock = lock(root)?;
     let exe = std::env::current_exe()
         .context("cannot find the capstan executable (for the local backend's supervisor)")?;
@@ -102,6 +103,25 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
         .with_context(|| format!("cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
     data.set_api_url(&format!("http://{addr}"));
+    // Containers reach the data API at `[server] public_url` when set. Otherwise, a daemon on
+    // loopback also listens on the local engine's bridge gateway, which containers know as
+    // host.docker.internal. Known before the scheduler starts, so every grant has it.
+    let mut gateway = None;
+    let container_url = match public_url {
+        Some(u) => Some(u),
+        None if addr.ip().is_unspecified() => Some(format!("http://host.docker.internal:{}", addr.port())),
+        None if addr.ip().is_loopback() => match gateway_listener(addr.port()).await {
+            Some(gw) => {
+                let local = gw.local_addr()?;
+                tracing::info!(address = %local, "data API for containers");
+                gateway = Some(gw);
+                Some(format!("http://host.docker.internal:{}", local.port()))
+            }
+            None => None,
+        },
+        None => Some(format!("http://{addr}")),
+    };
+    data.set_container_url(container_url);
     let report = starter
         .start()
         .context("cannot recover the previous daemon's jobs")?;
@@ -115,18 +135,25 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     let token = crate::init::new_token()?;
     let state = capstan_server::AppState {
         engine: engine.clone(),
-        data,
+        data: data.clone(),
         local_token_sha256: Arc::new(hash_token(&token)),
     };
     let app = capstan_server::router(state);
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let serve = |listener: tokio::net::TcpListener, mut rx: tokio::sync::watch::Receiver<bool>| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    if let Some(gw) = gateway {
+        serve(gw, rx.clone());
+    }
+    let server = serve(listener, rx);
     let info = json!({"pid": std::process::id(), "url": format!("http://{addr}"), "token": token});
     write_private(&info_path(root), info.to_string().as_bytes())?;
     Ok(Daemon {
@@ -138,6 +165,23 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
         server,
         _lock: lock,
     })
+}
+
+/// A listener on the local Docker engine's bridge gateway (same port if free), if there is an
+/// engine to ask.
+async fn gateway_listener(port: u16) -> Option<tokio::net::TcpListener> {
+    let engine = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        capstan_backend_docker::image_ops::Engine::connect(None),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let gateway = engine.bridge_gateway().await?;
+    match tokio::net::TcpListener::bind((gateway.as_str(), port)).await {
+        Ok(l) => Some(l),
+        Err(_) => tokio::net::TcpListener::bind((gateway.as_str(), 0)).await.ok(),
+    }
 }
 
 /// Writes a file only its owner can read (it holds the local token).

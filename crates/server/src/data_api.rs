@@ -73,6 +73,8 @@ pub struct DataPlaneImpl {
     pub store: ParquetStore,
     secret: Vec<u8>,
     api_url: RwLock<String>,
+    /// Where containers reach the API: `[server] public_url`, or the engine's host gateway.
+    container_url: RwLock<Option<String>>,
     io: Mutex<HashMap<ActivityId, IoSummary>>,
 }
 
@@ -100,6 +102,7 @@ impl DataPlaneImpl {
             store: ParquetStore::new(root),
             secret,
             api_url: RwLock::new(String::new()),
+            container_url: RwLock::new(None),
             io: Mutex::new(HashMap::new()),
         })
     }
@@ -107,6 +110,11 @@ impl DataPlaneImpl {
     /// Where recipes reach the API (known once the daemon listens).
     pub fn set_api_url(&self, url: &str) {
         *self.api_url.write().unwrap_or_else(|e| e.into_inner()) = url.to_string();
+    }
+
+    /// Where containers and pods reach the API.
+    pub fn set_container_url(&self, url: Option<String>) {
+        *self.container_url.write().unwrap_or_else(|e| e.into_inner()) = url;
     }
 
     fn mac(&self, id: ActivityId) -> String {
@@ -166,11 +174,17 @@ impl DataPlaneImpl {
 
 impl DataPlane for DataPlaneImpl {
     fn grant(&self, spec: &ActivitySpec) -> Option<DataAccess> {
-        let url = self
-            .api_url
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let local = self.api_url.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let url = match spec.kind {
+            capstan_core::model::ExecKind::Local => local,
+            // A container that cannot reach this address fails saying which one it tried.
+            _ => self
+                .container_url
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or(local),
+        };
         let id = ActivityId {
             job: spec.job_id,
             idx: spec.idx,
