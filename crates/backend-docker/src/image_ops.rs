@@ -69,7 +69,14 @@ impl Engine {
 
     /// The gateway of the engine's default bridge network: where its containers reach the host.
     pub async fn bridge_gateway(&self) -> Option<String> {
-        let net = self.docker.inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>).await.ok()?;
+        let net = self
+            .docker
+            .inspect_network(
+                "bridge",
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .ok()?;
         net.ipam?.config?.into_iter().find_map(|c| c.gateway)
     }
 

@@ -143,7 +143,11 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
                 .map(|d| d.extra_hosts.iter().map(|h| h.value.clone()).collect())
                 .unwrap_or_default();
             // The data API on the engine's host, by a name that works on every engine.
-            if spec.data.as_ref().is_some_and(|a| a.api_url.contains("://host.docker.internal")) {
+            if spec
+                .data
+                .as_ref()
+                .is_some_and(|a| a.api_url.contains("://host.docker.internal"))
+            {
                 hosts.push("host.docker.internal:host-gateway".into());
             }
             (!hosts.is_empty()).then_some(hosts)

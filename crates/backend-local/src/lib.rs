@@ -53,7 +53,8 @@ impl LocalBackend {
         let runtime_dir = home_root.join("state").join("runtime");
         let package = runtime_dir.join("capstan");
         if let Err(error) = std::fs::create_dir_all(&package).and_then(|()| {
-            std::fs::write(package.join("__init__.py"), capstan_core::PYTHON_RUNTIME)
+            std::fs::write(package.join("__init__.py"), capstan_core::PYTHON_RUNTIME)?;
+            std::fs::write(runtime_dir.join("capstan.R"), capstan_core::R_RUNTIME)
         }) {
             tracing::warn!(%error, "cannot unpack capstan's Python runtime; recipes cannot `import capstan`");
         }
@@ -109,6 +110,10 @@ impl LocalBackend {
             python_path.push(p);
         }
         env.push(("PYTHONPATH".into(), python_path.join(":")));
+        env.push((
+            "R_PROFILE_USER".into(),
+            self.runtime_dir.join("capstan.R").display().to_string(),
+        ));
         for (k, v) in [
             ("CAPSTAN_JOB_ID", spec.job_id.to_string()),
             ("CAPSTAN_ACTIVITY_ID", spec.activity_id()),

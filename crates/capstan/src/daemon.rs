@@ -78,7 +78,11 @@ fn lock(root: &Path) -> anyhow::Result<std::fs::File> {
 pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     let root = &std::path::absolute(root)?;
     let home = load_valid(root)?;
-    let public_url = home.instance.server_public_url.as_ref().map(|u| u.value.clone());
+    let public_url = home
+        .instance
+        .server_public_url
+        .as_ref()
+        .map(|u| u.value.clone());
     let lock = lock(root)?;
     let exe = std::env::current_exe()
         .context("cannot find the capstan executable (for the local backend's supervisor)")?;
@@ -109,7 +113,9 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     let mut gateway = None;
     let container_url = match public_url {
         Some(u) => Some(u),
-        None if addr.ip().is_unspecified() => Some(format!("http://host.docker.internal:{}", addr.port())),
+        None if addr.ip().is_unspecified() => {
+            Some(format!("http://host.docker.internal:{}", addr.port()))
+        }
         None if addr.ip().is_loopback() => match gateway_listener(addr.port()).await {
             Some(gw) => {
                 let local = gw.local_addr()?;
@@ -180,7 +186,9 @@ async fn gateway_listener(port: u16) -> Option<tokio::net::TcpListener> {
     let gateway = engine.bridge_gateway().await?;
     match tokio::net::TcpListener::bind((gateway.as_str(), port)).await {
         Ok(l) => Some(l),
-        Err(_) => tokio::net::TcpListener::bind((gateway.as_str(), 0)).await.ok(),
+        Err(_) => tokio::net::TcpListener::bind((gateway.as_str(), 0))
+            .await
+            .ok(),
     }
 }
 

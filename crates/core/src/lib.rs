@@ -51,6 +51,9 @@ pub fn load_home(root: &Path) -> Result<(Home, Vec<Diagnostic>), HomeError> {
 /// runs get it from the binary alone.
 pub const PYTHON_RUNTIME: &str = include_str!("../../../python/capstan/capstan/__init__.py");
 
+/// capstan's R client (`r/capstan.R`), loaded into R recipes through `R_PROFILE_USER`.
+pub const R_RUNTIME: &str = include_str!("../../../r/capstan.R");
+
 /// A short, stable id for the instance at `root`: it labels the instance's containers and names
 /// its cgroups, so two homes on one machine or engine never touch each other's work.
 pub fn instance_id(root: &Path) -> String {

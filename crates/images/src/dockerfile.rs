@@ -27,7 +27,9 @@ pub fn os_packages(spec: &BaseImage) -> Vec<String> {
         .map(String::from)
         .to_vec();
     if spec.with_r {
+        // R and what capstan's R client needs to reach the data API.
         p.push("r-base-core".into());
+        p.push("r-cran-curl".into());
     }
     p.extend(spec.system_packages.iter().map(|s| s.value.clone()));
     p.sort();
@@ -88,6 +90,10 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
     }
     if !pip.is_empty() {
         d += &format!("RUN pip install {}\n", pip.join(" "));
+    }
+    if spec.with_r {
+        // Every R session starts with capstan's client loaded.
+        d += "ENV R_PROFILE_USER=/opt/capstan/runtime/capstan.R\n";
     }
     if spec.with_cuda {
         // `nvidia.cuda_runtime` is a namespace package: its folder is in `__path__`.
@@ -256,7 +262,8 @@ mod tests {
                 "libgomp1",
                 "python3",
                 "python3-venv",
-                "r-base-core"
+                "r-base-core",
+                "r-cran-curl"
             ]
         );
         let mut i = inputs("reg.example.com/debian:bookworm", false);

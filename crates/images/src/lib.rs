@@ -279,6 +279,10 @@ impl Builder<'_> {
             "capstan/runtime/capstan/__init__.py".into(),
             RUNTIME_INIT.as_bytes().to_vec(),
         ));
+        files.push((
+            "capstan/runtime/capstan.R".into(),
+            capstan_core::R_RUNTIME.as_bytes().to_vec(),
+        ));
         for f in &spec.files {
             let bytes = std::fs::read(self.root.join(&f.value)).map_err(|e| {
                 ImageError::Bootstrap(format!(

@@ -114,7 +114,10 @@ impl DataPlaneImpl {
 
     /// Where containers and pods reach the API.
     pub fn set_container_url(&self, url: Option<String>) {
-        *self.container_url.write().unwrap_or_else(|e| e.into_inner()) = url;
+        *self
+            .container_url
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = url;
     }
 
     fn mac(&self, id: ActivityId) -> String {
@@ -174,7 +177,11 @@ impl DataPlaneImpl {
 
 impl DataPlane for DataPlaneImpl {
     fn grant(&self, spec: &ActivitySpec) -> Option<DataAccess> {
-        let local = self.api_url.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let local = self
+            .api_url
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let url = match spec.kind {
             capstan_core::model::ExecKind::Local => local,
             // A container that cannot reach this address fails saying which one it tried.

@@ -288,7 +288,36 @@ fn a_base_image_with_r_runs_an_r_recipe() {
         "x <- c(1, 2, 3, 4)\ncat('mean', mean(x), 'R', R.version$major, '\\n')\n",
         "exec_config = \"rconf\"",
     );
+    // The R client: a data.frame in, a data.frame out, in its own container.
+    let csv = h.dir.path().join("orders.csv");
+    std::fs::write(
+        &csv,
+        "id,customer,amount\n1,alice,10.5\n2,bob,3\n3,alice,7.25\n",
+    )
+    .unwrap();
+    ok(
+        &h,
+        &["dataset", "import", "sample/orders", csv.to_str().unwrap()],
+    );
+    h.recipe(
+        "rtotals",
+        "r",
+        "R",
+        "orders <- capstan_dataset('orders')\n\
+         totals <- aggregate(amount ~ customer, data = orders, FUN = sum)\n\
+         capstan_write_output('order_totals', totals)\n\
+         cat('wrote', nrow(totals), 'rows\\n')\n",
+        "exec_config = \"rconf\"\ninputs = [\"orders\"]\noutputs = [\"order_totals\"]",
+    );
     let _d = h.start();
     let run = ok(&h, &["run", "sample/stats"]);
     assert!(run.contains("mean 2.5 R 4"), "{run}");
+    let run = ok(&h, &["run", "sample/rtotals"]);
+    assert!(run.contains("wrote 2 rows"), "{run}");
+    let head = ok(&h, &["dataset", "head", "sample/order_totals", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&head).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"customer": "alice", "amount": 17.75}, {"customer": "bob", "amount": 3.0}])
+    );
 }
