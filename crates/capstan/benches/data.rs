@@ -10,10 +10,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capstan_data::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use capstan_data::DatasetStore;
+use capstan_data::arrow::array::{
+    ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
 use capstan_data::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use capstan_data::arrow::record_batch::RecordBatch;
-use capstan_data::DatasetStore;
 
 fn capstan(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_capstan"));
@@ -23,7 +25,12 @@ fn capstan(home: &Path) -> Command {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -33,10 +40,16 @@ fn generate(home: &Path, rows: usize) {
         Field::new("id", DataType::Int64, false),
         Field::new("price", DataType::Float64, false),
         Field::new("customer", DataType::Utf8, false),
-        Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
     ]));
     let store = capstan_data::ParquetStore::new(home);
-    let mut w = store.stage("bench", "big", "generate", schema.clone()).unwrap();
+    let mut w = store
+        .stage("bench", "big", "generate", schema.clone())
+        .unwrap();
     let names: Vec<String> = (0..1000).map(|i| format!("customer-{i:04}")).collect();
     let chunk = 1 << 20;
     let mut start = 0;
@@ -45,11 +58,18 @@ fn generate(home: &Path, rows: usize) {
         let ids: Vec<i64> = (start as i64..(start + n) as i64).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(ids.clone())),
-            Arc::new(Float64Array::from_iter_values(ids.iter().map(|i| (*i % 10_000) as f64 * 0.01))),
-            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| names[(*i % 1000) as usize].as_str()))),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(ids.iter().map(|i| 1_700_000_000_000_000 + i * 1_000_000))),
+            Arc::new(Float64Array::from_iter_values(
+                ids.iter().map(|i| (*i % 10_000) as f64 * 0.01),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|i| names[(*i % 1000) as usize].as_str()),
+            )),
+            Arc::new(TimestampMicrosecondArray::from_iter_values(
+                ids.iter().map(|i| 1_700_000_000_000_000 + i * 1_000_000),
+            )),
         ];
-        w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap()).unwrap();
+        w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+            .unwrap();
         start += n;
     }
     w.finish().unwrap();
@@ -76,17 +96,28 @@ print(f"RESULT rows={len(df)} mb={mb:.1f} api_read={t1-t0:.3f} direct_read={t2-t
 fn main() {
     let image = std::env::var("CAPSTAN_TEST_IMAGE").unwrap_or_default();
     if image.is_empty() {
-        println!("skipped: set CAPSTAN_TEST_IMAGE (scripts/test-image) so a Docker engine and debootstrap are here");
+        println!(
+            "skipped: set CAPSTAN_TEST_IMAGE (scripts/test-image) so a Docker engine and debootstrap are here"
+        );
         return;
     }
-    let rows: usize = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let rows: usize = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
     let dir = std::env::temp_dir().join(format!("capstan-bench-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let home = dir.join("home");
-    run(Command::new(env!("CARGO_BIN_EXE_capstan")).arg("init").arg(&home));
+    run(Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .arg("init")
+        .arg(&home));
     std::fs::create_dir_all(home.join("projects/bench/recipes")).unwrap();
-    std::fs::write(home.join("projects/bench/project.toml"), "[dataset.big]\n\n[dataset.copy]\n").unwrap();
+    std::fs::write(
+        home.join("projects/bench/project.toml"),
+        "[dataset.big]\n\n[dataset.copy]\n",
+    )
+    .unwrap();
     std::fs::write(
         home.join("exec-configs.toml"),
         format!(
@@ -109,9 +140,17 @@ fn main() {
     std::fs::write(home.join("projects/bench/recipes/roundtrip.py"), RECIPE).unwrap();
     let t = Instant::now();
     generate(&home, rows);
-    let size = std::fs::metadata(home.join("data/bench/big/data.parquet")).unwrap().len();
-    eprintln!("generated {rows} rows ({:.1} MB of Parquet) in {:.1}s", size as f64 / 1e6, t.elapsed().as_secs_f64());
-    run(capstan(&home).args(["image", "build-base", "default", "--no-push"]).env("CAPSTAN_CACHE", "/var/cache/capstan"));
+    let size = std::fs::metadata(home.join("data/bench/big/data.parquet"))
+        .unwrap()
+        .len();
+    eprintln!(
+        "generated {rows} rows ({:.1} MB of Parquet) in {:.1}s",
+        size as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    run(capstan(&home)
+        .args(["image", "build-base", "default", "--no-push"])
+        .env("CAPSTAN_CACHE", "/var/cache/capstan"));
     run(capstan(&home).args(["env", "build", "tables", "--no-push"]));
 
     let mut daemon = capstan(&home)
@@ -125,12 +164,18 @@ fn main() {
         assert!(Instant::now() < deadline, "the daemon did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = capstan(&home).args(["run", "bench/roundtrip"]).output().unwrap();
+    let out = capstan(&home)
+        .args(["run", "bench/roundtrip"])
+        .output()
+        .unwrap();
     let _ = daemon.kill();
     let _ = daemon.wait();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let Some(line) = text.lines().find(|l| l.starts_with("RESULT")) else {
-        panic!("the benchmark recipe failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "the benchmark recipe failed:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let get = |k: &str| -> f64 {
         line.split_whitespace()
@@ -139,8 +184,13 @@ fn main() {
             .unwrap()
     };
     let mb = get("mb");
-    println!("{rows} rows (int, float, string, timestamp; {mb:.0} MB in pandas), in a Docker container");
-    for (what, api, direct) in [("read", get("api_read"), get("direct_read")), ("write", get("api_write"), get("direct_write"))] {
+    println!(
+        "{rows} rows (int, float, string, timestamp; {mb:.0} MB in pandas), in a Docker container"
+    );
+    for (what, api, direct) in [
+        ("read", get("api_read"), get("direct_read")),
+        ("write", get("api_write"), get("direct_write")),
+    ] {
         println!(
             "  {what:<5}  data API {api:6.2} s ({:6.0} MB/s)   direct Parquet {direct:6.2} s ({:6.0} MB/s)   ratio {:.2} of direct throughput (aim ≥ 0.5)",
             mb / api,

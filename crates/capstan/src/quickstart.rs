@@ -45,9 +45,20 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
     };
 
     let mut failed = 0;
+    // Recipes that run as local processes run now; container recipes need their images built
+    // first, which takes minutes the first time, so they are listed with what to run.
+    let mut in_containers = Vec::new();
     for p in home.projects.values() {
         for r in p.recipes.values() {
             let target = format!("{}/{}", p.key, r.name);
+            let resolved =
+                capstan_core::resolve::resolve(&home, &p.key, &r.name, &Default::default());
+            if let Ok(res) = &resolved
+                && res.kind.value != capstan_core::model::ExecKind::Local
+            {
+                in_containers.push((target, res.exec_config.value.clone().unwrap_or_default()));
+                continue;
+            }
             let args = RunArgs {
                 target: target.clone(),
                 select: Default::default(),
@@ -74,9 +85,26 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
         d.stop(true).await;
     }
     println!();
+    if !in_containers.is_empty() {
+        let h = root.display();
+        println!("recipes that run in containers (not run now):");
+        for (target, config) in &in_containers {
+            println!("  {target} on {config}");
+        }
+        println!("to run them, with a Docker engine on this machine:");
+        println!(
+            "  capstan --home {h} dataset import sample/wine {h}/projects/sample/data/wine.csv"
+        );
+        println!(
+            "  capstan --home {h} image build-base default --no-push && capstan --home {h} image build-base r --no-push"
+        );
+        println!("  capstan --home {h} env build pandas --no-push");
+        println!("  capstan --home {h} serve &   then   capstan --home {h} run sample/wine_stats");
+        println!();
+    }
     if failed == 0 {
         println!(
-            "all sample recipes succeeded; next: `capstan --home {} serve`, then `capstan run sample/hello`",
+            "all local sample recipes succeeded; next: `capstan --home {} serve`, then `capstan run sample/hello`",
             root.display()
         );
         Ok(exit::OK)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// The files of the sample home, relative to its root, with the two users' token digests
 /// filled in.
 pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(PathBuf, String)> {
-    let files: [(&str, &str); 12] = [
+    let files: [(&str, &str); 18] = [
         ("capstan.toml", include_str!("sample/capstan.toml")),
         (
             "exec-configs.toml",
@@ -39,7 +39,31 @@ pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(Pa
             "projects/sample/recipes/inventory.sh",
             include_str!("sample/projects/sample/recipes/inventory.sh"),
         ),
-        (".gitignore", "/state/\n"),
+        (
+            "projects/sample/recipes/wine_stats.toml",
+            include_str!("sample/projects/sample/recipes/wine_stats.toml"),
+        ),
+        (
+            "projects/sample/recipes/wine_stats.py",
+            include_str!("sample/projects/sample/recipes/wine_stats.py"),
+        ),
+        (
+            "projects/sample/recipes/wine_stats_r.toml",
+            include_str!("sample/projects/sample/recipes/wine_stats_r.toml"),
+        ),
+        (
+            "projects/sample/recipes/wine_stats_r.R",
+            include_str!("sample/projects/sample/recipes/wine_stats_r.R"),
+        ),
+        (
+            "projects/sample/data/wine.csv",
+            include_str!("sample/projects/sample/data/wine.csv"),
+        ),
+        (
+            "projects/sample/data/README.md",
+            include_str!("sample/projects/sample/data/README.md"),
+        ),
+        (".gitignore", "/state/\n/data/\n"),
     ];
     files
         .iter()

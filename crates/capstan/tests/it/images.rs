@@ -321,3 +321,77 @@ fn a_base_image_with_r_runs_an_r_recipe() {
         serde_json::json!([{"customer": "alice", "amount": 17.75}, {"customer": "bob", "amount": 3.0}])
     );
 }
+
+#[test]
+fn the_sample_pipeline_runs_in_python_and_r_containers() {
+    if !ready() {
+        return;
+    }
+    // The home exactly as `capstan init` writes it.
+    let h = TestHome::new("sample-pipeline");
+    let wine = h.root().join("projects/sample/data/wine.csv");
+    let out = ok(
+        &h,
+        &["dataset", "import", "sample/wine", wine.to_str().unwrap()],
+    );
+    assert!(out.contains("imported 178 rows into sample/wine"), "{out}");
+    ok(&h, &["image", "build-base", "default", "--no-push"]);
+    ok(&h, &["image", "build-base", "r", "--no-push"]);
+    ok(&h, &["env", "build", "pandas", "--no-push"]);
+    let _d = h.start();
+
+    let run = h
+        .capstan()
+        .args(["run", "sample/wine_stats"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    assert!(
+        stderr(&run).contains("read wine (178 rows); wrote wine_by_cultivar (3 rows)"),
+        "{}",
+        stderr(&run)
+    );
+    let python: serde_json::Value = serde_json::from_str(&ok(
+        &h,
+        &["dataset", "head", "sample/wine_by_cultivar", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(python.as_array().unwrap().len(), 3);
+    assert_eq!(python[0]["cultivar"], "class_0");
+    assert_eq!(python[0]["wines"], 59);
+
+    let run = h
+        .capstan()
+        .args(["run", "sample/wine_stats_r"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    let r: serde_json::Value = serde_json::from_str(&ok(
+        &h,
+        &["dataset", "head", "sample/wine_by_cultivar_r", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(r.as_array().unwrap().len(), 3);
+    // Both languages agree.
+    for (p, q) in python.as_array().unwrap().iter().zip(r.as_array().unwrap()) {
+        assert_eq!(p["cultivar"], q["cultivar"]);
+        assert_eq!(p["wines"], q["wines"]);
+        let (a, b) = (
+            p["alcohol"].as_f64().unwrap(),
+            q["alcohol"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    }
+}

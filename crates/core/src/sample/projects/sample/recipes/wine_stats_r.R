@@ -1,0 +1,5 @@
+wine <- capstan_dataset("wine")
+summary <- aggregate(cbind(alcohol, color_intensity, proline) ~ cultivar, data = wine, FUN = mean)
+summary$wines <- as.integer(table(wine$cultivar)[summary$cultivar])
+print(summary)
+capstan_write_output("wine_by_cultivar_r", summary)
