@@ -117,7 +117,7 @@ class Dataset:
         )
         req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
         try:
-            return urllib.request.urlopen(req)
+            return urllib.request.urlopen(req, timeout=120)
         except urllib.error.HTTPError as e:
             _raise_for(e.code, e.read(), base + path)
         except urllib.error.URLError as e:
@@ -125,17 +125,15 @@ class Dataset:
 
     def iter_batches(self, columns=None, limit=None):
         """The dataset as pyarrow RecordBatches, streamed."""
-        pa = _pyarrow()
         with self._open(columns, limit) as resp:
-            reader = pa.ipc.open_stream(resp)
+            reader = _pyarrow().ipc.open_stream(resp)
             for batch in reader:
                 yield batch
 
     def to_arrow(self, columns=None, limit=None):
         """The dataset as a pyarrow Table."""
-        pa = _pyarrow()
         with self._open(columns, limit) as resp:
-            return pa.ipc.open_stream(resp).read_all()
+            return _pyarrow().ipc.open_stream(resp).read_all()
 
     def to_pandas(self, columns=None, limit=None):
         """The dataset as a pandas DataFrame."""

@@ -410,3 +410,81 @@ fn containers_the_state_does_not_know_are_removed_at_start() {
         d.log().contains("removed a leftover")
     });
 }
+
+#[test]
+fn containers_get_their_token_as_a_file_and_an_unreachable_api_is_named() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-data", &image);
+    // The test image has Python but not pyarrow: these recipes only touch the token and the
+    // API's address, which is all they need to show.
+    home.recipe(
+        "peek",
+        "python",
+        "py",
+        "import os, time\nprint('token file', os.environ['CAPSTAN_TOKEN_FILE'], oct(os.stat(os.environ['CAPSTAN_TOKEN_FILE']).st_mode & 0o777))\nprint('ready', flush=True)\ntime.sleep(300)\n",
+        "exec_config = \"small\"",
+    );
+    let d = home.start();
+    let id = submit(&home, "sample/peek", &[]);
+    let job = d.wait_state(id, 60, &["running"]);
+    let log = PathBuf::from(job["activities"][0]["log"].as_str().unwrap());
+    wait_for("the recipe to start", 30, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready"))
+    });
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("token file /capstan/token 0o400")
+    );
+    let ids = containers(None, &home, &format!("capstan.job={id}"));
+    let inspect = Command::new("docker")
+        .args(["inspect"])
+        .args(&ids)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("CAPSTAN_TOKEN_FILE=/capstan/token"), "{text}");
+    assert!(
+        !text.contains("capa_"),
+        "the token is visible in `docker inspect`"
+    );
+    home.capstan()
+        .args(["cancel", &id.to_string()])
+        .output()
+        .unwrap();
+    drop(d);
+
+    // An address containers cannot reach: the recipe fails naming it.
+    let toml = std::fs::read_to_string(home.root().join("capstan.toml")).unwrap();
+    std::fs::write(
+        home.root().join("capstan.toml"),
+        toml.replace(
+            "[server]\n",
+            "[server]\npublic_url = \"http://host.docker.internal:1\"\n",
+        ),
+    )
+    .unwrap();
+    // The client, as the project's library (the test image has no capstan runtime).
+    let lib = home.root().join("projects/sample/lib/capstan");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("__init__.py"), capstan_core::PYTHON_RUNTIME).unwrap();
+    home.recipe(
+        "reach",
+        "python",
+        "py",
+        "import capstan\ncapstan.Dataset('orders').to_pandas()\n",
+        "exec_config = \"small\"\ninputs = [\"orders\"]",
+    );
+    let _d = home.start();
+    let out = home
+        .capstan()
+        .args(["run", "sample/reach"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the capstan data API at http://host.docker.internal:1"),
+        "{}",
+        stderr(&out)
+    );
+}
