@@ -635,12 +635,24 @@ pub async fn write_data(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
     tokio::spawn(async move {
         let mut stream = body.into_data_stream();
+        let mut refused = false;
+        let mut drained = 0usize;
         while let Some(chunk) = stream.next().await {
             let item = chunk.map_err(|e| e.to_string());
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
+            if item.is_err() {
+                let _ = tx.send(item).await;
                 break;
             }
+            if refused {
+                // The write was refused (a schema mismatch, say): read the rest of the upload
+                // anyway, up to a point, so the client gets the refusal rather than a reset.
+                drained += item.as_ref().map_or(0, |b| b.len());
+                if drained > 256 << 20 {
+                    break;
+                }
+                continue;
+            }
+            refused = tx.send(item).await.is_err();
         }
     });
     let data = s.clone();

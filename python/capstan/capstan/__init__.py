@@ -187,7 +187,12 @@ class Output:
             resp = conn.getresponse()
             body = resp.read()
         except OSError as e:
-            raise CapstanError(f"cannot reach the capstan data API at {base}: {e}") from e
+            # The API may have refused the write before reading all of it: its answer says why.
+            try:
+                resp = conn.getresponse()
+                body = resp.read()
+            except Exception:
+                raise CapstanError(f"cannot reach the capstan data API at {base}: {e}") from e
         finally:
             conn.close()
         if resp.status >= 300:
