@@ -455,7 +455,6 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use capstan_core::model::RecipeKind;
 
     fn control() -> ActivityControl {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -466,34 +465,7 @@ mod tests {
     }
 
     fn spec(dir: &Path) -> ActivitySpec {
-        ActivitySpec {
-            job_id: 1,
-            idx: 0,
-            attempt: 0,
-            dir: dir.to_path_buf(),
-            home_root: dir.to_path_buf(),
-            project: "p".into(),
-            recipe: "r".into(),
-            recipe_kind: RecipeKind::Shell,
-            user: "u".into(),
-            code_file: None,
-            lib_dir: None,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            kind: ExecKind::Local,
-            exec_config: None,
-            cluster: None,
-            image: None,
-            docker_host: None,
-            env: Default::default(),
-            code_env: None,
-            timeout: None,
-            cpu_limit: None,
-            memory_limit: None,
-            gpus: 0,
-            exec: None,
-            data: None,
-        }
+        ActivitySpec::bare(1, 0, dir.to_path_buf(), dir.to_path_buf(), ExecKind::Local)
     }
 
     fn activity_dir(label: &str) -> PathBuf {

@@ -163,6 +163,27 @@ async fn wait_final(http: &reqwest::Client, d: &Daemon, id: i64) -> Value {
     }
 }
 
+/// Milliseconds from submitting `recipe` to the first line its code printed (the time it
+/// printed, in ns since the epoch), for `runs` runs.
+async fn first_lines(http: &reqwest::Client, d: &Daemon, recipe: &str, runs: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let t0 = now_ns();
+        let id = submit(http, d, recipe).await;
+        let j = wait_final(http, d, id).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let log = std::fs::read_to_string(format!(
+            "{}/log",
+            j["activities"][0]["dir"].as_str().unwrap()
+        ))
+        .unwrap();
+        let first = log.lines().next().unwrap().splitn(3, ' ').nth(2).unwrap();
+        let t1: u128 = first.trim().parse().unwrap();
+        out.push((t1 - t0) as f64 / 1e6);
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
@@ -189,29 +210,7 @@ async fn main() {
         let t1: u128 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         bare.push((t1 - t0) as f64 / 1e6);
     }
-    let mut ours = Vec::new();
-    for _ in 0..runs {
-        let t0 = now_ns();
-        let id = submit(&http, &d, "first").await;
-        let j = wait_final(&http, &d, id).await;
-        assert_eq!(j["state"], "succeeded", "{j}");
-        let log = std::fs::read_to_string(format!(
-            "{}/log",
-            j["activities"][0]["dir"].as_str().unwrap()
-        ))
-        .unwrap();
-        let t1: u128 = log
-            .lines()
-            .next()
-            .unwrap()
-            .splitn(3, ' ')
-            .nth(2)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        ours.push((t1 - t0) as f64 / 1e6);
-    }
+    let ours = first_lines(&http, &d, "first", runs).await;
     let (b, o) = (median(bare), median(ours));
     println!(
         "submit → first line of user code (median of {runs}, trivial Python recipe, local backend)"
@@ -341,29 +340,7 @@ async fn main() {
             let t1: u128 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
             raw.push((t1 - t0) as f64 / 1e6);
         }
-        let mut ours = Vec::new();
-        for _ in 0..runs {
-            let t0 = now_ns();
-            let id = submit(&http, &d, "dfirst").await;
-            let j = wait_final(&http, &d, id).await;
-            assert_eq!(j["state"], "succeeded", "{j}");
-            let log = std::fs::read_to_string(format!(
-                "{}/log",
-                j["activities"][0]["dir"].as_str().unwrap()
-            ))
-            .unwrap();
-            let t1: u128 = log
-                .lines()
-                .next()
-                .unwrap()
-                .splitn(3, ' ')
-                .nth(2)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            ours.push((t1 - t0) as f64 / 1e6);
-        }
+        let ours = first_lines(&http, &d, "dfirst", runs).await;
         let (r, o) = (median(raw), median(ours));
         println!();
         println!(

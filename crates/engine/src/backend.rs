@@ -71,6 +71,45 @@ impl std::fmt::Debug for DataAccess {
 }
 
 impl ActivitySpec {
+    /// A spec that knows where the activity is and little else; the rest takes its defaults
+    /// (no limits, no code, no data).
+    pub fn bare(
+        job_id: i64,
+        attempt: i64,
+        dir: PathBuf,
+        home_root: PathBuf,
+        kind: ExecKind,
+    ) -> ActivitySpec {
+        ActivitySpec {
+            job_id,
+            idx: 0,
+            attempt,
+            dir,
+            home_root,
+            project: String::new(),
+            recipe: String::new(),
+            recipe_kind: RecipeKind::Shell,
+            user: String::new(),
+            code_file: None,
+            lib_dir: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            kind,
+            exec_config: None,
+            cluster: None,
+            image: None,
+            docker_host: None,
+            env: BTreeMap::new(),
+            code_env: None,
+            timeout: None,
+            cpu_limit: None,
+            memory_limit: None,
+            gpus: 0,
+            exec: None,
+            data: None,
+        }
+    }
+
     /// `job-activity`, as used in labels, cgroup names and logs.
     pub fn activity_id(&self) -> String {
         format!("{}-{}", self.job_id, self.idx)

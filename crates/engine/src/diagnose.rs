@@ -164,32 +164,15 @@ mod tests {
     #[test]
     fn container_exit_codes_name_the_signal() {
         let spec = crate::backend::ActivitySpec {
-            job_id: 1,
-            idx: 0,
-            attempt: 0,
-            dir: "/d".into(),
-            home_root: "/h".into(),
-            project: "p".into(),
-            recipe: "r".into(),
-            recipe_kind: capstan_core::model::RecipeKind::Shell,
-            user: "u".into(),
-            code_file: None,
-            lib_dir: None,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            kind: capstan_core::model::ExecKind::Docker,
             exec_config: Some("small".into()),
-            cluster: None,
-            image: None,
-            docker_host: None,
-            env: Default::default(),
-            code_env: None,
-            timeout: None,
-            cpu_limit: None,
             memory_limit: Some(Memory::from_bytes(256 << 20)),
-            gpus: 0,
-            exec: None,
-            data: None,
+            ..crate::backend::ActivitySpec::bare(
+                1,
+                0,
+                "/d".into(),
+                "/h".into(),
+                capstan_core::model::ExecKind::Docker,
+            )
         };
         let killed = Ending {
             exit_code: Some(137),

@@ -573,32 +573,12 @@ impl Engine {
         kind: ExecKind,
     ) -> ActivitySpec {
         ActivitySpec {
-            job_id: job.id,
-            idx: 0,
-            attempt,
-            dir,
-            home_root: self.inner.root.clone(),
             project: job.project.clone(),
             recipe: job.recipe.clone(),
-            recipe_kind: capstan_core::model::RecipeKind::Shell,
             user: job.user.clone(),
-            code_file: None,
-            lib_dir: None,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            kind,
             exec_config: job.exec_config.clone(),
             cluster: job.cluster.clone(),
-            image: None,
-            docker_host: None,
-            env: Default::default(),
-            code_env: None,
-            timeout: None,
-            cpu_limit: None,
-            memory_limit: None,
-            gpus: 0,
-            exec: None,
-            data: None,
+            ..ActivitySpec::bare(job.id, attempt, dir, self.inner.root.clone(), kind)
         }
     }
 

@@ -2,15 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::{TestHome, curl, pid_alive, submit, wait_for};
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::support::{TestHome, curl, pid_alive, stderr, stdout, submit, wait_for};
 
 #[test]
 fn run_streams_logs_and_succeeds() {

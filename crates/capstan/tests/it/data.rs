@@ -1,15 +1,7 @@
 //! Datasets and the data plane: import, recipes reading and writing through the data API with
 //! least-privilege tokens, atomic outputs.
 
-use crate::support::{TestHome, curl, submit, wait_for};
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::support::{TestHome, curl, stderr, stdout, submit, wait_for};
 
 const ORDERS: &str = "id,customer,amount,day\n1,alice,10.5,2026-01-01\n2,bob,3,2026-01-02\n3,alice,7.25,2026-01-03\n";
 

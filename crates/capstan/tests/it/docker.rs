@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use crate::support::{TempDir, TestHome, submit, wait_for};
+use crate::support::{TempDir, TestHome, stderr, stdout, submit, wait_for};
 
 fn image() -> Option<String> {
     match std::env::var("CAPSTAN_TEST_IMAGE") {
@@ -19,14 +19,6 @@ fn image() -> Option<String> {
             None
         }
     }
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A home whose `small` configuration runs the test image with 1 CPU and 256 MiB.

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::TestHome;
+use crate::support::{TestHome, stderr, stdout};
 
 fn ready() -> bool {
     let ok = std::env::var("CAPSTAN_TEST_IMAGE").is_ok_and(|i| !i.is_empty())
@@ -15,14 +15,6 @@ fn ready() -> bool {
         eprintln!("skipped: needs the Docker engine and debootstrap that scripts/test provides");
     }
     ok
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A home whose configurations are all buildable here (the sample's Kubernetes one pushes to a
