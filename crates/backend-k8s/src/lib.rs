@@ -1,0 +1,4 @@
+//! The `kubernetes` backend: each activity as a pod.
+
+pub mod diagnose;
+pub mod render;

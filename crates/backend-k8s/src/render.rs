@@ -1,0 +1,414 @@
+//! The objects an activity becomes on Kubernetes, as pure functions: a Pod, the ConfigMap that
+//! carries its code, and the Secret that carries its data token. Snapshot-tested, and validated
+//! against the official schema with `kubernetes-validate` in the test suite.
+//!
+//! A bare Pod rather than a Job: capstan is the controller (queue, deadlines, retries), a Job
+//! would add a second one whose only effect with `backoffLimit: 0` is an extra object to watch
+//! and delete. The ConfigMap and the Secret are owned by the Pod, so they go with it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use capstan_core::model::RecipeKind;
+use capstan_engine::backend::ActivitySpec;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    KeyToPath, LocalObjectReference, Pod, PodSpec, ResourceRequirements, Secret, SecretKeySelector,
+    Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+use serde_json::Value;
+
+/// Where the recipe's code is mounted.
+pub const WORK_DIR: &str = "/capstan/work";
+/// A ConfigMap holds at most 1 MiB.
+pub const MAX_CODE_BYTES: usize = 1024 * 1024;
+
+pub const LABEL_INSTANCE: &str = "capstan.io/instance";
+pub const LABEL_JOB: &str = "capstan.io/job";
+pub const LABEL_ACTIVITY: &str = "capstan.io/activity";
+pub const LABEL_ATTEMPT: &str = "capstan.io/attempt";
+
+/// What `capstan k8s render` shows in place of the token (the real one exists only in the
+/// cluster, for the activity's lifetime).
+pub const TOKEN_NOT_RENDERED: &str = "generated when the activity starts";
+
+/// The objects of one activity.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub pod: Pod,
+    pub code: ConfigMap,
+    pub secret: Secret,
+}
+
+pub fn object_name(spec: &ActivitySpec, instance: &str) -> String {
+    format!(
+        "capstan-{instance}-{}-{}-{}",
+        spec.job_id, spec.idx, spec.attempt
+    )
+}
+
+pub fn labels(spec: &ActivitySpec, instance: &str) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert(LABEL_INSTANCE.into(), instance.into());
+    l.insert(LABEL_JOB.into(), spec.job_id.to_string());
+    l.insert(LABEL_ACTIVITY.into(), spec.activity_id());
+    l.insert(LABEL_ATTEMPT.into(), spec.attempt.to_string());
+    l.insert("capstan.io/project".into(), spec.project.clone());
+    l.insert("capstan.io/recipe".into(), spec.recipe.clone());
+    l.insert("capstan.io/user".into(), spec.user.clone());
+    l
+}
+
+fn quantity(q: impl ToString) -> Quantity {
+    Quantity(q.to_string())
+}
+
+/// The code files: the recipe's file, and the project's library under `lib/`.
+fn code_files(spec: &ActivitySpec) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut files = Vec::new();
+    if let Some(code) = &spec.code_file {
+        let name = code
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes =
+            std::fs::read(code).map_err(|e| format!("cannot read {}: {e}", code.display()))?;
+        files.push((name, bytes));
+    }
+    if let Some(lib) = &spec.lib_dir {
+        collect(lib, "lib", &mut files)
+            .map_err(|e| format!("cannot read {}: {e}", lib.display()))?;
+    }
+    let total: usize = files.iter().map(|(_, b)| b.len()).sum();
+    if total > MAX_CODE_BYTES {
+        return Err(format!(
+            "the recipe's code and library are {total} bytes, more than the 1 MiB a ConfigMap holds: move data out of the code folder into datasets"
+        ));
+    }
+    Ok(files)
+}
+
+fn collect(dir: &Path, at: &str, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = format!("{at}/{}", e.file_name().to_string_lossy());
+        if e.file_type()?.is_dir() {
+            collect(&e.path(), &path, out)?;
+        } else {
+            out.push((path, std::fs::read(e.path())?));
+        }
+    }
+    Ok(())
+}
+
+/// A ConfigMap key for a path (keys allow `[-._a-zA-Z0-9]`).
+fn key_of(path: &str) -> String {
+    path.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// RFC 7386 JSON merge patch: objects merge, everything else replaces, null deletes.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// The objects of an activity in `namespace`.
+pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Rendered, String> {
+    let name = object_name(spec, instance);
+    let image = spec.image.clone().ok_or_else(|| {
+        format!(
+            "{} names no image: set `image` or `base_image` on it",
+            spec.config_phrase()
+        )
+    })?;
+    let files = code_files(spec)?;
+    let code_file = files
+        .first()
+        .map(|(n, _)| n.clone())
+        .filter(|_| spec.code_file.is_some());
+    let program = match spec.recipe_kind {
+        RecipeKind::Python => "python3",
+        RecipeKind::R => "Rscript",
+        RecipeKind::Shell => "sh",
+        other => {
+            return Err(format!(
+                "{} recipes do not run on the Kubernetes backend yet",
+                other.as_str()
+            ));
+        }
+    };
+    let code_file = code_file
+        .ok_or_else(|| format!("{} recipes have no code to run", spec.recipe_kind.as_str()))?;
+    let labels = labels(spec, instance);
+    let meta = |n: String| ObjectMeta {
+        name: Some(n),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels.clone()),
+        ..ObjectMeta::default()
+    };
+
+    let mut env = vec![
+        ("CAPSTAN_JOB_ID", spec.job_id.to_string()),
+        ("CAPSTAN_ACTIVITY_ID", spec.activity_id()),
+        ("CAPSTAN_PROJECT", spec.project.clone()),
+        ("CAPSTAN_RECIPE", spec.recipe.clone()),
+        ("CAPSTAN_USER", spec.user.clone()),
+        (
+            "CAPSTAN_EXEC_CONFIG",
+            spec.exec_config.clone().unwrap_or_default(),
+        ),
+        ("PYTHONUNBUFFERED", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| EnvVar {
+        name: k.into(),
+        value: Some(v),
+        value_from: None,
+    })
+    .collect::<Vec<_>>();
+    if spec.lib_dir.is_some() {
+        env.push(EnvVar {
+            name: "PYTHONPATH".into(),
+            value: Some(format!("{WORK_DIR}/lib")),
+            value_from: None,
+        });
+    }
+    env.extend(spec.env.iter().map(|(k, v)| EnvVar {
+        name: k.clone(),
+        value: Some(v.clone()),
+        value_from: None,
+    }));
+    if let Some(access) = &spec.data {
+        env.push(EnvVar {
+            name: "CAPSTAN_API_URL".into(),
+            value: Some(access.api_url.clone()),
+            value_from: None,
+        });
+    }
+    // The token: from the activity's Secret, never a literal value in the pod.
+    env.push(EnvVar {
+        name: "CAPSTAN_TOKEN".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.clone(),
+                key: "token".into(),
+                optional: Some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+    });
+
+    let exec = spec.exec.as_ref();
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if let Some(c) = exec.and_then(|e| e.cpu_request.as_ref()) {
+        requests.insert("cpu".to_string(), quantity(c.value));
+    }
+    if let Some(m) = exec.and_then(|e| e.memory_request.as_ref()) {
+        requests.insert("memory".to_string(), quantity(m.value));
+    }
+    if let Some(c) = spec.cpu_limit {
+        limits.insert("cpu".to_string(), quantity(c));
+    }
+    if let Some(m) = spec.memory_limit {
+        limits.insert("memory".to_string(), quantity(m));
+    }
+    if spec.gpus > 0 {
+        // Extended resources: request and limit must be equal.
+        limits.insert("nvidia.com/gpu".to_string(), quantity(spec.gpus));
+        requests.insert("nvidia.com/gpu".to_string(), quantity(spec.gpus));
+    }
+    for (k, q) in exec.map(|e| &e.resources).into_iter().flatten() {
+        limits.insert(k.clone(), quantity(q.value));
+        requests.insert(k.clone(), quantity(q.value));
+    }
+
+    let mut mounts = vec![VolumeMount {
+        name: "code".into(),
+        mount_path: WORK_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "code".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: name.clone(),
+            items: Some(
+                files
+                    .iter()
+                    .map(|(p, _)| KeyToPath {
+                        key: key_of(p),
+                        path: p.clone(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some(shm) = exec.and_then(|e| e.shm_size.as_ref()) {
+        mounts.push(VolumeMount {
+            name: "shm".into(),
+            mount_path: "/dev/shm".into(),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "shm".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(quantity(shm.value)),
+            }),
+            ..Volume::default()
+        });
+    }
+
+    let container = Container {
+        name: "recipe".into(),
+        image: Some(image),
+        command: Some(vec![program.into(), format!("{WORK_DIR}/{code_file}")]),
+        working_dir: Some(WORK_DIR.into()),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: (!requests.is_empty()).then_some(requests),
+            limits: (!limits.is_empty()).then_some(limits),
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let tolerations: Vec<Toleration> = exec
+        .map(|e| {
+            e.tolerations
+                .iter()
+                .map(|t| Toleration {
+                    key: t.value.key.clone(),
+                    operator: t.value.operator.clone(),
+                    value: t.value.value.clone(),
+                    effect: t.value.effect.clone(),
+                    toleration_seconds: t.value.toleration_seconds.map(i64::from),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let node_selector: BTreeMap<String, String> = exec
+        .map(|e| {
+            e.node_selector
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pull_secrets: Vec<LocalObjectReference> = exec
+        .map(|e| {
+            e.image_pull_secrets
+                .iter()
+                .map(|s| LocalObjectReference {
+                    name: s.value.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut pod_spec = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        active_deadline_seconds: spec.timeout.map(|t| t.secs() as i64),
+        service_account_name: exec
+            .and_then(|e| e.service_account.as_ref())
+            .map(|s| s.value.clone()),
+        // The recipe talks to capstan's API with its own token, not to the cluster's.
+        automount_service_account_token: Some(false),
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    };
+    if let Some(patch) = exec.and_then(|e| e.pod_patch.as_ref()) {
+        let mut v = serde_json::to_value(&pod_spec).map_err(|e| e.to_string())?;
+        merge_patch(
+            &mut v,
+            &serde_json::to_value(&patch.value).unwrap_or(Value::Null),
+        );
+        pod_spec = serde_json::from_value(v).map_err(|e| {
+            format!(
+                "the pod_patch of {} does not give a valid pod spec: {e}",
+                spec.config_phrase()
+            )
+        })?;
+    }
+    let mut annotations = BTreeMap::new();
+    if let Some(c) = &spec.exec_config {
+        annotations.insert("capstan.io/exec-config".to_string(), c.clone());
+    }
+    if let Some(c) = &spec.cluster {
+        annotations.insert("capstan.io/cluster".to_string(), c.clone());
+    }
+    let pod = Pod {
+        metadata: ObjectMeta {
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..meta(name.clone())
+        },
+        spec: Some(pod_spec),
+        status: None,
+    };
+    let code = ConfigMap {
+        metadata: meta(name.clone()),
+        binary_data: Some(
+            files
+                .into_iter()
+                .map(|(p, b)| (key_of(&p), ByteString(b)))
+                .collect(),
+        ),
+        ..ConfigMap::default()
+    };
+    let token = spec
+        .data
+        .as_ref()
+        .map_or(TOKEN_NOT_RENDERED.to_string(), |d| d.token.clone());
+    let secret = Secret {
+        metadata: meta(name),
+        type_: Some("Opaque".into()),
+        string_data: Some([("token".to_string(), token)].into()),
+        ..Secret::default()
+    };
+    Ok(Rendered { pod, code, secret })
+}
+
+/// The objects as YAML documents, the token never included.
+pub fn to_yaml(r: &Rendered) -> Result<String, String> {
+    let mut secret = r.secret.clone();
+    secret.string_data = Some([("token".to_string(), TOKEN_NOT_RENDERED.to_string())].into());
+    let docs: Vec<String> = [
+        serde_yaml::to_string(&r.pod),
+        serde_yaml::to_string(&r.code),
+        serde_yaml::to_string(&secret),
+    ]
+    .into_iter()
+    .collect::<Result<_, _>>()
+    .map_err(|e| e.to_string())?;
+    Ok(docs.join("---\n"))
+}
