@@ -1,4 +1,594 @@
-//! The `kubernetes` backend: each activity as a pod.
+//! The `kubernetes` backend: each activity as a pod in the resolved namespace of the resolved
+//! cluster (kubeconfig and context), through kube-rs.
+//!
+//! The pod's code comes in a ConfigMap and its data token in a Secret, both created right after
+//! the pod and owned by it, so Kubernetes deletes them with it. capstan follows the pod to its
+//! end (status and events, diagnosed in the user's words), streams its log into the activity's
+//! log file, then deletes the pod and waits until it is gone. A ResourceQuota refusal is retried
+//! with backoff, and the job says it waits for quota. Transient API errors are retried too.
 
 pub mod diagnose;
 pub mod render;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use capstan_core::model::{ClusterTarget, ExecKind, Home};
+use capstan_engine::backend::{
+    ActivityControl, ActivityEvent, ActivityKey, ActivityOutcome, ActivitySpec, Backend, Resumed,
+    Usage,
+};
+use futures_util::future::BoxFuture;
+use futures_util::{AsyncBufReadExt, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::diagnose::{Assessment, assess, quota_wait};
+use crate::render::{LABEL_ACTIVITY, LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB};
+
+/// How often a pod is looked at while it runs.
+const POLL: Duration = Duration::from_millis(1000);
+/// Seconds Kubernetes gives a cancelled pod before killing it.
+const GRACE_SECS: u32 = 2;
+
+pub struct K8sBackend {
+    instance: String,
+    clients: tokio::sync::Mutex<HashMap<(Option<String>, Option<String>), Client>>,
+}
+
+/// The API's own words for an error.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Errors worth retrying: the API server or the network hiccuped, not the request was wrong.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+impl K8sBackend {
+    pub fn new(home_root: &Path) -> K8sBackend {
+        K8sBackend {
+            instance: capstan_core::instance_id(home_root),
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client for a kubeconfig (default: the usual search order) and context.
+    pub async fn client(
+        &self,
+        kubeconfig: Option<&str>,
+        context: Option<&str>,
+    ) -> Result<Client, String> {
+        let key = (kubeconfig.map(String::from), context.map(String::from));
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let options = KubeConfigOptions {
+            context: context.map(String::from),
+            cluster: None,
+            user: None,
+        };
+        let where_ = format!(
+            "kubeconfig {}{}",
+            kubeconfig.unwrap_or("(default search order)"),
+            context
+                .map(|c| format!(", context {c}"))
+                .unwrap_or_default()
+        );
+        let config = match (kubeconfig, context) {
+            (Some(path), _) => {
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| format!("cannot read {where_}: {e}"))?;
+                Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| format!("{where_}: {e}"))?
+            }
+            (None, Some(_)) => Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| format!("{where_}: {e}"))?,
+            (None, None) => Config::infer()
+                .await
+                .map_err(|e| format!("{where_}: {e}"))?,
+        };
+        let client = Client::try_from(config).map_err(|e| format!("{where_}: {e}"))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    async fn ensure_namespace(
+        &self,
+        client: &Client,
+        spec: &ActivitySpec,
+        ns: &str,
+    ) -> Result<(), String> {
+        let create = spec.exec.as_ref().is_some_and(|e| e.create_namespace);
+        if !create {
+            return Ok(());
+        }
+        let api: Api<Namespace> = Api::all(client.clone());
+        if api
+            .get_opt(ns)
+            .await
+            .map_err(|e| api_message(&e))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let namespace = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(ns.to_string()),
+                ..Default::default()
+            },
+            ..Namespace::default()
+        };
+        match api.create(&PostParams::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(e) if api_code(&e) == Some(409) => Ok(()),
+            Err(e) => Err(format!("cannot create namespace {ns}: {}", api_message(&e))),
+        }
+    }
+
+    async fn run_impl(&self, spec: &ActivitySpec, ctl: ActivityControl) -> ActivityOutcome {
+        let Some(ns) = spec.namespace.clone() else {
+            return ActivityOutcome::failed(format!(
+                "{} resolves to no namespace",
+                spec.config_phrase()
+            ));
+        };
+        let client = match self
+            .client(spec.kubeconfig.as_deref(), spec.kube_context.as_deref())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return ActivityOutcome::failed(format!("cannot reach the Kubernetes cluster: {e}"));
+            }
+        };
+        if let Err(e) = self.ensure_namespace(&client, spec, &ns).await {
+            return ActivityOutcome::failed(e);
+        }
+        let rendered = match render::render(spec, &self.instance, &ns) {
+            Ok(r) => r,
+            Err(e) => return ActivityOutcome::failed(e),
+        };
+        ctl.report(ActivityEvent::Starting);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pending_limit = spec
+            .exec
+            .as_ref()
+            .and_then(|e| e.pending_timeout.as_ref())
+            .map(|t| Duration::from_secs(t.value.secs()));
+        let started = Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        let pod = loop {
+            match pods.create(&PostParams::default(), &rendered.pod).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    let message = api_message(&e);
+                    let waiting = if api_code(&e) == Some(403) {
+                        quota_wait(&ns, &message)
+                    } else {
+                        None
+                    };
+                    if waiting.is_none() && !transient(&e) {
+                        return ActivityOutcome::failed(format!(
+                            "the cluster refused the pod in namespace {ns}: {message}"
+                        ));
+                    }
+                    if let Some(w) = waiting {
+                        ctl.report(ActivityEvent::Waiting(w));
+                    }
+                    if pending_limit.is_some_and(|l| started.elapsed() > l) {
+                        return ActivityOutcome::failed(format!(
+                            "never started: still refused after the pending timeout ({message})"
+                        ));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = ctl.cancel.cancelled() => return ActivityOutcome::cancelled(),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        ctl.report(ActivityEvent::Started {
+            backend_ref: format!("{ns}|{name}"),
+        });
+        // The code and the token, owned by the pod so that they go with it.
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: name.clone(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            ..OwnerReference::default()
+        };
+        let mut code = rendered.code.clone();
+        code.metadata.owner_references = Some(vec![owner.clone()]);
+        let mut secret = rendered.secret.clone();
+        secret.metadata.owner_references = Some(vec![owner]);
+        let made = async {
+            Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &code)
+                .await?;
+            Api::<Secret>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &secret)
+                .await?;
+            Ok::<(), kube::Error>(())
+        }
+        .await;
+        if let Err(e) = made {
+            self.delete(&pods, &name).await;
+            return ActivityOutcome::failed(format!(
+                "cannot create the pod's code and token in {ns}: {}",
+                api_message(&e)
+            ));
+        }
+        self.follow(&client, spec, &ns, &name, &ctl, false).await
+    }
+
+    /// Follows a pod to its end, keeps its log and events, deletes it.
+    async fn follow(
+        &self,
+        client: &Client,
+        spec: &ActivitySpec,
+        ns: &str,
+        name: &str,
+        ctl: &ActivityControl,
+        rewrite_log: bool,
+    ) -> ActivityOutcome {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let events: Api<Event> = Api::namespaced(client.clone(), ns);
+        let pending_limit = spec
+            .exec
+            .as_ref()
+            .and_then(|e| e.pending_timeout.as_ref())
+            .map(|t| Duration::from_secs(t.value.secs()));
+        let started = Instant::now();
+        let mut last_wait = String::new();
+        let mut logs: Option<tokio::task::JoinHandle<Vec<String>>> = None;
+        let mut api_errors = 0;
+        let outcome = loop {
+            let pod = match pods.get_opt(name).await {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    break ActivityOutcome::failed(format!(
+                        "pod {ns}/{name} disappeared (deleted outside capstan?)"
+                    ));
+                }
+                Err(e) if transient(&e) && api_errors < 30 => {
+                    api_errors += 1;
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                Err(e) => {
+                    break ActivityOutcome::failed(format!(
+                        "cannot follow pod {ns}/{name}: {}",
+                        api_message(&e)
+                    ));
+                }
+            };
+            api_errors = 0;
+            let evs = events
+                .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            let stderr_tail: Vec<String> = Vec::new();
+            match assess(spec, &pod, &evs, &stderr_tail) {
+                Assessment::Waiting(why) => {
+                    if why != last_wait {
+                        ctl.report(ActivityEvent::Waiting(why.clone()));
+                        last_wait = why.clone();
+                    }
+                    if pending_limit.is_some_and(|l| started.elapsed() > l) {
+                        break ActivityOutcome::failed(format!(
+                            "never started within the pending timeout: {why}"
+                        ));
+                    }
+                }
+                Assessment::Running => {
+                    if logs.is_none() {
+                        ctl.report(ActivityEvent::Running);
+                        logs = Some(tokio::spawn(stream_logs(
+                            pods.clone(),
+                            name.to_string(),
+                            spec.log_path(),
+                            rewrite_log,
+                        )));
+                    }
+                }
+                Assessment::Done(mut o) => {
+                    if logs.is_none() {
+                        logs = Some(tokio::spawn(stream_logs(
+                            pods.clone(),
+                            name.to_string(),
+                            spec.log_path(),
+                            rewrite_log,
+                        )));
+                    }
+                    let tail = match logs.take() {
+                        Some(h) => tokio::time::timeout(Duration::from_secs(30), h)
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok())
+                            .unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    // With the log read, a failure can quote the recipe's own error.
+                    if o.state == capstan_core::job::JobState::Failed
+                        && let Assessment::Done(better) = assess(spec, &pod, &evs, &tail)
+                    {
+                        o = better;
+                    }
+                    save_events(spec, &pod, &evs);
+                    break o;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = ctl.cancel.cancelled() => {
+                    self.delete(&pods, name).await;
+                    break ActivityOutcome::cancelled();
+                }
+            }
+        };
+        if let Some(h) = logs {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+        // Logs and state are saved: nothing of the activity stays in the cluster.
+        self.delete(&pods, name).await;
+        outcome
+    }
+
+    /// Deletes a pod (its ConfigMap and Secret go with it) and waits until it is gone.
+    async fn delete(&self, pods: &Api<Pod>, name: &str) {
+        let params = DeleteParams {
+            grace_period_seconds: Some(GRACE_SECS),
+            ..DeleteParams::background()
+        };
+        let _ = pods.delete(name, &params).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match pods.get_opt(name).await {
+                Ok(None) => return,
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        tracing::warn!(
+            pod = name,
+            "the pod is still there a minute after its deletion"
+        );
+    }
+
+    async fn resume_impl(
+        &self,
+        spec: &ActivitySpec,
+        backend_ref: Option<&str>,
+        ctl: ActivityControl,
+    ) -> Resumed {
+        let client = match self
+            .client(spec.kubeconfig.as_deref(), spec.kube_context.as_deref())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return Resumed::Finished(ActivityOutcome::failed(format!(
+                    "cannot re-attach after a restart: {e}"
+                )));
+            }
+        };
+        let (ns, name) = match backend_ref.and_then(|r| r.split_once('|')) {
+            Some((ns, name)) => (ns.to_string(), Some(name.to_string())),
+            None => match &spec.namespace {
+                Some(ns) => (ns.clone(), None),
+                None => return Resumed::NeverStarted,
+            },
+        };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let selector = format!(
+            "{LABEL_INSTANCE}={},{LABEL_ACTIVITY}={},{LABEL_ATTEMPT}={}",
+            self.instance,
+            spec.activity_id(),
+            spec.attempt
+        );
+        let found = match pods.list(&ListParams::default().labels(&selector)).await {
+            Ok(l) => l.items.into_iter().next(),
+            Err(e) => {
+                return Resumed::Finished(ActivityOutcome::failed(format!(
+                    "cannot look for the job's pod after a restart: {}",
+                    api_message(&e)
+                )));
+            }
+        };
+        match (found, name) {
+            (Some(pod), _) => {
+                let name = pod.metadata.name.unwrap_or_default();
+                // The engine kept the whole log while the daemon was down: read it again.
+                Resumed::Finished(self.follow(&client, spec, &ns, &name, &ctl, true).await)
+            }
+            (None, Some(name)) => Resumed::Finished(ActivityOutcome::failed(format!(
+                "its pod {ns}/{name} disappeared while the daemon was down (deleted outside capstan?)"
+            ))),
+            (None, None) => Resumed::NeverStarted,
+        }
+    }
+
+    async fn sweep_impl(&self, home: &Home, active: &[ActivityKey]) -> Vec<String> {
+        // The namespaces this instance can name without a user (variables need one).
+        let mut targets: Vec<(Option<String>, Option<String>, String)> = Vec::new();
+        for c in home
+            .exec_configs
+            .values()
+            .filter(|c| c.kind.value == ExecKind::Kubernetes)
+        {
+            if let Some(ns) = c.namespace.as_ref().filter(|n| !n.value.contains("${")) {
+                targets.push((
+                    None,
+                    c.context.as_ref().map(|x| x.value.clone()),
+                    ns.value.clone(),
+                ));
+            }
+        }
+        for c in home.clusters.values() {
+            if let ClusterTarget::Kubernetes {
+                kubeconfig,
+                context,
+                namespace: Some(ns),
+            } = &c.target
+            {
+                targets.push((
+                    kubeconfig.as_ref().map(|k| k.value.clone()),
+                    context.as_ref().map(|x| x.value.clone()),
+                    ns.value.clone(),
+                ));
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        let mut removed = Vec::new();
+        for (kubeconfig, context, ns) in targets {
+            // A cluster that cannot be reached now is swept at the next start.
+            let Ok(client) = self.client(kubeconfig.as_deref(), context.as_deref()).await else {
+                continue;
+            };
+            let pods: Api<Pod> = Api::namespaced(client, &ns);
+            let Ok(list) = pods
+                .list(&ListParams::default().labels(&format!("{LABEL_INSTANCE}={}", self.instance)))
+                .await
+            else {
+                continue;
+            };
+            for p in list.items {
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                let num = |k: &str| labels.get(k).and_then(|v| v.parse::<i64>().ok());
+                let idx = labels
+                    .get(LABEL_ACTIVITY)
+                    .and_then(|a| a.rsplit('-').next())
+                    .and_then(|i| i.parse().ok());
+                let key = match (num(LABEL_JOB), idx, num(LABEL_ATTEMPT)) {
+                    (Some(job_id), Some(idx), Some(attempt)) => Some(ActivityKey {
+                        job_id,
+                        idx,
+                        attempt,
+                    }),
+                    _ => None,
+                };
+                if key.is_some_and(|k| active.contains(&k)) {
+                    continue;
+                }
+                let name = p.metadata.name.unwrap_or_default();
+                self.delete(&pods, &name).await;
+                removed.push(format!("pod {ns}/{name}"));
+            }
+        }
+        removed
+    }
+}
+
+/// Streams the pod's log into the activity's log file; returns its last lines.
+async fn stream_logs(
+    pods: Api<Pod>,
+    name: String,
+    path: std::path::PathBuf,
+    rewrite: bool,
+) -> Vec<String> {
+    let params = LogParams {
+        container: Some("recipe".into()),
+        follow: true,
+        timestamps: true,
+        ..LogParams::default()
+    };
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!rewrite)
+        .truncate(rewrite)
+        .open(&path)
+    else {
+        return Vec::new();
+    };
+    let mut file = std::io::BufWriter::new(file);
+    let mut tail: std::collections::VecDeque<String> = Default::default();
+    let Ok(reader) = pods.log_stream(&name, &params).await else {
+        return Vec::new();
+    };
+    let mut lines = reader.lines();
+    while let Some(Ok(line)) = lines.next().await {
+        // Kubernetes merges stdout and stderr; the timestamp comes first.
+        let (stamp, text) = line.split_once(' ').unwrap_or(("", line.as_str()));
+        let _ = writeln!(file, "{stamp} o {text}");
+        let _ = file.flush();
+        if tail.len() == 20 {
+            tail.pop_front();
+        }
+        tail.push_back(text.to_string());
+    }
+    tail.into_iter().collect()
+}
+
+/// The pod's final status and last events, next to its log.
+fn save_events(spec: &ActivitySpec, pod: &Pod, events: &[Event]) {
+    let record = serde_json::json!({"status": pod.status, "events": events});
+    let _ = std::fs::write(
+        spec.dir.join("pod.json"),
+        serde_json::to_vec_pretty(&record).unwrap_or_default(),
+    );
+}
+
+impl Backend for K8sBackend {
+    fn kind(&self) -> ExecKind {
+        ExecKind::Kubernetes
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+        ctl: ActivityControl,
+    ) -> BoxFuture<'a, ActivityOutcome> {
+        Box::pin(self.run_impl(spec, ctl))
+    }
+
+    fn resume<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+        backend_ref: Option<&'a str>,
+        ctl: ActivityControl,
+    ) -> BoxFuture<'a, Resumed> {
+        Box::pin(self.resume_impl(spec, backend_ref, ctl))
+    }
+
+    fn usage<'a>(&'a self, _spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>> {
+        // Live usage needs the metrics API, which not every cluster serves.
+        Box::pin(async { None })
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        home: &'a Home,
+        active: &'a [ActivityKey],
+    ) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(self.sweep_impl(home, active))
+    }
+}

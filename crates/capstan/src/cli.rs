@@ -50,6 +50,9 @@ pub enum Command {
     Dataset(DatasetCommand),
     /// List every declared dataset with its rows and size.
     Datasets(DatasetsArgs),
+    /// Kubernetes: the objects a run would create.
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Base images: build and list.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -321,4 +324,22 @@ pub struct DatasetSchemaArgs {
 pub struct DatasetsArgs {
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum K8sCommand {
+    /// Print, as YAML, the exact objects a run of PROJECT/RECIPE would create (pod, code
+    /// ConfigMap, token Secret), without a cluster. The token is never printed.
+    Render(K8sRenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct K8sRenderArgs {
+    /// The recipe, as PROJECT/RECIPE.
+    pub target: String,
+    #[command(flatten)]
+    pub select: Selection,
+    /// Render as this user (for `${user}` in namespaces, and permissions).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 }

@@ -89,7 +89,8 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     let local = LocalBackend::new(root, exe);
     tracing::info!(limits = %local.limits_description(), "local backend ready");
     let docker = capstan_backend_docker::DockerBackend::new(root);
-    let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(local), Arc::new(docker)];
+    let k8s = capstan_backend_k8s::K8sBackend::new(root);
+    let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(local), Arc::new(docker), Arc::new(k8s)];
     let data = Arc::new(
         capstan_server::data_api::DataPlaneImpl::open(root, || {
             let mut b = [0u8; 32];

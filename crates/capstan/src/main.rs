@@ -13,6 +13,7 @@ mod home;
 mod images;
 mod init;
 mod jobs;
+mod k8s;
 mod quickstart;
 mod token;
 
@@ -45,6 +46,8 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 fn main() -> ExitCode {
+    // One TLS provider, installed before anything (kube) uses TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = cli::Cli::parse();
     // The shim is started by the daemon for every local activity: keep its start lean.
     if let cli::Command::Shim(a) = &args.command {
@@ -84,7 +87,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(args: cli::Cli) -> anyhow::Result<u8> {
     use cli::{
-        Command, ConfigCommand, DatasetCommand, EnvCommand, ImageCommand, JobCommand, TokenCommand,
+        Command, ConfigCommand, DatasetCommand, EnvCommand, ImageCommand, JobCommand, K8sCommand,
+        TokenCommand,
     };
     let home = args.home.as_deref();
     let connect = || client::Client::connect(home, args.server.as_deref(), args.token.as_deref());
@@ -126,6 +130,7 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         Command::Dataset(DatasetCommand::Head(a)) => datasets::head(&home::locate(home)?, a),
         Command::Dataset(DatasetCommand::Schema(a)) => datasets::schema(&home::locate(home)?, a),
         Command::Datasets(a) => datasets::list(&home::locate(home)?, a),
+        Command::K8s(K8sCommand::Render(a)) => k8s::render(&home::locate(home)?, a),
         Command::Shim(_) => unreachable!("handled in main"),
     }
 }

@@ -39,6 +39,10 @@ pub struct ActivitySpec {
     pub cluster: Option<String>,
     pub image: Option<String>,
     pub docker_host: Option<String>,
+    /// Kubernetes: the namespace, the kubeconfig context and file (`None`: the usual search).
+    pub namespace: Option<String>,
+    pub kube_context: Option<String>,
+    pub kubeconfig: Option<String>,
     pub env: BTreeMap<String, String>,
     pub code_env: Option<CodeEnv>,
     pub timeout: Option<Duration>,
@@ -99,6 +103,9 @@ impl ActivitySpec {
             cluster: None,
             image: None,
             docker_host: None,
+            namespace: None,
+            kube_context: None,
+            kubeconfig: None,
             env: BTreeMap::new(),
             code_env: None,
             timeout: None,
@@ -143,6 +150,20 @@ pub struct ActivityOutcome {
 }
 
 impl ActivityOutcome {
+    /// Stopped on request (the engine records who asked).
+    pub fn cancelled() -> ActivityOutcome {
+        ActivityOutcome {
+            state: JobState::Cancelled,
+            ..ActivityOutcome::failed("")
+        }
+        .without_diagnosis()
+    }
+
+    fn without_diagnosis(mut self) -> ActivityOutcome {
+        self.diagnosis = None;
+        self
+    }
+
     pub fn failed(diagnosis: impl Into<String>) -> ActivityOutcome {
         ActivityOutcome {
             state: JobState::Failed,
@@ -164,6 +185,8 @@ pub enum ActivityEvent {
     Started { backend_ref: String },
     /// The user's code is running.
     Running,
+    /// Not started yet, for a reason the user should see (a pod pending on quota or scheduling).
+    Waiting(String),
 }
 
 /// The engine's side of a running activity.

@@ -321,43 +321,8 @@ impl Engine {
                 list.join("; ")
             )
         })?;
-        let (project, recipe) = home
-            .recipe(&job.project, &job.recipe)
-            .expect("resolved above");
-        let code_env = r
-            .code_env
-            .value
-            .as_ref()
-            .and_then(|n| home.code_envs.get(n))
-            .cloned();
-        let spec = ActivitySpec {
-            recipe_kind: recipe.kind.value,
-            code_file: recipe.code.as_ref().map(|c| self.inner.root.join(&c.value)),
-            lib_dir: project.lib_dir.as_ref().map(|l| self.inner.root.join(l)),
-            inputs: recipe.inputs.iter().map(|i| i.value.clone()).collect(),
-            outputs: recipe.outputs.iter().map(|o| o.value.clone()).collect(),
-            exec_config: r.exec_config.value.clone(),
-            cluster: r.cluster.value.clone(),
-            image: r.image.value.clone(),
-            docker_host: r.docker_host.value.clone(),
-            env: r
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect(),
-            code_env,
-            timeout: r.timeout.value,
-            cpu_limit: r.cpu_limit.value,
-            memory_limit: r.memory_limit.value,
-            gpus: r.gpus.value,
-            exec: r
-                .exec_config
-                .value
-                .as_ref()
-                .and_then(|n| home.exec_configs.get(n))
-                .cloned(),
-            ..self.minimal_spec(job, attempt, dir, r.kind.value)
-        };
+        let mut spec = spec_from(&home, &self.inner.root, &r, job.id, attempt, dir);
+        spec.user = job.user.clone();
         Ok((spec, r.kind.value))
     }
 
@@ -597,6 +562,7 @@ impl Engine {
             ActivityEvent::Started { backend_ref } => {
                 store.set_activity_location(job_id, 0, None, Some(&backend_ref), false)
             }
+            ActivityEvent::Waiting(message) => store.note(job_id, &message),
             ActivityEvent::Running => store
                 .transition(
                     job_id,
@@ -610,6 +576,72 @@ impl Engine {
         if let Err(error) = result {
             tracing::error!(job_id, %error, "cannot record a job's progress");
         }
+    }
+}
+
+/// The spec of activity 0 of a job of `resolution`, everything but its data access, which the
+/// engine grants when it runs (also what `capstan k8s render` shows).
+pub fn spec_from(
+    home: &Home,
+    root: &Path,
+    r: &Resolution,
+    job_id: i64,
+    attempt: i64,
+    dir: PathBuf,
+) -> ActivitySpec {
+    let (project, recipe) = home
+        .recipe(&r.project, &r.recipe)
+        .expect("a resolution names an existing recipe");
+    let code_env = r
+        .code_env
+        .value
+        .as_ref()
+        .and_then(|n| home.code_envs.get(n))
+        .cloned();
+    let kubeconfig = r
+        .cluster
+        .value
+        .as_ref()
+        .and_then(|c| home.clusters.get(c))
+        .and_then(|c| match &c.target {
+            capstan_core::model::ClusterTarget::Kubernetes { kubeconfig, .. } => {
+                kubeconfig.as_ref().map(|k| k.value.clone())
+            }
+            _ => None,
+        });
+    ActivitySpec {
+        project: r.project.clone(),
+        recipe: r.recipe.clone(),
+        user: r.user.clone().unwrap_or_default(),
+        recipe_kind: recipe.kind.value,
+        code_file: recipe.code.as_ref().map(|c| root.join(&c.value)),
+        lib_dir: project.lib_dir.as_ref().map(|l| root.join(l)),
+        inputs: recipe.inputs.iter().map(|i| i.value.clone()).collect(),
+        outputs: recipe.outputs.iter().map(|o| o.value.clone()).collect(),
+        exec_config: r.exec_config.value.clone(),
+        cluster: r.cluster.value.clone(),
+        image: r.image.value.clone(),
+        docker_host: r.docker_host.value.clone(),
+        namespace: r.namespace.value.clone(),
+        kube_context: r.context.value.clone(),
+        kubeconfig,
+        env: r
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect(),
+        code_env,
+        timeout: r.timeout.value,
+        cpu_limit: r.cpu_limit.value,
+        memory_limit: r.memory_limit.value,
+        gpus: r.gpus.value,
+        exec: r
+            .exec_config
+            .value
+            .as_ref()
+            .and_then(|n| home.exec_configs.get(n))
+            .cloned(),
+        ..ActivitySpec::bare(job_id, attempt, dir, root.to_path_buf(), r.kind.value)
     }
 }
 

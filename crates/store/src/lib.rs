@@ -447,6 +447,15 @@ impl Store {
         Ok(true)
     }
 
+    /// Records a message about a job without changing its state ("waiting for quota…").
+    pub fn note(&mut self, job_id: i64, message: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO job_events (job_id, at, state, message) SELECT id, ?2, state, ?3 FROM jobs WHERE id = ?1",
+            params![job_id, now_ms(), message],
+        )?;
+        Ok(())
+    }
+
     /// Records the rows a job read and wrote.
     pub fn set_io(&mut self, job_id: i64, io_json: &str) -> Result<()> {
         self.conn.execute(
