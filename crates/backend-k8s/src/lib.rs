@@ -162,7 +162,9 @@ impl K8sBackend {
         {
             Ok(c) => c,
             Err(e) => {
-                return ActivityOutcome::failed(format!("cannot reach the Kubernetes cluster: {e}"));
+                return ActivityOutcome::failed(format!(
+                    "cannot reach the Kubernetes cluster: {e}"
+                ));
             }
         };
         if let Err(e) = self.ensure_namespace(&client, spec, &ns).await {
@@ -592,3 +594,7 @@ impl Backend for K8sBackend {
         Box::pin(self.sweep_impl(home, active))
     }
 }
+
+// The versions of the Kubernetes crates in this crate's API, so callers never mismatch them.
+pub use k8s_openapi;
+pub use kube;

@@ -143,6 +143,11 @@ impl TestHome {
     pub fn start(&self) -> TestDaemon {
         TestDaemon::start(&self.root())
     }
+
+    /// A daemon listening on `bind` (to be reachable from elsewhere than loopback).
+    pub fn start_on(&self, bind: &str) -> TestDaemon {
+        TestDaemon::start_on(&self.root(), bind)
+    }
 }
 
 /// Waits for `cond`, checking every 20 ms, failing the test after `secs`.
@@ -192,13 +197,17 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub fn start(root: &Path) -> TestDaemon {
+        TestDaemon::start_on(root, "127.0.0.1:0")
+    }
+
+    pub fn start_on(root: &Path, bind: &str) -> TestDaemon {
         let info = root.join("state/daemon.json");
         let _ = std::fs::remove_file(&info);
         let log = std::fs::File::create(root.join("daemon.log")).unwrap();
         let child = capstan()
             .arg("--home")
             .arg(root)
-            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(["serve", "--bind", bind])
             .stderr(log)
             .spawn()
             .unwrap();

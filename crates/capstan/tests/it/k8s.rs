@@ -1,0 +1,338 @@
+//! Kubernetes. `capstan k8s render` is checked against the official schema everywhere; the
+//! end-to-end suite runs against a real cluster when `CAPSTAN_TEST_KUBECONFIG` names one (see
+//! the README, "Kubernetes end-to-end tests"), and says it was skipped otherwise.
+
+use std::path::PathBuf;
+
+use capstan_backend_k8s::k8s_openapi::api::core::v1::Pod;
+use capstan_backend_k8s::kube::api::{Api, ListParams};
+
+use crate::support::{TestHome, stderr, stdout, submit, wait_for};
+
+#[test]
+fn k8s_render_of_the_sample_passes_the_official_schema_and_holds_no_token() {
+    let h = TestHome::new("k8s-render");
+    let out = h
+        .capstan()
+        .args([
+            "k8s",
+            "render",
+            "sample/hello",
+            "--exec-config",
+            "k8s-medium",
+            "--cluster",
+            "prod-k8s",
+            "--user",
+            "admin",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let yaml = stdout(&out);
+    assert!(
+        yaml.contains("kind: Pod")
+            && yaml.contains("kind: ConfigMap")
+            && yaml.contains("kind: Secret")
+    );
+    assert!(
+        yaml.contains("token: generated when the activity starts"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("capa_"), "a token in the rendered objects");
+    let file = h.dir.path().join("objects.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let check = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .output();
+    match check {
+        Ok(o) => assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o)),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "kubernetes-validate is not installed"
+            );
+            eprintln!("skipped the schema check: pip install kubernetes-validate");
+        }
+    }
+    // A recipe on another kind of configuration is not rendered as if it were.
+    let out = h
+        .capstan()
+        .args(["k8s", "render", "sample/hello"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not on Kubernetes"),
+        "{}",
+        stderr(&out)
+    );
+    // Permissions hold here too.
+    let out = h
+        .capstan()
+        .args([
+            "k8s",
+            "render",
+            "sample/hello",
+            "--exec-config",
+            "k8s-medium",
+            "--user",
+            "alice",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+/// The cluster the end-to-end suite runs against, from the environment.
+struct Cluster {
+    kubeconfig: String,
+    context: Option<String>,
+    registry: String,
+    public_url: Option<String>,
+}
+
+fn cluster() -> Option<Cluster> {
+    let Ok(kubeconfig) = std::env::var("CAPSTAN_TEST_KUBECONFIG") else {
+        eprintln!(
+            "skipped: set CAPSTAN_TEST_KUBECONFIG (and CAPSTAN_TEST_K8S_IMAGE_REGISTRY) to run the Kubernetes end-to-end suite"
+        );
+        return None;
+    };
+    let registry = std::env::var("CAPSTAN_TEST_K8S_IMAGE_REGISTRY")
+        .expect("CAPSTAN_TEST_K8S_IMAGE_REGISTRY: a registry capstan can push to and the cluster can pull from");
+    Some(Cluster {
+        kubeconfig,
+        context: std::env::var("CAPSTAN_TEST_K8S_CONTEXT").ok(),
+        registry,
+        public_url: std::env::var("CAPSTAN_TEST_K8S_PUBLIC_URL").ok(),
+    })
+}
+
+/// A home whose `e2e` configuration runs on the test cluster, with its base image built and
+/// pushed to the test registry.
+fn e2e_home(label: &str, c: &Cluster) -> TestHome {
+    let h = TestHome::new(label);
+    let context = c
+        .context
+        .as_ref()
+        .map(|x| format!("context = \"{x}\"\n"))
+        .unwrap_or_default();
+    h.append(
+        "clusters.toml",
+        &format!(
+            "\n[cluster.e2e]\nkind = \"kubernetes\"\nkubeconfig = \"{}\"\n{context}",
+            c.kubeconfig
+        ),
+    );
+    h.append(
+        "exec-configs.toml",
+        &format!(
+            "\n[exec_config.e2e]\nkind = \"kubernetes\"\nbase_image = \"default\"\nregistry = \"{}\"\nnamespace = \"capstan-e2e\"\ncreate_namespace = true\n\
+             cpu_limit = 1\nmemory_limit = \"256Mi\"\npending_timeout = \"5m\"\n",
+            c.registry
+        ),
+    );
+    // The sample's own Kubernetes configuration pushes to a registry that does not exist.
+    let exec = std::fs::read_to_string(h.root().join("exec-configs.toml")).unwrap();
+    std::fs::write(
+        h.root().join("exec-configs.toml"),
+        exec.replace("registry = \"registry.example.com/capstan\"\n", ""),
+    )
+    .unwrap();
+    let capstan_toml = std::fs::read_to_string(h.root().join("capstan.toml")).unwrap();
+    let mut server = String::from("[server]\n");
+    if let Some(url) = &c.public_url {
+        server += &format!("public_url = \"{url}\"\n");
+    }
+    std::fs::write(
+        h.root().join("capstan.toml"),
+        capstan_toml.replace("[server]\n", &server),
+    )
+    .unwrap();
+    let build = h
+        .capstan()
+        .args(["image", "build-base", "default"])
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}{}",
+        stdout(&build),
+        stderr(&build)
+    );
+    h
+}
+
+fn pods_of(c: &Cluster, job: i64) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let backend = capstan_backend_k8s::K8sBackend::new(std::path::Path::new("/"));
+        let client = backend
+            .client(Some(&c.kubeconfig), c.context.as_deref())
+            .await
+            .unwrap();
+        let pods: Api<Pod> = Api::namespaced(client, "capstan-e2e");
+        pods.list(&ListParams::default().labels(&format!("capstan.io/job={job}")))
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0)
+    })
+}
+
+#[test]
+fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
+    let Some(c) = cluster() else { return };
+    let h = e2e_home("k8s-e2e", &c);
+    h.recipe(
+        "hi",
+        "python",
+        "py",
+        "import platform\nprint('hello from', platform.node())\n",
+        "exec_config = \"e2e\"\ncluster = \"e2e\"",
+    );
+    h.recipe(
+        "hog",
+        "python",
+        "py",
+        "b = bytearray(1024 * 1024 * 1024)\nprint('survived')\n",
+        "exec_config = \"e2e\"\ncluster = \"e2e\"",
+    );
+    h.recipe(
+        "nap",
+        "shell",
+        "sh",
+        "echo sleeping\nsleep 300\n",
+        "exec_config = \"e2e\"\ncluster = \"e2e\"",
+    );
+    h.recipe(
+        "steps",
+        "shell",
+        "sh",
+        "echo first\nsleep 20\necho second\n",
+        "exec_config = \"e2e\"\ncluster = \"e2e\"",
+    );
+    // Pods reach the daemon at the public URL: listen on all addresses, on its port.
+    let bind = match &c.public_url {
+        Some(u) => format!(
+            "0.0.0.0:{}",
+            u.rsplit(':').next().unwrap().trim_end_matches('/')
+        ),
+        None => "127.0.0.1:0".to_string(),
+    };
+    let d = h.start_on(&bind);
+
+    // A run, with its log.
+    let out = h.capstan().args(["run", "sample/hi"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("hello from capstan-"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Out of memory, from the container's OOMKilled state.
+    let out = h.capstan().args(["run", "sample/hog"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "out of memory: exceeded the 256 MiB memory limit of execution configuration 'e2e'"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // Cancel: the pod is gone afterwards.
+    let id = submit(&h, "sample/nap", &[]);
+    d.wait_state(id, 300, &["running"]);
+    assert_eq!(pods_of(&c, id), 1);
+    let out = h
+        .capstan()
+        .args(["cancel", &id.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_for("the cancelled pod to be gone", 90, || pods_of(&c, id) == 0);
+
+    // A daemon killed while its pod runs re-attaches and ends the job with its whole log.
+    let id = submit(&h, "sample/steps", &[]);
+    let job = d.wait_state(id, 300, &["running"]);
+    let log = PathBuf::from(job["activities"][0]["log"].as_str().unwrap());
+    wait_for("the first line", 120, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" o first"))
+    });
+    d.kill9();
+    let d = h.start_on(&bind);
+    let job = d.wait_state(id, 300, &["succeeded", "failed", "cancelled", "timed_out"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with(" o first")).count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with(" o second")).count(),
+        1,
+        "{text}"
+    );
+    wait_for("the finished pod to be gone", 90, || pods_of(&c, id) == 0);
+
+    // The data plane, when the cluster can reach this daemon.
+    if c.public_url.is_none() {
+        eprintln!(
+            "data-plane round trip skipped: set CAPSTAN_TEST_K8S_PUBLIC_URL to where pods reach this machine's daemon"
+        );
+        return;
+    }
+    let csv = h.dir.path().join("orders.csv");
+    std::fs::write(&csv, "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n").unwrap();
+    let out = h
+        .capstan()
+        .args(["dataset", "import", "sample/orders"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    h.append("images.toml", "\n[code_env.tables]\nlanguage = \"python\"\npackages = [\"pandas\", \"pyarrow\"]\nbuild_for = [\"e2e\"]\n");
+    let out = h
+        .capstan()
+        .args(["env", "build", "tables"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    h.recipe(
+        "totals",
+        "python",
+        "py",
+        "import capstan\nd = capstan.Dataset('orders').to_pandas()\ncapstan.Output('order_totals').write(d.groupby('customer', as_index=False)['amount'].sum())\n",
+        "exec_config = \"e2e\"\ncluster = \"e2e\"\ncode_env = \"tables\"\ninputs = [\"orders\"]\noutputs = [\"order_totals\"]",
+    );
+    let out = h.capstan().args(["run", "sample/totals"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let head = h
+        .capstan()
+        .args(["dataset", "head", "sample/order_totals", "--json"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"customer": "alice", "amount": 17.75}, {"customer": "bob", "amount": 3.0}])
+    );
+}
