@@ -39,6 +39,8 @@ const GRACE_SECS: u32 = 2;
 pub struct K8sBackend {
     instance: String,
     clients: tokio::sync::Mutex<HashMap<(Option<String>, Option<String>), Client>>,
+    /// A client to use for every cluster (tests give a mock service).
+    fixed: Option<Client>,
 }
 
 /// The API's own words for an error.
@@ -70,6 +72,16 @@ impl K8sBackend {
         K8sBackend {
             instance: capstan_core::instance_id(home_root),
             clients: tokio::sync::Mutex::new(HashMap::new()),
+            fixed: None,
+        }
+    }
+
+    /// A backend that talks to `client` whatever the cluster (for testing the request logic
+    /// against kube's test service).
+    pub fn with_client(home_root: &Path, client: Client) -> K8sBackend {
+        K8sBackend {
+            fixed: Some(client),
+            ..K8sBackend::new(home_root)
         }
     }
 
@@ -79,6 +91,9 @@ impl K8sBackend {
         kubeconfig: Option<&str>,
         context: Option<&str>,
     ) -> Result<Client, String> {
+        if let Some(c) = &self.fixed {
+            return Ok(c.clone());
+        }
         let key = (kubeconfig.map(String::from), context.map(String::from));
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(&key) {
