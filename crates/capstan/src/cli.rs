@@ -53,6 +53,9 @@ pub enum Command {
     /// Kubernetes: the objects a run would create.
     #[command(subcommand)]
     K8s(K8sCommand),
+    /// Clusters: check that one works end to end.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Base images: build and list.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -342,4 +345,21 @@ pub struct K8sRenderArgs {
     /// Render as this user (for `${user}` in namespaces, and permissions).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Run a tiny pod on a Kubernetes cluster and report each step: API reachable, namespace,
+    /// image pull and start, callback to the daemon, cleanup.
+    Test(ClusterTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterTestArgs {
+    /// The cluster (a `[cluster.NAME]` of kind kubernetes).
+    pub name: String,
+    /// The execution configuration whose image, namespace and limits to test with (default: the
+    /// first kubernetes configuration).
+    #[arg(long, value_name = "NAME")]
+    pub exec_config: Option<String>,
 }

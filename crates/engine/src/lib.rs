@@ -645,6 +645,64 @@ pub fn spec_from(
     }
 }
 
+/// The spec of a one-off activity on an execution configuration (`capstan cluster test`): its
+/// image, limits and placement, running `code` in `namespace`.
+pub fn spec_from_config(
+    home: &Home,
+    root: &Path,
+    config: &capstan_core::model::ExecConfig,
+    cluster: &str,
+    namespace: &str,
+    code: PathBuf,
+    dir: PathBuf,
+) -> ActivitySpec {
+    let prefix = config
+        .registry
+        .as_ref()
+        .map(|r| format!("{}/", r.value.trim_end_matches('/')))
+        .unwrap_or_default();
+    let image = config.image.as_ref().map(|i| i.value.clone()).or_else(|| {
+        let base = config
+            .base_image
+            .as_ref()
+            .map_or("default", |b| b.value.as_str());
+        home.base_image_record(base)
+            .map(|r| format!("{prefix}capstan-base-{base}:{}", r.tag))
+    });
+    let (kubeconfig, kube_context) = match home.clusters.get(cluster).map(|c| &c.target) {
+        Some(capstan_core::model::ClusterTarget::Kubernetes {
+            kubeconfig,
+            context,
+            ..
+        }) => (
+            kubeconfig.as_ref().map(|k| k.value.clone()),
+            context
+                .as_ref()
+                .or(config.context.as_ref())
+                .map(|c| c.value.clone()),
+        ),
+        _ => (None, config.context.as_ref().map(|c| c.value.clone())),
+    };
+    ActivitySpec {
+        project: "capstan-test".into(),
+        recipe: "cluster-test".into(),
+        user: "capstan-test".into(),
+        recipe_kind: capstan_core::model::RecipeKind::Python,
+        code_file: Some(code),
+        exec_config: Some(config.name.clone()),
+        cluster: Some(cluster.to_string()),
+        image,
+        namespace: Some(namespace.to_string()),
+        kube_context,
+        kubeconfig,
+        cpu_limit: config.cpu_limit.as_ref().map(|c| c.value),
+        memory_limit: config.memory_limit.as_ref().map(|m| m.value),
+        timeout: Some(capstan_core::quantity::Duration::from_secs(300)),
+        exec: Some(config.clone()),
+        ..ActivitySpec::bare(0, 0, dir, root.to_path_buf(), ExecKind::Kubernetes)
+    }
+}
+
 fn resolve_error(errors: Vec<ResolveError>) -> EngineError {
     if let Some(e) = errors
         .iter()

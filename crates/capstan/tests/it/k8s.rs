@@ -336,3 +336,44 @@ fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
         serde_json::json!([{"customer": "alice", "amount": 17.75}, {"customer": "bob", "amount": 3.0}])
     );
 }
+
+#[test]
+fn cluster_test_reports_an_unreachable_api_as_its_first_step() {
+    let h = TestHome::new("cluster-test");
+    let kubeconfig = h.dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: nowhere\n  cluster:\n    server: https://127.0.0.1:1\n\
+         contexts:\n- name: nowhere\n  context:\n    cluster: nowhere\n    user: nobody\ncurrent-context: nowhere\n\
+         users:\n- name: nobody\n  user:\n    token: not-a-real-token\n",
+    )
+    .unwrap();
+    h.append(
+        "clusters.toml",
+        &format!("\n[cluster.nowhere]\nkind = \"kubernetes\"\nkubeconfig = \"{}\"\ncontext = \"nowhere\"\n", kubeconfig.display()),
+    );
+    let out = h
+        .capstan()
+        .args(["cluster", "test", "nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.starts_with("FAIL API reachable"), "{text}");
+    let out = h
+        .capstan()
+        .args(["cluster", "test", "local-docker"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("is a Docker host"),
+        "{}",
+        stderr(&out)
+    );
+}
