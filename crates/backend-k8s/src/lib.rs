@@ -36,9 +36,12 @@ const POLL: Duration = Duration::from_millis(1000);
 /// Seconds Kubernetes gives a cancelled pod before killing it.
 const GRACE_SECS: u32 = 2;
 
+/// A cluster as a client sees it: (kubeconfig, context).
+type ClusterKey = (Option<String>, Option<String>);
+
 pub struct K8sBackend {
     instance: String,
-    clients: tokio::sync::Mutex<HashMap<(Option<String>, Option<String>), Client>>,
+    clients: tokio::sync::Mutex<HashMap<ClusterKey, Client>>,
     /// A client to use for every cluster (tests give a mock service).
     fixed: Option<Client>,
 }

@@ -56,7 +56,7 @@ async fn create_follow_log_delete() {
                     json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []}),
                 ),
                 ("GET", p) if p.ends_with("/log") => {
-                    let _ = send.send_response(Response::new(Body::from(b"2026-11-28T00:00:01.000000000Z hello\n2026-11-28T00:00:02.000000000Z done\n".to_vec())));
+                    send.send_response(Response::new(Body::from(b"2026-11-28T00:00:01.000000000Z hello\n2026-11-28T00:00:02.000000000Z done\n".to_vec())));
                     continue;
                 }
                 ("GET", "/api/v1/namespaces/ns/pods/capstan-x-7-0-0") if deleted => (
@@ -97,7 +97,7 @@ async fn create_follow_log_delete() {
             };
             let mut resp = Response::new(Body::from(serde_json::to_vec(&body).unwrap()));
             *resp.status_mut() = status;
-            let _ = send.send_response(resp);
+            send.send_response(resp);
         }
     });
 
