@@ -60,6 +60,14 @@ pub fn command(spec: &ActivitySpec) -> Result<Vec<String>, String> {
         RecipeKind::Python => "python3",
         RecipeKind::R => "Rscript",
         RecipeKind::Shell => "sh",
+        other if other.is_spark() => {
+            return Err(format!(
+                "{} recipes run spark-submit on the daemon's machine, through their Spark \
+                 configuration: give this recipe no Docker execution configuration (its \
+                 spark_config decides where Spark runs)",
+                other.as_str()
+            ));
+        }
         other => {
             return Err(format!(
                 "{} recipes do not run on the Docker backend yet",
@@ -291,6 +299,7 @@ mod tests {
             gpus,
             exec,
             data: None,
+            spark: None,
         }
     }
 

@@ -152,6 +152,14 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         RecipeKind::Python => "python3",
         RecipeKind::R => "Rscript",
         RecipeKind::Shell => "sh",
+        other if other.is_spark() => {
+            return Err(format!(
+                "{} recipes run spark-submit on the daemon's machine, through their Spark \
+                 configuration: give this recipe no Kubernetes execution configuration (its \
+                 spark_config decides where Spark runs)",
+                other.as_str()
+            ));
+        }
         other => {
             return Err(format!(
                 "{} recipes do not run on the Kubernetes backend yet",

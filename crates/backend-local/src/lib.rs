@@ -54,6 +54,7 @@ impl LocalBackend {
         let package = runtime_dir.join("capstan");
         if let Err(error) = std::fs::create_dir_all(&package).and_then(|()| {
             std::fs::write(package.join("__init__.py"), capstan_core::PYTHON_RUNTIME)?;
+            std::fs::write(package.join("spark.py"), capstan_core::PYTHON_RUNTIME_SPARK)?;
             std::fs::write(runtime_dir.join("capstan.R"), capstan_core::R_RUNTIME)
         }) {
             tracing::warn!(%error, "cannot unpack capstan's Python runtime; recipes cannot `import capstan`");
@@ -149,7 +150,10 @@ impl LocalBackend {
             env.push(("CAPSTAN_API_URL".into(), access.api_url.clone()));
         }
 
-        let python = match &spec.code_env {
+        // Spark recipes need pyspark: their code environment's, else a managed one.
+        let managed_spark =
+            (spec.recipe_kind.is_spark() && spec.code_env.is_none()).then(spark_env);
+        let python = match spec.code_env.as_ref().or(managed_spark.as_ref()) {
             Some(ce) => {
                 let (envs, home, ce) = (self.envs_dir.clone(), spec.home_root.clone(), ce.clone());
                 tokio::task::spawn_blocking(move || venv::ensure(&envs, &home, &ce))
@@ -165,6 +169,67 @@ impl LocalBackend {
             ));
         };
         let (program, args) = match spec.recipe_kind {
+            RecipeKind::PySpark | RecipeKind::SparkSql => {
+                let bin = python.parent().map(Path::to_path_buf).unwrap_or_default();
+                let (app, app_args) = if spec.recipe_kind == RecipeKind::SparkSql {
+                    let runner = work.join("capstan_sql_runner.py");
+                    std::fs::write(&runner, capstan_spark::SQL_RUNNER)
+                        .map_err(|e| format!("cannot stage the Spark SQL runner: {e}"))?;
+                    (runner, vec![code.display().to_string()])
+                } else {
+                    (code.clone(), Vec::new())
+                };
+                if let Some(gap) = spec.spark.as_ref().and_then(capstan_spark::kubernetes_gap) {
+                    return Err(gap);
+                }
+                let template = work.join("executor-pod.yaml");
+                let submission = capstan_spark::submission(spec, &app, &app_args, &template)?;
+                if let Some(t) = &submission.pod_template {
+                    std::fs::write(&template, t)
+                        .map_err(|e| format!("cannot write the executor pod template: {e}"))?;
+                }
+                // pyspark's scripts find Spark through the `python` on PATH.
+                let path = std::env::var("PATH").unwrap_or_default();
+                env.push(("PATH".into(), format!("{}:{path}", bin.display())));
+                env.push(("PYSPARK_PYTHON".into(), python.display().to_string()));
+                env.push(("PYSPARK_DRIVER_PYTHON".into(), python.display().to_string()));
+                let dataset = |d: &str| spec.home_root.join("data").join(&spec.project).join(d);
+                let inputs: serde_json::Map<String, serde_json::Value> = spec
+                    .inputs
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.clone(),
+                            dataset(d).join("data.parquet").display().to_string().into(),
+                        )
+                    })
+                    .collect();
+                let stage = format!("{}-{}-{}", spec.job_id, spec.idx, spec.attempt);
+                let outputs: serde_json::Map<String, serde_json::Value> = spec
+                    .outputs
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.clone(),
+                            dataset(d)
+                                .join(".staging")
+                                .join(format!("{stage}.parquet"))
+                                .display()
+                                .to_string()
+                                .into(),
+                        )
+                    })
+                    .collect();
+                env.push((
+                    "CAPSTAN_SPARK_INPUTS".into(),
+                    serde_json::Value::Object(inputs).to_string(),
+                ));
+                env.push((
+                    "CAPSTAN_SPARK_OUTPUTS".into(),
+                    serde_json::Value::Object(outputs).to_string(),
+                ));
+                (bin.join("spark-submit"), submission.args)
+            }
             RecipeKind::Python => (python, vec![code.display().to_string()]),
             RecipeKind::R => (PathBuf::from("Rscript"), vec![code.display().to_string()]),
             RecipeKind::Shell => (PathBuf::from("sh"), vec![code.display().to_string()]),
@@ -281,7 +346,19 @@ impl LocalBackend {
     /// Reads the shim's exit record into an outcome, and tidies the activity's folder.
     fn finish(&self, spec: &ActivitySpec, reported: Option<ShimExit>) -> ActivityOutcome {
         let outcome = match read_exit(&spec.dir).or(reported) {
-            Some(exit) => capstan_engine::diagnose::outcome(spec, &exit.ending()),
+            Some(exit) => {
+                let mut o = capstan_engine::diagnose::outcome(spec, &exit.ending());
+                // Spark says what went wrong in its log, far above its last lines.
+                if spec.recipe_kind.is_spark()
+                    && o.state == capstan_core::job::JobState::Failed
+                    && let Some(d) = std::fs::read_to_string(spec.log_path())
+                        .ok()
+                        .and_then(|log| capstan_spark::diagnose(&log, spec))
+                {
+                    o.diagnosis = Some(d);
+                }
+                o
+            }
             None => {
                 let err = std::fs::read_to_string(spec.dir.join("shim.err")).unwrap_or_default();
                 kill_leftovers(&spec.dir);
@@ -379,6 +456,32 @@ fn kill_leftovers(dir: &Path) {
     if let Some(g) = group {
         g.kill_all(Duration::from_secs(5));
         g.remove();
+    }
+}
+
+/// The code environment Spark recipes get when they name none: pyspark.
+fn spark_env() -> capstan_core::model::CodeEnv {
+    use capstan_core::diag::Loc;
+    use capstan_core::model::{BuildFor, CodeEnv, EnvLanguage, Sourced};
+    CodeEnv {
+        name: "spark".into(),
+        loc: Loc::NOWHERE,
+        description: Some("pyspark, for Spark recipes without a code environment".into()),
+        language: Sourced {
+            value: EnvLanguage::Python,
+            loc: Loc::NOWHERE,
+        },
+        packages: vec![Sourced {
+            value: "pyspark".into(),
+            loc: Loc::NOWHERE,
+        }],
+        requirements_file: None,
+        constraints_file: None,
+        system_packages: Vec::new(),
+        build_for: Sourced {
+            value: BuildFor::None,
+            loc: Loc::NOWHERE,
+        },
     }
 }
 

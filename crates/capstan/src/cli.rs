@@ -53,6 +53,9 @@ pub enum Command {
     /// Kubernetes: the objects a run would create.
     #[command(subcommand)]
     K8s(K8sCommand),
+    /// Spark recipes: the exact spark-submit command.
+    #[command(subcommand)]
+    Spark(SparkCommand),
     /// Clusters: check that one works end to end.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -362,4 +365,21 @@ pub struct ClusterTestArgs {
     /// first kubernetes configuration).
     #[arg(long, value_name = "NAME")]
     pub exec_config: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SparkCommand {
+    /// Print the exact spark-submit command and configuration of a Spark recipe (and, on
+    /// Kubernetes, the executor pod template).
+    Render(SparkRenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SparkRenderArgs {
+    /// The recipe, as PROJECT/RECIPE.
+    pub target: String,
+    #[command(flatten)]
+    pub select: Selection,
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 }

@@ -247,6 +247,16 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
     }
     if let Some(log) = j["activities"][0]["log"].as_str() {
         println!("  log          {log}");
+        // While a Spark application runs, its driver serves a UI; its log says where.
+        if s("state") == "running"
+            && let Some(url) = std::fs::read_to_string(log).ok().and_then(|t| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .unwrap_or_else(|_| "localhost".into());
+                capstan_spark::ui_address(&t, host.trim())
+            })
+        {
+            println!("  Spark UI     {url}");
+        }
     }
     println!("  history");
     for e in j["events"].as_array().into_iter().flatten() {

@@ -15,6 +15,7 @@ mod init;
 mod jobs;
 mod k8s;
 mod quickstart;
+mod spark;
 mod token;
 
 use std::process::ExitCode;
@@ -88,7 +89,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(args: cli::Cli) -> anyhow::Result<u8> {
     use cli::{
         ClusterCommand, Command, ConfigCommand, DatasetCommand, EnvCommand, ImageCommand,
-        JobCommand, K8sCommand, TokenCommand,
+        JobCommand, K8sCommand, SparkCommand, TokenCommand,
     };
     let home = args.home.as_deref();
     let connect = || client::Client::connect(home, args.server.as_deref(), args.token.as_deref());
@@ -131,6 +132,7 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         Command::Dataset(DatasetCommand::Schema(a)) => datasets::schema(&home::locate(home)?, a),
         Command::Datasets(a) => datasets::list(&home::locate(home)?, a),
         Command::K8s(K8sCommand::Render(a)) => k8s::render(&home::locate(home)?, a),
+        Command::Spark(SparkCommand::Render(a)) => spark::render(&home::locate(home)?, a),
         Command::Cluster(ClusterCommand::Test(a)) => {
             runtime()?.block_on(k8s::cluster_test(&home::locate(home)?, a))
         }

@@ -22,6 +22,15 @@ pub struct Loc {
     pub col: u32,
 }
 
+impl Loc {
+    /// For values capstan makes itself (a managed environment), which no file wrote.
+    pub const NOWHERE: Loc = Loc {
+        file: FileId(u32::MAX),
+        line: 0,
+        col: 0,
+    };
+}
+
 /// One loaded file: its path relative to the home and its text (lossy if it was not UTF-8).
 #[derive(Debug)]
 pub struct SourceFile {

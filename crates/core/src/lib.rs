@@ -51,6 +51,9 @@ pub fn load_home(root: &Path) -> Result<(Home, Vec<Diagnostic>), HomeError> {
 /// runs get it from the binary alone.
 pub const PYTHON_RUNTIME: &str = include_str!("../../../python/capstan/capstan/__init__.py");
 
+/// capstan's Spark helpers (`capstan.spark`), next to the runtime.
+pub const PYTHON_RUNTIME_SPARK: &str = include_str!("../../../python/capstan/capstan/spark.py");
+
 /// capstan's R client (`r/capstan.R`), loaded into R recipes through `R_PROFILE_USER`.
 pub const R_RUNTIME: &str = include_str!("../../../r/capstan.R");
 

@@ -238,6 +238,8 @@ pub struct BaseImage {
     pub debian_suite: Option<Sourced<String>>,
     pub with_r: bool,
     pub with_cuda: bool,
+    /// Java and Spark (pyspark), for Spark configurations on Kubernetes.
+    pub with_spark: bool,
     pub system_packages: Vec<Sourced<String>>,
     pub python_packages: Vec<Sourced<String>>,
     pub dockerfile_prepend: Option<Sourced<String>>,

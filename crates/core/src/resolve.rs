@@ -409,6 +409,14 @@ impl<'h> Resolver<'h> {
                         Some(unknown_help(&choice.value, &names, "cluster")),
                     );
                 }
+                // Spark on Kubernetes submits from the daemon's machine to the cluster.
+                Some(c)
+                    if kind.value == ExecKind::Local
+                        && self.recipe.kind.value.is_spark()
+                        && c.kind() == ExecKind::Kubernetes =>
+                {
+                    cluster = Some(c);
+                }
                 Some(c) if kind.value == ExecKind::Local => {
                     // Local execution runs no container, so a cluster simply does not apply.
                     ignored = Some(format!(

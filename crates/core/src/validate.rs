@@ -271,6 +271,16 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
                 );
             }
         }
+        if let (Some(o), Some(m)) = (&s.executor_memory_overhead, &s.executor_memory)
+            && o.value >= m.value
+        {
+            v.error(
+                o.loc,
+                &f("executor_memory_overhead"),
+                format!("an overhead of {} is not less than the executor memory of {}", o.value, m.value),
+                Some("the overhead is memory outside the JVM heap, usually a tenth of executor_memory".into()),
+            );
+        }
         if s.dynamic_allocation.as_ref().is_some_and(|d| d.value)
             && let Some(i) = &s.executor_instances
         {

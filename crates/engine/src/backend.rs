@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use capstan_core::job::JobState;
-use capstan_core::model::{CodeEnv, ExecConfig, ExecKind, RecipeKind};
+use capstan_core::model::{CodeEnv, ExecConfig, ExecKind, RecipeKind, SparkConfig};
 use capstan_core::quantity::{Cpu, Duration, Memory};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedSender;
@@ -54,6 +54,8 @@ pub struct ActivitySpec {
     pub exec: Option<ExecConfig>,
     /// How the recipe reaches its datasets: the data API and its own token.
     pub data: Option<DataAccess>,
+    /// Spark recipes: the resolved Spark configuration (`None`: local mode with defaults).
+    pub spark: Option<SparkConfig>,
 }
 
 /// The data API's address and an activity's token. Backends hand the token to the recipe as a
@@ -114,6 +116,7 @@ impl ActivitySpec {
             gpus: 0,
             exec: None,
             data: None,
+            spark: None,
         }
     }
 

@@ -609,7 +609,7 @@ pub fn spec_from(
             }
             _ => None,
         });
-    ActivitySpec {
+    let mut spec = ActivitySpec {
         project: r.project.clone(),
         recipe: r.recipe.clone(),
         user: r.user.clone().unwrap_or_default(),
@@ -641,8 +641,62 @@ pub fn spec_from(
             .as_ref()
             .and_then(|n| home.exec_configs.get(n))
             .cloned(),
+        spark: r
+            .spark_config
+            .value
+            .as_ref()
+            .and_then(|n| home.spark_configs.get(n))
+            .cloned(),
         ..ActivitySpec::bare(job_id, attempt, dir, root.to_path_buf(), r.kind.value)
+    };
+    spark_on_kubernetes(home, r, &mut spec);
+    spec
+}
+
+/// A Spark configuration on Kubernetes brings its own image and namespace, and the resolved
+/// cluster's kubeconfig context.
+fn spark_on_kubernetes(home: &Home, r: &Resolution, spec: &mut ActivitySpec) {
+    let Some(spark) = spec.spark.clone() else {
+        return;
+    };
+    if spark.master.value != capstan_core::model::SparkMaster::Kubernetes {
+        return;
     }
+    let cluster = r.cluster.value.as_ref().and_then(|c| home.clusters.get(c));
+    if let Some(capstan_core::model::ClusterTarget::Kubernetes {
+        kubeconfig,
+        context,
+        namespace,
+    }) = cluster.map(|c| &c.target)
+    {
+        spec.kubeconfig = kubeconfig.as_ref().map(|k| k.value.clone());
+        spec.kube_context = context.as_ref().map(|c| c.value.clone());
+        if spark.namespace.is_none() {
+            spec.namespace = namespace.as_ref().map(|n| n.value.clone());
+        }
+    }
+    if let Some(ns) = &spark.namespace {
+        spec.namespace = Some(ns.value.clone());
+    }
+    spec.namespace = spec
+        .namespace
+        .as_ref()
+        .map(|n| capstan_core::resolve::expand_namespace(n, &spec.user, &spec.project));
+    let prefix = spark
+        .registry
+        .as_ref()
+        .map(|r| format!("{}/", r.value.trim_end_matches('/')))
+        .unwrap_or_default();
+    spec.image = spark.image.as_ref().map(|i| i.value.clone()).or_else(|| {
+        spark.base_image.as_ref().map(|b| {
+            let tag = home
+                .base_image_record(&b.value)
+                .filter(|r| !r.image_id.is_empty())
+                .map(|r| format!(":{}", r.tag))
+                .unwrap_or_default();
+            format!("{prefix}capstan-base-{}{tag}", b.value)
+        })
+    });
 }
 
 /// The spec of a one-off activity on an execution configuration (`capstan cluster test`): its

@@ -26,6 +26,10 @@ pub fn os_packages(spec: &BaseImage) -> Vec<String> {
     let mut p: Vec<String> = ["python3", "python3-venv", "ca-certificates"]
         .map(String::from)
         .to_vec();
+    if spec.with_spark {
+        // Spark's JVM; Spark itself comes with pyspark.
+        p.push("openjdk-17-jre-headless".into());
+    }
     if spec.with_r {
         // R and what capstan's R client needs to reach the data API.
         p.push("r-base-core".into());
@@ -84,6 +88,9 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
         .iter()
         .map(|p| shell_quote(&p.value))
         .collect();
+    if spec.with_spark {
+        pip.push("pyspark".into());
+    }
     if spec.with_cuda {
         // The CUDA runtime from NVIDIA's wheels: no CUDA image needed, any base works.
         pip.push("nvidia-cuda-runtime-cu12".into());

@@ -280,6 +280,10 @@ impl Builder<'_> {
             RUNTIME_INIT.as_bytes().to_vec(),
         ));
         files.push((
+            "capstan/runtime/capstan/spark.py".into(),
+            capstan_core::PYTHON_RUNTIME_SPARK.as_bytes().to_vec(),
+        ));
+        files.push((
             "capstan/runtime/capstan.R".into(),
             capstan_core::R_RUNTIME.as_bytes().to_vec(),
         ));

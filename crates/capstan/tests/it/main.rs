@@ -8,6 +8,7 @@ mod docker;
 mod homes;
 mod images;
 mod k8s;
+mod spark;
 
 /// Whether the daemon with `pid` has published its address for `root`.
 pub fn daemon_info_ready(root: &std::path::Path, pid: u32) -> bool {

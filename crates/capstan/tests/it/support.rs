@@ -184,6 +184,10 @@ impl Drop for TestHome {
                     .output();
             }
         }
+        // Likewise local jobs of a failed test: their shims outlive a killed daemon by design.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &self.root().display().to_string()])
+            .output();
     }
 }
 

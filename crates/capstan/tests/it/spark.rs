@@ -1,0 +1,229 @@
+//! Spark recipes on a real local Spark (the one `pyspark` from PyPI brings, with the machine's
+//! Java), and the spark-submit capstan builds for Kubernetes.
+
+use crate::support::{TestHome, stderr, stdout, submit, wait_for};
+
+fn java() -> bool {
+    let ok = std::process::Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "Java is needed for the Spark tests"
+        );
+        eprintln!("skipped: no Java on this machine");
+    }
+    ok
+}
+
+#[test]
+fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_diagnosed() {
+    if !java() {
+        return;
+    }
+    let h = TestHome::new("spark-local");
+    let csv = h.dir.path().join("orders.csv");
+    std::fs::write(&csv, "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n").unwrap();
+    let out = h
+        .capstan()
+        .args(["dataset", "import", "sample/orders"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    h.append("projects/sample/project.toml", "\n[dataset.sql_totals]\n");
+    h.append(
+        "spark-configs.toml",
+        "\n[spark_config.tiny]\nmaster = \"local\"\nlocal_threads = 1\ndriver_memory = \"512Mi\"\n",
+    );
+    h.recipe(
+        "ptotals",
+        "pyspark",
+        "py",
+        "from pyspark.sql import SparkSession, functions as F\nimport capstan.spark\n\
+         spark = SparkSession.builder.getOrCreate()\n\
+         orders = capstan.spark.read(spark, 'orders')\n\
+         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'order_totals')\n\
+         spark.stop()\n",
+        "inputs = [\"orders\"]\noutputs = [\"order_totals\"]\nspark_config = \"local\"",
+    );
+    h.recipe(
+        "stotals",
+        "spark_sql",
+        "sql",
+        "SELECT customer, SUM(amount) AS total FROM orders GROUP BY customer ORDER BY customer;\n",
+        "inputs = [\"orders\"]\noutputs = [\"sql_totals\"]",
+    );
+    h.recipe(
+        "hog",
+        "pyspark",
+        "py",
+        "from pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\n\
+         rows = spark.range(0, 60_000_000).selectExpr('repeat(cast(id as string), 8) as s').collect()\n\
+         print(len(rows))\n",
+        "spark_config = \"tiny\"",
+    );
+    h.recipe(
+        "linger",
+        "pyspark",
+        "py",
+        "import time\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\n\
+         print('session up', flush=True)\ntime.sleep(600)\n",
+        "",
+    );
+    let d = h.start();
+    let want = serde_json::json!([{"customer": "alice", "total": 17.75}, {"customer": "bob", "total": 3.0}]);
+    for (recipe, output) in [("ptotals", "order_totals"), ("stotals", "sql_totals")] {
+        let run = h
+            .capstan()
+            .args(["run", &format!("sample/{recipe}")])
+            .output()
+            .unwrap();
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{recipe}\n{}\n{}",
+            stdout(&run),
+            stderr(&run)
+        );
+        let head = h
+            .capstan()
+            .args(["dataset", "head", &format!("sample/{output}"), "--json"])
+            .output()
+            .unwrap();
+        let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+        assert_eq!(rows, want, "{recipe}");
+    }
+
+    // While it runs, `job show` says where its Spark UI is; cancel stops the driver's JVM.
+    let id = submit(&h, "sample/linger", &[]);
+    let mut shown = String::new();
+    wait_for("the Spark UI in job show", 120, || {
+        shown = stdout(
+            &h.capstan()
+                .args(["job", "show", &id.to_string()])
+                .output()
+                .unwrap(),
+        );
+        shown.contains("Spark UI     http://")
+    });
+    let jvm = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &format!("capstan-{id}-sample-linger")])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    assert!(jvm(), "no Spark JVM for job {id}:\n{shown}");
+    let out = h
+        .capstan()
+        .args(["cancel", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.wait_state(id, 60, &["cancelled"]);
+    wait_for("the Spark JVM to be gone", 30, || !jvm());
+
+    let run = h.capstan().args(["run", "sample/hog"]).output().unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let err = stderr(&run);
+    assert!(
+        err.contains("error: Spark ran out of memory (java.lang.OutOfMemoryError")
+            && err.contains("raise driver_memory (in local mode the executors run inside the driver) of Spark configuration 'tiny'"),
+        "{}",
+        err.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn spark_render_for_kubernetes_matches_the_configuration_and_its_pod_template_validates() {
+    let h = TestHome::new("spark-render");
+    let kubeconfig = h.dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://k8s.example.com:6443\n\
+         contexts:\n- name: prod\n  context:\n    cluster: prod\n    user: u\ncurrent-context: prod\nusers:\n- name: u\n  user: {}\n",
+    )
+    .unwrap();
+    let clusters = std::fs::read_to_string(h.root().join("clusters.toml")).unwrap();
+    std::fs::write(
+        h.root().join("clusters.toml"),
+        clusters.replace(
+            "context = \"prod\"\n",
+            &format!(
+                "context = \"prod\"\nkubeconfig = \"{}\"\n",
+                kubeconfig.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let spark = std::fs::read_to_string(h.root().join("spark-configs.toml")).unwrap();
+    std::fs::write(
+        h.root().join("spark-configs.toml"),
+        spark.replace(
+            "allowed_groups = [\"data-engineers\"]\n",
+            "allowed_groups = [\"data-engineers\"]\nservice_account = \"spark\"\nregistry = \"reg.example.com/team\"\n\
+             tolerations = [{ key = \"spark\", operator = \"Exists\", effect = \"NoSchedule\" }]\n\
+             [spark_config.k8s.node_selector]\n\"node.kubernetes.io/pool\" = \"spark\"\n",
+        ),
+    )
+    .unwrap();
+    h.append("projects/sample/project.toml", "\n[dataset.sql_totals]\n");
+    h.recipe("stotals", "spark_sql", "sql", "SELECT 1\n", "inputs = [\"orders\"]\noutputs = [\"sql_totals\"]\nspark_config = \"k8s\"\ncluster = \"prod-k8s\"");
+    let out = h
+        .capstan()
+        .args(["spark", "render", "sample/stotals", "--user", "admin"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "warning: a run would fail now: Spark on Kubernetes runs its driver in the cluster"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    for needle in [
+        "--master k8s://https://k8s.example.com:6443",
+        "--deploy-mode cluster",
+        "spark.kubernetes.container.image=reg.example.com/team/capstan-base-default",
+        "spark.kubernetes.namespace=capstan-spark",
+        "spark.kubernetes.context=prod",
+        "spark.kubernetes.authenticate.driver.serviceAccountName=spark",
+        "spark.driver.memory=2048m",
+        "spark.executor.memory=4096m",
+        "spark.executor.cores=2",
+        "spark.executor.instances=2",
+        "spark.kubernetes.executor.deleteOnTermination=true",
+        "spark.sql.shuffle.partitions=64",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let template = text
+        .split("executor-pod.yaml\n")
+        .nth(1)
+        .expect("a pod template");
+    assert!(
+        template.contains("node.kubernetes.io/pool: spark") && template.contains("key: spark"),
+        "{template}"
+    );
+    let file = h.dir.path().join("executor-pod.yaml");
+    std::fs::write(&file, template).unwrap();
+    match std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .output()
+    {
+        Ok(o) => assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o)),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "kubernetes-validate is not installed"
+            );
+            eprintln!("skipped the schema check: pip install kubernetes-validate");
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! Spark recipes: the `spark-submit` command built from a Spark configuration, the executor pod
+//! template for Kubernetes, and what Spark's own failures mean for the user.
+//!
+//! capstan owns the settings it derives from the configuration (master, memory, cores, image,
+//! namespace…); `capstan check` refuses them in a configuration's free `conf`.
+
+use std::path::Path;
+
+use capstan_core::model::{SparkConfig, SparkMaster};
+use capstan_engine::backend::ActivitySpec;
+use serde_json::{Value, json};
+
+/// The runner of Spark SQL recipes: registers each input as a view named after it, runs the
+/// recipe's query, writes the result to its one output.
+pub const SQL_RUNNER: &str = r#"import json, os, sys
+from pyspark.sql import SparkSession
+import capstan.spark as cs
+
+spark = SparkSession.builder.getOrCreate()
+for name in json.loads(os.environ["CAPSTAN_SPARK_INPUTS"]):
+    cs.read(spark, name).createOrReplaceTempView(name)
+query = open(sys.argv[1]).read().strip().rstrip(";")
+outputs = list(json.loads(os.environ["CAPSTAN_SPARK_OUTPUTS"]))
+if len(outputs) != 1:
+    sys.exit(f"a Spark SQL recipe writes exactly one output; this one declares {len(outputs)}")
+cs.write(spark.sql(query), outputs[0])
+spark.stop()
+"#;
+
+/// A `spark-submit` invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    /// Arguments after `spark-submit`.
+    pub args: Vec<String>,
+    /// The executor pod template (Kubernetes), as YAML, to be written at `pod_template_path`.
+    pub pod_template: Option<String>,
+}
+
+/// The API server of a kubeconfig context (for `k8s://` masters).
+pub fn api_server(kubeconfig: Option<&str>, context: Option<&str>) -> Option<String> {
+    let path = match kubeconfig {
+        Some(p) => p.to_string(),
+        None => std::env::var("KUBECONFIG")
+            .ok()
+            .and_then(|k| k.split(':').next().map(String::from))
+            .or_else(|| {
+                std::env::var("HOME")
+                    .ok()
+                    .map(|h| format!("{h}/.kube/config"))
+            })?,
+    };
+    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let context = context
+        .map(String::from)
+        .or_else(|| doc["current-context"].as_str().map(String::from))?;
+    let cluster = doc["contexts"]
+        .as_sequence()?
+        .iter()
+        .find(|c| c["name"].as_str() == Some(&context))?["context"]["cluster"]
+        .as_str()?
+        .to_string();
+    doc["clusters"]
+        .as_sequence()?
+        .iter()
+        .find(|c| c["name"].as_str() == Some(&cluster))?["cluster"]["server"]
+        .as_str()
+        .map(String::from)
+}
+
+fn labels(spec: &ActivitySpec) -> Vec<(&'static str, String)> {
+    vec![
+        ("capstan.io/job", spec.job_id.to_string()),
+        ("capstan.io/activity", spec.activity_id()),
+        ("capstan.io/project", spec.project.clone()),
+        ("capstan.io/recipe", spec.recipe.clone()),
+        ("capstan.io/user", spec.user.clone()),
+    ]
+}
+
+/// The executor pod template: the configuration's placement, and capstan's labels.
+pub fn pod_template(spec: &ActivitySpec, spark: &SparkConfig) -> String {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        // Spark names executor pods itself; a name here keeps the template a valid Pod.
+        "metadata": {"name": format!("capstan-{}-executor", spec.activity_id()), "labels": labels(spec).into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>()},
+        "spec": {"containers": [{"name": "spark-kubernetes-executor"}]},
+    });
+    if !spark.node_selector.is_empty() {
+        pod["spec"]["nodeSelector"] = spark
+            .node_selector
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.value.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    if !spark.tolerations.is_empty() {
+        pod["spec"]["tolerations"] = spark
+            .tolerations
+            .iter()
+            .map(|t| {
+                let mut o = serde_json::Map::new();
+                for (k, v) in [
+                    ("key", &t.value.key),
+                    ("operator", &t.value.operator),
+                    ("value", &t.value.value),
+                    ("effect", &t.value.effect),
+                ] {
+                    if let Some(v) = v {
+                        o.insert(k.into(), Value::String(v.clone()));
+                    }
+                }
+                if let Some(s) = t.value.toleration_seconds {
+                    o.insert("tolerationSeconds".into(), s.into());
+                }
+                Value::Object(o)
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    serde_yaml::to_string(&pod).unwrap_or_default()
+}
+
+/// The `spark-submit` arguments of an activity running `app` (with `app_args`).
+pub fn submission(
+    spec: &ActivitySpec,
+    app: &Path,
+    app_args: &[String],
+    pod_template_path: &Path,
+) -> Result<Submission, String> {
+    let Some(spark) = spec.spark.as_ref() else {
+        // No Spark configuration: local mode on every core, Spark's defaults.
+        let mut args = vec![
+            "--master".to_string(),
+            "local[*]".to_string(),
+            "--name".to_string(),
+            format!("capstan-{}-{}-{}", spec.job_id, spec.project, spec.recipe),
+            app.display().to_string(),
+        ];
+        args.extend(app_args.iter().cloned());
+        return Ok(Submission {
+            args,
+            pod_template: None,
+        });
+    };
+    let mut conf: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: String| conf.push((k.to_string(), v));
+    // Spark takes memory as a JVM size: `512m`, `4g`.
+    let jvm = |m: capstan_core::quantity::Memory| format!("{}m", m.bytes().div_ceil(1 << 20));
+    if let Some(v) = &spark.driver_memory {
+        put("spark.driver.memory", jvm(v.value));
+    }
+    if let Some(v) = &spark.driver_cores {
+        put("spark.driver.cores", v.value.to_string());
+    }
+    if let Some(v) = &spark.executor_memory {
+        put("spark.executor.memory", jvm(v.value));
+    }
+    if let Some(v) = &spark.executor_memory_overhead {
+        put("spark.executor.memoryOverhead", jvm(v.value));
+    }
+    if let Some(v) = &spark.executor_cores {
+        put("spark.executor.cores", v.value.to_string());
+    }
+    if let Some(v) = &spark.executor_instances {
+        put("spark.executor.instances", v.value.to_string());
+    }
+    if let Some(v) = &spark.dynamic_allocation {
+        put("spark.dynamicAllocation.enabled", v.value.to_string());
+    }
+    let mut args = Vec::new();
+    let master = match spark.master.value {
+        SparkMaster::Local => format!(
+            "local[{}]",
+            spark
+                .local_threads
+                .as_ref()
+                .map_or("*".to_string(), |t| t.value.to_string())
+        ),
+        SparkMaster::Standalone => spark
+            .master_url
+            .as_ref()
+            .map(|u| u.value.clone())
+            .ok_or_else(|| format!("Spark configuration `{}` has no master_url", spark.name))?,
+        SparkMaster::Kubernetes => {
+            let server = match &spark.master_url {
+                Some(u) => u.value.clone(),
+                None => api_server(spec.kubeconfig.as_deref(), spec.kube_context.as_deref()).ok_or_else(|| {
+                    format!(
+                        "Spark configuration `{}` has no master_url, and no API server is in the kubeconfig{}",
+                        spark.name,
+                        spec.kube_context.as_ref().map(|c| format!(" for context {c}")).unwrap_or_default()
+                    )
+                })?,
+            };
+            args.extend(["--deploy-mode".to_string(), "cluster".to_string()]);
+            let image = spec
+                .image
+                .clone()
+                .ok_or_else(|| format!("Spark configuration `{}` names no image: set `image` or `base_image` (a base image with `with_spark = true`)", spark.name))?;
+            put("spark.kubernetes.container.image", image);
+            if let Some(ns) = &spec.namespace {
+                put("spark.kubernetes.namespace", ns.clone());
+            }
+            if let Some(ctx) = &spec.kube_context {
+                put("spark.kubernetes.context", ctx.clone());
+            }
+            if let Some(sa) = &spark.service_account {
+                put(
+                    "spark.kubernetes.authenticate.driver.serviceAccountName",
+                    sa.value.clone(),
+                );
+            }
+            put(
+                "spark.kubernetes.executor.podTemplateFile",
+                pod_template_path.display().to_string(),
+            );
+            for (k, v) in labels(spec) {
+                put(&format!("spark.kubernetes.driver.label.{k}"), v.clone());
+                put(&format!("spark.kubernetes.executor.label.{k}"), v);
+            }
+            // Nothing outlives its job: executors go with the application.
+            put(
+                "spark.kubernetes.executor.deleteOnTermination",
+                "true".into(),
+            );
+            put(
+                "spark.kubernetes.submission.waitAppCompletion",
+                "true".into(),
+            );
+            format!("k8s://{}", server.trim_start_matches("k8s://"))
+        }
+    };
+    for (k, v) in &spark.conf {
+        put(k, v.value.clone());
+    }
+    args.splice(
+        0..0,
+        [
+            "--master".to_string(),
+            master,
+            "--name".to_string(),
+            format!("capstan-{}-{}-{}", spec.job_id, spec.project, spec.recipe),
+        ],
+    );
+    for (k, v) in conf {
+        args.push("--conf".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.push(app.display().to_string());
+    args.extend(app_args.iter().cloned());
+    let pod_template =
+        (spark.master.value == SparkMaster::Kubernetes).then(|| pod_template(spec, spark));
+    Ok(Submission { args, pod_template })
+}
+
+/// Why a Spark configuration on Kubernetes cannot run a recipe yet, if it cannot: in cluster mode
+/// the driver runs in a pod, which reads the recipe's code only from where spark-submit uploads it.
+pub fn kubernetes_gap(spark: &SparkConfig) -> Option<String> {
+    (spark.master.value == SparkMaster::Kubernetes && !spark.conf.contains_key("spark.kubernetes.file.upload.path")).then(|| {
+        format!(
+            "Spark on Kubernetes runs its driver in the cluster, which cannot read this machine's files: set \
+             \"spark.kubernetes.file.upload.path\" (an s3a:// or hdfs:// folder the cluster reads) in the conf of Spark configuration '{}' \
+             so spark-submit uploads the recipe's code there",
+            spark.name
+        )
+    })
+}
+
+/// `spark-submit ARGS`, quoted for a shell.
+pub fn command_line(args: &[String]) -> String {
+    let quote = |a: &String| {
+        if a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=[]*@,".contains(c))
+        {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    };
+    // One option per line, with its value: `--conf k=v` reads as one setting.
+    let mut lines = vec!["spark-submit".to_string()];
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        let mut line = quote(a);
+        if a.starts_with("--") && it.peek().is_some_and(|v| !v.starts_with("--")) {
+            line = format!("{line} {}", quote(it.next().unwrap()));
+        }
+        lines.push(line);
+    }
+    lines.join(" \\\n  ")
+}
+
+/// The Spark UI's address, from the driver's log: Spark 3 says `Bound SparkUI to …, and started
+/// at URL`; Spark 4 only names the port, on `host` (or the address Spark says it uses instead of
+/// a loopback hostname).
+pub fn ui_address(log: &str, host: &str) -> Option<String> {
+    if let Some(url) = log
+        .lines()
+        .find(|l| l.contains("SparkUI") && l.contains("started at "))
+        .and_then(|l| l.split("started at ").nth(1))
+    {
+        return Some(url.trim().to_string());
+    }
+    let port = log
+        .lines()
+        .find_map(|l| {
+            l.split("Successfully started service 'SparkUI' on port ")
+                .nth(1)
+        })?
+        .trim()
+        .trim_end_matches('.')
+        .parse::<u16>()
+        .ok()?;
+    let host = log
+        .lines()
+        .find_map(|l| l.split("resolves to a loopback address: ").nth(1))
+        .and_then(|r| r.split("; using ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or(host);
+    Some(format!("http://{host}:{port}"))
+}
+
+/// What a failed Spark application's log says, in the user's words: which memory to raise.
+pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
+    let name = spec
+        .spark
+        .as_ref()
+        .map_or("the default local Spark".to_string(), |s| {
+            format!("Spark configuration '{}'", s.name)
+        });
+    let local = spec
+        .spark
+        .as_ref()
+        .is_none_or(|s| s.master.value == SparkMaster::Local);
+    if log.contains("java.lang.OutOfMemoryError") {
+        let which = if local {
+            "driver_memory (in local mode the executors run inside the driver)"
+        } else {
+            "executor_memory"
+        };
+        let detail = log
+            .lines()
+            .find(|l| l.contains("java.lang.OutOfMemoryError"))
+            .map(|l| l.trim())
+            .unwrap_or("");
+        let detail = detail
+            .find("java.lang.OutOfMemoryError")
+            .map_or(detail, |i| &detail[i..]);
+        return Some(format!(
+            "Spark ran out of memory ({detail}): raise {which} of {name}, or process less data per task"
+        ));
+    }
+    if log.contains("exceeding memory limits")
+        || log.contains("OOMKilled")
+        || log.contains("Container killed")
+    {
+        return Some(format!(
+            "Spark executors were killed for exceeding their memory: raise executor_memory_overhead (or executor_memory) of {name}"
+        ));
+    }
+    if log.contains("ExecutorLostFailure") {
+        return Some(format!(
+            "Spark lost executors while running (ExecutorLostFailure): see the log; if they ran out of memory, raise executor_memory_overhead of {name}"
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_core::model::ExecKind;
+
+    fn spec() -> ActivitySpec {
+        let mut s = ActivitySpec::bare(7, 1, "/tmp/a".into(), "/tmp/h".into(), ExecKind::Local);
+        s.project = "sales".into();
+        s.recipe = "totals".into();
+        s
+    }
+
+    #[test]
+    fn without_a_spark_configuration_spark_runs_locally_on_every_core() {
+        let s = submission(
+            &spec(),
+            Path::new("/w/app.py"),
+            &["q.sql".into()],
+            Path::new("/w/pod.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.args,
+            [
+                "--master",
+                "local[*]",
+                "--name",
+                "capstan-7-sales-totals",
+                "/w/app.py",
+                "q.sql"
+            ]
+        );
+        assert_eq!(s.pod_template, None);
+    }
+
+    #[test]
+    fn the_command_line_keeps_each_option_with_its_value_and_quotes_what_a_shell_would_split() {
+        let args: Vec<String> = [
+            "--master",
+            "local[2]",
+            "--conf",
+            "spark.app.name=my job",
+            "app.py",
+            "--flag-for-app",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            command_line(&args),
+            "spark-submit \\\n  --master local[2] \\\n  --conf 'spark.app.name=my job' \\\n  app.py \\\n  --flag-for-app"
+        );
+    }
+
+    #[test]
+    fn the_api_server_comes_from_the_named_or_current_context_of_the_kubeconfig() {
+        let path =
+            std::env::temp_dir().join(format!("capstan-spark-kubeconfig-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "clusters:\n- name: a\n  cluster: {server: 'https://a:6443'}\n- name: b\n  cluster: {server: 'https://b:6443'}\n\
+             contexts:\n- name: ca\n  context: {cluster: a}\n- name: cb\n  context: {cluster: b}\ncurrent-context: cb\n",
+        )
+        .unwrap();
+        let p = path.to_str();
+        assert_eq!(api_server(p, Some("ca")).as_deref(), Some("https://a:6443"));
+        assert_eq!(api_server(p, None).as_deref(), Some("https://b:6443"));
+        assert_eq!(api_server(p, Some("nope")), None);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_spark_ui_address_is_read_from_the_driver_log() {
+        let spark3 = "25/11/27 10:00:00 INFO SparkUI: Bound SparkUI to 0.0.0.0, and started at http://worker-3:4041\n";
+        assert_eq!(
+            ui_address(spark3, "h").as_deref(),
+            Some("http://worker-3:4041")
+        );
+        let spark4 = "26/11/28 01:39:38 WARN Utils: Your hostname, vm, resolves to a loopback address: 127.0.0.1; using 192.0.2.2 instead (on interface eth0)\n\
+                      26/11/28 01:39:40 WARN Utils: Service 'SparkUI' could not bind on port 4040. Attempting port 4041.\n\
+                      26/11/28 01:39:40 INFO Utils: Successfully started service 'SparkUI' on port 4041.\n";
+        assert_eq!(
+            ui_address(spark4, "vm").as_deref(),
+            Some("http://192.0.2.2:4041")
+        );
+        assert_eq!(
+            ui_address(&spark4[spark4.find('\n').unwrap() + 1..], "vm").as_deref(),
+            Some("http://vm:4041")
+        );
+        assert_eq!(
+            ui_address("INFO SparkContext: Running Spark version 4.3.0", "vm"),
+            None
+        );
+    }
+
+    #[test]
+    fn spark_failures_are_diagnosed_in_terms_of_the_setting_to_raise() {
+        // Lines as Spark 4 prints them.
+        let oom = "25/11/27 10:00:01 ERROR Executor: Exception in task 0.0 in stage 1.0 (TID 1)\n\
+                   java.lang.OutOfMemoryError: Java heap space\n\tat java.base/java.util.Arrays.copyOf(Arrays.java:3537)\n";
+        let d = diagnose(oom, &spec()).unwrap();
+        assert_eq!(
+            d,
+            "Spark ran out of memory (java.lang.OutOfMemoryError: Java heap space): raise driver_memory (in local mode the executors run \
+             inside the driver) of the default local Spark, or process less data per task"
+        );
+        let killed = "ERROR TaskSchedulerImpl: Lost executor 2 on 10.0.0.5: The executor with id 2 exited with exit code 137(SIGKILL, possible container OOM).\n\
+                      Container killed by the kernel: OOMKilled\n";
+        assert!(
+            diagnose(killed, &spec())
+                .unwrap()
+                .starts_with("Spark executors were killed for exceeding their memory")
+        );
+        let lost = "org.apache.spark.SparkException: Job aborted due to stage failure: ExecutorLostFailure (executor 1 exited)";
+        assert!(
+            diagnose(lost, &spec())
+                .unwrap()
+                .contains("ExecutorLostFailure")
+        );
+        assert_eq!(
+            diagnose(
+                "pyspark.errors.exceptions.captured.AnalysisException: [TABLE_OR_VIEW_NOT_FOUND]",
+                &spec()
+            ),
+            None
+        );
+    }
+}
