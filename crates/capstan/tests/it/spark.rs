@@ -180,7 +180,7 @@ fn spark_render_for_kubernetes_matches_the_configuration_and_its_pod_template_va
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(
-            "warning: a run would fail now: Spark on Kubernetes runs its driver in the cluster"
+            "warning: a run would fail now: capstan's base images do not carry Spark's Kubernetes entrypoint yet"
         ),
         "{}",
         stderr(&out)
