@@ -1,5 +1,5 @@
 //! Dispatch benchmark: how much capstan adds on top of starting the interpreter yourself, and
-//! how many jobs per second its queue drains. Every number is printed next to the raw engine
+//! how many jobs per second its queue drains, and what it adds to a small Spark job. Every number is printed next to the raw engine
 //! measured in the same run.
 //!
 //! Run: `cargo bench -p capstan --bench dispatch` (env `BENCH_JOBS`, default 1000).
@@ -72,6 +72,8 @@ fn setup(dir: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(recipes.join("dnoop.sh"), ":\n").unwrap();
+    std::fs::write(recipes.join("spark.toml"), "kind = \"pyspark\"\n").unwrap();
+    std::fs::write(recipes.join("spark.py"), SPARK_APP).unwrap();
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(home.join("exec-configs.toml"))
@@ -92,6 +94,11 @@ fn setup(dir: &Path) -> PathBuf {
     .unwrap();
     home
 }
+
+const SPARK_APP: &str = "from pyspark.sql import SparkSession\n\
+spark = SparkSession.builder.getOrCreate()\n\
+print(spark.range(1000000).selectExpr('sum(id)').collect()[0][0])\n\
+spark.stop()\n";
 
 fn start(home: &Path) -> Daemon {
     let child = capstan()
@@ -372,6 +379,65 @@ async fn main() {
         println!(
             "Docker section skipped: set CAPSTAN_TEST_IMAGE to an image on the local engine (scripts/test-image)"
         );
+    }
+
+    // 5. Spark: a small PySpark job through capstan, against spark-submit in the same
+    // environment (the managed `spark` one, built by the first, unmeasured run).
+    if Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let warm = submit(&http, &d, "spark").await;
+        let j = wait_final(&http, &d, warm).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let env = std::fs::read_dir(home.join("state/envs"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("spark-"))
+            })
+            .expect("the managed spark environment");
+        let app = home.join("projects/sample/recipes/spark.py");
+        let path = format!(
+            "{}:{}",
+            env.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let runs = 3;
+        let (mut raw, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            let ok = Command::new(env.join("bin/spark-submit"))
+                .args(["--master", "local[*]"])
+                .arg(&app)
+                .env("PATH", &path)
+                .env("PYSPARK_PYTHON", env.join("bin/python"))
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "raw spark-submit failed");
+            raw.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let id = submit(&http, &d, "spark").await;
+            let j = wait_final(&http, &d, id).await;
+            assert_eq!(j["state"], "succeeded", "{j}");
+            ours.push(t.elapsed().as_secs_f64());
+        }
+        let (r, o) = (median(raw), median(ours));
+        println!();
+        println!("a small PySpark job in local mode, submit → finished (median of {runs})");
+        println!("  raw `spark-submit`     {r:8.2} s");
+        println!(
+            "  capstan run            {o:8.2} s   (ratio {:.2}x; aim: ≤ 1.1x)",
+            o / r
+        );
+    } else {
+        println!();
+        println!("Spark section skipped: no Java on this machine");
     }
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
