@@ -245,6 +245,16 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
         v.groups(&s.allowed, &f("allowed_groups"));
         if let Some(b) = &s.base_image {
             v.reference(b, &f("base_image"), &home.base_images, "base image");
+            if let Some(base) = home.base_images.get(&b.value)
+                && !base.with_spark
+            {
+                v.error(
+                    b.loc,
+                    &f("base_image"),
+                    format!("base image `{}` has no Spark: Spark's pods need its Java, pyspark and entrypoint", b.value),
+                    Some(format!("set `with_spark = true` in [base_image.{}], or name a base image that has it", b.value)),
+                );
+            }
         }
         for (key, value) in &s.conf {
             if let Some((_, instead)) = SPARK_OWNED_CONF.iter().find(|(k, _)| k == key) {

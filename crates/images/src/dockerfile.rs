@@ -8,6 +8,9 @@ pub const CA_PATH: &str = "/usr/local/share/capstan/ca-bundle.crt";
 /// The Python environment of every base image (Debian's own Python refuses `pip install`).
 pub const PYTHON_ENV: &str = "/opt/capstan/python";
 
+/// The entrypoint of base images with Spark (see the script for why).
+pub const SPARK_ENTRYPOINT: &str = include_str!("spark-entrypoint.sh");
+
 /// What a base image starts from and what the build may use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BaseInputs {
@@ -97,6 +100,14 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
     }
     if !pip.is_empty() {
         d += &format!("RUN pip install {}\n", pip.join(" "));
+    }
+    if spec.with_spark {
+        // Spark on Kubernetes: Spark's home is pyspark's, Java's is the JRE's, and the entrypoint
+        // answers Spark's `driver` / `executor` pod commands.
+        d += "RUN ln -s \"$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')\" /opt/spark \
+              && ln -s \"$(dirname \"$(dirname \"$(readlink -f \"$(command -v java)\")\")\")\" /opt/capstan/java\n";
+        d += "ENV SPARK_HOME=/opt/spark JAVA_HOME=/opt/capstan/java\n";
+        d += "ENTRYPOINT [\"/bin/bash\", \"/opt/capstan/runtime/spark-entrypoint.sh\"]\n";
     }
     if spec.with_r {
         // Every R session starts with capstan's client loaded.
@@ -276,6 +287,14 @@ mod tests {
         let mut i = inputs("reg.example.com/debian:bookworm", false);
         i.pip_index_url = Some("https://pypi.internal/simple".into());
         insta::assert_snapshot!(base(b, &i, "HASH"));
+    }
+
+    #[test]
+    fn spark_base_has_java_pyspark_and_the_kubernetes_entrypoint() {
+        let h = home("[base_image.spark]\nwith_spark = true\n");
+        let b = &h.base_images["spark"];
+        assert!(os_packages(b).contains(&"openjdk-17-jre-headless".to_string()));
+        insta::assert_snapshot!(base(b, &inputs("capstan-rootfs:bookworm", true), "HASH"));
     }
 
     #[test]

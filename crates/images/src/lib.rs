@@ -287,6 +287,12 @@ impl Builder<'_> {
             "capstan/runtime/capstan.R".into(),
             capstan_core::R_RUNTIME.as_bytes().to_vec(),
         ));
+        if spec.with_spark {
+            files.push((
+                "capstan/runtime/spark-entrypoint.sh".into(),
+                dockerfile::SPARK_ENTRYPOINT.as_bytes().to_vec(),
+            ));
+        }
         for f in &spec.files {
             let bytes = std::fs::read(self.root.join(&f.value)).map_err(|e| {
                 ImageError::Bootstrap(format!(

@@ -254,21 +254,11 @@ pub fn submission(
     Ok(Submission { args, pod_template })
 }
 
-/// Why a Spark configuration on Kubernetes cannot run a recipe yet, if it cannot. In cluster mode
-/// the driver runs in a pod: its image must carry Spark's Kubernetes entrypoint (capstan's base
-/// images do not yet), and it reads the recipe's code only from where spark-submit uploads it.
+/// Why a Spark configuration on Kubernetes cannot run a recipe yet, if it cannot: in cluster mode
+/// the driver runs in a pod, which reads the recipe's code only from where spark-submit uploads it
+/// (capstan does not ship it to the pod itself yet).
 pub fn kubernetes_gap(spark: &SparkConfig) -> Option<String> {
-    if spark.master.value != SparkMaster::Kubernetes {
-        return None;
-    }
-    if spark.image.is_none() {
-        return Some(format!(
-            "capstan's base images do not carry Spark's Kubernetes entrypoint yet: set `image` of Spark configuration '{}' \
-             to a Spark image built for Kubernetes (Spark's own docker-image-tool.sh, or apache/spark-py)",
-            spark.name
-        ));
-    }
-    (!spark.conf.contains_key("spark.kubernetes.file.upload.path")).then(|| {
+    (spark.master.value == SparkMaster::Kubernetes && !spark.conf.contains_key("spark.kubernetes.file.upload.path")).then(|| {
         format!(
             "Spark on Kubernetes runs its driver in the cluster, which cannot read this machine's files: set \
              \"spark.kubernetes.file.upload.path\" (an s3a:// or hdfs:// folder the cluster reads) in the conf of Spark configuration '{}' \

@@ -135,6 +135,57 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         "{}",
         err.lines().rev().take(5).collect::<Vec<_>>().join("\n")
     );
+
+    // The entrypoint of Spark base images answers a driver pod's `driver ARGS` with spark-submit in
+    // client mode, and passes other commands through: run it here on the managed Spark.
+    let env = std::fs::read_dir(h.root().join("state/envs"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("spark-"))
+        })
+        .expect("the managed spark environment");
+    let spark_home = std::fs::read_dir(env.join("lib"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("site-packages/pyspark"))
+        .find(|p| p.is_dir())
+        .expect("pyspark in the managed environment");
+    let script = h.dir.path().join("spark-entrypoint.sh");
+    std::fs::write(&script, capstan_images::dockerfile::SPARK_ENTRYPOINT).unwrap();
+    let app = h.dir.path().join("sum.py");
+    std::fs::write(
+        &app,
+        "from pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\n\
+         print('sum', spark.range(1000000).selectExpr('sum(id)').collect()[0][0])\nspark.stop()\n",
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        env.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let entry = |args: &[&str]| {
+        std::process::Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("SPARK_HOME", &spark_home)
+            .env("SPARK_DRIVER_BIND_ADDRESS", "127.0.0.1")
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    let out = entry(&["driver", "--master", "local[1]", app.to_str().unwrap()]);
+    assert!(
+        out.status.success() && stdout(&out).contains("sum 499999500000"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = entry(&["sh", "-c", "echo passed through"]);
+    assert_eq!(stdout(&out), "passed through\n");
 }
 
 #[test]
@@ -180,7 +231,7 @@ fn spark_render_for_kubernetes_matches_the_configuration_and_its_pod_template_va
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(
-            "warning: a run would fail now: capstan's base images do not carry Spark's Kubernetes entrypoint yet"
+            "warning: a run would fail now: Spark on Kubernetes runs its driver in the cluster"
         ),
         "{}",
         stderr(&out)
@@ -189,7 +240,7 @@ fn spark_render_for_kubernetes_matches_the_configuration_and_its_pod_template_va
     for needle in [
         "--master k8s://https://k8s.example.com:6443",
         "--deploy-mode cluster",
-        "spark.kubernetes.container.image=reg.example.com/team/capstan-base-default",
+        "spark.kubernetes.container.image=reg.example.com/team/capstan-base-spark",
         "spark.kubernetes.namespace=capstan-spark",
         "spark.kubernetes.context=prod",
         "spark.kubernetes.authenticate.driver.serviceAccountName=spark",
