@@ -49,6 +49,13 @@ fn home_with(
         ),
     )
     .unwrap();
+    // The sample's Kubernetes Spark configuration names a base image these homes replace.
+    let spark = std::fs::read_to_string(h.root().join("spark-configs.toml")).unwrap();
+    std::fs::write(
+        h.root().join("spark-configs.toml"),
+        spark.replace("base_image = \"spark\"", "image = \"spark-on-k8s:test\""),
+    )
+    .unwrap();
     let check = h.capstan().arg("check").output().unwrap();
     assert!(check.status.success(), "{}", stdout(&check));
     h
