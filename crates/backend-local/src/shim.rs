@@ -207,6 +207,9 @@ async fn supervise(dir: &Path, spec: &ShimSpec) -> ShimExit {
         },
     };
 
+    // Catch SIGTERM (a cancel) before the recipe exists: one arriving while it starts must
+    // stop it, not kill the shim and orphan the recipe.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -268,7 +271,6 @@ async fn supervise(dir: &Path, spec: &ShimSpec) -> ShimExit {
     let deadline = spec
         .timeout_secs
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut status = None;
     let mut stopping: Option<tokio::time::Instant> = None;
     // Once the recipe has exited, how long its output may take to drain: a process that escaped
