@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
-use capstan_core::model::RecipeKind;
 use capstan_engine::backend::ActivitySpec;
 
 /// Where the recipe's code is unpacked inside the container.
@@ -56,25 +55,7 @@ pub fn command(spec: &ActivitySpec) -> Result<Vec<String>, String> {
                 spec.recipe_kind.as_str()
             )
         })?;
-    let program = match spec.recipe_kind {
-        RecipeKind::Python => "python3",
-        RecipeKind::R => "Rscript",
-        RecipeKind::Shell => "sh",
-        other if other.is_spark() => {
-            return Err(format!(
-                "{} recipes run spark-submit on the daemon's machine, through their Spark \
-                 configuration: give this recipe no Docker execution configuration (its \
-                 spark_config decides where Spark runs)",
-                other.as_str()
-            ));
-        }
-        other => {
-            return Err(format!(
-                "{} recipes do not run on the Docker backend yet",
-                other.as_str()
-            ));
-        }
-    };
+    let program = capstan_engine::backend::container_program(spec.recipe_kind, "Docker")?;
     Ok(vec![program.to_string(), file])
 }
 
@@ -271,7 +252,7 @@ mod tests {
             home_root: "/h".into(),
             project: "sales".into(),
             recipe: "totals".into(),
-            recipe_kind: RecipeKind::Python,
+            recipe_kind: capstan_core::model::RecipeKind::Python,
             user: "alice".into(),
             code_file: Some("/h/projects/sales/recipes/totals.py".into()),
             lib_dir: Some("/h/projects/sales/lib".into()),

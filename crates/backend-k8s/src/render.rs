@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use capstan_core::model::RecipeKind;
 use capstan_engine::backend::ActivitySpec;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
@@ -148,25 +147,7 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         .first()
         .map(|(n, _)| n.clone())
         .filter(|_| spec.code_file.is_some());
-    let program = match spec.recipe_kind {
-        RecipeKind::Python => "python3",
-        RecipeKind::R => "Rscript",
-        RecipeKind::Shell => "sh",
-        other if other.is_spark() => {
-            return Err(format!(
-                "{} recipes run spark-submit on the daemon's machine, through their Spark \
-                 configuration: give this recipe no Kubernetes execution configuration (its \
-                 spark_config decides where Spark runs)",
-                other.as_str()
-            ));
-        }
-        other => {
-            return Err(format!(
-                "{} recipes do not run on the Kubernetes backend yet",
-                other.as_str()
-            ));
-        }
-    };
+    let program = capstan_engine::backend::container_program(spec.recipe_kind, "Kubernetes")?;
     let code_file = code_file
         .ok_or_else(|| format!("{} recipes have no code to run", spec.recipe_kind.as_str()))?;
     let labels = labels(spec, instance);
