@@ -362,6 +362,15 @@ impl K8sBackend {
                     {
                         o = better;
                     }
+                    // Spark says what went wrong in its log, far above its last lines.
+                    if o.state == capstan_core::job::JobState::Failed
+                        && spec.recipe_kind.is_spark()
+                        && let Some(d) = std::fs::read_to_string(spec.log_path())
+                            .ok()
+                            .and_then(|log| capstan_spark::diagnose(&log, spec))
+                    {
+                        o.diagnosis = Some(d);
+                    }
                     save_events(spec, &pod, &evs);
                     break o;
                 }
@@ -379,7 +388,37 @@ impl K8sBackend {
         }
         // Logs and state are saved: nothing of the activity stays in the cluster.
         self.delete(&pods, name).await;
+        if spec.recipe_kind.is_spark() {
+            self.delete_executors(&pods, spec).await;
+        }
         outcome
+    }
+
+    /// Deletes what is left of a Spark application's executors (they are owned by the driver
+    /// pod, but the garbage collector takes its time) and waits until they are gone.
+    async fn delete_executors(&self, pods: &Api<Pod>, spec: &ActivitySpec) {
+        let selector = ListParams::default().labels(&format!(
+            "{LABEL_INSTANCE}={},{LABEL_ACTIVITY}={},{LABEL_ATTEMPT}={}",
+            self.instance,
+            spec.activity_id(),
+            spec.attempt
+        ));
+        let params = DeleteParams {
+            grace_period_seconds: Some(GRACE_SECS),
+            ..DeleteParams::background()
+        };
+        let _ = pods.delete_collection(&params, &selector).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match pods.list(&selector).await {
+                Ok(l) if l.items.is_empty() => return,
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        tracing::warn!(
+            activity = spec.activity_id(),
+            "Spark executors are still there a minute after their deletion"
+        );
     }
 
     /// Deletes a pod (its ConfigMap and Secret go with it) and waits until it is gone.
@@ -433,8 +472,14 @@ impl K8sBackend {
             spec.activity_id(),
             spec.attempt
         );
+        // The activity's own pod, not the executors a Spark driver started (they carry its
+        // labels too).
+        let own = render::object_name(spec, &self.instance);
         let found = match pods.list(&ListParams::default().labels(&selector)).await {
-            Ok(l) => l.items.into_iter().next(),
+            Ok(l) => l
+                .items
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() == Some(own.as_str())),
             Err(e) => {
                 return Resumed::Finished(ActivityOutcome::failed(format!(
                     "cannot look for the job's pod after a restart: {}",
@@ -469,6 +514,29 @@ impl K8sBackend {
                     c.context.as_ref().map(|x| x.value.clone()),
                     ns.value.clone(),
                 ));
+            }
+        }
+        // Spark configurations name their namespace, in the resolved cluster's context.
+        for s in home
+            .spark_configs
+            .values()
+            .filter(|s| s.master.value == capstan_core::model::SparkMaster::Kubernetes)
+        {
+            if let Some(ns) = s.namespace.as_ref().filter(|n| !n.value.contains("${")) {
+                for c in home.clusters.values() {
+                    if let ClusterTarget::Kubernetes {
+                        kubeconfig,
+                        context,
+                        ..
+                    } = &c.target
+                    {
+                        targets.push((
+                            kubeconfig.as_ref().map(|k| k.value.clone()),
+                            context.as_ref().map(|x| x.value.clone()),
+                            ns.value.clone(),
+                        ));
+                    }
+                }
             }
         }
         for c in home.clusters.values() {

@@ -13,8 +13,8 @@ use capstan_engine::backend::ActivitySpec;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    KeyToPath, LocalObjectReference, Pod, PodSpec, ResourceRequirements, Secret, SecretKeySelector,
-    Toleration, Volume, VolumeMount,
+    KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
+    Secret, SecretKeySelector, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
@@ -142,14 +142,28 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
             spec.config_phrase()
         )
     })?;
-    let files = code_files(spec)?;
+    let mut files = code_files(spec)?;
     let code_file = files
         .first()
         .map(|(n, _)| n.clone())
-        .filter(|_| spec.code_file.is_some());
-    let program = capstan_engine::backend::container_program(spec.recipe_kind, "Kubernetes")?;
-    let code_file = code_file
+        .filter(|_| spec.code_file.is_some())
         .ok_or_else(|| format!("{} recipes have no code to run", spec.recipe_kind.as_str()))?;
+    let spark = spec
+        .recipe_kind
+        .is_spark()
+        .then_some(spec.spark.as_ref())
+        .flatten();
+    let command = match spark {
+        Some(_) => {
+            let (command, extra) = spark_driver(spec, &code_file)?;
+            files.extend(extra);
+            command
+        }
+        None => vec![
+            capstan_engine::backend::container_program(spec.recipe_kind, "Kubernetes")?.into(),
+            format!("{WORK_DIR}/{code_file}"),
+        ],
+    };
     let labels = labels(spec, instance);
     let meta = |n: String| ObjectMeta {
         name: Some(n),
@@ -183,6 +197,33 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
             value: Some(format!("{WORK_DIR}/lib")),
             value_from: None,
         });
+    }
+    if spark.is_some() {
+        // The driver's Python, the one the executors run too; the pod's name and address,
+        // which the submission names as `$(VAR)`.
+        for k in ["PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"] {
+            env.push(EnvVar {
+                name: k.into(),
+                value: Some("python3".into()),
+                value_from: None,
+            });
+        }
+        for (k, field) in [
+            (capstan_spark::POD_NAME_VAR, "metadata.name"),
+            (capstan_spark::POD_IP_VAR, "status.podIP"),
+        ] {
+            env.push(EnvVar {
+                name: k.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: field.into(),
+                        api_version: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            });
+        }
     }
     env.extend(spec.env.iter().map(|(k, v)| EnvVar {
         name: k.clone(),
@@ -278,8 +319,10 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
     let container = Container {
         name: "recipe".into(),
         image: Some(image),
-        command: Some(vec![program.into(), format!("{WORK_DIR}/{code_file}")]),
-        working_dir: Some(WORK_DIR.into()),
+        command: Some(command),
+        // Spark writes next to where it starts (its warehouse, its metastore): not the
+        // read-only code folder.
+        working_dir: Some(if spark.is_some() { "/tmp" } else { WORK_DIR }.into()),
         env: Some(env),
         resources: Some(ResourceRequirements {
             requests: (!requests.is_empty()).then_some(requests),
@@ -289,28 +332,27 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         volume_mounts: Some(mounts),
         ..Container::default()
     };
-    let tolerations: Vec<Toleration> = exec
-        .map(|e| {
-            e.tolerations
-                .iter()
-                .map(|t| Toleration {
-                    key: t.value.key.clone(),
-                    operator: t.value.operator.clone(),
-                    value: t.value.value.clone(),
-                    effect: t.value.effect.clone(),
-                    toleration_seconds: t.value.toleration_seconds.map(i64::from),
-                })
-                .collect()
+    // The driver of a Spark application goes where its executors go.
+    let (tolerations, node_selector) = match (spark, exec) {
+        (Some(s), _) => (&s.tolerations[..], Some(&s.node_selector)),
+        (None, Some(e)) => (&e.tolerations[..], Some(&e.node_selector)),
+        (None, None) => (&[][..], None),
+    };
+    let tolerations: Vec<Toleration> = tolerations
+        .iter()
+        .map(|t| Toleration {
+            key: t.value.key.clone(),
+            operator: t.value.operator.clone(),
+            value: t.value.value.clone(),
+            effect: t.value.effect.clone(),
+            toleration_seconds: t.value.toleration_seconds.map(i64::from),
         })
-        .unwrap_or_default();
-    let node_selector: BTreeMap<String, String> = exec
-        .map(|e| {
-            e.node_selector
-                .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+        .collect();
+    let node_selector: BTreeMap<String, String> = node_selector
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
     let pull_secrets: Vec<LocalObjectReference> = exec
         .map(|e| {
             e.image_pull_secrets
@@ -325,11 +367,14 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         containers: vec![container],
         restart_policy: Some("Never".into()),
         active_deadline_seconds: spec.timeout.map(|t| t.secs() as i64),
-        service_account_name: exec
-            .and_then(|e| e.service_account.as_ref())
-            .map(|s| s.value.clone()),
-        // The recipe talks to capstan's API with its own token, not to the cluster's.
-        automount_service_account_token: Some(false),
+        service_account_name: match spark {
+            Some(s) => s.service_account.as_ref(),
+            None => exec.and_then(|e| e.service_account.as_ref()),
+        }
+        .map(|s| s.value.clone()),
+        // The recipe talks to capstan's API with its own token, not to the cluster's; a Spark
+        // driver creates its executors' pods, with its service account's rights.
+        automount_service_account_token: Some(spark.is_some()),
         node_selector: (!node_selector.is_empty()).then_some(node_selector),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
@@ -350,6 +395,9 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         })?;
     }
     let mut annotations = BTreeMap::new();
+    if let Some(s) = spark {
+        annotations.insert("capstan.io/spark-config".to_string(), s.name.clone());
+    }
     if let Some(c) = &spec.exec_config {
         annotations.insert("capstan.io/exec-config".to_string(), c.clone());
     }
@@ -385,6 +433,35 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         ..Secret::default()
     };
     Ok(Rendered { pod, code, secret })
+}
+
+/// Where the executors' pod template is in the driver pod.
+pub const EXECUTOR_TEMPLATE: &str = "executor-pod.yaml";
+const SQL_RUNNER_FILE: &str = "capstan_sql_runner.py";
+
+/// The command of a Spark driver pod, and the files it needs beside the recipe's code.
+fn spark_driver(
+    spec: &ActivitySpec,
+    code_file: &str,
+) -> Result<(Vec<String>, Vec<(String, Vec<u8>)>), String> {
+    let mut files = Vec::new();
+    let code = format!("{WORK_DIR}/{code_file}");
+    let (app, app_args) = if spec.recipe_kind == capstan_core::model::RecipeKind::SparkSql {
+        files.push((SQL_RUNNER_FILE.into(), capstan_spark::SQL_RUNNER.into()));
+        (format!("{WORK_DIR}/{SQL_RUNNER_FILE}"), vec![code])
+    } else {
+        (code, Vec::new())
+    };
+    let template = format!("{WORK_DIR}/{EXECUTOR_TEMPLATE}");
+    let submission =
+        capstan_spark::submission(spec, Path::new(&app), &app_args, Path::new(&template))?;
+    if let Some(t) = submission.pod_template {
+        files.push((EXECUTOR_TEMPLATE.into(), t.into_bytes()));
+    }
+    // Spark's own launcher, where pyspark's images and capstan's `with_spark` images have it.
+    let mut command = vec!["/opt/spark/bin/spark-submit".to_string()];
+    command.extend(submission.args);
+    Ok((command, files))
 }
 
 /// The objects as YAML documents, the token never included.

@@ -11,18 +11,44 @@ use capstan_engine::backend::{ActivitySpec, DataAccess};
 /// The Kubernetes version the objects are validated against.
 const K8S_VERSION: &str = "1.33.0";
 
+/// The spec of a case: an execution configuration `c`, or a Spark configuration `s` (whose
+/// driver runs as the pod, with the limits the engine gives it).
 fn spec_for(config_toml: &str, dir: &Path) -> ActivitySpec {
     let mut files = HomeFiles::default();
     files.toml.insert("capstan.toml".into(), b"".to_vec());
+    let file = if config_toml.contains("[spark_config.") {
+        "spark-configs.toml"
+    } else {
+        "exec-configs.toml"
+    };
     files
         .toml
-        .insert("exec-configs.toml".into(), config_toml.as_bytes().to_vec());
+        .insert(file.into(), config_toml.as_bytes().to_vec());
     let (home, diags) = load(Path::new("/h"), &files);
     assert!(!diags.has_errors(), "{:?}", diags.list);
-    let exec = home.exec_configs["c"].clone();
     std::fs::create_dir_all(dir.join("lib/helpers")).unwrap();
     std::fs::write(dir.join("totals.py"), "import capstan\nprint('hello')\n").unwrap();
     std::fs::write(dir.join("lib/helpers/__init__.py"), "X = 1\n").unwrap();
+    if let Some(spark) = home.spark_configs.get("s") {
+        let (cpu, memory) = capstan_engine::spark_driver_limits(spark);
+        let base = spec_for(
+            "[exec_config.c]\nkind = \"kubernetes\"\nimage = \"x\"\nnamespace = \"x\"\n",
+            dir,
+        );
+        return ActivitySpec {
+            recipe_kind: RecipeKind::PySpark,
+            exec_config: None,
+            exec: None,
+            image: spark.image.as_ref().map(|i| i.value.clone()),
+            namespace: spark.namespace.as_ref().map(|n| n.value.clone()),
+            cpu_limit: Some(cpu),
+            memory_limit: Some(memory),
+            timeout: None,
+            spark: Some(spark.clone()),
+            ..base
+        };
+    }
+    let exec = home.exec_configs["c"].clone();
     ActivitySpec {
         project: "sales".into(),
         recipe: "totals".into(),
@@ -72,18 +98,14 @@ fn rendered_objects_match_their_snapshots_and_hold_no_token() {
     for case in cases() {
         let name = case.file_stem().unwrap().to_string_lossy().into_owned();
         let spec = spec_for(&std::fs::read_to_string(&case).unwrap(), &tmp.join(&name));
-        let namespace = capstan_core::resolve::expand_namespace(
-            spec.exec
-                .as_ref()
-                .unwrap()
-                .namespace
-                .as_ref()
-                .unwrap()
-                .value
-                .as_str(),
-            &spec.user,
-            &spec.project,
-        );
+        let namespace = match &spec.exec {
+            Some(exec) => capstan_core::resolve::expand_namespace(
+                &exec.namespace.as_ref().unwrap().value,
+                &spec.user,
+                &spec.project,
+            ),
+            None => spec.namespace.clone().unwrap(),
+        };
         let yaml = to_yaml(&render(&spec, "abcd1234", &namespace).unwrap()).unwrap();
         assert!(
             !yaml.contains("secretsecret"),

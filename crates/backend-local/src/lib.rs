@@ -179,9 +179,6 @@ impl LocalBackend {
                 } else {
                     (code.clone(), Vec::new())
                 };
-                if let Some(gap) = spec.spark.as_ref().and_then(capstan_spark::kubernetes_gap) {
-                    return Err(gap);
-                }
                 let template = work.join("executor-pod.yaml");
                 let submission = capstan_spark::submission(spec, &app, &app_args, &template)?;
                 if let Some(t) = &submission.pod_template {
@@ -459,7 +456,7 @@ fn kill_leftovers(dir: &Path) {
     }
 }
 
-/// The code environment Spark recipes get when they name none: pyspark.
+/// The code environment Spark recipes get when they name none: pyspark, with pandas and pyarrow.
 fn spark_env() -> capstan_core::model::CodeEnv {
     use capstan_core::diag::Loc;
     use capstan_core::model::{BuildFor, CodeEnv, EnvLanguage, Sourced};
@@ -472,7 +469,8 @@ fn spark_env() -> capstan_core::model::CodeEnv {
             loc: Loc::NOWHERE,
         },
         packages: vec![Sourced {
-            value: "pyspark".into(),
+            // `sql`: pandas and pyarrow, for datasets that travel through the data API.
+            value: "pyspark[sql]".into(),
             loc: Loc::NOWHERE,
         }],
         requirements_file: None,

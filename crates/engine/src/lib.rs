@@ -169,8 +169,9 @@ impl Engine {
         let home = self.inner.home.fresh();
         request.user = caller.in_home.then(|| caller.name.clone());
         let resolution = resolve(&home, project, recipe, &request).map_err(resolve_error)?;
-        if self.backend(resolution.kind.value).is_none() {
-            return Err(EngineError::NoBackend(resolution.kind.value));
+        let kind = runs_on(&home, &resolution);
+        if self.backend(kind).is_none() {
+            return Err(EngineError::NoBackend(kind));
         }
         let job = self.store().insert_job(&NewJob {
             project: project.to_string(),
@@ -180,7 +181,7 @@ impl Engine {
             resolution_json: record::resolution_json(&resolution).to_string(),
             exec_config: resolution.exec_config.value.clone(),
             cluster: resolution.cluster.value.clone(),
-            kind: resolution.kind.value.as_str().to_string(),
+            kind: kind.as_str().to_string(),
         })?;
         tracing::info!(job_id = job.id, project, recipe, user = %caller.name, "job queued");
         let _ = self.inner.sched.send(SchedMsg::Queued(Slot::of(&job)));
@@ -323,7 +324,8 @@ impl Engine {
         })?;
         let mut spec = spec_from(&home, &self.inner.root, &r, job.id, attempt, dir);
         spec.user = job.user.clone();
-        Ok((spec, r.kind.value))
+        let kind = spec.kind;
+        Ok((spec, kind))
     }
 
     fn activity_dir(&self, job_id: i64, idx: i64, attempt: i64) -> PathBuf {
@@ -653,15 +655,56 @@ pub fn spec_from(
     spec
 }
 
+/// The backend that runs a resolution: its kind, except for Spark recipes on a Spark
+/// configuration on Kubernetes, whose driver runs as a pod in the cluster.
+pub fn runs_on(home: &Home, r: &Resolution) -> ExecKind {
+    let spark_on_k8s = r.recipe_kind.is_spark()
+        && r.spark_config
+            .value
+            .as_ref()
+            .and_then(|n| home.spark_configs.get(n))
+            .is_some_and(|s| s.master.value == capstan_core::model::SparkMaster::Kubernetes);
+    if spark_on_k8s {
+        ExecKind::Kubernetes
+    } else {
+        r.kind.value
+    }
+}
+
+/// The cpu and memory of a Spark driver pod: the driver's cores (Spark's default: 1), and its
+/// JVM heap (default 1 GiB) plus what Spark adds for a non-JVM driver, since a PySpark driver
+/// runs Python beside the JVM: 40%, at least 384 MiB (`spark.driver.memoryOverheadFactor`).
+pub fn spark_driver_limits(
+    spark: &capstan_core::model::SparkConfig,
+) -> (capstan_core::quantity::Cpu, capstan_core::quantity::Memory) {
+    let heap = spark
+        .driver_memory
+        .as_ref()
+        .map_or(1 << 30, |m| m.value.bytes());
+    let overhead = (heap * 2 / 5).max(384 << 20);
+    (
+        capstan_core::quantity::Cpu::from_millis(
+            u64::from(spark.driver_cores.as_ref().map_or(1, |c| c.value)) * 1000,
+        ),
+        capstan_core::quantity::Memory::from_bytes((heap + overhead).div_ceil(1 << 20) << 20),
+    )
+}
+
 /// A Spark configuration on Kubernetes brings its own image and namespace, and the resolved
-/// cluster's kubeconfig context.
+/// cluster's kubeconfig context; its driver runs as a pod with the driver's cores and memory.
 fn spark_on_kubernetes(home: &Home, r: &Resolution, spec: &mut ActivitySpec) {
     let Some(spark) = spec.spark.clone() else {
         return;
     };
-    if spark.master.value != capstan_core::model::SparkMaster::Kubernetes {
+    if spark.master.value != capstan_core::model::SparkMaster::Kubernetes
+        || !spec.recipe_kind.is_spark()
+    {
         return;
     }
+    spec.kind = ExecKind::Kubernetes;
+    let (cpu, memory) = spark_driver_limits(&spark);
+    spec.cpu_limit = Some(cpu);
+    spec.memory_limit = Some(memory);
     let cluster = r.cluster.value.as_ref().and_then(|c| home.clusters.get(c));
     if let Some(capstan_core::model::ClusterTarget::Kubernetes {
         kubeconfig,

@@ -92,7 +92,9 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
         .map(|p| shell_quote(&p.value))
         .collect();
     if spec.with_spark {
-        pip.push("pyspark".into());
+        // `sql`: pandas and pyarrow, with which a driver pod reads and writes datasets through
+        // the data API.
+        pip.push(shell_quote("pyspark[sql]"));
     }
     if spec.with_cuda {
         // The CUDA runtime from NVIDIA's wheels: no CUDA image needed, any base works.

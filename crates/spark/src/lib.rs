@@ -36,40 +36,24 @@ pub struct Submission {
     pub pod_template: Option<String>,
 }
 
-/// The API server of a kubeconfig context (for `k8s://` masters).
-pub fn api_server(kubeconfig: Option<&str>, context: Option<&str>) -> Option<String> {
-    let path = match kubeconfig {
-        Some(p) => p.to_string(),
-        None => std::env::var("KUBECONFIG")
-            .ok()
-            .and_then(|k| k.split(':').next().map(String::from))
-            .or_else(|| {
-                std::env::var("HOME")
-                    .ok()
-                    .map(|h| format!("{h}/.kube/config"))
-            })?,
-    };
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    let context = context
-        .map(String::from)
-        .or_else(|| doc["current-context"].as_str().map(String::from))?;
-    let cluster = doc["contexts"]
-        .as_sequence()?
-        .iter()
-        .find(|c| c["name"].as_str() == Some(&context))?["context"]["cluster"]
-        .as_str()?
-        .to_string();
-    doc["clusters"]
-        .as_sequence()?
-        .iter()
-        .find(|c| c["name"].as_str() == Some(&cluster))?["cluster"]["server"]
-        .as_str()
-        .map(String::from)
-}
+/// The Kubernetes API as a pod in the cluster reaches it.
+pub const IN_CLUSTER_API: &str = "https://kubernetes.default.svc";
 
+/// The variables the driver pod gets from the downward API: Kubernetes expands `$(NAME)` in a
+/// container's command, so the submission names the pod and its address without knowing them.
+pub const POD_NAME_VAR: &str = "CAPSTAN_POD_NAME";
+pub const POD_IP_VAR: &str = "CAPSTAN_POD_IP";
+
+/// Labels of the executor pods: the driver pod's own, so that the orphan sweep and attribution
+/// see them as the activity's.
 fn labels(spec: &ActivitySpec) -> Vec<(&'static str, String)> {
     vec![
+        (
+            "capstan.io/instance",
+            capstan_core::instance_id(&spec.home_root),
+        ),
         ("capstan.io/job", spec.job_id.to_string()),
+        ("capstan.io/attempt", spec.attempt.to_string()),
         ("capstan.io/activity", spec.activity_id()),
         ("capstan.io/project", spec.project.clone()),
         ("capstan.io/recipe", spec.recipe.clone()),
@@ -183,17 +167,14 @@ pub fn submission(
             .map(|u| u.value.clone())
             .ok_or_else(|| format!("Spark configuration `{}` has no master_url", spark.name))?,
         SparkMaster::Kubernetes => {
-            let server = match &spark.master_url {
-                Some(u) => u.value.clone(),
-                None => api_server(spec.kubeconfig.as_deref(), spec.kube_context.as_deref()).ok_or_else(|| {
-                    format!(
-                        "Spark configuration `{}` has no master_url, and no API server is in the kubeconfig{}",
-                        spark.name,
-                        spec.kube_context.as_ref().map(|c| format!(" for context {c}")).unwrap_or_default()
-                    )
-                })?,
-            };
-            args.extend(["--deploy-mode".to_string(), "cluster".to_string()]);
+            // The driver runs in a pod of its own (capstan's, like any activity's), in client
+            // mode: nothing needs to reach back to the daemon's machine, and the executors are
+            // owned by the driver pod, so they go with it.
+            let server = spark
+                .master_url
+                .as_ref()
+                .map_or(IN_CLUSTER_API.to_string(), |u| u.value.clone());
+            args.extend(["--deploy-mode".to_string(), "client".to_string()]);
             let image = spec
                 .image
                 .clone()
@@ -202,30 +183,22 @@ pub fn submission(
             if let Some(ns) = &spec.namespace {
                 put("spark.kubernetes.namespace", ns.clone());
             }
-            if let Some(ctx) = &spec.kube_context {
-                put("spark.kubernetes.context", ctx.clone());
-            }
-            if let Some(sa) = &spark.service_account {
-                put(
-                    "spark.kubernetes.authenticate.driver.serviceAccountName",
-                    sa.value.clone(),
-                );
-            }
+            put(
+                "spark.kubernetes.driver.pod.name",
+                format!("$({POD_NAME_VAR})"),
+            );
+            put("spark.driver.host", format!("$({POD_IP_VAR})"));
+            put("spark.driver.bindAddress", "0.0.0.0".into());
             put(
                 "spark.kubernetes.executor.podTemplateFile",
                 pod_template_path.display().to_string(),
             );
             for (k, v) in labels(spec) {
-                put(&format!("spark.kubernetes.driver.label.{k}"), v.clone());
                 put(&format!("spark.kubernetes.executor.label.{k}"), v);
             }
             // Nothing outlives its job: executors go with the application.
             put(
                 "spark.kubernetes.executor.deleteOnTermination",
-                "true".into(),
-            );
-            put(
-                "spark.kubernetes.submission.waitAppCompletion",
                 "true".into(),
             );
             format!("k8s://{}", server.trim_start_matches("k8s://"))
@@ -252,20 +225,6 @@ pub fn submission(
     let pod_template =
         (spark.master.value == SparkMaster::Kubernetes).then(|| pod_template(spec, spark));
     Ok(Submission { args, pod_template })
-}
-
-/// Why a Spark configuration on Kubernetes cannot run a recipe yet, if it cannot: in cluster mode
-/// the driver runs in a pod, which reads the recipe's code only from where spark-submit uploads it
-/// (capstan does not ship it to the pod itself yet).
-pub fn kubernetes_gap(spark: &SparkConfig) -> Option<String> {
-    (spark.master.value == SparkMaster::Kubernetes && !spark.conf.contains_key("spark.kubernetes.file.upload.path")).then(|| {
-        format!(
-            "Spark on Kubernetes runs its driver in the cluster, which cannot read this machine's files: set \
-             \"spark.kubernetes.file.upload.path\" (an s3a:// or hdfs:// folder the cluster reads) in the conf of Spark configuration '{}' \
-             so spark-submit uploads the recipe's code there",
-            spark.name
-        )
-    })
 }
 
 /// `spark-submit ARGS`, quoted for a shell.
@@ -360,6 +319,27 @@ pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
             "Spark executors were killed for exceeding their memory: raise executor_memory_overhead (or executor_memory) of {name}"
         ));
     }
+    if let Some(line) = log
+        .lines()
+        .find(|l| l.contains("is forbidden: User") && l.contains("cannot "))
+    {
+        // The driver pod's service account lacks rights: quote who, and what it may not do.
+        let who = line
+            .split("is forbidden: ")
+            .nth(1)
+            .map(|w| {
+                w.split(". ")
+                    .next()
+                    .unwrap_or(w)
+                    .trim()
+                    .trim_end_matches('.')
+            })
+            .unwrap_or("");
+        return Some(format!(
+            "the Spark driver may not manage its executors ({who}): give {name} a service_account \
+             that may create, watch and delete pods, services and configmaps in its namespace"
+        ));
+    }
     if log.contains("ExecutorLostFailure") {
         return Some(format!(
             "Spark lost executors while running (ExecutorLostFailure): see the log; if they ran out of memory, raise executor_memory_overhead of {name}"
@@ -423,23 +403,6 @@ mod tests {
     }
 
     #[test]
-    fn the_api_server_comes_from_the_named_or_current_context_of_the_kubeconfig() {
-        let path =
-            std::env::temp_dir().join(format!("capstan-spark-kubeconfig-{}", std::process::id()));
-        std::fs::write(
-            &path,
-            "clusters:\n- name: a\n  cluster: {server: 'https://a:6443'}\n- name: b\n  cluster: {server: 'https://b:6443'}\n\
-             contexts:\n- name: ca\n  context: {cluster: a}\n- name: cb\n  context: {cluster: b}\ncurrent-context: cb\n",
-        )
-        .unwrap();
-        let p = path.to_str();
-        assert_eq!(api_server(p, Some("ca")).as_deref(), Some("https://a:6443"));
-        assert_eq!(api_server(p, None).as_deref(), Some("https://b:6443"));
-        assert_eq!(api_server(p, Some("nope")), None);
-        std::fs::remove_file(path).unwrap();
-    }
-
-    #[test]
     fn the_spark_ui_address_is_read_from_the_driver_log() {
         let spark3 = "25/11/27 10:00:00 INFO SparkUI: Bound SparkUI to 0.0.0.0, and started at http://worker-3:4041\n";
         assert_eq!(
@@ -486,6 +449,18 @@ mod tests {
             diagnose(lost, &spec())
                 .unwrap()
                 .contains("ExecutorLostFailure")
+        );
+        let forbidden = "26/11/28 03:10:01 ERROR SparkContext: Error initializing SparkContext.\n\
+             io.fabric8.kubernetes.client.KubernetesClientException: Failure executing: POST at: \
+             https://kubernetes.default.svc/api/v1/namespaces/capstan-spark/configmaps. Message: Forbidden!Configured service \
+             account doesn't have access. Service account may have been revoked. configmaps is forbidden: User \
+             \"system:serviceaccount:capstan-spark:default\" cannot create resource \"configmaps\" in API group \"\" in the \
+             namespace \"capstan-spark\".\n";
+        assert_eq!(
+            diagnose(forbidden, &spec()).unwrap(),
+            "the Spark driver may not manage its executors (User \"system:serviceaccount:capstan-spark:default\" cannot \
+             create resource \"configmaps\" in API group \"\" in the namespace \"capstan-spark\"): give the default local \
+             Spark a service_account that may create, watch and delete pods, services and configmaps in its namespace"
         );
         assert_eq!(
             diagnose(

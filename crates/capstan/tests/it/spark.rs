@@ -33,7 +33,10 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    h.append("projects/sample/project.toml", "\n[dataset.sql_totals]\n");
+    h.append(
+        "projects/sample/project.toml",
+        "\n[dataset.sql_totals]\n\n[dataset.api_totals]\n",
+    );
     h.append(
         "spark-configs.toml",
         "\n[spark_config.tiny]\nmaster = \"local\"\nlocal_threads = 1\ndriver_memory = \"512Mi\"\n",
@@ -48,6 +51,20 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
          capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'order_totals')\n\
          spark.stop()\n",
         "inputs = [\"orders\"]\noutputs = [\"order_totals\"]\nspark_config = \"local\"",
+    );
+    // As a driver pod on Kubernetes does: Spark cannot see the daemon's disk, so datasets
+    // travel through the data API.
+    h.recipe(
+        "atotals",
+        "pyspark",
+        "py",
+        "import os\nfrom pyspark.sql import SparkSession, functions as F\nimport capstan.spark\n\
+         del os.environ['CAPSTAN_SPARK_INPUTS'], os.environ['CAPSTAN_SPARK_OUTPUTS']\n\
+         spark = SparkSession.builder.getOrCreate()\n\
+         orders = capstan.spark.read(spark, 'orders')\n\
+         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'api_totals')\n\
+         spark.stop()\n",
+        "inputs = [\"orders\"]\noutputs = [\"api_totals\"]",
     );
     h.recipe(
         "stotals",
@@ -75,7 +92,11 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
     );
     let d = h.start();
     let want = serde_json::json!([{"customer": "alice", "total": 17.75}, {"customer": "bob", "total": 3.0}]);
-    for (recipe, output) in [("ptotals", "order_totals"), ("stotals", "sql_totals")] {
+    for (recipe, output) in [
+        ("ptotals", "order_totals"),
+        ("atotals", "api_totals"),
+        ("stotals", "sql_totals"),
+    ] {
         let run = h
             .capstan()
             .args(["run", &format!("sample/{recipe}")])
@@ -229,27 +250,24 @@ fn spark_render_for_kubernetes_matches_the_configuration_and_its_pod_template_va
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(
-            "warning: a run would fail now: Spark on Kubernetes runs its driver in the cluster"
-        ),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(stderr(&out), "");
     let text = stdout(&out);
+    // The driver runs in a pod of the configuration's namespace, in client mode.
     for needle in [
-        "--master k8s://https://k8s.example.com:6443",
-        "--deploy-mode cluster",
+        "--master k8s://https://kubernetes.default.svc",
+        "--deploy-mode client",
         "spark.kubernetes.container.image=reg.example.com/team/capstan-base-spark",
         "spark.kubernetes.namespace=capstan-spark",
-        "spark.kubernetes.context=prod",
-        "spark.kubernetes.authenticate.driver.serviceAccountName=spark",
+        "'spark.kubernetes.driver.pod.name=$(CAPSTAN_POD_NAME)'",
         "spark.driver.memory=2048m",
         "spark.executor.memory=4096m",
         "spark.executor.cores=2",
         "spark.executor.instances=2",
         "spark.kubernetes.executor.deleteOnTermination=true",
         "spark.sql.shuffle.partitions=64",
+        "/capstan/work/capstan_sql_runner.py \\\n  /capstan/work/stotals.sql",
+        "in namespace capstan-spark (kubeconfig context prod), image reg.example.com/team/capstan-base-spark, \
+         cpu 1, memory 2868Mi, service account spark.",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
@@ -261,14 +279,33 @@ fn spark_render_for_kubernetes_matches_the_configuration_and_its_pod_template_va
         template.contains("node.kubernetes.io/pool: spark") && template.contains("key: spark"),
         "{template}"
     );
-    let file = h.dir.path().join("executor-pod.yaml");
-    std::fs::write(&file, template).unwrap();
+    // The driver pod and its objects, as `k8s render` shows them, pass the schema with the
+    // executors' template.
+    let objects = h
+        .capstan()
+        .args(["k8s", "render", "sample/stotals", "--user", "admin"])
+        .output()
+        .unwrap();
+    assert_eq!(objects.status.code(), Some(0), "{}", stderr(&objects));
+    let objects = stdout(&objects);
+    assert!(
+        objects.contains("serviceAccountName: spark")
+            && objects.contains("capstan.io/spark-config: k8s")
+            && objects.contains("executor-pod.yaml"),
+        "{objects}"
+    );
+    let file = h.dir.path().join("objects.yaml");
+    std::fs::write(&file, format!("{objects}---\n{template}")).unwrap();
     match std::process::Command::new("kubernetes-validate")
         .args(["--strict", "-k", "1.33.0"])
         .arg(&file)
         .output()
     {
-        Ok(o) => assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o)),
+        Ok(o) => {
+            let said = format!("{}{}", stdout(&o), stderr(&o));
+            assert!(o.status.success(), "{said}");
+            assert_eq!(said.matches(" passed for resource ").count(), 4, "{said}");
+        }
         Err(_) => {
             assert!(
                 std::env::var("CI").is_err(),
