@@ -297,7 +297,9 @@ impl DockerBackend {
             }
         }
         remove(docker, id).await;
-        outcome(spec, &ending)
+        let mut o = outcome(spec, &ending);
+        capstan_spark::refine(spec, &mut o);
+        o
     }
 
     async fn find(

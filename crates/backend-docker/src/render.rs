@@ -42,21 +42,29 @@ pub fn container_name(spec: &ActivitySpec, instance: &str) -> String {
     )
 }
 
-/// The command that runs the recipe's code inside the container.
-pub fn command(spec: &ActivitySpec) -> Result<Vec<String>, String> {
+/// The command that runs the recipe's code inside the container, and the files it needs
+/// beside the code (Spark's SQL runner).
+pub fn command(spec: &ActivitySpec) -> Result<capstan_spark::Submission, String> {
     let file = spec
         .code_file
         .as_ref()
         .and_then(|f| f.file_name())
-        .map(|f| format!("{WORK_DIR}/{}", f.to_string_lossy()))
+        .map(|f| f.to_string_lossy().into_owned())
         .ok_or_else(|| {
             format!(
                 "{} recipes have no code to run in a container",
                 spec.recipe_kind.as_str()
             )
         })?;
+    if spec.recipe_kind.is_spark() {
+        // Spark in local mode (or on a standalone cluster), from inside the container.
+        return capstan_spark::container_command(spec, WORK_DIR, &file);
+    }
     let program = capstan_engine::backend::container_program(spec.recipe_kind, "Docker")?;
-    Ok(vec![program.to_string(), file])
+    Ok(capstan_spark::Submission {
+        args: vec![program.to_string(), format!("{WORK_DIR}/{file}")],
+        files: Vec::new(),
+    })
 }
 
 /// The create body of the activity's container.
@@ -82,6 +90,11 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
     ];
     if spec.lib_dir.is_some() {
         env.push(format!("PYTHONPATH={WORK_DIR}/lib"));
+    }
+    if spec.recipe_kind.is_spark() {
+        // The image's Python, for the driver and its workers alike.
+        env.push("PYSPARK_PYTHON=python3".to_string());
+        env.push("PYSPARK_DRIVER_PYTHON=python3".to_string());
     }
     env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
     if let Some(access) = &spec.data {
@@ -150,7 +163,7 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
     };
     Ok(ContainerCreateBody {
         image: Some(image),
-        cmd: Some(command(spec)?),
+        cmd: Some(command(spec)?.args),
         env: Some(env),
         working_dir: Some(WORK_DIR.into()),
         labels: Some(labels(spec, instance)),
@@ -181,6 +194,11 @@ pub fn code_archive(spec: &ActivitySpec) -> std::io::Result<Vec<u8>> {
     }
     if let Some(lib) = &spec.lib_dir {
         add_dir(&mut tar, lib, &format!("{work}/lib"))?;
+    }
+    // What the command needs beside the code; a command that cannot be built fails the
+    // container's creation, which comes first, with its own message.
+    for (name, bytes) in command(spec).map(|c| c.files).unwrap_or_default() {
+        file_entry(&mut tar, &format!("{work}/{name}"), &bytes)?;
     }
     if let Some(access) = &spec.data {
         let mut h = tar::Header::new_gnu();

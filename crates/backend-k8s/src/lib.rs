@@ -362,15 +362,7 @@ impl K8sBackend {
                     {
                         o = better;
                     }
-                    // Spark says what went wrong in its log, far above its last lines.
-                    if o.state == capstan_core::job::JobState::Failed
-                        && spec.recipe_kind.is_spark()
-                        && let Some(d) = std::fs::read_to_string(spec.log_path())
-                            .ok()
-                            .and_then(|log| capstan_spark::diagnose(&log, spec))
-                    {
-                        o.diagnosis = Some(d);
-                    }
+                    capstan_spark::refine(spec, &mut o);
                     save_events(spec, &pod, &evs);
                     break o;
                 }

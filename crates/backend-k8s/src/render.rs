@@ -148,21 +148,23 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         .map(|(n, _)| n.clone())
         .filter(|_| spec.code_file.is_some())
         .ok_or_else(|| format!("{} recipes have no code to run", spec.recipe_kind.as_str()))?;
+    // A Spark recipe runs spark-submit: as the driver of a Spark configuration on Kubernetes
+    // (placed, and allowed to start executors, as that configuration says), or in local mode
+    // inside the pod of an execution configuration.
+    let is_spark = spec.recipe_kind.is_spark();
     let spark = spec
-        .recipe_kind
-        .is_spark()
-        .then_some(spec.spark.as_ref())
-        .flatten();
-    let command = match spark {
-        Some(_) => {
-            let (command, extra) = spark_driver(spec, &code_file)?;
-            files.extend(extra);
-            command
-        }
-        None => vec![
+        .spark
+        .as_ref()
+        .filter(|s| is_spark && s.master.value == capstan_core::model::SparkMaster::Kubernetes);
+    let command = if is_spark {
+        let submission = capstan_spark::container_command(spec, WORK_DIR, &code_file)?;
+        files.extend(submission.files);
+        submission.args
+    } else {
+        vec![
             capstan_engine::backend::container_program(spec.recipe_kind, "Kubernetes")?.into(),
             format!("{WORK_DIR}/{code_file}"),
-        ],
+        ]
     };
     let labels = labels(spec, instance);
     let meta = |n: String| ObjectMeta {
@@ -198,7 +200,7 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
             value_from: None,
         });
     }
-    if spark.is_some() {
+    if is_spark {
         // The driver's Python, the one the executors run too; the pod's name and address,
         // which the submission names as `$(VAR)`.
         for k in ["PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"] {
@@ -322,7 +324,7 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         command: Some(command),
         // Spark writes next to where it starts (its warehouse, its metastore): not the
         // read-only code folder.
-        working_dir: Some(if spark.is_some() { "/tmp" } else { WORK_DIR }.into()),
+        working_dir: Some(if is_spark { "/tmp" } else { WORK_DIR }.into()),
         env: Some(env),
         resources: Some(ResourceRequirements {
             requests: (!requests.is_empty()).then_some(requests),
@@ -433,35 +435,6 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         ..Secret::default()
     };
     Ok(Rendered { pod, code, secret })
-}
-
-/// Where the executors' pod template is in the driver pod.
-pub const EXECUTOR_TEMPLATE: &str = "executor-pod.yaml";
-const SQL_RUNNER_FILE: &str = "capstan_sql_runner.py";
-
-/// The command of a Spark driver pod, and the files it needs beside the recipe's code.
-fn spark_driver(
-    spec: &ActivitySpec,
-    code_file: &str,
-) -> Result<(Vec<String>, Vec<(String, Vec<u8>)>), String> {
-    let mut files = Vec::new();
-    let code = format!("{WORK_DIR}/{code_file}");
-    let (app, app_args) = if spec.recipe_kind == capstan_core::model::RecipeKind::SparkSql {
-        files.push((SQL_RUNNER_FILE.into(), capstan_spark::SQL_RUNNER.into()));
-        (format!("{WORK_DIR}/{SQL_RUNNER_FILE}"), vec![code])
-    } else {
-        (code, Vec::new())
-    };
-    let template = format!("{WORK_DIR}/{EXECUTOR_TEMPLATE}");
-    let submission =
-        capstan_spark::submission(spec, Path::new(&app), &app_args, Path::new(&template))?;
-    if let Some(t) = submission.pod_template {
-        files.push((EXECUTOR_TEMPLATE.into(), t.into_bytes()));
-    }
-    // Spark's own launcher, where pyspark's images and capstan's `with_spark` images have it.
-    let mut command = vec!["/opt/spark/bin/spark-submit".to_string()];
-    command.extend(submission.args);
-    Ok((command, files))
 }
 
 /// The objects as YAML documents, the token never included.

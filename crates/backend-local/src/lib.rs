@@ -171,19 +171,15 @@ impl LocalBackend {
         let (program, args) = match spec.recipe_kind {
             RecipeKind::PySpark | RecipeKind::SparkSql => {
                 let bin = python.parent().map(Path::to_path_buf).unwrap_or_default();
-                let (app, app_args) = if spec.recipe_kind == RecipeKind::SparkSql {
-                    let runner = work.join("capstan_sql_runner.py");
-                    std::fs::write(&runner, capstan_spark::SQL_RUNNER)
-                        .map_err(|e| format!("cannot stage the Spark SQL runner: {e}"))?;
-                    (runner, vec![code.display().to_string()])
-                } else {
-                    (code.clone(), Vec::new())
-                };
-                let template = work.join("executor-pod.yaml");
-                let submission = capstan_spark::submission(spec, &app, &app_args, &template)?;
-                if let Some(t) = &submission.pod_template {
-                    std::fs::write(&template, t)
-                        .map_err(|e| format!("cannot write the executor pod template: {e}"))?;
+                let code_file = code
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let submission =
+                    capstan_spark::submission(spec, &work.display().to_string(), &code_file)?;
+                for (name, bytes) in &submission.files {
+                    std::fs::write(work.join(name), bytes)
+                        .map_err(|e| format!("cannot stage {name} for Spark: {e}"))?;
                 }
                 // pyspark's scripts find Spark through the `python` on PATH.
                 let path = std::env::var("PATH").unwrap_or_default();
@@ -345,15 +341,7 @@ impl LocalBackend {
         let outcome = match read_exit(&spec.dir).or(reported) {
             Some(exit) => {
                 let mut o = capstan_engine::diagnose::outcome(spec, &exit.ending());
-                // Spark says what went wrong in its log, far above its last lines.
-                if spec.recipe_kind.is_spark()
-                    && o.state == capstan_core::job::JobState::Failed
-                    && let Some(d) = std::fs::read_to_string(spec.log_path())
-                        .ok()
-                        .and_then(|log| capstan_spark::diagnose(&log, spec))
-                {
-                    o.diagnosis = Some(d);
-                }
+                capstan_spark::refine(spec, &mut o);
                 o
             }
             None => {
@@ -468,11 +456,15 @@ fn spark_env() -> capstan_core::model::CodeEnv {
             value: EnvLanguage::Python,
             loc: Loc::NOWHERE,
         },
-        packages: vec![Sourced {
-            // `sql`: pandas and pyarrow, for datasets that travel through the data API.
-            value: "pyspark[sql]".into(),
-            loc: Loc::NOWHERE,
-        }],
+        // `sql`: pandas and pyarrow, for datasets that travel through the data API; PySpark 4
+        // does not support pandas 3 yet.
+        packages: ["pyspark[sql]", "pandas<3"]
+            .into_iter()
+            .map(|p| Sourced {
+                value: p.into(),
+                loc: Loc::NOWHERE,
+            })
+            .collect(),
         requirements_file: None,
         constraints_file: None,
         system_packages: Vec::new(),

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::bail;
-use capstan_core::model::RecipeKind;
 use capstan_core::resolve::{RunRequest, resolve};
 
 use crate::cli::SparkRenderArgs;
@@ -76,13 +75,13 @@ pub fn render(root: &Path, args: &SparkRenderArgs) -> anyhow::Result<u8> {
             .code
             .binary_data
             .as_ref()
-            .and_then(|d| d.get(capstan_backend_k8s::render::EXECUTOR_TEMPLATE));
+            .and_then(|d| d.get(capstan_spark::EXECUTOR_TEMPLATE));
         if let Some(t) = template {
             println!();
             println!(
                 "# {}/{}",
                 capstan_backend_k8s::render::WORK_DIR,
-                capstan_backend_k8s::render::EXECUTOR_TEMPLATE
+                capstan_spark::EXECUTOR_TEMPLATE
             );
             print!("{}", String::from_utf8_lossy(&t.0));
         }
@@ -91,17 +90,9 @@ pub fn render(root: &Path, args: &SparkRenderArgs) -> anyhow::Result<u8> {
     // As the local backend stages it: the work folder of job 0.
     let work = spec.dir.join("work");
     let code = spec.code_file.clone().unwrap_or_default();
-    let staged = work.join(code.file_name().unwrap_or_default());
-    let (app, app_args) = match r.recipe_kind {
-        RecipeKind::SparkSql => (
-            work.join("capstan_sql_runner.py"),
-            vec![staged.display().to_string()],
-        ),
-        _ => (staged, Vec::new()),
-    };
-    let template = work.join("executor-pod.yaml");
-    let submission =
-        capstan_spark::submission(&spec, &app, &app_args, &template).map_err(anyhow::Error::msg)?;
+    let code_file = code.file_name().unwrap_or_default().to_string_lossy();
+    let submission = capstan_spark::submission(&spec, &work.display().to_string(), &code_file)
+        .map_err(anyhow::Error::msg)?;
     println!("{}", capstan_spark::command_line(&submission.args));
     Ok(exit::OK)
 }

@@ -414,19 +414,15 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
                     );
                 }
             }
-            if r.kind.value.is_spark()
-                && let Some(e) = &r.settings.exec_config
-            {
-                v.error(
-                    e.loc,
-                    "exec_config",
-                    "Spark recipes run with a Spark configuration",
-                    Some("set `spark_config` instead".into()),
-                );
-            }
             // Resolve every recipe as the home stands: this finds unknown names, incompatible
             // configuration/cluster pairs, missing namespaces and overrides above limits.
-            if let Err(errors) = resolve(home, &p.key, &r.name, &RunRequest::default()) {
+            let resolved = resolve(home, &p.key, &r.name, &RunRequest::default());
+            if r.kind.value.is_spark()
+                && let Ok(res) = &resolved
+            {
+                spark_placement(&mut v, home, r, res);
+            }
+            if let Err(errors) = resolved {
                 for e in errors {
                     if let ResolveError::Invalid {
                         field,
@@ -493,4 +489,69 @@ pub fn host_checks(home: &Home, host_cpus: u32) -> Vec<crate::Diagnostic> {
         }
     }
     diags.into_sorted()
+}
+
+/// Where a Spark recipe's driver runs: with a Spark configuration on Kubernetes, in a pod of its
+/// own (an execution configuration the recipe names would not be used); otherwise on the
+/// daemon's machine, or in the container of its execution configuration, whose image must then
+/// carry Spark.
+fn spark_placement(
+    v: &mut V<'_>,
+    home: &Home,
+    r: &crate::model::Recipe,
+    res: &crate::resolve::Resolution,
+) {
+    let Some(exec) = res
+        .exec_config
+        .value
+        .as_ref()
+        .and_then(|n| home.exec_configs.get(n))
+    else {
+        return;
+    };
+    let spark = res
+        .spark_config
+        .value
+        .as_ref()
+        .and_then(|n| home.spark_configs.get(n));
+    if let Some(s) = spark.filter(|s| s.master.value == SparkMaster::Kubernetes) {
+        // Inherited from the project or the instance, the configuration simply does not apply;
+        // named by the recipe itself, it is a mistake.
+        if let Some(e) = &r.settings.exec_config {
+            v.error(
+                e.loc,
+                "exec_config",
+                format!(
+                    "Spark configuration `{}` runs the driver of Spark recipe `{}` as a pod on Kubernetes: execution configuration `{}` would not be used",
+                    s.name, r.name, exec.name
+                ),
+                Some("give the recipe no exec_config: its Spark configuration says where Spark runs".into()),
+            );
+        }
+        return;
+    }
+    if exec.kind.value == ExecKind::Local {
+        return;
+    }
+    let base = exec.base_image.as_ref().map(|b| b.value.as_str());
+    let base = base.or((exec.image.is_none()).then_some("default"));
+    if let Some(b) = base.and_then(|b| home.base_images.get(b))
+        && !b.with_spark
+    {
+        // At the recipe's own exec_config when it has one, else at the recipe (the message
+        // names the configuration it inherited).
+        let loc = r.settings.exec_config.as_ref().map_or(r.loc, |e| e.loc);
+        v.error(
+            loc,
+            "exec_config",
+            format!(
+                "Spark recipe `{}` runs in the {} of execution configuration `{}`, whose base image `{}` has no Spark",
+                r.name,
+                if exec.kind.value == ExecKind::Docker { "container" } else { "pod" },
+                exec.name,
+                b.name
+            ),
+            Some(format!("set `with_spark = true` in [base_image.{}], or use a configuration whose base image has it", b.name)),
+        );
+    }
 }

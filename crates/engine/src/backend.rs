@@ -267,20 +267,13 @@ pub trait Backend: Send + Sync {
 }
 
 /// The interpreter a container runs a recipe's code with, or why `backend` (a backend's name in
-/// the user's words: "Docker", "Kubernetes") cannot run this kind of recipe.
+/// the user's words: "Docker", "Kubernetes") cannot run this kind of recipe. Spark recipes run
+/// `capstan_spark::container_command` instead.
 pub fn container_program(kind: RecipeKind, backend: &str) -> Result<&'static str, String> {
     match kind {
         RecipeKind::Python => Ok("python3"),
         RecipeKind::R => Ok("Rscript"),
         RecipeKind::Shell => Ok("sh"),
-        // Spark recipes are submitted from the daemon's machine; their Spark configuration
-        // says where Spark runs.
-        other if other.is_spark() => Err(format!(
-            "{} recipes run spark-submit on the daemon's machine, through their Spark \
-             configuration: give this recipe no {backend} execution configuration (its \
-             spark_config decides where Spark runs)",
-            other.as_str()
-        )),
         other => Err(format!(
             "{} recipes do not run on the {backend} backend yet",
             other.as_str()

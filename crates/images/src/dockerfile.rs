@@ -94,7 +94,9 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
     if spec.with_spark {
         // `sql`: pandas and pyarrow, with which a driver pod reads and writes datasets through
         // the data API.
+        // PySpark 4 does not support pandas 3 yet (it warns on every start).
         pip.push(shell_quote("pyspark[sql]"));
+        pip.push(shell_quote("pandas<3"));
     }
     if spec.with_cuda {
         // The CUDA runtime from NVIDIA's wheels: no CUDA image needed, any base works.

@@ -182,6 +182,37 @@ pub fn env_targets<'h>(home: &'h Home, env: &CodeEnv) -> Vec<&'h ExecConfig> {
         .collect()
 }
 
+/// Where base image `name` is pushed: the registry of every configuration on it, with its
+/// pre-push hook. Execution configurations, and Spark configurations (whose driver and
+/// executors pull it).
+fn base_registries<'h>(home: &'h Home, name: &str) -> Vec<(&'h str, Option<&'h str>)> {
+    let mut registries: Vec<(&str, Option<&str>)> = home
+        .exec_configs
+        .values()
+        .filter(|c| base_of(home, c).as_deref() == Some(name))
+        .filter_map(registry_of)
+        .collect();
+    registries.extend(
+        home.spark_configs
+            .values()
+            .filter(|s| s.image.is_none() && s.base_image.as_ref().is_some_and(|b| b.value == name))
+            .filter_map(|s| s.registry.as_ref().map(|r| (r.value.as_str(), None))),
+    );
+    registries.sort();
+    registries.dedup_by_key(|(r, _)| *r);
+    registries
+}
+
+/// The registry an execution configuration pushes to, with its pre-push hook.
+fn registry_of(c: &ExecConfig) -> Option<(&str, Option<&str>)> {
+    c.registry.as_ref().map(|r| {
+        (
+            r.value.as_str(),
+            c.pre_push_hook.as_ref().map(|h| h.value.as_str()),
+        )
+    })
+}
+
 /// The base image a configuration runs on, when it uses one (not an explicit `image`).
 pub fn base_of(home: &Home, config: &ExecConfig) -> Option<String> {
     if config.image.is_some() || config.kind.value == ExecKind::Local {
@@ -318,14 +349,8 @@ impl Builder<'_> {
                 "base", name, None, &repo, &hash, files, None, previous, progress,
             )
             .await?;
-        // Push wherever a configuration on this base names a registry.
-        let configs: Vec<&ExecConfig> = self
-            .home
-            .exec_configs
-            .values()
-            .filter(|c| base_of(self.home, c).as_deref() == Some(name))
-            .collect();
-        self.push_for(built, &configs, progress).await
+        self.push_for(built, base_registries(self.home, name), progress)
+            .await
     }
 
     /// Builds the images of code environment `env` for every configuration it is built for.
@@ -444,7 +469,8 @@ impl Builder<'_> {
                 progress,
             )
             .await?;
-        self.push_for(built, &[config], progress).await
+        self.push_for(built, registry_of(config).into_iter().collect(), progress)
+            .await
     }
 
     /// Builds `repo:tag` from `files` unless the engine already has it, and records it. A
@@ -542,12 +568,12 @@ impl Builder<'_> {
         }
     }
 
-    /// Tags and pushes a built image to each registry of `configs`, running their pre-push
-    /// hooks first.
+    /// Tags and pushes a built image to each of `registries`, running its pre-push hook (if
+    /// any) first.
     async fn push_for(
         &self,
         built: Built,
-        configs: &[&ExecConfig],
+        mut registries: Vec<(&str, Option<&str>)>,
         progress: &mut dyn Progress,
     ) -> Result<Built, ImageError> {
         let mut record = built.record().clone();
@@ -555,17 +581,6 @@ impl Builder<'_> {
             return Ok(built);
         }
         let mut pushed_any = false;
-        let mut registries: Vec<(&str, Option<&str>)> = configs
-            .iter()
-            .filter_map(|c| {
-                c.registry.as_ref().map(|r| {
-                    (
-                        r.value.as_str(),
-                        c.pre_push_hook.as_ref().map(|h| h.value.as_str()),
-                    )
-                })
-            })
-            .collect();
         registries.sort();
         registries.dedup_by_key(|(r, _)| *r);
         for (registry, hook) in registries {
@@ -788,4 +803,48 @@ async fn state_of(
         return ImageState::Missing;
     }
     ImageState::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_core::load::{HomeFiles, load};
+
+    #[test]
+    fn a_base_image_is_pushed_to_the_registries_of_execution_and_spark_configurations_on_it() {
+        let mut files = HomeFiles::default();
+        for (name, text) in [
+            ("capstan.toml", ""),
+            (
+                "images.toml",
+                "[base_image.default]\n[base_image.spark]\nwith_spark = true\n",
+            ),
+            (
+                "exec-configs.toml",
+                "[exec_config.a]\nkind = \"docker\"\nbase_image = \"spark\"\nregistry = \"r1.example.com/t\"\npre_push_hook = \"hooks/p.sh\"\n\
+                 [exec_config.b]\nkind = \"docker\"\nregistry = \"r2.example.com\"\n",
+            ),
+            (
+                "spark-configs.toml",
+                "[spark_config.k]\nmaster = \"kubernetes\"\nbase_image = \"spark\"\nregistry = \"r3.example.com\"\nnamespace = \"s\"\n\
+                 [spark_config.own]\nmaster = \"kubernetes\"\nimage = \"mine:1\"\nregistry = \"r4.example.com\"\nnamespace = \"s\"\n",
+            ),
+        ] {
+            files.toml.insert(name.into(), text.as_bytes().to_vec());
+        }
+        files.others.insert("hooks/p.sh".into());
+        let (home, diags) = load(Path::new("/h"), &files);
+        assert!(!diags.has_errors(), "{:?}", diags.list);
+        assert_eq!(
+            base_registries(&home, "spark"),
+            [
+                ("r1.example.com/t", Some("hooks/p.sh")),
+                ("r3.example.com", None)
+            ]
+        );
+        assert_eq!(
+            base_registries(&home, "default"),
+            [("r2.example.com", None)]
+        );
+    }
 }

@@ -4,36 +4,43 @@
 //! capstan owns the settings it derives from the configuration (master, memory, cores, image,
 //! namespace…); `capstan check` refuses them in a configuration's free `conf`.
 
-use std::path::Path;
-
 use capstan_core::model::{SparkConfig, SparkMaster};
 use capstan_engine::backend::ActivitySpec;
 use serde_json::{Value, json};
 
 /// The runner of Spark SQL recipes: registers each input as a view named after it, runs the
-/// recipe's query, writes the result to its one output.
-pub const SQL_RUNNER: &str = r#"import json, os, sys
+/// recipe's query, writes the result to its one output. Its arguments: the query's file, then
+/// the inputs' and the outputs' names as JSON lists.
+pub const SQL_RUNNER: &str = r#"import json, sys
 from pyspark.sql import SparkSession
 import capstan.spark as cs
 
-spark = SparkSession.builder.getOrCreate()
-for name in json.loads(os.environ["CAPSTAN_SPARK_INPUTS"]):
-    cs.read(spark, name).createOrReplaceTempView(name)
-query = open(sys.argv[1]).read().strip().rstrip(";")
-outputs = list(json.loads(os.environ["CAPSTAN_SPARK_OUTPUTS"]))
+query_file, inputs, outputs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 if len(outputs) != 1:
     sys.exit(f"a Spark SQL recipe writes exactly one output; this one declares {len(outputs)}")
+spark = SparkSession.builder.getOrCreate()
+for name in inputs:
+    cs.read(spark, name).createOrReplaceTempView(name)
+query = open(query_file).read().strip().rstrip(";")
 cs.write(spark.sql(query), outputs[0])
 spark.stop()
 "#;
+
+/// The executors' pod template, beside the code (Kubernetes).
+pub const EXECUTOR_TEMPLATE: &str = "executor-pod.yaml";
+/// The Spark SQL runner, beside the code.
+pub const SQL_RUNNER_FILE: &str = "capstan_sql_runner.py";
+/// Spark's own launcher, where pyspark's images and capstan's `with_spark` images have it.
+pub const CONTAINER_SPARK_SUBMIT: &str = "/opt/spark/bin/spark-submit";
 
 /// A `spark-submit` invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submission {
     /// Arguments after `spark-submit`.
     pub args: Vec<String>,
-    /// The executor pod template (Kubernetes), as YAML, to be written at `pod_template_path`.
-    pub pod_template: Option<String>,
+    /// Files to stage beside the recipe's code, by name: the SQL runner, the executors' pod
+    /// template.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// The Kubernetes API as a pod in the cluster reaches it.
@@ -105,13 +112,26 @@ pub fn pod_template(spec: &ActivitySpec, spark: &SparkConfig) -> String {
     serde_yaml::to_string(&pod).unwrap_or_default()
 }
 
-/// The `spark-submit` arguments of an activity running `app` (with `app_args`).
+/// The `spark-submit` of an activity whose code is staged as `work_dir/code_file`: the recipe's
+/// own file (PySpark), or capstan's SQL runner given the query and the datasets' names.
 pub fn submission(
     spec: &ActivitySpec,
-    app: &Path,
-    app_args: &[String],
-    pod_template_path: &Path,
+    work_dir: &str,
+    code_file: &str,
 ) -> Result<Submission, String> {
+    let mut files = Vec::new();
+    let code = format!("{work_dir}/{code_file}");
+    let app = if spec.recipe_kind == capstan_core::model::RecipeKind::SparkSql {
+        files.push((SQL_RUNNER_FILE.into(), SQL_RUNNER.as_bytes().to_vec()));
+        vec![
+            format!("{work_dir}/{SQL_RUNNER_FILE}"),
+            code,
+            Value::from(spec.inputs.clone()).to_string(),
+            Value::from(spec.outputs.clone()).to_string(),
+        ]
+    } else {
+        vec![code]
+    };
     let Some(spark) = spec.spark.as_ref() else {
         // No Spark configuration: local mode on every core, Spark's defaults.
         let mut args = vec![
@@ -119,14 +139,11 @@ pub fn submission(
             "local[*]".to_string(),
             "--name".to_string(),
             format!("capstan-{}-{}-{}", spec.job_id, spec.project, spec.recipe),
-            app.display().to_string(),
         ];
-        args.extend(app_args.iter().cloned());
-        return Ok(Submission {
-            args,
-            pod_template: None,
-        });
+        args.extend(app);
+        return Ok(Submission { args, files });
     };
+    let pod_template_path = format!("{work_dir}/{EXECUTOR_TEMPLATE}");
     let mut conf: Vec<(String, String)> = Vec::new();
     let mut put = |k: &str, v: String| conf.push((k.to_string(), v));
     // Spark takes memory as a JVM size: `512m`, `4g`.
@@ -191,7 +208,7 @@ pub fn submission(
             put("spark.driver.bindAddress", "0.0.0.0".into());
             put(
                 "spark.kubernetes.executor.podTemplateFile",
-                pod_template_path.display().to_string(),
+                pod_template_path,
             );
             for (k, v) in labels(spec) {
                 put(&format!("spark.kubernetes.executor.label.{k}"), v);
@@ -220,11 +237,26 @@ pub fn submission(
         args.push("--conf".into());
         args.push(format!("{k}={v}"));
     }
-    args.push(app.display().to_string());
-    args.extend(app_args.iter().cloned());
-    let pod_template =
-        (spark.master.value == SparkMaster::Kubernetes).then(|| pod_template(spec, spark));
-    Ok(Submission { args, pod_template })
+    args.extend(app);
+    if spark.master.value == SparkMaster::Kubernetes {
+        files.push((
+            EXECUTOR_TEMPLATE.into(),
+            pod_template(spec, spark).into_bytes(),
+        ));
+    }
+    Ok(Submission { args, files })
+}
+
+/// What a container runs for a Spark recipe whose code is `work_dir/code_file`: Spark's
+/// launcher with its arguments, and the files to stage beside the code.
+pub fn container_command(
+    spec: &ActivitySpec,
+    work_dir: &str,
+    code_file: &str,
+) -> Result<Submission, String> {
+    let mut s = submission(spec, work_dir, code_file)?;
+    s.args.insert(0, CONTAINER_SPARK_SUBMIT.to_string());
+    Ok(s)
 }
 
 /// `spark-submit ARGS`, quoted for a shell.
@@ -279,6 +311,19 @@ pub fn ui_address(log: &str, host: &str) -> Option<String> {
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or(host);
     Some(format!("http://{host}:{port}"))
+}
+
+/// A failed Spark activity's diagnosis, from what Spark says in its log (far above its last
+/// lines, which are all a backend quotes), where Spark says something capstan understands.
+pub fn refine(spec: &ActivitySpec, outcome: &mut capstan_engine::backend::ActivityOutcome) {
+    if spec.recipe_kind.is_spark()
+        && outcome.state == capstan_core::job::JobState::Failed
+        && let Some(d) = std::fs::read_to_string(spec.log_path())
+            .ok()
+            .and_then(|log| diagnose(&log, spec))
+    {
+        outcome.diagnosis = Some(d);
+    }
 }
 
 /// What a failed Spark application's log says, in the user's words: which memory to raise.
@@ -362,13 +407,11 @@ mod tests {
 
     #[test]
     fn without_a_spark_configuration_spark_runs_locally_on_every_core() {
-        let s = submission(
-            &spec(),
-            Path::new("/w/app.py"),
-            &["q.sql".into()],
-            Path::new("/w/pod.yaml"),
-        )
-        .unwrap();
+        let mut spec = spec();
+        spec.recipe_kind = capstan_core::model::RecipeKind::SparkSql;
+        spec.inputs = vec!["orders".into(), "customers".into()];
+        spec.outputs = vec!["totals".into()];
+        let s = submission(&spec, "/w", "q.sql").unwrap();
         assert_eq!(
             s.args,
             [
@@ -376,11 +419,16 @@ mod tests {
                 "local[*]",
                 "--name",
                 "capstan-7-sales-totals",
-                "/w/app.py",
-                "q.sql"
+                "/w/capstan_sql_runner.py",
+                "/w/q.sql",
+                r#"["orders","customers"]"#,
+                r#"["totals"]"#,
             ]
         );
-        assert_eq!(s.pod_template, None);
+        assert_eq!(
+            s.files,
+            [(SQL_RUNNER_FILE.to_string(), SQL_RUNNER.as_bytes().to_vec())]
+        );
     }
 
     #[test]

@@ -398,3 +398,57 @@ fn the_sample_pipeline_runs_in_python_and_r_containers() {
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
     }
 }
+
+#[test]
+fn a_spark_base_image_runs_pyspark_and_spark_sql_recipes_in_a_container() {
+    if !ready() {
+        return;
+    }
+    let h = home(
+        "images-spark",
+        "[exec_config.sparky]\nkind = \"docker\"\nbase_image = \"spark\"\nmemory_limit = \"2Gi\"\ncpu_limit = 2\n",
+        "[base_image.spark]\nwith_spark = true\n",
+    );
+    ok(&h, &["image", "build-base", "spark"]);
+    let csv = h.dir.path().join("orders.csv");
+    std::fs::write(&csv, "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n").unwrap();
+    ok(
+        &h,
+        &["dataset", "import", "sample/orders", csv.to_str().unwrap()],
+    );
+    h.append("projects/sample/project.toml", "\n[dataset.sql_totals]\n");
+    // Local mode inside the container: the image's Java and Spark, datasets through the API.
+    h.recipe(
+        "ptotals",
+        "pyspark",
+        "py",
+        "from pyspark.sql import SparkSession, functions as F\nimport capstan.spark\n\
+         spark = SparkSession.builder.getOrCreate()\n\
+         print('spark', spark.version, 'master', spark.sparkContext.master, flush=True)\n\
+         orders = capstan.spark.read(spark, 'orders')\n\
+         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'order_totals')\n\
+         spark.stop()\n",
+        "exec_config = \"sparky\"\ninputs = [\"orders\"]\noutputs = [\"order_totals\"]",
+    );
+    h.recipe(
+        "stotals",
+        "spark_sql",
+        "sql",
+        "SELECT customer, SUM(amount) AS total FROM orders GROUP BY customer ORDER BY customer\n",
+        "exec_config = \"sparky\"\ninputs = [\"orders\"]\noutputs = [\"sql_totals\"]",
+    );
+    let _d = h.start();
+    let want = serde_json::json!([{"customer": "alice", "total": 17.75}, {"customer": "bob", "total": 3.0}]);
+    for (recipe, output) in [("ptotals", "order_totals"), ("stotals", "sql_totals")] {
+        let run = ok(&h, &["run", &format!("sample/{recipe}")]);
+        if recipe == "ptotals" {
+            assert!(run.contains("master local[*]"), "{run}");
+        }
+        let rows: serde_json::Value = serde_json::from_str(&ok(
+            &h,
+            &["dataset", "head", &format!("sample/{output}"), "--json"],
+        ))
+        .unwrap();
+        assert_eq!(rows, want, "{recipe}");
+    }
+}

@@ -337,6 +337,136 @@ fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
     );
 }
 
+/// A namespace for the Spark case, with a service account its drivers may start executors
+/// with (what a platform admin gives a Spark configuration's `service_account`).
+fn spark_service_account(c: &Cluster, ns: &str, name: &str) {
+    use capstan_backend_k8s::k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use capstan_backend_k8s::k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use capstan_backend_k8s::kube::api::PostParams;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let backend = capstan_backend_k8s::K8sBackend::new(std::path::Path::new("/"));
+        let client = backend
+            .client(Some(&c.kubeconfig), c.context.as_deref())
+            .await
+            .unwrap();
+        let objects = serde_json::json!([
+            {"kind": "Namespace", "metadata": {"name": ns}},
+            {"kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
+            {"kind": "Role", "metadata": {"name": name, "namespace": ns}, "rules": [{
+                "apiGroups": [""],
+                "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
+                "verbs": ["create", "get", "list", "watch", "delete", "deletecollection", "patch", "update"],
+            }]},
+            {"kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]},
+        ]);
+        let pp = PostParams::default();
+        // Already there from an earlier run: fine.
+        let made = |r: Result<(), capstan_backend_k8s::kube::Error>| match r {
+            Err(capstan_backend_k8s::kube::Error::Api(e)) if e.code == 409 => {}
+            other => other.unwrap(),
+        };
+        let o = |i: usize| objects[i].clone();
+        made(Api::<Namespace>::all(client.clone())
+            .create(&pp, &serde_json::from_value(o(0)).unwrap())
+            .await
+            .map(|_| ()));
+        made(Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .create(&pp, &serde_json::from_value(o(1)).unwrap())
+            .await
+            .map(|_| ()));
+        made(Api::<Role>::namespaced(client.clone(), ns)
+            .create(&pp, &serde_json::from_value(o(2)).unwrap())
+            .await
+            .map(|_| ()));
+        made(Api::<RoleBinding>::namespaced(client.clone(), ns)
+            .create(&pp, &serde_json::from_value(o(3)).unwrap())
+            .await
+            .map(|_| ()));
+    });
+}
+
+#[test]
+fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
+    let Some(c) = cluster() else { return };
+    let h = e2e_home("k8s-e2e-spark", &c);
+    spark_service_account(&c, "capstan-e2e", "capstan-spark-e2e");
+    h.append(
+        "spark-configs.toml",
+        &format!(
+            "\n[spark_config.e2e]\nmaster = \"kubernetes\"\nbase_image = \"spark\"\nregistry = \"{}\"\n\
+             namespace = \"capstan-e2e\"\nservice_account = \"capstan-spark-e2e\"\ndriver_memory = \"512Mi\"\n\
+             executor_memory = \"512Mi\"\nexecutor_cores = 1\nexecutor_instances = 2\n",
+            c.registry
+        ),
+    );
+    // The Spark base image, pushed where the cluster pulls the driver's and executors' image.
+    let build = h
+        .capstan()
+        .args(["image", "build-base", "spark"])
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success() && stdout(&build).contains(", pushed"),
+        "{}{}",
+        stdout(&build),
+        stderr(&build)
+    );
+    h.recipe(
+        "ssum",
+        "pyspark",
+        "py",
+        "from pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\n\
+         total = spark.range(0, 100000, numPartitions=8).groupBy().sum('id').collect()[0][0]\n\
+         executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1\n\
+         print('sum', total, 'with', executors, 'executors', flush=True)\nspark.stop()\n",
+        "spark_config = \"e2e\"\ncluster = \"e2e\"",
+    );
+    h.recipe(
+        "slinger",
+        "pyspark",
+        "py",
+        "import time\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\n\
+         spark.range(0, 10).count()\nprint('executors up', flush=True)\ntime.sleep(600)\n",
+        "spark_config = \"e2e\"\ncluster = \"e2e\"",
+    );
+    let d = h.start();
+
+    // The driver pod runs the recipe; its executors are pods too, gone with the job.
+    let id = submit(&h, "sample/ssum", &[]);
+    let job = d.wait_state(id, 600, &["succeeded", "failed", "cancelled", "timed_out"]);
+    let log = std::fs::read_to_string(job["activities"][0]["log"].as_str().unwrap()).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}\n{log}");
+    assert!(log.contains(" o sum 4999950000 with 2 executors"), "{log}");
+    wait_for("the driver and executor pods to be gone", 120, || {
+        pods_of(&c, id) == 0
+    });
+
+    // Cancel stops the application: driver and executors go.
+    let id = submit(&h, "sample/slinger", &[]);
+    let job = d.wait_state(id, 600, &["running"]);
+    let log = PathBuf::from(job["activities"][0]["log"].as_str().unwrap());
+    wait_for("the executors", 300, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" o executors up"))
+    });
+    assert!(pods_of(&c, id) >= 2, "no executor pods for job {id}");
+    let out = h
+        .capstan()
+        .args(["cancel", &id.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    d.wait_state(id, 120, &["cancelled"]);
+    wait_for("the cancelled application's pods to be gone", 120, || {
+        pods_of(&c, id) == 0
+    });
+}
+
 #[test]
 fn cluster_test_reports_an_unreachable_api_as_its_first_step() {
     let h = TestHome::new("cluster-test");

@@ -217,7 +217,20 @@ impl TestDaemon {
             .unwrap();
         let pid = child.id();
         let mut parsed = None;
-        wait_for("the daemon to publish state/daemon.json", 20, || {
+        let daemon_log = root.join("daemon.log");
+        let what = format!(
+            "the daemon to publish state/daemon.json (its log: {})",
+            daemon_log.display()
+        );
+        let mut child = child;
+        wait_for(&what, 20, || {
+            // A daemon that exited will never publish it: say why it did.
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "capstan serve exited ({status}):\n{}",
+                    std::fs::read_to_string(&daemon_log).unwrap_or_default()
+                );
+            }
             let Ok(text) = std::fs::read_to_string(&info) else {
                 return false;
             };
