@@ -164,6 +164,18 @@ fn e2e_home(label: &str, c: &Cluster) -> TestHome {
     h
 }
 
+/// Where the test daemon listens: pods reach it at the public URL, so on all addresses, on its
+/// port.
+fn daemon_bind(c: &Cluster) -> String {
+    match &c.public_url {
+        Some(u) => format!(
+            "0.0.0.0:{}",
+            u.rsplit(':').next().unwrap().trim_end_matches('/')
+        ),
+        None => "127.0.0.1:0".to_string(),
+    }
+}
+
 fn pods_of(c: &Cluster, job: i64) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -215,14 +227,7 @@ fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
         "echo first\nsleep 20\necho second\n",
         "exec_config = \"e2e\"\ncluster = \"e2e\"",
     );
-    // Pods reach the daemon at the public URL: listen on all addresses, on its port.
-    let bind = match &c.public_url {
-        Some(u) => format!(
-            "0.0.0.0:{}",
-            u.rsplit(':').next().unwrap().trim_end_matches('/')
-        ),
-        None => "127.0.0.1:0".to_string(),
-    };
+    let bind = daemon_bind(&c);
     let d = h.start_on(&bind);
 
     // A run, with its log.
@@ -435,7 +440,7 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
          spark.range(0, 10).count()\nprint('executors up', flush=True)\ntime.sleep(600)\n",
         "spark_config = \"e2e\"\ncluster = \"e2e\"",
     );
-    let d = h.start();
+    let d = h.start_on(&daemon_bind(&c));
 
     // The driver pod runs the recipe; its executors are pods too, gone with the job.
     let id = submit(&h, "sample/ssum", &[]);
@@ -465,6 +470,50 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
     wait_for("the cancelled application's pods to be gone", 120, || {
         pods_of(&c, id) == 0
     });
+
+    // Datasets, through the data API, when the cluster can reach this daemon.
+    if c.public_url.is_none() {
+        eprintln!("Spark data round trip skipped: set CAPSTAN_TEST_K8S_PUBLIC_URL");
+        return;
+    }
+    let csv = h.dir.path().join("orders.csv");
+    std::fs::write(&csv, "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n").unwrap();
+    let out = h
+        .capstan()
+        .args(["dataset", "import", "sample/orders"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    h.recipe(
+        "stotals",
+        "spark_sql",
+        "sql",
+        "SELECT customer, SUM(amount) AS total FROM orders GROUP BY customer ORDER BY customer\n",
+        "spark_config = \"e2e\"\ncluster = \"e2e\"\ninputs = [\"orders\"]\noutputs = [\"order_totals\"]",
+    );
+    let out = h
+        .capstan()
+        .args(["run", "sample/stotals"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let head = h
+        .capstan()
+        .args(["dataset", "head", "sample/order_totals", "--json"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"customer": "alice", "total": 17.75}, {"customer": "bob", "total": 3.0}])
+    );
 }
 
 #[test]
