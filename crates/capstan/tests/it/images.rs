@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::{TestHome, stderr, stdout};
+use crate::support::{TestHome, stderr, stdout, wait_for};
 
 fn ready() -> bool {
     let ok = std::env::var("CAPSTAN_TEST_IMAGE").is_ok_and(|i| !i.is_empty())
@@ -450,5 +450,139 @@ fn a_spark_base_image_runs_pyspark_and_spark_sql_recipes_in_a_container() {
         ))
         .unwrap();
         assert_eq!(rows, want, "{recipe}");
+    }
+
+    // The image as a Kubernetes executor: the entrypoint's `executor` command, with the
+    // variables Spark's Kubernetes scheduler sets on an executor pod, joins a real driver and
+    // runs its tasks. (No cluster here: the driver schedules through a standalone master that
+    // has no worker, so the one executor it gets is the entrypoint's.)
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&h, &["image", "list", "--json"])).unwrap();
+    let image = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "spark")
+        .and_then(|r| r["image"].as_str())
+        .expect("the spark base image")
+        .to_string();
+    let net = Containers::new(&format!("capstan-it-spark-exec-{}", std::process::id()));
+    let app = "from pyspark.sql import SparkSession\n\
+               spark = SparkSession.builder.getOrCreate()\n\
+               print('sum', spark.sparkContext.parallelize(range(1000), 4).sum(), flush=True)\n";
+    net.run(
+        "master",
+        &[],
+        &image,
+        &[
+            "/opt/spark/bin/spark-class",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            &net.name("master"),
+            "--port",
+            "7077",
+        ],
+    );
+    let driver_script = format!(
+        "printf '%s' \"$APP\" > /tmp/app.py && exec /opt/spark/bin/spark-submit --master spark://{}:7077 \
+         --conf spark.driver.host={} --conf spark.driver.port=7078 --conf spark.cores.max=1 /tmp/app.py",
+        net.name("master"),
+        net.name("driver")
+    );
+    net.run(
+        "driver",
+        &[("APP", app)],
+        &image,
+        &["sh", "-c", &driver_script],
+    );
+    wait_for("the driver to wait for executors", 120, || {
+        net.logs("driver").contains("Registering block manager")
+    });
+    let driver_url = format!("spark://CoarseGrainedScheduler@{}:7078", net.name("driver"));
+    let exec_name = net.name("exec");
+    net.run(
+        "exec",
+        &[
+            ("SPARK_DRIVER_URL", driver_url.as_str()),
+            ("SPARK_EXECUTOR_ID", "1"),
+            ("SPARK_EXECUTOR_CORES", "1"),
+            ("SPARK_EXECUTOR_MEMORY", "512m"),
+            ("SPARK_APPLICATION_ID", "capstan-it"),
+            ("SPARK_EXECUTOR_POD_IP", exec_name.as_str()),
+            ("SPARK_EXECUTOR_POD_NAME", exec_name.as_str()),
+            ("SPARK_RESOURCE_PROFILE_ID", "0"),
+            ("SPARK_JAVA_OPT_0", "-Dspark.driver.port=7078"),
+        ],
+        &image,
+        &["executor"],
+    );
+    wait_for("the driver's answer, computed on the executor", 180, || {
+        net.logs("driver").contains("sum 499500")
+    });
+    assert!(
+        net.logs("exec")
+            .contains("Successfully registered with driver"),
+        "{}",
+        net.logs("exec")
+    );
+}
+
+/// Containers on a network of their own, removed (with it) when dropped.
+struct Containers {
+    prefix: String,
+}
+
+impl Containers {
+    fn new(prefix: &str) -> Containers {
+        let out = Command::new("docker")
+            .args(["network", "create", prefix])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        Containers {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn name(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    fn run(&self, short: &str, env: &[(&str, &str)], image: &str, cmd: &[&str]) {
+        let mut c = Command::new("docker");
+        c.args([
+            "run",
+            "-d",
+            "--name",
+            &self.name(short),
+            "--network",
+            &self.prefix,
+        ]);
+        for (k, v) in env {
+            c.arg("-e").arg(format!("{k}={v}"));
+        }
+        let out = c.arg(image).args(cmd).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    fn logs(&self, short: &str) -> String {
+        let out = Command::new("docker")
+            .args(["logs", &self.name(short)])
+            .output()
+            .unwrap();
+        format!("{}{}", stdout(&out), stderr(&out))
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for short in ["exec", "driver", "master"] {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &self.name(short)])
+                .output();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.prefix])
+            .output();
     }
 }
