@@ -92,6 +92,21 @@ fn setup(dir: &Path) -> PathBuf {
         "\n[exec_config.box]\nkind = \"docker\"\nimage = \"{image}\"\nmax_concurrent = 4\n"
     )
     .unwrap();
+    // The Spark-in-a-container section runs where `CAPSTAN_BENCH_SPARK_IMAGE` names an image
+    // with Spark (`capstan image build-base spark` builds one).
+    if let Ok(image) = std::env::var("CAPSTAN_BENCH_SPARK_IMAGE") {
+        writeln!(
+            f,
+            "\n[exec_config.sparkbox]\nkind = \"docker\"\nimage = \"{image}\"\n"
+        )
+        .unwrap();
+        std::fs::write(
+            recipes.join("dspark.toml"),
+            "kind = \"pyspark\"\nexec_config = \"sparkbox\"\n",
+        )
+        .unwrap();
+        std::fs::write(recipes.join("dspark.py"), SPARK_APP).unwrap();
+    }
     home
 }
 
@@ -438,6 +453,48 @@ async fn main() {
     } else {
         println!();
         println!("Spark section skipped: no Java on this machine");
+    }
+
+    // 6. Spark in a container: the same job in local mode inside a `with_spark` image, against
+    // `docker run --rm` of spark-submit on that image.
+    if let Ok(image) = std::env::var("CAPSTAN_BENCH_SPARK_IMAGE") {
+        let runs = 3;
+        let (mut raw, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            let ok = Command::new("docker")
+                .args(["run", "--rm", "-e", "PYSPARK_PYTHON=python3", &image, "sh", "-c"])
+                .arg(format!(
+                    "printf '%s' \"$0\" > /tmp/app.py && exec /opt/spark/bin/spark-submit --master 'local[*]' /tmp/app.py"
+                ))
+                .arg(SPARK_APP)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "raw docker run of spark-submit failed");
+            raw.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let id = submit(&http, &d, "dspark").await;
+            let j = wait_final(&http, &d, id).await;
+            assert_eq!(j["state"], "succeeded", "{j}");
+            ours.push(t.elapsed().as_secs_f64());
+        }
+        let (r, o) = (median(raw), median(ours));
+        println!();
+        println!(
+            "the same PySpark job in a container, submit → finished (median of {runs}, image {image})"
+        );
+        println!("  raw `docker run --rm`  {r:8.2} s");
+        println!(
+            "  capstan run            {o:8.2} s   (ratio {:.2}x; aim: ≤ 1.1x)",
+            o / r
+        );
+    } else {
+        println!();
+        println!(
+            "Spark-in-a-container section skipped: set CAPSTAN_BENCH_SPARK_IMAGE to a with_spark image (capstan image build-base spark)"
+        );
     }
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
