@@ -249,13 +249,11 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
         println!("  log          {log}");
         // While a Spark application runs, its driver serves a UI; its log says where.
         if s("state") == "running"
-            && let Some(url) = std::fs::read_to_string(log).ok().and_then(|t| {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .unwrap_or_else(|_| "localhost".into());
-                capstan_spark::ui_address(&t, host.trim())
-            })
+            && let Some(ui) = std::fs::read_to_string(log)
+                .ok()
+                .and_then(|t| spark_ui(&t, &s("kind"), j["activities"][0]["backend_ref"].as_str()))
         {
-            println!("  Spark UI     {url}");
+            println!("  Spark UI     {ui}");
         }
     }
     println!("  history");
@@ -326,5 +324,65 @@ pub async fn cancel(client: &Client, args: &CancelArgs) -> anyhow::Result<u8> {
             eprintln!("error: job {} did not stop within 30s", args.id);
             Err(Exit(exit::FAILURE).into())
         }
+    }
+}
+
+/// Where a running Spark driver's UI is: an address on this machine, or the port of its pod or
+/// container and how to reach it.
+fn spark_ui(log: &str, kind: &str, backend_ref: Option<&str>) -> Option<String> {
+    match (kind, backend_ref) {
+        ("kubernetes", Some(r)) => {
+            let (ns, pod) = r.split_once('|')?;
+            let port = capstan_spark::ui_port(log)?;
+            Some(format!(
+                "port {port} of pod {ns}/{pod}: kubectl -n {ns} port-forward pod/{pod} {port}, then http://localhost:{port}"
+            ))
+        }
+        ("docker", Some(r)) => {
+            // `ENGINE|CONTAINER`.
+            let id = r.rsplit('|').next()?;
+            let port = capstan_spark::ui_port(log)?;
+            Some(format!(
+                "port {port} of container {}",
+                id.chars().take(12).collect::<String>()
+            ))
+        }
+        _ => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "localhost".into());
+            capstan_spark::ui_address(log, host.trim())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spark_ui;
+
+    #[test]
+    fn the_spark_ui_of_a_pod_or_a_container_says_how_to_reach_it() {
+        let log = "2026-11-28T03:00:00Z o 26/11/28 03:00:00 INFO Utils: Successfully started service 'SparkUI' on port 4040.\n";
+        assert_eq!(
+            spark_ui(
+                log,
+                "kubernetes",
+                Some("capstan-spark|capstan-ab12cd34-7-0-0")
+            )
+            .as_deref(),
+            Some(
+                "port 4040 of pod capstan-spark/capstan-ab12cd34-7-0-0: kubectl -n capstan-spark port-forward \
+                 pod/capstan-ab12cd34-7-0-0 4040, then http://localhost:4040"
+            )
+        );
+        assert_eq!(
+            spark_ui(
+                log,
+                "docker",
+                Some("unix:///var/run/docker.sock|0123456789abcdef0123")
+            )
+            .as_deref(),
+            Some("port 4040 of container 0123456789ab")
+        );
+        assert_eq!(spark_ui("no UI yet", "kubernetes", Some("ns|pod")), None);
     }
 }

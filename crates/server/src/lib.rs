@@ -364,6 +364,9 @@ fn detail_json(d: &JobDetail) -> Value {
                 "attempt": a.attempt,
                 "dir": a.dir,
                 "log": a.dir.as_ref().map(|d| format!("{d}/log")),
+                // Where it runs, in the backend's terms: `shim PID START`, `ENGINE|CONTAINER`,
+                // `NAMESPACE|POD`.
+                "backend_ref": a.backend_ref,
                 "exit_code": a.exit_code,
                 "signal": a.signal,
                 "diagnosis": a.diagnosis,

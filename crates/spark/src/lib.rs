@@ -294,16 +294,7 @@ pub fn ui_address(log: &str, host: &str) -> Option<String> {
     {
         return Some(url.trim().to_string());
     }
-    let port = log
-        .lines()
-        .find_map(|l| {
-            l.split("Successfully started service 'SparkUI' on port ")
-                .nth(1)
-        })?
-        .trim()
-        .trim_end_matches('.')
-        .parse::<u16>()
-        .ok()?;
+    let port = ui_port(log)?;
     let host = log
         .lines()
         .find_map(|l| l.split("resolves to a loopback address: ").nth(1))
@@ -324,6 +315,19 @@ pub fn refine(spec: &ActivitySpec, outcome: &mut capstan_engine::backend::Activi
     {
         outcome.diagnosis = Some(d);
     }
+}
+
+/// The port the Spark UI listens on, from the driver's log (Spark 4 names only the port).
+pub fn ui_port(log: &str) -> Option<u16> {
+    log.lines()
+        .find_map(|l| {
+            l.split("Successfully started service 'SparkUI' on port ")
+                .nth(1)
+        })?
+        .trim()
+        .trim_end_matches('.')
+        .parse::<u16>()
+        .ok()
 }
 
 /// What a failed Spark application's log says, in the user's words: which memory to raise.
