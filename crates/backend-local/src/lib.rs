@@ -472,6 +472,7 @@ fn spark_env() -> capstan_core::model::CodeEnv {
             value: BuildFor::None,
             loc: Loc::NOWHERE,
         },
+        build_for_spark: Vec::new(),
     }
 }
 

@@ -464,9 +464,9 @@ async fn main() {
             let t = Instant::now();
             let ok = Command::new("docker")
                 .args(["run", "--rm", "-e", "PYSPARK_PYTHON=python3", &image, "sh", "-c"])
-                .arg(format!(
-                    "printf '%s' \"$0\" > /tmp/app.py && exec /opt/spark/bin/spark-submit --master 'local[*]' /tmp/app.py"
-                ))
+                .arg(
+                    "printf '%s' \"$0\" > /tmp/app.py && exec /opt/spark/bin/spark-submit --master 'local[*]' /tmp/app.py",
+                )
                 .arg(SPARK_APP)
                 .output()
                 .unwrap()

@@ -857,6 +857,10 @@ fn decode_code_env(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc)
             .map(|l| l.value)
             .unwrap_or_default(),
         build_for,
+        build_for_spark: t
+            .string_list(cx, "build_for_spark")
+            .map(|l| l.value)
+            .unwrap_or_default(),
     }
 }
 

@@ -274,6 +274,15 @@ pub struct CodeEnv {
     pub constraints_file: Option<Sourced<String>>,
     pub system_packages: Vec<Sourced<String>>,
     pub build_for: Sourced<BuildFor>,
+    /// Spark configurations on Kubernetes whose driver and executors get this environment: an
+    /// image built on the configuration's base image.
+    pub build_for_spark: Vec<Sourced<String>>,
+}
+
+/// The key of a code environment's image for Spark configuration `spark` (in image records,
+/// where an execution configuration's name is the key).
+pub fn spark_env_key(spark: &str) -> String {
+    format!("spark:{spark}")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -361,6 +361,22 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
                 );
             }
         }
+        for n in &e.build_for_spark {
+            match home.spark_configs.get(&n.value) {
+                None => v.reference(n, &f("build_for_spark"), &home.spark_configs, "Spark configuration"),
+                Some(s) if s.master.value != SparkMaster::Kubernetes => v.error(
+                    n.loc,
+                    &f("build_for_spark"),
+                    format!(
+                        "Spark configuration `{}` does not run on Kubernetes, so no image is built for it: a Spark recipe on it gets \
+                         its code environment as a venv, or in the image built for its execution configuration",
+                        s.name
+                    ),
+                    Some(format!("remove \"{}\" from build_for_spark; execution configurations go in build_for", s.name)),
+                ),
+                Some(_) => {}
+            }
+        }
         for (key, file) in [
             ("requirements_file", &e.requirements_file),
             ("constraints_file", &e.constraints_file),
@@ -492,15 +508,38 @@ pub fn host_checks(home: &Home, host_cpus: u32) -> Vec<crate::Diagnostic> {
 }
 
 /// Where a Spark recipe's driver runs: with a Spark configuration on Kubernetes, in a pod of its
-/// own (an execution configuration the recipe names would not be used); otherwise on the
-/// daemon's machine, or in the container of its execution configuration, whose image must then
-/// carry Spark.
+/// own (an execution configuration the recipe names would not be used, and its code environment
+/// must be built for the Spark configuration); otherwise on the daemon's machine, or in the
+/// container of its execution configuration, whose image must then carry Spark.
 fn spark_placement(
     v: &mut V<'_>,
     home: &Home,
     r: &crate::model::Recipe,
     res: &crate::resolve::Resolution,
 ) {
+    let spark = res
+        .spark_config
+        .value
+        .as_ref()
+        .and_then(|n| home.spark_configs.get(n));
+    if let Some(s) = spark.filter(|s| s.master.value == SparkMaster::Kubernetes)
+        && let Some(env) = res
+            .code_env
+            .value
+            .as_ref()
+            .and_then(|n| home.code_envs.get(n))
+        && !env.build_for_spark.iter().any(|n| n.value == s.name)
+    {
+        v.error(
+            r.settings.code_env.as_ref().map_or(r.loc, |e| e.loc),
+            "code_env",
+            format!(
+                "code environment `{}` is not built for Spark configuration `{}`, where Spark recipe `{}` runs",
+                env.name, s.name, r.name
+            ),
+            Some(format!("add \"{}\" to code_env.{}.build_for_spark in images.toml", s.name, env.name)),
+        );
+    }
     let Some(exec) = res
         .exec_config
         .value
@@ -509,11 +548,6 @@ fn spark_placement(
     else {
         return;
     };
-    let spark = res
-        .spark_config
-        .value
-        .as_ref()
-        .and_then(|n| home.spark_configs.get(n));
     if let Some(s) = spark.filter(|s| s.master.value == SparkMaster::Kubernetes) {
         // Inherited from the project or the instance, the configuration simply does not apply;
         // named by the recipe itself, it is a mistake.

@@ -730,16 +730,37 @@ fn spark_on_kubernetes(home: &Home, r: &Resolution, spec: &mut ActivitySpec) {
         .as_ref()
         .map(|r| format!("{}/", r.value.trim_end_matches('/')))
         .unwrap_or_default();
-    spec.image = spark.image.as_ref().map(|i| i.value.clone()).or_else(|| {
-        spark.base_image.as_ref().map(|b| {
-            let tag = home
-                .base_image_record(&b.value)
-                .filter(|r| !r.image_id.is_empty())
-                .map(|r| format!(":{}", r.tag))
-                .unwrap_or_default();
-            format!("{prefix}capstan-base-{}{tag}", b.value)
-        })
-    });
+    let tag = |r: Option<&capstan_core::model::ImageRecord>| {
+        r.filter(|r| !r.image_id.is_empty())
+            .map(|r| format!(":{}", r.tag))
+            .unwrap_or_default()
+    };
+    // The recipe's code environment, built on the configuration's image for its driver and
+    // executors; else the configuration's image itself.
+    let env_image = spec
+        .code_env
+        .as_ref()
+        .filter(|e| e.build_for_spark.iter().any(|n| n.value == spark.name))
+        .map(|e| {
+            let key = capstan_core::model::spark_env_key(&spark.name);
+            format!(
+                "{prefix}capstan-env-{}-spark-{}{}",
+                e.name,
+                spark.name,
+                tag(home.env_image_record(&e.name, &key))
+            )
+        });
+    spec.image = env_image
+        .or_else(|| spark.image.as_ref().map(|i| i.value.clone()))
+        .or_else(|| {
+            spark.base_image.as_ref().map(|b| {
+                format!(
+                    "{prefix}capstan-base-{}{}",
+                    b.value,
+                    tag(home.base_image_record(&b.value))
+                )
+            })
+        });
 }
 
 /// The spec of a one-off activity on an execution configuration (`capstan cluster test`): its

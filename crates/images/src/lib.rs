@@ -169,9 +169,26 @@ impl Log {
     }
 }
 
-/// The execution configurations a code environment is built for (container kinds only).
-pub fn env_targets<'h>(home: &'h Home, env: &CodeEnv) -> Vec<&'h ExecConfig> {
-    home.exec_configs
+/// A configuration a code environment's image is built for: an execution configuration of a
+/// container kind, or a Spark configuration on Kubernetes (its driver and executors).
+pub struct EnvTarget<'h> {
+    /// The configuration's key in image records: its name, or `spark:NAME`.
+    pub key: String,
+    /// The image repository's suffix: the name, or `spark-NAME`.
+    pub suffix: String,
+    /// In messages: "execution configuration `x`", "Spark configuration `x`".
+    pub what: String,
+    /// The image to build on: an explicit one, else a base image by name.
+    pub image: Option<&'h str>,
+    pub base: Option<String>,
+    /// Where the built image is pushed, with the pre-push hook.
+    pub registries: Vec<(&'h str, Option<&'h str>)>,
+}
+
+/// The configurations a code environment is built for.
+pub fn env_targets<'h>(home: &'h Home, env: &CodeEnv) -> Vec<EnvTarget<'h>> {
+    let mut targets: Vec<EnvTarget<'h>> = home
+        .exec_configs
         .values()
         .filter(|c| c.kind.value != ExecKind::Local)
         .filter(|c| match &env.build_for.value {
@@ -179,7 +196,38 @@ pub fn env_targets<'h>(home: &'h Home, env: &CodeEnv) -> Vec<&'h ExecConfig> {
             BuildFor::None => false,
             BuildFor::List(l) => l.iter().any(|n| n.value == c.name),
         })
-        .collect()
+        .map(|c| EnvTarget {
+            key: c.name.clone(),
+            suffix: c.name.clone(),
+            what: format!("execution configuration `{}`", c.name),
+            image: c.image.as_ref().map(|i| i.value.as_str()),
+            base: base_of(home, c),
+            registries: registry_of(c).into_iter().collect(),
+        })
+        .collect();
+    targets.extend(
+        env.build_for_spark
+            .iter()
+            .filter_map(|n| home.spark_configs.get(&n.value))
+            .map(|s| EnvTarget {
+                key: capstan_core::model::spark_env_key(&s.name),
+                suffix: format!("spark-{}", s.name),
+                what: format!("Spark configuration `{}`", s.name),
+                image: s.image.as_ref().map(|i| i.value.as_str()),
+                base: s
+                    .image
+                    .is_none()
+                    .then(|| s.base_image.as_ref().map(|b| b.value.clone()))
+                    .flatten(),
+                registries: s
+                    .registry
+                    .as_ref()
+                    .map(|r| (r.value.as_str(), None))
+                    .into_iter()
+                    .collect(),
+            }),
+    );
+    targets
 }
 
 /// Where base image `name` is pushed: the registry of every configuration on it, with its
@@ -365,8 +413,8 @@ impl Builder<'_> {
             .get(env)
             .ok_or_else(|| ImageError::UnknownEnv(env.to_string()))?;
         let mut out = Vec::new();
-        for config in env_targets(self.home, spec) {
-            out.push(self.build_env_for(spec, config, progress).await?);
+        for target in env_targets(self.home, spec) {
+            out.push(self.build_env_for(spec, target, progress).await?);
         }
         Ok(out)
     }
@@ -374,25 +422,25 @@ impl Builder<'_> {
     async fn build_env_for(
         &self,
         spec: &CodeEnv,
-        config: &ExecConfig,
+        target: EnvTarget<'_>,
         progress: &mut dyn Progress,
     ) -> Result<Built, ImageError> {
         // FROM: the configuration's base image as built, or its explicit image.
-        let (from, base_id) = match (&config.image, base_of(self.home, config)) {
+        let (from, base_id) = match (target.image, &target.base) {
             (Some(img), _) => {
                 let id = self
                     .engine
-                    .image(&img.value)
+                    .image(img)
                     .await
                     .map_err(ImageError::Engine)?
                     .map(|(id, _)| id);
-                (img.value.clone(), id.unwrap_or_else(|| img.value.clone()))
+                (img.to_string(), id.unwrap_or_else(|| img.to_string()))
             }
             (None, Some(base)) => {
-                let record = self.home.base_image_record(&base).ok_or_else(|| {
+                let record = self.home.base_image_record(base).ok_or_else(|| {
                     ImageError::NotBuilt(format!(
-                        "base image `{base}` of execution configuration `{}` is not built: run `capstan image build-base {base}` first",
-                        config.name
+                        "base image `{base}` of {} is not built: run `capstan image build-base {base}` first",
+                        target.what
                     ))
                 })?;
                 (
@@ -402,8 +450,8 @@ impl Builder<'_> {
             }
             (None, None) => {
                 return Err(ImageError::NotBuilt(format!(
-                    "execution configuration `{}` names no image to build code environment `{}` on",
-                    config.name, spec.name
+                    "{} names no image to build code environment `{}` on",
+                    target.what, spec.name
                 )));
             }
         };
@@ -451,16 +499,13 @@ impl Builder<'_> {
         if let Some(c) = constraints {
             files.push(("capstan/constraints.txt".into(), c));
         }
-        let repo = format!("capstan-env-{}-{}", spec.name, config.name);
-        let previous = self
-            .home
-            .env_image_record(&spec.name, &config.name)
-            .cloned();
+        let repo = format!("capstan-env-{}-{}", spec.name, target.suffix);
+        let previous = self.home.env_image_record(&spec.name, &target.key).cloned();
         let built = self
             .build_tagged(
                 "env",
                 &spec.name,
-                Some(&config.name),
+                Some(&target.key),
                 &repo,
                 &hash,
                 files,
@@ -469,8 +514,7 @@ impl Builder<'_> {
                 progress,
             )
             .await?;
-        self.push_for(built, registry_of(config).into_iter().collect(), progress)
-            .await
+        self.push_for(built, target.registries, progress).await
     }
 
     /// Builds `repo:tag` from `files` unless the engine already has it, and records it. A
@@ -761,19 +805,21 @@ pub async fn list_bases(home: &Home, engine: Option<&Engine>) -> Vec<ImageRow> {
 pub async fn list_envs(home: &Home, engine: Option<&Engine>) -> Vec<ImageRow> {
     let mut rows = Vec::new();
     for e in home.code_envs.values() {
-        for c in env_targets(home, e) {
-            let record = home.env_image_record(&e.name, &c.name).cloned();
-            let base_now = base_of(home, c)
-                .and_then(|b| home.base_image_record(&b))
+        for t in env_targets(home, e) {
+            let record = home.env_image_record(&e.name, &t.key).cloned();
+            let base_now = t
+                .base
+                .as_ref()
+                .and_then(|b| home.base_image_record(b))
                 .map(|r| r.image_id.clone());
             let state = state_of(record.as_ref(), base_now.as_deref(), engine).await;
             rows.push(ImageRow {
                 kind: "env",
                 name: e.name.clone(),
-                exec_config: Some(c.name.clone()),
+                exec_config: Some(t.key.clone()),
                 record,
                 state,
-                used_by: vec![c.name.clone()],
+                used_by: vec![t.key],
             });
         }
     }

@@ -452,6 +452,52 @@ fn a_spark_base_image_runs_pyspark_and_spark_sql_recipes_in_a_container() {
         assert_eq!(rows, want, "{recipe}");
     }
 
+    // A code environment built for a Spark configuration on Kubernetes: its image is the
+    // Spark image plus the environment's packages, and the driver pod (and so the executors)
+    // run it.
+    h.append(
+        "spark-configs.toml",
+        "\n[spark_config.onk8s]\nmaster = \"kubernetes\"\nbase_image = \"spark\"\nnamespace = \"spark\"\n",
+    );
+    h.append(
+        "images.toml",
+        "\n[code_env.extra]\nlanguage = \"python\"\npackages = [\"tabulate\"]\nbuild_for = \"none\"\nbuild_for_spark = [\"onk8s\"]\n",
+    );
+    h.recipe(
+        "kspark",
+        "pyspark",
+        "py",
+        "import tabulate\nprint(tabulate.tabulate([[1, 2]]))\n",
+        "spark_config = \"onk8s\"\ncode_env = \"extra\"",
+    );
+    let built = ok(&h, &["env", "build", "extra", "--no-push"]);
+    assert!(built.contains("capstan-env-extra-spark-onk8s:"), "{built}");
+    let objects = ok(&h, &["k8s", "render", "sample/kspark"]);
+    let env_image = objects
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .expect("the driver pod's image")
+        .to_string();
+    assert!(
+        env_image.starts_with("capstan-env-extra-spark-onk8s:"),
+        "{objects}"
+    );
+    assert!(
+        objects.contains(&format!("spark.kubernetes.container.image={env_image}")),
+        "the executors run another image than the driver:\n{objects}"
+    );
+    let probe = Command::new("docker")
+        .args(["run", "--rm", &env_image, "python3", "-c"])
+        .arg("import tabulate, pyspark, pandas, pyarrow; print('ok', pyspark.__version__)")
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success() && stdout(&probe).starts_with("ok 4."),
+        "{}{}",
+        stdout(&probe),
+        stderr(&probe)
+    );
+
     // The image as a Kubernetes executor: the entrypoint's `executor` command, with the
     // variables Spark's Kubernetes scheduler sets on an executor pod, joins a real driver and
     // runs its tasks. (No cluster here: the driver schedules through a standalone master that
