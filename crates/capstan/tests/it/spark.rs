@@ -207,6 +207,122 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
     );
     let out = entry(&["sh", "-c", "echo passed through"]);
     assert_eq!(stdout(&out), "passed through\n");
+
+    // A standalone cluster (`spark://`): a master and one worker of the managed Spark, on this
+    // machine; the recipe's executor runs in the worker.
+    let class = env.join("bin/spark-class");
+    let daemon = |name: &str, args: &[&str]| {
+        let log = std::fs::File::create(h.dir.path().join(format!("{name}.log"))).unwrap();
+        Killed(
+            std::process::Command::new(&class)
+                .args(args)
+                .env("PATH", &path)
+                .env("SPARK_HOME", &spark_home)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _master = daemon(
+        "master",
+        &[
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--webui-port",
+            "0",
+        ],
+    );
+    let mut url = String::new();
+    wait_for("the standalone master", 120, || {
+        let log = std::fs::read_to_string(h.dir.path().join("master.log")).unwrap_or_default();
+        url = log
+            .lines()
+            .find_map(|l| l.split("Starting Spark master at ").nth(1))
+            .map(|u| u.trim().to_string())
+            .unwrap_or_default();
+        !url.is_empty()
+    });
+    let _worker = daemon(
+        "worker",
+        &[
+            "org.apache.spark.deploy.worker.Worker",
+            &url,
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            "1",
+            "--memory",
+            "1g",
+            "--webui-port",
+            "0",
+        ],
+    );
+    wait_for("the worker to register", 120, || {
+        std::fs::read_to_string(h.dir.path().join("worker.log"))
+            .unwrap_or_default()
+            .contains("Successfully registered with master")
+    });
+    h.append(
+        "spark-configs.toml",
+        &format!(
+            "\n[spark_config.cluster]\nmaster = \"standalone\"\nmaster_url = \"{url}\"\nexecutor_cores = 1\nexecutor_memory = \"512Mi\"\n"
+        ),
+    );
+    h.recipe(
+        "ctotals",
+        "pyspark",
+        "py",
+        "from pyspark.sql import SparkSession, functions as F\nimport capstan.spark\n\
+         spark = SparkSession.builder.getOrCreate()\n\
+         print('master', spark.sparkContext.master, flush=True)\n\
+         orders = capstan.spark.read(spark, 'orders')\n\
+         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'api_totals')\n\
+         spark.stop()\n",
+        "spark_config = \"cluster\"\ninputs = [\"orders\"]\noutputs = [\"api_totals\"]",
+    );
+    let run = h
+        .capstan()
+        .args(["run", "sample/ctotals"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    assert!(
+        stdout(&run).contains(&format!("master {url}")),
+        "{}",
+        stdout(&run)
+    );
+    let worker = std::fs::read_to_string(h.dir.path().join("worker.log")).unwrap();
+    assert!(worker.contains("Asked to launch executor"), "{worker}");
+    let head = h
+        .capstan()
+        .args(["dataset", "head", "sample/api_totals", "--json"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(rows, want);
+}
+
+/// A child process stopped when dropped (a Spark master or worker of a test): SIGTERM, so that
+/// a worker stops its executors too.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
