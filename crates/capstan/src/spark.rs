@@ -87,10 +87,30 @@ pub fn render(root: &Path, args: &SparkRenderArgs) -> anyhow::Result<u8> {
         }
         return Ok(exit::OK);
     }
-    // As the local backend stages it: the work folder of job 0.
-    let work = spec.dir.join("work");
     let code = spec.code_file.clone().unwrap_or_default();
     let code_file = code.file_name().unwrap_or_default().to_string_lossy();
+    if spec.kind == capstan_core::model::ExecKind::Docker {
+        // Inside the recipe's container, where the code is unpacked.
+        let submission = capstan_spark::container_command(
+            &spec,
+            capstan_backend_docker::render::WORK_DIR,
+            &code_file,
+        )
+        .map_err(anyhow::Error::msg)?;
+        println!(
+            "{}",
+            capstan_spark::command_line(submission.args.get(1..).unwrap_or_default())
+        );
+        println!();
+        println!(
+            "# Runs in a container of execution configuration {}, image {}.",
+            spec.exec_config.as_deref().unwrap_or(""),
+            spec.image.as_deref().unwrap_or("(none)")
+        );
+        return Ok(exit::OK);
+    }
+    // As the local backend stages it: the work folder of job 0.
+    let work = spec.dir.join("work");
     let submission = capstan_spark::submission(&spec, &work.display().to_string(), &code_file)
         .map_err(anyhow::Error::msg)?;
     println!("{}", capstan_spark::command_line(&submission.args));

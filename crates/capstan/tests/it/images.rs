@@ -437,6 +437,14 @@ fn a_spark_base_image_runs_pyspark_and_spark_sql_recipes_in_a_container() {
         "SELECT customer, SUM(amount) AS total FROM orders GROUP BY customer ORDER BY customer\n",
         "exec_config = \"sparky\"\ninputs = [\"orders\"]\noutputs = [\"sql_totals\"]",
     );
+    let render = ok(&h, &["spark", "render", "sample/stotals"]);
+    assert!(
+        render.contains("/capstan/work/capstan_sql_runner.py \\\n  /capstan/work/stotals.sql")
+            && render.contains(
+                "# Runs in a container of execution configuration sparky, image capstan-base-spark:"
+            ),
+        "{render}"
+    );
     let _d = h.start();
     let want = serde_json::json!([{"customer": "alice", "total": 17.75}, {"customer": "bob", "total": 3.0}]);
     for (recipe, output) in [("ptotals", "order_totals"), ("stotals", "sql_totals")] {
