@@ -30,7 +30,7 @@ fn spec_for(config_toml: &str, dir: &Path) -> ActivitySpec {
     std::fs::write(dir.join("totals.py"), "import capstan\nprint('hello')\n").unwrap();
     std::fs::write(dir.join("lib/helpers/__init__.py"), "X = 1\n").unwrap();
     if let Some(spark) = home.spark_configs.get("s") {
-        let (cpu, memory) = capstan_engine::spark_driver_limits(spark);
+        let (cpu, memory) = capstan_core::resolve::spark_driver_limits(spark);
         let base = spec_for(
             "[exec_config.c]\nkind = \"kubernetes\"\nimage = \"x\"\nnamespace = \"x\"\n",
             dir,

@@ -37,7 +37,7 @@ pub fn render(root: &Path, args: &K8sRenderArgs) -> anyhow::Result<u8> {
             return Err(Exit(if denied { exit::DENIED } else { exit::FAILURE }).into());
         }
     };
-    if capstan_engine::runs_on(&home, &r) != ExecKind::Kubernetes {
+    if r.kind.value != ExecKind::Kubernetes {
         bail!(
             "{project}/{recipe} runs with {} execution (exec config {}), not on Kubernetes: pass --exec-config with a kubernetes configuration",
             r.kind.value,

@@ -354,136 +354,8 @@ impl<'h> Resolver<'h> {
             },
         };
 
-        // How: the execution configuration.
-        let exec_choice = self.pick(|l| l.exec_config.as_ref());
-        let exec = match &exec_choice {
-            Some(choice) => match home.exec_configs.get(&choice.value) {
-                Some(c) => Some(c),
-                None => {
-                    let names: Vec<&str> = home.exec_configs.keys().map(String::as_str).collect();
-                    let o = choice.origin.clone();
-                    self.invalid(
-                        "exec_config",
-                        &o,
-                        format!("unknown execution configuration `{}`", choice.value),
-                        Some(unknown_help(
-                            &choice.value,
-                            &names,
-                            "execution configuration",
-                        )),
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
-        let exec_config = match (&exec_choice, exec) {
-            (Some(choice), Some(_)) => Setting {
-                value: Some(choice.value.clone()),
-                origin: choice.origin.clone(),
-            },
-            _ => self.builtin(
-                None,
-                Some("no execution configuration: local processes".into()),
-            ),
-        };
-        let via_exec = |c: &ExecConfig| format!("exec_config '{}'", c.name);
-        let kind = match exec {
-            Some(c) => self.object_value(&c.kind, via_exec(c)),
-            None => self.builtin(ExecKind::Local, None),
-        };
-
-        // Where: the cluster, chosen independently, then checked against the kind.
-        let cluster_choice = self.pick(|l| l.cluster.as_ref());
-        let mut cluster: Option<&Cluster> = None;
-        let mut ignored: Option<String> = None;
-        if let Some(choice) = &cluster_choice {
-            match home.clusters.get(&choice.value) {
-                None => {
-                    let names: Vec<&str> = home.clusters.keys().map(String::as_str).collect();
-                    let o = choice.origin.clone();
-                    self.invalid(
-                        "cluster",
-                        &o,
-                        format!("unknown cluster `{}`", choice.value),
-                        Some(unknown_help(&choice.value, &names, "cluster")),
-                    );
-                }
-                // Spark on Kubernetes submits from the daemon's machine to the cluster.
-                Some(c)
-                    if kind.value == ExecKind::Local
-                        && self.recipe.kind.value.is_spark()
-                        && c.kind() == ExecKind::Kubernetes =>
-                {
-                    cluster = Some(c);
-                }
-                Some(c) if kind.value == ExecKind::Local => {
-                    // Local execution runs no container, so a cluster simply does not apply.
-                    ignored = Some(format!(
-                        "cluster '{}' ({}) is not used by local execution",
-                        c.name, choice.origin
-                    ));
-                }
-                // A cluster inherited from a lower layer than the configuration gives way to
-                // it: a recipe that picks a docker configuration in a project whose default
-                // cluster is Kubernetes runs on Docker. Chosen at the same or a higher layer,
-                // the pair is a mistake.
-                Some(c)
-                    if c.kind() != kind.value && choice.origin.layer < exec_config.origin.layer =>
-                {
-                    ignored = Some(format!(
-                        "{} cluster '{}' ({}) does not apply to {} execution configuration '{}'",
-                        c.kind(),
-                        c.name,
-                        choice.origin,
-                        kind.value,
-                        exec_config.value.as_deref().unwrap_or("")
-                    ));
-                }
-                Some(c) if c.kind() != kind.value => {
-                    let o = choice.origin.clone();
-                    self.invalid(
-                        "cluster",
-                        &o,
-                        format!(
-                            "{} execution configuration `{}` cannot run on {} cluster `{}`",
-                            kind.value,
-                            exec_config.value.as_deref().unwrap_or(""),
-                            c.kind(),
-                            c.name
-                        ),
-                        Some(format!(
-                            "choose a {} cluster, or a {} execution configuration (exec config set by {}, cluster set by {})",
-                            kind.value,
-                            c.kind(),
-                            exec_config.origin,
-                            choice.origin
-                        )),
-                    );
-                }
-                Some(c) => cluster = Some(c),
-            }
-        }
-        let cluster_setting = match (&cluster_choice, cluster) {
-            (Some(choice), Some(_)) => Setting {
-                value: Some(choice.value.clone()),
-                origin: choice.origin.clone(),
-            },
-            _ => {
-                let default = match kind.value {
-                    ExecKind::Local => "local execution uses no cluster",
-                    ExecKind::Docker => "the local Docker engine",
-                    ExecKind::Kubernetes => "the kubeconfig's current context",
-                };
-                let note = match ignored {
-                    Some(why) => format!("{default}; {why}"),
-                    None => default.to_string(),
-                };
-                self.builtin(None, Some(note))
-            }
-        };
-
-        // Spark configuration and code environment: plain selections.
+        // The Spark configuration: a plain selection. One on Kubernetes decides where a Spark
+        // recipe runs: its driver is a pod, so no execution configuration applies.
         let spark_choice = self.pick(|l| l.spark_config.as_ref());
         let spark = spark_choice
             .as_ref()
@@ -513,6 +385,164 @@ impl<'h> Resolver<'h> {
             ),
         };
 
+        let spark_k8s = spark.filter(|s| {
+            self.recipe.kind.value.is_spark() && s.master.value == SparkMaster::Kubernetes
+        });
+
+        // How: the execution configuration.
+        let mut exec_choice = self.pick(|l| l.exec_config.as_ref());
+        if let (Some(s), Some(choice)) = (spark_k8s, &exec_choice) {
+            // Inherited from the project or the instance, it simply does not apply; chosen for
+            // this recipe or this run, it is a mistake.
+            if matches!(choice.origin.layer, Layer::Recipe | Layer::Request) {
+                let o = choice.origin.clone();
+                self.invalid(
+                    "exec_config",
+                    &o,
+                    format!(
+                        "Spark configuration `{}` runs the driver of Spark recipe `{}` as a pod on Kubernetes: execution configuration `{}` would not be used",
+                        s.name, self.recipe.name, choice.value
+                    ),
+                    Some("give the recipe no exec_config: its Spark configuration says where Spark runs".into()),
+                );
+            }
+            exec_choice = None;
+        }
+        let exec = match &exec_choice {
+            Some(choice) => match home.exec_configs.get(&choice.value) {
+                Some(c) => Some(c),
+                None => {
+                    let names: Vec<&str> = home.exec_configs.keys().map(String::as_str).collect();
+                    let o = choice.origin.clone();
+                    self.invalid(
+                        "exec_config",
+                        &o,
+                        format!("unknown execution configuration `{}`", choice.value),
+                        Some(unknown_help(
+                            &choice.value,
+                            &names,
+                            "execution configuration",
+                        )),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let exec_config = match (&exec_choice, exec) {
+            (Some(choice), Some(_)) => Setting {
+                value: Some(choice.value.clone()),
+                origin: choice.origin.clone(),
+            },
+            _ => self.builtin(
+                None,
+                Some(match spark_k8s {
+                    Some(s) => format!("spark_config '{}' runs the driver as a pod", s.name),
+                    None => "no execution configuration: local processes".into(),
+                }),
+            ),
+        };
+        let via_exec = |c: &ExecConfig| format!("exec_config '{}'", c.name);
+        let kind = match (exec, spark_k8s) {
+            (_, Some(s)) => Setting {
+                value: ExecKind::Kubernetes,
+                origin: Origin {
+                    via: Some(format!("spark_config '{}', master = kubernetes", s.name)),
+                    ..spark_config.origin.clone()
+                },
+            },
+            (Some(c), None) => self.object_value(&c.kind, via_exec(c)),
+            (None, None) => self.builtin(ExecKind::Local, None),
+        };
+
+        // Where: the cluster, chosen independently, then checked against the kind (and against
+        // what chose the kind: the execution configuration, or a Spark configuration).
+        let cluster_choice = self.pick(|l| l.cluster.as_ref());
+        let (chooser, chooser_origin) = match spark_k8s {
+            Some(s) => (
+                format!("Spark configuration `{}`", s.name),
+                spark_config.origin.clone(),
+            ),
+            None => (
+                format!(
+                    "{} execution configuration `{}`",
+                    kind.value,
+                    exec_config.value.as_deref().unwrap_or("")
+                ),
+                exec_config.origin.clone(),
+            ),
+        };
+        let mut cluster: Option<&Cluster> = None;
+        let mut ignored: Option<String> = None;
+        if let Some(choice) = &cluster_choice {
+            match home.clusters.get(&choice.value) {
+                None => {
+                    let names: Vec<&str> = home.clusters.keys().map(String::as_str).collect();
+                    let o = choice.origin.clone();
+                    self.invalid(
+                        "cluster",
+                        &o,
+                        format!("unknown cluster `{}`", choice.value),
+                        Some(unknown_help(&choice.value, &names, "cluster")),
+                    );
+                }
+                Some(c) if kind.value == ExecKind::Local => {
+                    // Local execution runs no container, so a cluster simply does not apply.
+                    ignored = Some(format!(
+                        "cluster '{}' ({}) is not used by local execution",
+                        c.name, choice.origin
+                    ));
+                }
+                // A cluster inherited from a lower layer than the configuration gives way to
+                // it: a recipe that picks a docker configuration in a project whose default
+                // cluster is Kubernetes runs on Docker. Chosen at the same or a higher layer,
+                // the pair is a mistake.
+                Some(c) if c.kind() != kind.value && choice.origin.layer < chooser_origin.layer => {
+                    ignored = Some(format!(
+                        "{} cluster '{}' ({}) does not apply to {chooser}",
+                        c.kind(),
+                        c.name,
+                        choice.origin,
+                    ));
+                }
+                Some(c) if c.kind() != kind.value => {
+                    let o = choice.origin.clone();
+                    self.invalid(
+                        "cluster",
+                        &o,
+                        format!("{chooser} cannot run on {} cluster `{}`", c.kind(), c.name),
+                        Some(format!(
+                            "choose a {} cluster, or a {} execution configuration (exec config set by {}, cluster set by {})",
+                            kind.value,
+                            c.kind(),
+                            chooser_origin,
+                            choice.origin
+                        )),
+                    );
+                }
+                Some(c) => cluster = Some(c),
+            }
+        }
+        let cluster_setting = match (&cluster_choice, cluster) {
+            (Some(choice), Some(_)) => Setting {
+                value: Some(choice.value.clone()),
+                origin: choice.origin.clone(),
+            },
+            _ => {
+                let default = match kind.value {
+                    ExecKind::Local => "local execution uses no cluster",
+                    ExecKind::Docker => "the local Docker engine",
+                    ExecKind::Kubernetes => "the kubeconfig's current context",
+                };
+                let note = match ignored {
+                    Some(why) => format!("{default}; {why}"),
+                    None => default.to_string(),
+                };
+                self.builtin(None, Some(note))
+            }
+        };
+
+        // Code environment: a plain selection.
         let env_choice = self.pick(|l| l.code_env.as_ref());
         let code_env = env_choice
             .as_ref()
@@ -551,6 +581,19 @@ impl<'h> Resolver<'h> {
                             None,
                         );
                     }
+                    if let Some(s) = spark_k8s
+                        && !env.build_for_spark.iter().any(|n| n.value == s.name)
+                    {
+                        self.invalid(
+                            "code_env",
+                            &o,
+                            format!(
+                                "code environment `{}` is not built for Spark configuration `{}`, where Spark recipe `{}` runs",
+                                env.name, s.name, self.recipe.name
+                            ),
+                            Some(format!("add \"{}\" to code_env.{}.build_for_spark in images.toml", s.name, env.name)),
+                        );
+                    }
                     if let Some(c) = exec
                         && c.kind.value != ExecKind::Local
                         && !builds_for(env, &c.name)
@@ -577,9 +620,14 @@ impl<'h> Resolver<'h> {
         };
 
         // Image and registry: from the configuration, or the code env's derived image.
-        let registry = match exec.and_then(|c| c.registry.as_ref().map(|r| (c, r))) {
-            Some((c, r)) => self.object_value(r, via_exec(c)).map(Some),
-            None => self.builtin(None, None),
+        let via_spark = |s: &SparkConfig| format!("spark_config '{}'", s.name);
+        let registry = match (
+            exec.and_then(|c| c.registry.as_ref().map(|r| (c, r))),
+            spark_k8s.and_then(|s| s.registry.as_ref().map(|r| (s, r))),
+        ) {
+            (_, Some((s, r))) => self.object_value(r, via_spark(s)).map(Some),
+            (Some((c, r)), None) => self.object_value(r, via_exec(c)).map(Some),
+            (None, None) => self.builtin(None, None),
         };
         let prefix = registry
             .value
@@ -597,8 +645,50 @@ impl<'h> Resolver<'h> {
                 None => (format!("{prefix}{repo}"), "not built yet".to_string()),
             }
         };
-        let image = match exec {
-            Some(c) if c.kind.value != ExecKind::Local => {
+        let image = match (exec, spark_k8s) {
+            // A Spark configuration on Kubernetes: the driver's and executors' image is the
+            // code env's built for it, else the configuration's own.
+            (_, Some(s)) => {
+                let env = code_env.filter(|e| e.build_for_spark.iter().any(|n| n.value == s.name));
+                if let Some(env) = env {
+                    let (name, state) = tagged(
+                        format!("capstan-env-{}-spark-{}", env.name, s.name),
+                        home.env_image_record(&env.name, &spark_env_key(&s.name)),
+                    );
+                    Setting {
+                        value: Some(name),
+                        origin: Origin {
+                            via: Some(format!(
+                                "code_env '{}' built for spark_config '{}', {state}",
+                                env.name, s.name
+                            )),
+                            ..code_env_setting.origin.clone()
+                        },
+                    }
+                } else if let Some(img) = &s.image {
+                    self.object_value(img, via_spark(s)).map(Some)
+                } else if let Some(b) = &s.base_image {
+                    let (name, state) = tagged(
+                        format!("capstan-base-{}", b.value),
+                        home.base_image_record(&b.value),
+                    );
+                    Setting {
+                        value: Some(name),
+                        origin: self.origin(
+                            Layer::Instance,
+                            b.loc,
+                            Some(format!(
+                                "{}, base_image '{}' {state}",
+                                via_spark(s),
+                                b.value
+                            )),
+                        ),
+                    }
+                } else {
+                    self.builtin(None, None)
+                }
+            }
+            (Some(c), None) if c.kind.value != ExecKind::Local => {
                 if let (Some(env), Some(choice)) = (code_env, &code_env_setting.value) {
                     let (name, state) = tagged(
                         format!("capstan-env-{choice}-{}", c.name),
@@ -687,8 +777,14 @@ impl<'h> Resolver<'h> {
         let namespace = if !is_k8s {
             self.builtin(None, None)
         } else {
-            let raw = self
-                .pick(|l| l.namespace.as_ref())
+            // A Spark configuration's own namespace comes first: its service account lives there.
+            let raw = spark_k8s
+                .and_then(|s| {
+                    s.namespace
+                        .as_ref()
+                        .map(|n| self.object_value(n, via_spark(s)))
+                })
+                .or_else(|| self.pick(|l| l.namespace.as_ref()))
                 .or_else(|| {
                     exec.and_then(|c| {
                         c.namespace
@@ -707,22 +803,25 @@ impl<'h> Resolver<'h> {
                     }
                 }
                 None => {
-                    let o = exec_config.origin.clone();
+                    let o = chooser_origin.clone();
                     self.invalid(
                         "namespace",
                         &o,
                         format!(
-                            "kubernetes execution configuration `{}` has no namespace, and {}",
-                            exec_config.value.as_deref().unwrap_or(""),
+                            "{chooser} has no namespace, and {}",
                             cluster.map_or(
                                 "no cluster that gives one is chosen".into(),
                                 |c| format!("cluster `{}` gives none", c.name)
                             )
                         ),
-                        Some(
-                            "set `namespace` on the execution configuration or on the cluster"
-                                .into(),
-                        ),
+                        Some(format!(
+                            "set `namespace` on the {} or on the cluster",
+                            if spark_k8s.is_some() {
+                                "Spark configuration"
+                            } else {
+                                "execution configuration"
+                            }
+                        )),
                     );
                     self.builtin(None, None)
                 }
@@ -759,6 +858,50 @@ impl<'h> Resolver<'h> {
         let gpus = self
             .resource(exec, |l| l.gpus.as_ref(), |c| c.gpus.as_ref(), "gpus")
             .map(|g| g.unwrap_or(0));
+        // A Spark driver pod: the driver's cores and memory, whatever the layers say.
+        let (cpu_request, cpu_limit, memory_request, memory_limit, gpus) = match spark_k8s {
+            Some(s) => {
+                let (cpu, memory) = spark_driver_limits(s);
+                let python = "plus the 40% (at least 384Mi) Spark adds for a Python driver";
+                let origin = |x: Option<Loc>, via: String| match x {
+                    Some(loc) => self.origin(Layer::Instance, loc, Some(via)),
+                    None => self.builtin((), Some(via)).origin,
+                };
+                (
+                    self.builtin(None, Some("not set".into())),
+                    Setting {
+                        value: Some(cpu),
+                        origin: origin(
+                            s.driver_cores.as_ref().map(|c| c.loc),
+                            match &s.driver_cores {
+                                Some(_) => format!("{}, driver_cores", via_spark(s)),
+                                None => {
+                                    format!("{}: Spark's default of 1 driver core", via_spark(s))
+                                }
+                            },
+                        ),
+                    },
+                    self.builtin(None, Some("not set".into())),
+                    Setting {
+                        value: Some(memory),
+                        origin: origin(
+                            s.driver_memory.as_ref().map(|m| m.loc),
+                            match &s.driver_memory {
+                                Some(m) => {
+                                    format!("{}, driver_memory {} {python}", via_spark(s), m.value)
+                                }
+                                None => format!(
+                                    "{}: Spark's default driver memory of 1Gi, {python}",
+                                    via_spark(s)
+                                ),
+                            },
+                        ),
+                    },
+                    self.builtin(0, None),
+                )
+            }
+            None => (cpu_request, cpu_limit, memory_request, memory_limit, gpus),
+        };
         if gpus.value > 0 && kind.value == ExecKind::Local {
             let o = gpus.origin.clone();
             self.invalid(
@@ -947,6 +1090,21 @@ fn lang_name(l: EnvLanguage) -> &'static str {
 }
 
 /// Whether a code environment is built into the images of an execution configuration.
+/// The cpu and memory of a Spark driver pod: the driver's cores (Spark's default: 1), and its
+/// JVM heap (default 1 GiB) plus what Spark adds for a non-JVM driver, since a PySpark driver
+/// runs Python beside the JVM: 40%, at least 384 MiB (`spark.driver.memoryOverheadFactor`).
+pub fn spark_driver_limits(spark: &SparkConfig) -> (Cpu, Memory) {
+    let heap = spark
+        .driver_memory
+        .as_ref()
+        .map_or(1 << 30, |m| m.value.bytes());
+    let overhead = (heap * 2 / 5).max(384 << 20);
+    (
+        Cpu::from_millis(u64::from(spark.driver_cores.as_ref().map_or(1, |c| c.value)) * 1000),
+        Memory::from_bytes((heap + overhead).div_ceil(1 << 20) << 20),
+    )
+}
+
 pub fn builds_for(env: &CodeEnv, exec_config: &str) -> bool {
     match &env.build_for.value {
         BuildFor::All => true,

@@ -507,39 +507,15 @@ pub fn host_checks(home: &Home, host_cpus: u32) -> Vec<crate::Diagnostic> {
     diags.into_sorted()
 }
 
-/// Where a Spark recipe's driver runs: with a Spark configuration on Kubernetes, in a pod of its
-/// own (an execution configuration the recipe names would not be used, and its code environment
-/// must be built for the Spark configuration); otherwise on the daemon's machine, or in the
-/// container of its execution configuration, whose image must then carry Spark.
+/// Where a Spark recipe's driver runs, when it is not a Spark configuration on Kubernetes (whose
+/// driver pod resolution checks): on the daemon's machine, or in the container of its execution
+/// configuration, whose image must then carry Spark.
 fn spark_placement(
     v: &mut V<'_>,
     home: &Home,
     r: &crate::model::Recipe,
     res: &crate::resolve::Resolution,
 ) {
-    let spark = res
-        .spark_config
-        .value
-        .as_ref()
-        .and_then(|n| home.spark_configs.get(n));
-    if let Some(s) = spark.filter(|s| s.master.value == SparkMaster::Kubernetes)
-        && let Some(env) = res
-            .code_env
-            .value
-            .as_ref()
-            .and_then(|n| home.code_envs.get(n))
-        && !env.build_for_spark.iter().any(|n| n.value == s.name)
-    {
-        v.error(
-            r.settings.code_env.as_ref().map_or(r.loc, |e| e.loc),
-            "code_env",
-            format!(
-                "code environment `{}` is not built for Spark configuration `{}`, where Spark recipe `{}` runs",
-                env.name, s.name, r.name
-            ),
-            Some(format!("add \"{}\" to code_env.{}.build_for_spark in images.toml", s.name, env.name)),
-        );
-    }
     let Some(exec) = res
         .exec_config
         .value
@@ -548,22 +524,6 @@ fn spark_placement(
     else {
         return;
     };
-    if let Some(s) = spark.filter(|s| s.master.value == SparkMaster::Kubernetes) {
-        // Inherited from the project or the instance, the configuration simply does not apply;
-        // named by the recipe itself, it is a mistake.
-        if let Some(e) = &r.settings.exec_config {
-            v.error(
-                e.loc,
-                "exec_config",
-                format!(
-                    "Spark configuration `{}` runs the driver of Spark recipe `{}` as a pod on Kubernetes: execution configuration `{}` would not be used",
-                    s.name, r.name, exec.name
-                ),
-                Some("give the recipe no exec_config: its Spark configuration says where Spark runs".into()),
-            );
-        }
-        return;
-    }
     if exec.kind.value == ExecKind::Local {
         return;
     }

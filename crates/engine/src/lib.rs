@@ -169,7 +169,7 @@ impl Engine {
         let home = self.inner.home.fresh();
         request.user = caller.in_home.then(|| caller.name.clone());
         let resolution = resolve(&home, project, recipe, &request).map_err(resolve_error)?;
-        let kind = runs_on(&home, &resolution);
+        let kind = resolution.kind.value;
         if self.backend(kind).is_none() {
             return Err(EngineError::NoBackend(kind));
         }
@@ -611,7 +611,7 @@ pub fn spec_from(
             }
             _ => None,
         });
-    let mut spec = ActivitySpec {
+    let spec = ActivitySpec {
         project: r.project.clone(),
         recipe: r.recipe.clone(),
         user: r.user.clone().unwrap_or_default(),
@@ -651,116 +651,7 @@ pub fn spec_from(
             .cloned(),
         ..ActivitySpec::bare(job_id, attempt, dir, root.to_path_buf(), r.kind.value)
     };
-    spark_on_kubernetes(home, r, &mut spec);
     spec
-}
-
-/// The backend that runs a resolution: its kind, except for Spark recipes on a Spark
-/// configuration on Kubernetes, whose driver runs as a pod in the cluster.
-pub fn runs_on(home: &Home, r: &Resolution) -> ExecKind {
-    let spark_on_k8s = r.recipe_kind.is_spark()
-        && r.spark_config
-            .value
-            .as_ref()
-            .and_then(|n| home.spark_configs.get(n))
-            .is_some_and(|s| s.master.value == capstan_core::model::SparkMaster::Kubernetes);
-    if spark_on_k8s {
-        ExecKind::Kubernetes
-    } else {
-        r.kind.value
-    }
-}
-
-/// The cpu and memory of a Spark driver pod: the driver's cores (Spark's default: 1), and its
-/// JVM heap (default 1 GiB) plus what Spark adds for a non-JVM driver, since a PySpark driver
-/// runs Python beside the JVM: 40%, at least 384 MiB (`spark.driver.memoryOverheadFactor`).
-pub fn spark_driver_limits(
-    spark: &capstan_core::model::SparkConfig,
-) -> (capstan_core::quantity::Cpu, capstan_core::quantity::Memory) {
-    let heap = spark
-        .driver_memory
-        .as_ref()
-        .map_or(1 << 30, |m| m.value.bytes());
-    let overhead = (heap * 2 / 5).max(384 << 20);
-    (
-        capstan_core::quantity::Cpu::from_millis(
-            u64::from(spark.driver_cores.as_ref().map_or(1, |c| c.value)) * 1000,
-        ),
-        capstan_core::quantity::Memory::from_bytes((heap + overhead).div_ceil(1 << 20) << 20),
-    )
-}
-
-/// A Spark configuration on Kubernetes brings its own image and namespace, and the resolved
-/// cluster's kubeconfig context; its driver runs as a pod with the driver's cores and memory.
-fn spark_on_kubernetes(home: &Home, r: &Resolution, spec: &mut ActivitySpec) {
-    let Some(spark) = spec.spark.clone() else {
-        return;
-    };
-    if spark.master.value != capstan_core::model::SparkMaster::Kubernetes
-        || !spec.recipe_kind.is_spark()
-    {
-        return;
-    }
-    spec.kind = ExecKind::Kubernetes;
-    let (cpu, memory) = spark_driver_limits(&spark);
-    spec.cpu_limit = Some(cpu);
-    spec.memory_limit = Some(memory);
-    let cluster = r.cluster.value.as_ref().and_then(|c| home.clusters.get(c));
-    if let Some(capstan_core::model::ClusterTarget::Kubernetes {
-        kubeconfig,
-        context,
-        namespace,
-    }) = cluster.map(|c| &c.target)
-    {
-        spec.kubeconfig = kubeconfig.as_ref().map(|k| k.value.clone());
-        spec.kube_context = context.as_ref().map(|c| c.value.clone());
-        if spark.namespace.is_none() {
-            spec.namespace = namespace.as_ref().map(|n| n.value.clone());
-        }
-    }
-    if let Some(ns) = &spark.namespace {
-        spec.namespace = Some(ns.value.clone());
-    }
-    spec.namespace = spec
-        .namespace
-        .as_ref()
-        .map(|n| capstan_core::resolve::expand_namespace(n, &spec.user, &spec.project));
-    let prefix = spark
-        .registry
-        .as_ref()
-        .map(|r| format!("{}/", r.value.trim_end_matches('/')))
-        .unwrap_or_default();
-    let tag = |r: Option<&capstan_core::model::ImageRecord>| {
-        r.filter(|r| !r.image_id.is_empty())
-            .map(|r| format!(":{}", r.tag))
-            .unwrap_or_default()
-    };
-    // The recipe's code environment, built on the configuration's image for its driver and
-    // executors; else the configuration's image itself.
-    let env_image = spec
-        .code_env
-        .as_ref()
-        .filter(|e| e.build_for_spark.iter().any(|n| n.value == spark.name))
-        .map(|e| {
-            let key = capstan_core::model::spark_env_key(&spark.name);
-            format!(
-                "{prefix}capstan-env-{}-spark-{}{}",
-                e.name,
-                spark.name,
-                tag(home.env_image_record(&e.name, &key))
-            )
-        });
-    spec.image = env_image
-        .or_else(|| spark.image.as_ref().map(|i| i.value.clone()))
-        .or_else(|| {
-            spark.base_image.as_ref().map(|b| {
-                format!(
-                    "{prefix}capstan-base-{}{}",
-                    b.value,
-                    tag(home.base_image_record(&b.value))
-                )
-            })
-        });
 }
 
 /// The spec of a one-off activity on an execution configuration (`capstan cluster test`): its
