@@ -515,6 +515,8 @@ impl K8sBackend {
             .filter(|s| s.master.value == capstan_core::model::SparkMaster::Kubernetes)
         {
             if let Some(ns) = s.namespace.as_ref().filter(|n| !n.value.contains("${")) {
+                // The kubeconfig's current context, and every cluster's.
+                targets.push((None, None, ns.value.clone()));
                 for c in home.clusters.values() {
                     if let ClusterTarget::Kubernetes {
                         kubeconfig,

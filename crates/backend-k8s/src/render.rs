@@ -355,16 +355,16 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         .flatten()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
-    let pull_secrets: Vec<LocalObjectReference> = exec
-        .map(|e| {
-            e.image_pull_secrets
-                .iter()
-                .map(|s| LocalObjectReference {
-                    name: s.value.clone(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let pull_secrets: Vec<LocalObjectReference> = match (spark, exec) {
+        (Some(s), _) => &s.image_pull_secrets[..],
+        (None, Some(e)) => &e.image_pull_secrets[..],
+        (None, None) => &[][..],
+    }
+    .iter()
+    .map(|s| LocalObjectReference {
+        name: s.value.clone(),
+    })
+    .collect();
     let mut pod_spec = PodSpec {
         containers: vec![container],
         restart_policy: Some("Never".into()),

@@ -645,6 +645,10 @@ fn decode_spark_config(
         conf: t.string_map(cx, "conf"),
         node_selector: t.string_map(cx, "node_selector"),
         tolerations: tolerations(cx, t),
+        image_pull_secrets: t
+            .string_list(cx, "image_pull_secrets")
+            .map(|l| l.value)
+            .unwrap_or_default(),
         allowed: allowed(cx, t),
     }
 }

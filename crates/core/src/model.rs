@@ -192,6 +192,8 @@ pub struct SparkConfig {
     pub conf: BTreeMap<String, Sourced<String>>,
     pub node_selector: BTreeMap<String, Sourced<String>>,
     pub tolerations: Vec<Sourced<Toleration>>,
+    /// Secrets the driver pod and the executors pull the image with.
+    pub image_pull_secrets: Vec<Sourced<String>>,
     pub allowed: Allowed,
 }
 

@@ -15,26 +15,71 @@ pub const DOCKER_MIN_MEMORY: u64 = 6 * 1024 * 1024;
 /// Spark refuses drivers and executors with less than 1.5 × its 300 MiB reserved memory.
 pub const SPARK_MIN_MEMORY: u64 = 471_859_200;
 
-/// Spark settings capstan sets itself from the configuration's fields; setting them in `conf`
-/// would silently fight the configuration, so they are refused with the field to use instead.
-pub const SPARK_OWNED_CONF: [(&str, &str); 14] = [
-    ("spark.master", "master / master_url"),
-    ("spark.submit.deployMode", "master"),
-    ("spark.kubernetes.container.image", "image / base_image"),
-    ("spark.kubernetes.namespace", "namespace"),
-    ("spark.kubernetes.context", "the cluster's context"),
+/// Spark settings capstan sets itself (from the configuration's fields, or for the driver pod
+/// and its executors); setting them in `conf` would silently fight it, so they are refused with
+/// what to do instead. A key ending in `/` is a prefix.
+pub const SPARK_OWNED_CONF: [(&str, &str); 22] = [
+    ("spark.master", "set master / master_url instead"),
+    ("spark.submit.deployMode", "set master instead"),
+    (
+        "spark.kubernetes.container.image",
+        "set image / base_image instead",
+    ),
+    ("spark.kubernetes.namespace", "set namespace instead"),
+    (
+        "spark.kubernetes.context",
+        "set the cluster's context instead",
+    ),
     (
         "spark.kubernetes.authenticate.driver.serviceAccountName",
-        "service_account",
+        "set service_account instead",
     ),
-    ("spark.driver.cores", "driver_cores"),
-    ("spark.driver.memory", "driver_memory"),
-    ("spark.executor.cores", "executor_cores"),
-    ("spark.executor.memory", "executor_memory"),
-    ("spark.executor.memoryOverhead", "executor_memory_overhead"),
-    ("spark.executor.instances", "executor_instances"),
-    ("spark.dynamicAllocation.enabled", "dynamic_allocation"),
-    ("spark.pyspark.python", "the recipe's code_env"),
+    ("spark.driver.cores", "set driver_cores instead"),
+    ("spark.driver.memory", "set driver_memory instead"),
+    ("spark.executor.cores", "set executor_cores instead"),
+    ("spark.executor.memory", "set executor_memory instead"),
+    (
+        "spark.executor.memoryOverhead",
+        "set executor_memory_overhead instead",
+    ),
+    ("spark.executor.instances", "set executor_instances instead"),
+    (
+        "spark.dynamicAllocation.enabled",
+        "set dynamic_allocation instead",
+    ),
+    ("spark.pyspark.python", "set the recipe's code_env instead"),
+    (
+        "spark.kubernetes.container.image.pullSecrets",
+        "set image_pull_secrets instead",
+    ),
+    (
+        "spark.submit.pyFiles",
+        "put the modules in the project's lib/ folder: capstan ships it to the executors",
+    ),
+    (
+        "spark.kubernetes.executor.podTemplateFile",
+        "set node_selector and tolerations instead",
+    ),
+    (
+        "spark.kubernetes.driver.pod.name",
+        "remove it: capstan names the driver pod, which owns the executors",
+    ),
+    (
+        "spark.driver.host",
+        "remove it: the executors reach the driver pod at its own address",
+    ),
+    (
+        "spark.driver.bindAddress",
+        "remove it: the driver pod listens on all its addresses",
+    ),
+    (
+        "spark.kubernetes.executor.deleteOnTermination",
+        "remove it: executors never outlive their job",
+    ),
+    (
+        "spark.kubernetes.executor.label.capstan.io/",
+        "remove it: capstan's labels attribute the executors to their job",
+    ),
 ];
 
 struct V<'a> {
@@ -257,12 +302,15 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
             }
         }
         for (key, value) in &s.conf {
-            if let Some((_, instead)) = SPARK_OWNED_CONF.iter().find(|(k, _)| k == key) {
+            if let Some((_, instead)) = SPARK_OWNED_CONF
+                .iter()
+                .find(|(k, _)| k == key || k.ends_with('/') && key.starts_with(k))
+            {
                 v.error(
                     value.loc,
                     &f(&format!("conf.\"{key}\"")),
-                    format!("`{key}` is set by capstan from the configuration"),
-                    Some(format!("set {instead} instead")),
+                    format!("`{key}` is set by capstan"),
+                    Some(instead.to_string()),
                 );
             }
         }
@@ -335,7 +383,16 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
                     }
                 }
             }
-            SparkMaster::Kubernetes => {}
+            SparkMaster::Kubernetes => {
+                if s.image.is_none() && s.base_image.is_none() {
+                    v.error(
+                        s.master.loc,
+                        &f("image"),
+                        "a Spark configuration on Kubernetes needs the image of its driver and executors",
+                        Some("set `base_image` (a base image with `with_spark = true`) or `image`".into()),
+                    );
+                }
+            }
         }
     }
 

@@ -131,10 +131,19 @@ impl ActivitySpec {
     }
 
     /// How to name the configuration in a diagnosis.
+    /// The configuration that placed the activity, in the user's words (in diagnoses such as
+    /// "out of memory: exceeded the 2 GiB limit of …").
     pub fn config_phrase(&self) -> String {
-        match &self.exec_config {
-            Some(c) => format!("execution configuration '{c}'"),
-            None => "the built-in local execution".to_string(),
+        match (&self.exec_config, &self.spark) {
+            (Some(c), _) => format!("execution configuration '{c}'"),
+            // A Spark driver pod on Kubernetes: placed by its Spark configuration.
+            (None, Some(s))
+                if self.recipe_kind.is_spark()
+                    && s.master.value == capstan_core::model::SparkMaster::Kubernetes =>
+            {
+                format!("Spark configuration '{}'", s.name)
+            }
+            (None, _) => "the built-in local execution".to_string(),
         }
     }
 }

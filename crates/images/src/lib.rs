@@ -246,9 +246,14 @@ fn base_registries<'h>(home: &'h Home, name: &str) -> Vec<(&'h str, Option<&'h s
             .filter(|s| s.image.is_none() && s.base_image.as_ref().is_some_and(|b| b.value == name))
             .filter_map(|s| s.registry.as_ref().map(|r| (r.value.as_str(), None))),
     );
-    registries.sort();
-    registries.dedup_by_key(|(r, _)| *r);
+    dedup_registries(&mut registries);
     registries
+}
+
+/// One push per registry; where two configurations share one, its pre-push hook runs.
+fn dedup_registries(registries: &mut Vec<(&str, Option<&str>)>) {
+    registries.sort_by_key(|(r, hook)| (*r, hook.is_none()));
+    registries.dedup_by_key(|(r, _)| *r);
 }
 
 /// The registry an execution configuration pushes to, with its pre-push hook.
@@ -625,8 +630,7 @@ impl Builder<'_> {
             return Ok(built);
         }
         let mut pushed_any = false;
-        registries.sort();
-        registries.dedup_by_key(|(r, _)| *r);
+        dedup_registries(&mut registries);
         for (registry, hook) in registries {
             let remote = format!("{}/{}", registry.trim_end_matches('/'), record.repository);
             if let Some(hook) = hook {
@@ -873,6 +877,7 @@ mod tests {
             (
                 "spark-configs.toml",
                 "[spark_config.k]\nmaster = \"kubernetes\"\nbase_image = \"spark\"\nregistry = \"r3.example.com\"\nnamespace = \"s\"\n\
+                 [spark_config.shared]\nmaster = \"kubernetes\"\nbase_image = \"spark\"\nregistry = \"r1.example.com/t\"\nnamespace = \"s\"\n\
                  [spark_config.own]\nmaster = \"kubernetes\"\nimage = \"mine:1\"\nregistry = \"r4.example.com\"\nnamespace = \"s\"\n",
             ),
         ] {

@@ -4,6 +4,8 @@
 //! capstan owns the settings it derives from the configuration (master, memory, cores, image,
 //! namespace…); `capstan check` refuses them in a configuration's free `conf`.
 
+pub mod pyfiles;
+
 use capstan_core::model::{SparkConfig, SparkMaster};
 use capstan_engine::backend::ActivitySpec;
 use serde_json::{Value, json};
@@ -30,6 +32,8 @@ spark.stop()
 pub const EXECUTOR_TEMPLATE: &str = "executor-pod.yaml";
 /// The Spark SQL runner, beside the code.
 pub const SQL_RUNNER_FILE: &str = "capstan_sql_runner.py";
+/// The project's library, zipped for the executors, beside the code.
+pub const LIB_ZIP: &str = "capstan_lib.zip";
 /// Spark's own launcher, where pyspark's images and capstan's `with_spark` images have it.
 pub const CONTAINER_SPARK_SUBMIT: &str = "/opt/spark/bin/spark-submit";
 
@@ -132,6 +136,17 @@ pub fn submission(
     } else {
         vec![code]
     };
+    // The project's library travels to the executors (the driver has it on its path already).
+    let mut app = app;
+    if let Some(lib) = spec.lib_dir.as_ref().filter(|l| l.is_dir()) {
+        let zip = pyfiles::zip_dir(lib)
+            .map_err(|e| format!("cannot zip the project library {}: {e}", lib.display()))?;
+        files.push((LIB_ZIP.into(), zip));
+        app.splice(
+            0..0,
+            ["--py-files".to_string(), format!("{work_dir}/{LIB_ZIP}")],
+        );
+    }
     let Some(spark) = spec.spark.as_ref() else {
         // No Spark configuration: local mode on every core, Spark's defaults.
         let mut args = vec![
@@ -218,6 +233,27 @@ pub fn submission(
                 "spark.kubernetes.executor.deleteOnTermination",
                 "true".into(),
             );
+            // Executors run Python workers beside their JVM. Spark reserves 40% more memory for
+            // them only for a driver it starts itself (cluster mode): without it, PySpark
+            // executors are the first pods the kernel kills.
+            if spark.executor_memory_overhead.is_none()
+                && !spark
+                    .conf
+                    .contains_key("spark.executor.memoryOverheadFactor")
+            {
+                put("spark.executor.memoryOverheadFactor", "0.4".into());
+            }
+            if !spark.image_pull_secrets.is_empty() {
+                put(
+                    "spark.kubernetes.container.image.pullSecrets",
+                    spark
+                        .image_pull_secrets
+                        .iter()
+                        .map(|s| s.value.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+            }
             format!("k8s://{}", server.trim_start_matches("k8s://"))
         }
     };
@@ -386,7 +422,7 @@ pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
             .unwrap_or("");
         return Some(format!(
             "the Spark driver may not manage its executors ({who}): give {name} a service_account \
-             that may create, watch and delete pods, services and configmaps in its namespace"
+             that may create, get, list, watch and delete pods and configmaps in its namespace"
         ));
     }
     if log.contains("ExecutorLostFailure") {
@@ -512,7 +548,7 @@ mod tests {
             diagnose(forbidden, &spec()).unwrap(),
             "the Spark driver may not manage its executors (User \"system:serviceaccount:capstan-spark:default\" cannot \
              create resource \"configmaps\" in API group \"\" in the namespace \"capstan-spark\"): give the default local \
-             Spark a service_account that may create, watch and delete pods, services and configmaps in its namespace"
+             Spark a service_account that may create, get, list, watch and delete pods and configmaps in its namespace"
         );
         assert_eq!(
             diagnose(

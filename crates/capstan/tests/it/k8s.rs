@@ -176,7 +176,17 @@ fn daemon_bind(c: &Cluster) -> String {
     }
 }
 
-fn pods_of(c: &Cluster, job: i64) -> usize {
+/// The pods of job `job` of the test home `h` (its driver pod, and a Spark job's executors), or
+/// only its Spark executors.
+fn pods_of(c: &Cluster, h: &TestHome, job: i64) -> usize {
+    pods_where(c, h, job, "")
+}
+
+fn executors_of(c: &Cluster, h: &TestHome, job: i64) -> usize {
+    pods_where(c, h, job, ",spark-role=executor")
+}
+
+fn pods_where(c: &Cluster, h: &TestHome, job: i64, more: &str) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -188,10 +198,16 @@ fn pods_of(c: &Cluster, job: i64) -> usize {
             .await
             .unwrap();
         let pods: Api<Pod> = Api::namespaced(client, "capstan-e2e");
-        pods.list(&ListParams::default().labels(&format!("capstan.io/job={job}")))
+        // Test homes number their jobs from 1 alike: the instance label tells them apart.
+        let selector = format!(
+            "capstan.io/instance={},capstan.io/job={job}{more}",
+            capstan_core::instance_id(&h.root())
+        );
+        pods.list(&ListParams::default().labels(&selector))
             .await
-            .map(|l| l.items.len())
-            .unwrap_or(0)
+            .expect("the test cluster lists pods")
+            .items
+            .len()
     })
 }
 
@@ -259,14 +275,16 @@ fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
     // Cancel: the pod is gone afterwards.
     let id = submit(&h, "sample/nap", &[]);
     d.wait_state(id, 300, &["running"]);
-    assert_eq!(pods_of(&c, id), 1);
+    assert_eq!(pods_of(&c, &h, id), 1);
     let out = h
         .capstan()
         .args(["cancel", &id.to_string()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    wait_for("the cancelled pod to be gone", 90, || pods_of(&c, id) == 0);
+    wait_for("the cancelled pod to be gone", 90, || {
+        pods_of(&c, &h, id) == 0
+    });
 
     // A daemon killed while its pod runs re-attaches and ends the job with its whole log.
     let id = submit(&h, "sample/steps", &[]);
@@ -290,7 +308,9 @@ fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
         1,
         "{text}"
     );
-    wait_for("the finished pod to be gone", 90, || pods_of(&c, id) == 0);
+    wait_for("the finished pod to be gone", 90, || {
+        pods_of(&c, &h, id) == 0
+    });
 
     // The data plane, when the cluster can reach this daemon.
     if c.public_url.is_none() {
@@ -363,7 +383,7 @@ fn spark_service_account(c: &Cluster, ns: &str, name: &str) {
             {"kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
             {"kind": "Role", "metadata": {"name": name, "namespace": ns}, "rules": [{
                 "apiGroups": [""],
-                "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
+                "resources": ["pods", "configmaps", "persistentvolumeclaims"],
                 "verbs": ["create", "get", "list", "watch", "delete", "deletecollection", "patch", "update"],
             }]},
             {"kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
@@ -406,7 +426,9 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
         &format!(
             "\n[spark_config.e2e]\nmaster = \"kubernetes\"\nbase_image = \"spark\"\nregistry = \"{}\"\n\
              namespace = \"capstan-e2e\"\nservice_account = \"capstan-spark-e2e\"\ndriver_memory = \"512Mi\"\n\
-             executor_memory = \"512Mi\"\nexecutor_cores = 1\nexecutor_instances = 2\n",
+             executor_memory = \"512Mi\"\nexecutor_cores = 1\nexecutor_instances = 2\n\
+             [spark_config.e2e.conf]\n\"spark.scheduler.minRegisteredResourcesRatio\" = \"1.0\"\n\
+             \"spark.scheduler.maxRegisteredResourcesWaitingTime\" = \"600s\"\n",
             c.registry
         ),
     );
@@ -449,7 +471,7 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
     assert_eq!(job["state"], "succeeded", "{job}\n{log}");
     assert!(log.contains(" o sum 4999950000 with 2 executors"), "{log}");
     wait_for("the driver and executor pods to be gone", 120, || {
-        pods_of(&c, id) == 0
+        pods_of(&c, &h, id) == 0
     });
 
     // Cancel stops the application: driver and executors go.
@@ -459,7 +481,7 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
     wait_for("the executors", 300, || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" o executors up"))
     });
-    assert!(pods_of(&c, id) >= 2, "no executor pods for job {id}");
+    assert_eq!(executors_of(&c, &h, id), 2, "executor pods of job {id}");
     let out = h
         .capstan()
         .args(["cancel", &id.to_string()])
@@ -468,7 +490,7 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     d.wait_state(id, 120, &["cancelled"]);
     wait_for("the cancelled application's pods to be gone", 120, || {
-        pods_of(&c, id) == 0
+        pods_of(&c, &h, id) == 0
     });
 
     // Datasets, through the data API, when the cluster can reach this daemon.

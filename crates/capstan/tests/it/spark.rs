@@ -35,7 +35,7 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
     assert!(out.status.success(), "{}", stderr(&out));
     h.append(
         "projects/sample/project.toml",
-        "\n[dataset.sql_totals]\n\n[dataset.api_totals]\n",
+        "\n[dataset.sql_totals]\n\n[dataset.api_totals]\n\n[dataset.cluster_totals]\n",
     );
     h.append(
         "spark-configs.toml",
@@ -272,6 +272,13 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
             "\n[spark_config.cluster]\nmaster = \"standalone\"\nmaster_url = \"{url}\"\nexecutor_cores = 1\nexecutor_memory = \"512Mi\"\n"
         ),
     );
+    let lib = h.root().join("projects/sample/lib/helpers");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(
+        lib.join("__init__.py"),
+        "def shout(s):\n    return s.upper() + '!'\n",
+    )
+    .unwrap();
     h.recipe(
         "ctotals",
         "pyspark",
@@ -280,9 +287,12 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
          spark = SparkSession.builder.getOrCreate()\n\
          print('master', spark.sparkContext.master, flush=True)\n\
          orders = capstan.spark.read(spark, 'orders')\n\
-         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'api_totals')\n\
+         from helpers import shout\n\
+         loud = F.udf(shout)\n\
+         totals = orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer')\n\
+         capstan.spark.write(totals.withColumn('customer', loud('customer')), 'cluster_totals')\n\
          spark.stop()\n",
-        "spark_config = \"cluster\"\ninputs = [\"orders\"]\noutputs = [\"api_totals\"]",
+        "spark_config = \"cluster\"\ninputs = [\"orders\"]\noutputs = [\"cluster_totals\"]",
     );
     let run = h
         .capstan()
@@ -305,11 +315,15 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
     assert!(worker.contains("Asked to launch executor"), "{worker}");
     let head = h
         .capstan()
-        .args(["dataset", "head", "sample/api_totals", "--json"])
+        .args(["dataset", "head", "sample/cluster_totals", "--json"])
         .output()
         .unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
-    assert_eq!(rows, want);
+    // The UDF ran on the executor, with the project's library that capstan shipped to it.
+    assert_eq!(
+        rows,
+        serde_json::json!([{"customer": "ALICE!", "total": 17.75}, {"customer": "BOB!", "total": 3.0}])
+    );
 }
 
 /// A child process stopped when dropped (a Spark master or worker of a test): SIGTERM, so that
