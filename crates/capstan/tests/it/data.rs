@@ -1,7 +1,7 @@
 //! Datasets and the data plane: import, recipes reading and writing through the data API with
 //! least-privilege tokens, atomic outputs.
 
-use crate::support::{TestHome, curl, stderr, stdout, submit, wait_for};
+use crate::support::{TestHome, curl, import_csv, stderr, stdout, submit, wait_for};
 
 const ORDERS: &str = "id,customer,amount,day\n1,alice,10.5,2026-01-01\n2,bob,3,2026-01-02\n3,alice,7.25,2026-01-03\n";
 
@@ -74,19 +74,10 @@ fn csv_import_reports_bad_lines_and_imports_nothing() {
 #[test]
 fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits() {
     let h = TestHome::new("data-plane");
-    let csv = h.dir.path().join("orders.csv");
-    std::fs::write(&csv, ORDERS).unwrap();
-    let out = h
-        .capstan()
-        .args(["dataset", "import", "sample/orders"])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let imported = import_csv(&h, "orders", ORDERS);
     assert!(
-        stdout(&out).contains("imported 3 rows into sample/orders"),
-        "{}",
-        stdout(&out)
+        imported.contains("imported 3 rows into sample/orders"),
+        "{imported}"
     );
     h.append("images.toml", "\n[code_env.tables]\nlanguage = \"python\"\npackages = [\"pandas\", \"pyarrow\"]\nbuild_for = \"none\"\n");
     h.append(

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::{TestHome, stderr, stdout, wait_for};
+use crate::support::{TestHome, head_json, import_orders, stderr, stdout, wait_for};
 
 fn ready() -> bool {
     let ok = std::env::var("CAPSTAN_TEST_IMAGE").is_ok_and(|i| !i.is_empty())
@@ -410,12 +410,7 @@ fn a_spark_base_image_runs_pyspark_and_spark_sql_recipes_in_a_container() {
         "[base_image.spark]\nwith_spark = true\n",
     );
     ok(&h, &["image", "build-base", "spark"]);
-    let csv = h.dir.path().join("orders.csv");
-    std::fs::write(&csv, "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n").unwrap();
-    ok(
-        &h,
-        &["dataset", "import", "sample/orders", csv.to_str().unwrap()],
-    );
+    import_orders(&h);
     h.append("projects/sample/project.toml", "\n[dataset.sql_totals]\n");
     // Local mode inside the container: the image's Java and Spark, datasets through the API.
     h.recipe(
@@ -452,12 +447,7 @@ fn a_spark_base_image_runs_pyspark_and_spark_sql_recipes_in_a_container() {
         if recipe == "ptotals" {
             assert!(run.contains("master local[*]"), "{run}");
         }
-        let rows: serde_json::Value = serde_json::from_str(&ok(
-            &h,
-            &["dataset", "head", &format!("sample/{output}"), "--json"],
-        ))
-        .unwrap();
-        assert_eq!(rows, want, "{recipe}");
+        assert_eq!(head_json(&h, output), want, "{recipe}");
     }
 
     // A code environment built for a Spark configuration on Kubernetes: its image is the

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use capstan_backend_k8s::k8s_openapi::api::core::v1::Pod;
 use capstan_backend_k8s::kube::api::{Api, ListParams};
 
-use crate::support::{TestHome, stderr, stdout, submit, wait_for};
+use crate::support::{TestHome, head_json, import_orders, stderr, stdout, submit, wait_for};
 
 #[test]
 fn k8s_render_of_the_sample_passes_the_official_schema_and_holds_no_token() {
@@ -319,15 +319,7 @@ fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
         );
         return;
     }
-    let csv = h.dir.path().join("orders.csv");
-    std::fs::write(&csv, "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n").unwrap();
-    let out = h
-        .capstan()
-        .args(["dataset", "import", "sample/orders"])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    import_orders(&h);
     h.append("images.toml", "\n[code_env.tables]\nlanguage = \"python\"\npackages = [\"pandas\", \"pyarrow\"]\nbuild_for = [\"e2e\"]\n");
     let out = h
         .capstan()
@@ -350,14 +342,8 @@ fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
         stdout(&out),
         stderr(&out)
     );
-    let head = h
-        .capstan()
-        .args(["dataset", "head", "sample/order_totals", "--json"])
-        .output()
-        .unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
     assert_eq!(
-        rows,
+        head_json(&h, "order_totals"),
         serde_json::json!([{"customer": "alice", "amount": 17.75}, {"customer": "bob", "amount": 3.0}])
     );
 }
@@ -498,15 +484,7 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
         eprintln!("Spark data round trip skipped: set CAPSTAN_TEST_K8S_PUBLIC_URL");
         return;
     }
-    let csv = h.dir.path().join("orders.csv");
-    std::fs::write(&csv, "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n").unwrap();
-    let out = h
-        .capstan()
-        .args(["dataset", "import", "sample/orders"])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    import_orders(&h);
     h.recipe(
         "stotals",
         "spark_sql",
@@ -526,14 +504,8 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
         stdout(&out),
         stderr(&out)
     );
-    let head = h
-        .capstan()
-        .args(["dataset", "head", "sample/order_totals", "--json"])
-        .output()
-        .unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
     assert_eq!(
-        rows,
+        head_json(&h, "order_totals"),
         serde_json::json!([{"customer": "alice", "total": 17.75}, {"customer": "bob", "total": 3.0}])
     );
 }

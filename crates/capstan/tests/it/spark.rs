@@ -1,7 +1,7 @@
 //! Spark recipes on a real local Spark (the one `pyspark` from PyPI brings, with the machine's
 //! Java), and the spark-submit capstan builds for Kubernetes.
 
-use crate::support::{TestHome, stderr, stdout, submit, wait_for};
+use crate::support::{TestHome, head_json, import_orders, stderr, stdout, submit, wait_for};
 
 fn java() -> bool {
     let ok = std::process::Command::new("java")
@@ -24,15 +24,7 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         return;
     }
     let h = TestHome::new("spark-local");
-    let csv = h.dir.path().join("orders.csv");
-    std::fs::write(&csv, "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n").unwrap();
-    let out = h
-        .capstan()
-        .args(["dataset", "import", "sample/orders"])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    import_orders(&h);
     h.append(
         "projects/sample/project.toml",
         "\n[dataset.sql_totals]\n\n[dataset.api_totals]\n\n[dataset.cluster_totals]\n",
@@ -109,13 +101,7 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
             stdout(&run),
             stderr(&run)
         );
-        let head = h
-            .capstan()
-            .args(["dataset", "head", &format!("sample/{output}"), "--json"])
-            .output()
-            .unwrap();
-        let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
-        assert_eq!(rows, want, "{recipe}");
+        assert_eq!(head_json(&h, output), want, "{recipe}");
     }
 
     // While it runs, `job show` says where its Spark UI is; cancel stops the driver's JVM.
@@ -313,15 +299,9 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
     );
     let worker = std::fs::read_to_string(h.dir.path().join("worker.log")).unwrap();
     assert!(worker.contains("Asked to launch executor"), "{worker}");
-    let head = h
-        .capstan()
-        .args(["dataset", "head", "sample/cluster_totals", "--json"])
-        .output()
-        .unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
     // The UDF ran on the executor, with the project's library that capstan shipped to it.
     assert_eq!(
-        rows,
+        head_json(&h, "cluster_totals"),
         serde_json::json!([{"customer": "ALICE!", "total": 17.75}, {"customer": "BOB!", "total": 3.0}])
     );
 }

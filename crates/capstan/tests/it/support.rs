@@ -345,3 +345,36 @@ pub fn stderr(o: &Output) -> String {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Orders by customer, imported as `sample/orders` by [`import_orders`].
+pub const ORDERS_CSV: &str = "customer,amount\nalice,10.5\nbob,3\nalice,7.25\n";
+
+/// Imports [`ORDERS_CSV`] as the dataset `sample/orders` of `h`.
+pub fn import_orders(h: &TestHome) {
+    import_csv(h, "orders", ORDERS_CSV);
+}
+
+/// Imports `csv` as the dataset `sample/NAME` of `h`; returns what the import printed.
+pub fn import_csv(h: &TestHome, name: &str, csv: &str) -> String {
+    let file = h.dir.path().join(format!("{name}.csv"));
+    std::fs::write(&file, csv).unwrap();
+    let out = h
+        .capstan()
+        .args(["dataset", "import", &format!("sample/{name}")])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stdout(&out)
+}
+
+/// The rows of dataset `sample/NAME` of `h`, as `capstan dataset head --json` prints them.
+pub fn head_json(h: &TestHome, name: &str) -> serde_json::Value {
+    let out = h
+        .capstan()
+        .args(["dataset", "head", &format!("sample/{name}"), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
