@@ -611,7 +611,7 @@ pub fn spec_from(
             }
             _ => None,
         });
-    let spec = ActivitySpec {
+    ActivitySpec {
         project: r.project.clone(),
         recipe: r.recipe.clone(),
         user: r.user.clone().unwrap_or_default(),
@@ -650,8 +650,7 @@ pub fn spec_from(
             .and_then(|n| home.spark_configs.get(n))
             .cloned(),
         ..ActivitySpec::bare(job_id, attempt, dir, root.to_path_buf(), r.kind.value)
-    };
-    spec
+    }
 }
 
 /// The spec of a one-off activity on an execution configuration (`capstan cluster test`): its
