@@ -363,6 +363,22 @@ impl K8sBackend {
                         o = better;
                     }
                     capstan_spark::refine(spec, &mut o);
+                    if spec.recipe_kind.is_spark() {
+                        // Before the driver pod goes, and its executors with it.
+                        let killed = self.save_executor_logs(&pods, spec).await;
+                        if o.state == capstan_core::job::JobState::Failed && !killed.is_empty() {
+                            o.diagnosis = Some(format!(
+                                "Spark executor pods were killed for exceeding their memory limit (OOMKilled: {}): raise \
+                                 executor_memory_overhead (memory outside the JVM heap, where Python workers run) or \
+                                 executor_memory of {}",
+                                killed.join(", "),
+                                spec.spark.as_ref().map_or(
+                                    "the Spark configuration".into(),
+                                    |s| format!("Spark configuration '{}'", s.name)
+                                )
+                            ));
+                        }
+                    }
                     save_events(spec, &pod, &evs);
                     break o;
                 }
@@ -386,15 +402,65 @@ impl K8sBackend {
         outcome
     }
 
-    /// Deletes what is left of a Spark application's executors (they are owned by the driver
-    /// pod, but the garbage collector takes its time) and waits until they are gone.
-    async fn delete_executors(&self, pods: &Api<Pod>, spec: &ActivitySpec) {
-        let selector = ListParams::default().labels(&format!(
+    /// The pods of an activity's attempt: its own, and a Spark driver's executors.
+    fn attempt_pods(&self, spec: &ActivitySpec) -> ListParams {
+        ListParams::default().labels(&format!(
             "{LABEL_INSTANCE}={},{LABEL_ACTIVITY}={},{LABEL_ATTEMPT}={}",
             self.instance,
             spec.activity_id(),
             spec.attempt
-        ));
+        ))
+    }
+
+    /// Keeps the logs of a Spark application's executors next to the driver's, as
+    /// `executors/POD.log` (Spark leaves their pods to capstan, which deletes them after), and
+    /// says which of them the kernel killed for their memory.
+    async fn save_executor_logs(&self, pods: &Api<Pod>, spec: &ActivitySpec) -> Vec<String> {
+        let Ok(list) = pods.list(&self.attempt_pods(spec)).await else {
+            return Vec::new();
+        };
+        let dir = spec.dir.join("executors");
+        let mut killed = Vec::new();
+        for p in list.items.iter().filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("spark-role"))
+                .is_some_and(|r| r == "executor")
+        }) {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let params = LogParams {
+                timestamps: true,
+                ..LogParams::default()
+            };
+            match pods.logs(&name, &params).await {
+                Ok(text) => {
+                    let _ = std::fs::create_dir_all(&dir);
+                    let _ = std::fs::write(dir.join(format!("{name}.log")), text);
+                }
+                Err(e) => tracing::warn!(pod = name, error = %e, "cannot read an executor's log"),
+            }
+            let oom = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .into_iter()
+                .flatten()
+                .flat_map(|c| [c.state.as_ref(), c.last_state.as_ref()])
+                .flatten()
+                .filter_map(|s| s.terminated.as_ref())
+                .any(|t| t.reason.as_deref() == Some("OOMKilled"));
+            if oom {
+                killed.push(name);
+            }
+        }
+        killed
+    }
+
+    /// Deletes what is left of a Spark application's executors (they are owned by the driver
+    /// pod, but the garbage collector takes its time) and waits until they are gone.
+    async fn delete_executors(&self, pods: &Api<Pod>, spec: &ActivitySpec) {
+        let selector = self.attempt_pods(spec);
         let params = DeleteParams {
             grace_period_seconds: Some(GRACE_SECS),
             ..DeleteParams::background()
@@ -458,16 +524,10 @@ impl K8sBackend {
             },
         };
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let selector = format!(
-            "{LABEL_INSTANCE}={},{LABEL_ACTIVITY}={},{LABEL_ATTEMPT}={}",
-            self.instance,
-            spec.activity_id(),
-            spec.attempt
-        );
         // The activity's own pod, not the executors a Spark driver started (they carry its
         // labels too).
         let own = render::object_name(spec, &self.instance);
-        let found = match pods.list(&ListParams::default().labels(&selector)).await {
+        let found = match pods.list(&self.attempt_pods(spec)).await {
             Ok(l) => l
                 .items
                 .into_iter()

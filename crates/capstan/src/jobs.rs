@@ -247,6 +247,13 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
     }
     if let Some(log) = j["activities"][0]["log"].as_str() {
         println!("  log          {log}");
+        // A Spark application on Kubernetes: its executors' logs, kept beside the driver's.
+        if let Some(dir) = j["activities"][0]["dir"].as_str()
+            && let executors = std::path::Path::new(dir).join("executors")
+            && executors.is_dir()
+        {
+            println!("  executor logs {}/", executors.display());
+        }
         // While a Spark application runs, its driver serves a UI; its log says where.
         if s("state") == "running"
             && let Some(ui) = std::fs::read_to_string(log)

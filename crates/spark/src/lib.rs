@@ -228,10 +228,11 @@ pub fn submission(
             for (k, v) in labels(spec) {
                 put(&format!("spark.kubernetes.executor.label.{k}"), v);
             }
-            // Nothing outlives its job: executors go with the application.
+            // Spark leaves its executors' pods when they end, so that capstan keeps their logs
+            // before it deletes them (with the driver pod, which owns them).
             put(
                 "spark.kubernetes.executor.deleteOnTermination",
-                "true".into(),
+                "false".into(),
             );
             // Executors run Python workers beside their JVM. Spark reserves 40% more memory for
             // them only for a driver it starts itself (cluster mode): without it, PySpark

@@ -456,6 +456,12 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
     let log = std::fs::read_to_string(job["activities"][0]["log"].as_str().unwrap()).unwrap();
     assert_eq!(job["state"], "succeeded", "{job}\n{log}");
     assert!(log.contains(" o sum 4999950000 with 2 executors"), "{log}");
+    // The executors' logs stay beside the driver's.
+    let executors = PathBuf::from(job["activities"][0]["dir"].as_str().unwrap()).join("executors");
+    let kept = std::fs::read_dir(&executors)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(kept, 2, "executor logs in {}", executors.display());
     wait_for("the driver and executor pods to be gone", 120, || {
         pods_of(&c, &h, id) == 0
     });

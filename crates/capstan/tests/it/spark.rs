@@ -373,7 +373,7 @@ fn spark_render_for_kubernetes_matches_the_configuration_and_its_pod_template_va
         "spark.executor.memory=4096m",
         "spark.executor.cores=2",
         "spark.executor.instances=2",
-        "spark.kubernetes.executor.deleteOnTermination=true",
+        "spark.kubernetes.executor.deleteOnTermination=false",
         "spark.sql.shuffle.partitions=64",
         "/capstan/work/capstan_sql_runner.py \\\n  /capstan/work/stotals.sql",
         "in namespace capstan-spark (kubeconfig context prod), image reg.example.com/team/capstan-base-spark, \
