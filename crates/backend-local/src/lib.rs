@@ -170,6 +170,12 @@ impl LocalBackend {
         };
         let (program, args) = match spec.recipe_kind {
             RecipeKind::PySpark | RecipeKind::SparkSql => {
+                if let Some(why) = java_missing(
+                    std::env::var_os("PATH").as_deref(),
+                    std::env::var_os("JAVA_HOME").as_deref(),
+                ) {
+                    return Err(why);
+                }
                 let bin = python.parent().map(Path::to_path_buf).unwrap_or_default();
                 let code_file = code
                     .file_name()
@@ -497,6 +503,22 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Why Spark cannot start on this machine for want of Java (pyspark brings Spark, not its JVM),
+/// given the daemon's PATH and JAVA_HOME.
+fn java_missing(
+    path: Option<&std::ffi::OsStr>,
+    java_home: Option<&std::ffi::OsStr>,
+) -> Option<String> {
+    let in_home = java_home.is_some_and(|h| Path::new(h).join("bin/java").is_file());
+    let on_path = path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join("java").is_file()));
+    (!in_home && !on_path).then(|| {
+        "Spark needs Java 17 or later on the daemon's machine, and there is none (no java on PATH or in JAVA_HOME): \
+         install it (Debian: openjdk-17-jre-headless), or run the recipe in a container, with an execution \
+         configuration whose base image has with_spark = true"
+            .to_string()
+    })
+}
+
 fn find_on_path(program: &Path) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -560,6 +582,27 @@ mod tests {
 
     fn spec(dir: &Path) -> ActivitySpec {
         ActivitySpec::bare(1, 0, dir.to_path_buf(), dir.to_path_buf(), ExecKind::Local)
+    }
+
+    #[test]
+    fn spark_without_java_says_what_to_install_or_where_else_to_run() {
+        let dir = std::env::temp_dir().join(format!("capstan-java-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("jdk/bin")).unwrap();
+        let empty = dir.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let why = java_missing(Some(empty.as_os_str()), None).unwrap();
+        assert!(
+            why.contains("openjdk-17-jre-headless") && why.contains("with_spark = true"),
+            "{why}"
+        );
+        std::fs::write(dir.join("jdk/bin/java"), "").unwrap();
+        assert_eq!(
+            java_missing(Some(empty.as_os_str()), Some(dir.join("jdk").as_os_str())),
+            None
+        );
+        let path = std::env::join_paths([empty, dir.join("jdk/bin")]).unwrap();
+        assert_eq!(java_missing(Some(&path), None), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn activity_dir(label: &str) -> PathBuf {
