@@ -14,6 +14,13 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::json;
 
+/// Where request `what` ("METHOD PATH") came in the sequence the mock saw.
+fn position(seen: &[String], what: &str) -> usize {
+    seen.iter()
+        .position(|s| s == what)
+        .unwrap_or_else(|| panic!("no {what} in {seen:?}"))
+}
+
 fn pod(phase: &str, state: serde_json::Value) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -136,11 +143,7 @@ async fn create_follow_log_delete() {
     drop(backend);
     server.abort();
     let seen = seen.lock().unwrap().clone();
-    let order = |what: &str| {
-        seen.iter()
-            .position(|s| s == what)
-            .unwrap_or_else(|| panic!("no {what} in {seen:?}"))
-    };
+    let order = |what: &str| position(&seen, what);
     assert!(
         order("POST /api/v1/namespaces/ns/pods") < order("POST /api/v1/namespaces/ns/configmaps")
     );
@@ -305,11 +308,7 @@ async fn spark_driver_keeps_executor_logs_and_names_oom_killed_executors() {
     drop(backend);
     server.abort();
     let seen = seen.lock().unwrap().clone();
-    let order = |what: &str| {
-        seen.iter()
-            .position(|s| s == what)
-            .unwrap_or_else(|| panic!("no {what} in {seen:?}"))
-    };
+    let order = |what: &str| position(&seen, what);
     // The executor's log is read while its pod exists: before the driver pod (its owner) goes.
     let executor_log = order("GET /api/v1/namespaces/ns/pods/capstan-sum-exec-1/log");
     let driver_deleted = order("DELETE /api/v1/namespaces/ns/pods/capstan-x-7-0-0");

@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use crate::support::{TestHome, head_json, import_orders, stderr, stdout, wait_for};
+use crate::support::{
+    TestHome, head_json, import_orders, pyspark_totals, stderr, stdout, wait_for,
+};
 
 fn ready() -> bool {
     let ok = std::env::var("CAPSTAN_TEST_IMAGE").is_ok_and(|i| !i.is_empty())
@@ -417,12 +419,7 @@ fn a_spark_base_image_runs_pyspark_and_spark_sql_recipes_in_a_container() {
         "ptotals",
         "pyspark",
         "py",
-        "from pyspark.sql import SparkSession, functions as F\nimport capstan.spark\n\
-         spark = SparkSession.builder.getOrCreate()\n\
-         print('spark', spark.version, 'master', spark.sparkContext.master, flush=True)\n\
-         orders = capstan.spark.read(spark, 'orders')\n\
-         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'order_totals')\n\
-         spark.stop()\n",
+        &pyspark_totals("order_totals", ""),
         "exec_config = \"sparky\"\ninputs = [\"orders\"]\noutputs = [\"order_totals\"]",
     );
     h.recipe(

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use capstan_backend_k8s::k8s_openapi::api::core::v1::Pod;
 use capstan_backend_k8s::kube::api::{Api, ListParams};
 
-use crate::support::{TestHome, head_json, import_orders, stderr, stdout, submit, wait_for};
+use crate::support::{
+    TestHome, head_json, import_orders, run_ok, stderr, stdout, submit, wait_for,
+};
 
 #[test]
 fn k8s_render_of_the_sample_passes_the_official_schema_and_holds_no_token() {
@@ -186,7 +188,11 @@ fn executors_of(c: &Cluster, h: &TestHome, job: i64) -> usize {
     pods_where(c, h, job, ",spark-role=executor")
 }
 
-fn pods_where(c: &Cluster, h: &TestHome, job: i64, more: &str) -> usize {
+/// Runs `f` with a client of the test cluster.
+fn with_client<T, F: std::future::Future<Output = T>>(
+    c: &Cluster,
+    f: impl FnOnce(capstan_backend_k8s::kube::Client) -> F,
+) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -197,6 +203,12 @@ fn pods_where(c: &Cluster, h: &TestHome, job: i64, more: &str) -> usize {
             .client(Some(&c.kubeconfig), c.context.as_deref())
             .await
             .unwrap();
+        f(client).await
+    })
+}
+
+fn pods_where(c: &Cluster, h: &TestHome, job: i64, more: &str) -> usize {
+    with_client(c, |client| async move {
         let pods: Api<Pod> = Api::namespaced(client, "capstan-e2e");
         // Test homes number their jobs from 1 alike: the instance label tells them apart.
         let selector = format!(
@@ -334,14 +346,7 @@ fn e2e_run_oom_cancel_reattach_and_data_on_a_real_cluster() {
         "import capstan\nd = capstan.Dataset('orders').to_pandas()\ncapstan.Output('order_totals').write(d.groupby('customer', as_index=False)['amount'].sum())\n",
         "exec_config = \"e2e\"\ncluster = \"e2e\"\ncode_env = \"tables\"\ninputs = [\"orders\"]\noutputs = [\"order_totals\"]",
     );
-    let out = h.capstan().args(["run", "sample/totals"]).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    run_ok(&h, "totals");
     assert_eq!(
         head_json(&h, "order_totals"),
         serde_json::json!([{"customer": "alice", "amount": 17.75}, {"customer": "bob", "amount": 3.0}])
@@ -354,16 +359,7 @@ fn spark_service_account(c: &Cluster, ns: &str, name: &str) {
     use capstan_backend_k8s::k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
     use capstan_backend_k8s::k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     use capstan_backend_k8s::kube::api::PostParams;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let backend = capstan_backend_k8s::K8sBackend::new(std::path::Path::new("/"));
-        let client = backend
-            .client(Some(&c.kubeconfig), c.context.as_deref())
-            .await
-            .unwrap();
+    with_client(c, |client| async move {
         let objects = serde_json::json!([
             {"kind": "Namespace", "metadata": {"name": ns}},
             {"kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
@@ -383,22 +379,30 @@ fn spark_service_account(c: &Cluster, ns: &str, name: &str) {
             other => other.unwrap(),
         };
         let o = |i: usize| objects[i].clone();
-        made(Api::<Namespace>::all(client.clone())
-            .create(&pp, &serde_json::from_value(o(0)).unwrap())
-            .await
-            .map(|_| ()));
-        made(Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .create(&pp, &serde_json::from_value(o(1)).unwrap())
-            .await
-            .map(|_| ()));
-        made(Api::<Role>::namespaced(client.clone(), ns)
-            .create(&pp, &serde_json::from_value(o(2)).unwrap())
-            .await
-            .map(|_| ()));
-        made(Api::<RoleBinding>::namespaced(client.clone(), ns)
-            .create(&pp, &serde_json::from_value(o(3)).unwrap())
-            .await
-            .map(|_| ()));
+        made(
+            Api::<Namespace>::all(client.clone())
+                .create(&pp, &serde_json::from_value(o(0)).unwrap())
+                .await
+                .map(|_| ()),
+        );
+        made(
+            Api::<ServiceAccount>::namespaced(client.clone(), ns)
+                .create(&pp, &serde_json::from_value(o(1)).unwrap())
+                .await
+                .map(|_| ()),
+        );
+        made(
+            Api::<Role>::namespaced(client.clone(), ns)
+                .create(&pp, &serde_json::from_value(o(2)).unwrap())
+                .await
+                .map(|_| ()),
+        );
+        made(
+            Api::<RoleBinding>::namespaced(client.clone(), ns)
+                .create(&pp, &serde_json::from_value(o(3)).unwrap())
+                .await
+                .map(|_| ()),
+        );
     });
 }
 
@@ -498,18 +502,7 @@ fn e2e_spark_on_a_real_cluster_runs_executors_and_leaves_no_pod() {
         "SELECT customer, SUM(amount) AS total FROM orders GROUP BY customer ORDER BY customer\n",
         "spark_config = \"e2e\"\ncluster = \"e2e\"\ninputs = [\"orders\"]\noutputs = [\"order_totals\"]",
     );
-    let out = h
-        .capstan()
-        .args(["run", "sample/stotals"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    run_ok(&h, "stotals");
     assert_eq!(
         head_json(&h, "order_totals"),
         serde_json::json!([{"customer": "alice", "total": 17.75}, {"customer": "bob", "total": 3.0}])

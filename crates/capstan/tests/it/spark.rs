@@ -1,7 +1,9 @@
 //! Spark recipes on a real local Spark (the one `pyspark` from PyPI brings, with the machine's
 //! Java), and the spark-submit capstan builds for Kubernetes.
 
-use crate::support::{TestHome, head_json, import_orders, stderr, stdout, submit, wait_for};
+use crate::support::{
+    TestHome, head_json, import_orders, pyspark_totals, run_ok, stderr, stdout, submit, wait_for,
+};
 
 fn java() -> bool {
     let ok = std::process::Command::new("java")
@@ -37,11 +39,7 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         "ptotals",
         "pyspark",
         "py",
-        "from pyspark.sql import SparkSession, functions as F\nimport capstan.spark\n\
-         spark = SparkSession.builder.getOrCreate()\n\
-         orders = capstan.spark.read(spark, 'orders')\n\
-         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'order_totals')\n\
-         spark.stop()\n",
+        &pyspark_totals("order_totals", ""),
         "inputs = [\"orders\"]\noutputs = [\"order_totals\"]\nspark_config = \"local\"",
     );
     // As a driver pod on Kubernetes does: Spark cannot see the daemon's disk, so datasets
@@ -50,12 +48,10 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         "atotals",
         "pyspark",
         "py",
-        "import os\nfrom pyspark.sql import SparkSession, functions as F\nimport capstan.spark\n\
-         del os.environ['CAPSTAN_SPARK_INPUTS'], os.environ['CAPSTAN_SPARK_OUTPUTS']\n\
-         spark = SparkSession.builder.getOrCreate()\n\
-         orders = capstan.spark.read(spark, 'orders')\n\
-         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), 'api_totals')\n\
-         spark.stop()\n",
+        &pyspark_totals(
+            "api_totals",
+            "import os\ndel os.environ['CAPSTAN_SPARK_INPUTS'], os.environ['CAPSTAN_SPARK_OUTPUTS']\n",
+        ),
         "inputs = [\"orders\"]\noutputs = [\"api_totals\"]",
     );
     h.recipe(
@@ -89,18 +85,7 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         ("atotals", "api_totals"),
         ("stotals", "sql_totals"),
     ] {
-        let run = h
-            .capstan()
-            .args(["run", &format!("sample/{recipe}")])
-            .output()
-            .unwrap();
-        assert_eq!(
-            run.status.code(),
-            Some(0),
-            "{recipe}\n{}\n{}",
-            stdout(&run),
-            stderr(&run)
-        );
+        run_ok(&h, recipe);
         assert_eq!(head_json(&h, output), want, "{recipe}");
     }
 
@@ -280,23 +265,8 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
          spark.stop()\n",
         "spark_config = \"cluster\"\ninputs = [\"orders\"]\noutputs = [\"cluster_totals\"]",
     );
-    let run = h
-        .capstan()
-        .args(["run", "sample/ctotals"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&run),
-        stderr(&run)
-    );
-    assert!(
-        stdout(&run).contains(&format!("master {url}")),
-        "{}",
-        stdout(&run)
-    );
+    let run = run_ok(&h, "ctotals");
+    assert!(run.contains(&format!("master {url}")), "{run}");
     let worker = std::fs::read_to_string(h.dir.path().join("worker.log")).unwrap();
     assert!(worker.contains("Asked to launch executor"), "{worker}");
     // The UDF ran on the executor, with the project's library that capstan shipped to it.

@@ -378,3 +378,33 @@ pub fn head_json(h: &TestHome, name: &str) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// `capstan run sample/RECIPE`, which must succeed; its standard output.
+pub fn run_ok(h: &TestHome, recipe: &str) -> String {
+    let out = h
+        .capstan()
+        .args(["run", &format!("sample/{recipe}")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{recipe}\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// A PySpark recipe that sums `sample/orders` by customer into `output`, after `first` (code
+/// of its own, one line per statement).
+pub fn pyspark_totals(output: &str, first: &str) -> String {
+    format!(
+        "from pyspark.sql import SparkSession, functions as F\nimport capstan.spark\n{first}\
+         spark = SparkSession.builder.getOrCreate()\n\
+         print('spark', spark.version, 'master', spark.sparkContext.master, flush=True)\n\
+         orders = capstan.spark.read(spark, 'orders')\n\
+         capstan.spark.write(orders.groupBy('customer').agg(F.sum('amount').alias('total')).orderBy('customer'), '{output}')\n\
+         spark.stop()\n"
+    )
+}
