@@ -244,6 +244,19 @@ pub fn submission(
             {
                 put("spark.executor.memoryOverheadFactor", "0.4".into());
             }
+            // Kubernetes has no external shuffle service: dynamic allocation works only with
+            // shuffle tracking, and Spark refuses to start without one of the two.
+            if spark.dynamic_allocation.as_ref().is_some_and(|d| d.value)
+                && !spark
+                    .conf
+                    .contains_key("spark.dynamicAllocation.shuffleTracking.enabled")
+                && !spark.conf.contains_key("spark.shuffle.service.enabled")
+            {
+                put(
+                    "spark.dynamicAllocation.shuffleTracking.enabled",
+                    "true".into(),
+                );
+            }
             if !spark.image_pull_secrets.is_empty() {
                 put(
                     "spark.kubernetes.container.image.pullSecrets",
@@ -470,6 +483,42 @@ mod tests {
             s.files,
             [(SQL_RUNNER_FILE.to_string(), SQL_RUNNER.as_bytes().to_vec())]
         );
+    }
+
+    #[test]
+    fn on_kubernetes_the_driver_pod_runs_in_client_mode_and_dynamic_allocation_tracks_shuffles() {
+        let mut files = capstan_core::load::HomeFiles::default();
+        files.toml.insert("capstan.toml".into(), b"".to_vec());
+        files.toml.insert(
+            "spark-configs.toml".into(),
+            b"[spark_config.k]\nmaster = \"kubernetes\"\nimage = \"spark:4\"\nnamespace = \"ns\"\ndynamic_allocation = true\n"
+                .to_vec(),
+        );
+        let (home, diags) = capstan_core::load::load(std::path::Path::new("/h"), &files);
+        assert!(!diags.has_errors(), "{:?}", diags.list);
+        let mut spec = spec();
+        spec.recipe_kind = capstan_core::model::RecipeKind::PySpark;
+        spec.image = Some("spark:4".into());
+        spec.namespace = Some("ns".into());
+        spec.spark = Some(home.spark_configs["k"].clone());
+        let s = submission(&spec, "/capstan/work", "totals.py").unwrap();
+        let line = command_line(&s.args);
+        for setting in [
+            "--master k8s://https://kubernetes.default.svc",
+            "--deploy-mode client",
+            "--conf spark.dynamicAllocation.enabled=true",
+            "--conf spark.dynamicAllocation.shuffleTracking.enabled=true",
+            "--conf spark.executor.memoryOverheadFactor=0.4",
+            "--conf 'spark.kubernetes.driver.pod.name=$(CAPSTAN_POD_NAME)'",
+            "--conf spark.kubernetes.executor.podTemplateFile=/capstan/work/executor-pod.yaml",
+        ] {
+            assert!(line.contains(setting), "{setting} missing from\n{line}");
+        }
+        assert_eq!(
+            s.args.last().map(String::as_str),
+            Some("/capstan/work/totals.py")
+        );
+        assert_eq!(s.files[0].0, EXECUTOR_TEMPLATE);
     }
 
     #[test]
