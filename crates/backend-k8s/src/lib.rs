@@ -194,11 +194,7 @@ impl K8sBackend {
         };
         ctl.report(ActivityEvent::Starting);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let pending_limit = spec
-            .exec
-            .as_ref()
-            .and_then(|e| e.pending_timeout.as_ref())
-            .map(|t| Duration::from_secs(t.value.secs()));
+        let pending_limit = pending_limit(spec);
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         let pod = loop {
@@ -280,11 +276,7 @@ impl K8sBackend {
     ) -> ActivityOutcome {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let events: Api<Event> = Api::namespaced(client.clone(), ns);
-        let pending_limit = spec
-            .exec
-            .as_ref()
-            .and_then(|e| e.pending_timeout.as_ref())
-            .map(|t| Duration::from_secs(t.value.secs()));
+        let pending_limit = pending_limit(spec);
         let started = Instant::now();
         let mut last_wait = String::new();
         let mut logs: Option<tokio::task::JoinHandle<Vec<String>>> = None;
@@ -367,7 +359,7 @@ impl K8sBackend {
                         // Before the driver pod goes, and its executors with it.
                         let killed = self.save_executor_logs(&pods, spec).await;
                         if o.state == capstan_core::job::JobState::Failed && !killed.is_empty() {
-                            o.diagnosis = Some(format!(
+                            let oom = format!(
                                 "Spark executor pods were killed for exceeding their memory limit (OOMKilled: {}): raise \
                                  executor_memory_overhead (memory outside the JVM heap, where Python workers run) or \
                                  executor_memory of {}",
@@ -376,7 +368,18 @@ impl K8sBackend {
                                     "the Spark configuration".into(),
                                     |s| format!("Spark configuration '{}'", s.name)
                                 )
-                            ));
+                            );
+                            // It replaces a vaguer account of lost executors; a failure of its
+                            // own (the recipe's error, the driver's memory) comes first.
+                            o.diagnosis = Some(match o.diagnosis.take() {
+                                Some(d)
+                                    if !d.starts_with("Spark executors were killed")
+                                        && !d.starts_with("Spark lost executors") =>
+                                {
+                                    format!("{d}; also, s{}", &oom[1..])
+                                }
+                                _ => oom,
+                            });
                         }
                     }
                     save_events(spec, &pod, &evs);
@@ -421,6 +424,9 @@ impl K8sBackend {
         };
         let dir = spec.dir.join("executors");
         let mut killed = Vec::new();
+        // Bounded, so that a node that does not answer cannot hold the job's end: the logs are
+        // worth a minute, and each at most its last 10 MiB.
+        let deadline = Instant::now() + Duration::from_secs(60);
         for p in list.items.iter().filter(|p| {
             p.metadata
                 .labels
@@ -431,14 +437,21 @@ impl K8sBackend {
             let name = p.metadata.name.clone().unwrap_or_default();
             let params = LogParams {
                 timestamps: true,
+                limit_bytes: Some(10 << 20),
                 ..LogParams::default()
             };
-            match pods.logs(&name, &params).await {
-                Ok(text) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read =
+                tokio::time::timeout(left.min(Duration::from_secs(15)), pods.logs(&name, &params));
+            match read.await {
+                Ok(Ok(text)) => {
                     let _ = std::fs::create_dir_all(&dir);
                     let _ = std::fs::write(dir.join(format!("{name}.log")), text);
                 }
-                Err(e) => tracing::warn!(pod = name, error = %e, "cannot read an executor's log"),
+                Ok(Err(e)) => {
+                    tracing::warn!(pod = name, error = %e, "cannot read an executor's log")
+                }
+                Err(_) => tracing::warn!(pod = name, "an executor's log did not come in time"),
             }
             let oom = p
                 .status
@@ -647,6 +660,16 @@ impl K8sBackend {
         }
         removed
     }
+}
+
+/// How long the pod may wait to be scheduled: its execution configuration's `pending_timeout`,
+/// or a Spark driver's Spark configuration's.
+fn pending_limit(spec: &ActivitySpec) -> Option<Duration> {
+    spec.exec
+        .as_ref()
+        .and_then(|e| e.pending_timeout.as_ref())
+        .or_else(|| spec.spark.as_ref().and_then(|s| s.pending_timeout.as_ref()))
+        .map(|t| Duration::from_secs(t.value.secs()))
 }
 
 /// Streams the pod's log into the activity's log file; returns its last lines.

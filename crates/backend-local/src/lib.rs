@@ -170,13 +170,26 @@ impl LocalBackend {
         };
         let (program, args) = match spec.recipe_kind {
             RecipeKind::PySpark | RecipeKind::SparkSql => {
-                if let Some(why) = java_missing(
-                    std::env::var_os("PATH").as_deref(),
-                    std::env::var_os("JAVA_HOME").as_deref(),
-                ) {
+                let bin = python.parent().map(Path::to_path_buf).unwrap_or_default();
+                // Java as the recipe will look for it: its own JAVA_HOME if it sets one, its
+                // code environment's programs first (a conda env may bring a JDK).
+                let java_home = env
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == "JAVA_HOME")
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+                    .or_else(|| std::env::var_os("JAVA_HOME"));
+                let path = std::env::join_paths(
+                    std::iter::once(bin.clone()).chain(
+                        std::env::var_os("PATH")
+                            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                            .unwrap_or_default(),
+                    ),
+                )
+                .ok();
+                if let Some(why) = java_missing(path.as_deref(), java_home.as_deref()) {
                     return Err(why);
                 }
-                let bin = python.parent().map(Path::to_path_buf).unwrap_or_default();
                 let code_file = code
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())

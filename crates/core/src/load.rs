@@ -649,6 +649,9 @@ fn decode_spark_config(
             .string_list(cx, "image_pull_secrets")
             .map(|l| l.value)
             .unwrap_or_default(),
+        timeout: t.duration(cx, "timeout"),
+        pending_timeout: t.duration(cx, "pending_timeout"),
+        max_concurrent: t.u32(cx, "max_concurrent"),
         allowed: allowed(cx, t),
     }
 }

@@ -194,6 +194,11 @@ pub struct SparkConfig {
     pub tolerations: Vec<Sourced<Toleration>>,
     /// Secrets the driver pod and the executors pull the image with.
     pub image_pull_secrets: Vec<Sourced<String>>,
+    /// The admin's bounds, as on an execution configuration: how long a run may take, how
+    /// long a driver pod may wait to be scheduled (Kubernetes), how many runs at once.
+    pub timeout: Option<Sourced<Duration>>,
+    pub pending_timeout: Option<Sourced<Duration>>,
+    pub max_concurrent: Option<Sourced<u32>>,
     pub allowed: Allowed,
 }
 

@@ -486,6 +486,30 @@ impl<'h> Resolver<'h> {
                         Some(unknown_help(&choice.value, &names, "cluster")),
                     );
                 }
+                // A Spark configuration on Kubernetes decides where its recipes run: a Docker
+                // cluster inherited from the project or the instance (for their other recipes)
+                // does not apply; one chosen for this recipe or this run is a mistake.
+                Some(c)
+                    if spark_k8s.is_some()
+                        && c.kind() != ExecKind::Kubernetes
+                        && !matches!(choice.origin.layer, Layer::Recipe | Layer::Request) =>
+                {
+                    ignored = Some(format!(
+                        "{} cluster '{}' ({}) does not apply to {chooser}",
+                        c.kind(),
+                        c.name,
+                        choice.origin,
+                    ));
+                }
+                Some(c) if spark_k8s.is_some() && c.kind() != ExecKind::Kubernetes => {
+                    let o = choice.origin.clone();
+                    self.invalid(
+                        "cluster",
+                        &o,
+                        format!("{chooser} runs on Kubernetes, not on {} cluster `{}`", c.kind(), c.name),
+                        Some("choose a kubernetes cluster, or none for the kubeconfig's current context".into()),
+                    );
+                }
                 Some(c) if kind.value == ExecKind::Local => {
                     // Local execution runs no container, so a cluster simply does not apply.
                     ignored = Some(format!(
@@ -922,6 +946,13 @@ impl<'h> Resolver<'h> {
                         .map(|t| self.object_value(t, via_exec(c)).map(Some))
                 })
             })
+            .or_else(|| {
+                spark_k8s.and_then(|s| {
+                    s.timeout
+                        .as_ref()
+                        .map(|t| self.object_value(t, via_spark(s)).map(Some))
+                })
+            })
             .unwrap_or_else(|| self.builtin(None, Some("no timeout".into())));
 
         // Environment: merged key by key, the configuration first, then each layer upwards.
@@ -1098,10 +1129,17 @@ pub fn spark_driver_limits(spark: &SparkConfig) -> (Cpu, Memory) {
         .driver_memory
         .as_ref()
         .map_or(1 << 30, |m| m.value.bytes());
-    let overhead = (heap * 2 / 5).max(384 << 20);
+    // Saturating: a configuration may say 8Ei, which `check` accepts and the cluster refuses.
+    let overhead = (heap / 5).saturating_mul(2).max(384 << 20);
     (
-        Cpu::from_millis(u64::from(spark.driver_cores.as_ref().map_or(1, |c| c.value)) * 1000),
-        Memory::from_bytes((heap + overhead).div_ceil(1 << 20) << 20),
+        Cpu::from_millis(
+            u64::from(spark.driver_cores.as_ref().map_or(1, |c| c.value)).saturating_mul(1000),
+        ),
+        Memory::from_bytes(
+            heap.saturating_add(overhead)
+                .div_ceil(1 << 20)
+                .saturating_mul(1 << 20),
+        ),
     )
 }
 

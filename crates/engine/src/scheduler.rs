@@ -1,5 +1,5 @@
-//! The scheduler: first come, first served within each configuration's and cluster's
-//! `max_concurrent`.
+//! The scheduler: first come, first served within the `max_concurrent` of each execution
+//! configuration, cluster and Spark configuration.
 //!
 //! It owns the in-memory queue (a mirror of the queued jobs, in id order) and the counts of
 //! active jobs; the database stays the truth, and every claim is a compare-and-set in it, so a
@@ -19,14 +19,24 @@ pub(crate) struct Slot {
     id: i64,
     exec_config: Option<String>,
     cluster: Option<String>,
+    spark_config: Option<String>,
 }
 
 impl Slot {
     pub(crate) fn of(job: &JobRow) -> Slot {
+        // The Spark configuration is in the job's resolution (it has no column of its own).
+        let spark_config = serde_json::from_str::<serde_json::Value>(&job.resolution_json)
+            .ok()
+            .and_then(|r| {
+                r["settings"]["spark_config"]["value"]
+                    .as_str()
+                    .map(String::from)
+            });
         Slot {
             id: job.id,
             exec_config: job.exec_config.clone(),
             cluster: job.cluster.clone(),
+            spark_config,
         }
     }
 }
@@ -41,6 +51,7 @@ pub(crate) enum SchedMsg {
 struct Counts {
     by_exec: HashMap<String, u32>,
     by_cluster: HashMap<String, u32>,
+    by_spark: HashMap<String, u32>,
 }
 
 impl Counts {
@@ -48,6 +59,7 @@ impl Counts {
         for (map, key) in [
             (&mut self.by_exec, &s.exec_config),
             (&mut self.by_cluster, &s.cluster),
+            (&mut self.by_spark, &s.spark_config),
         ] {
             if let Some(k) = key {
                 let n = map.entry(k.clone()).or_default();
@@ -165,22 +177,35 @@ fn dispatch(engine: &Engine, queue: &mut BTreeMap<i64, Slot>, counts: &mut Count
             .and_then(|c| c.max_concurrent.as_ref())
             .map(|m| m.value)
     };
+    let limit_spark = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| home.spark_configs.get(n))
+            .and_then(|c| c.max_concurrent.as_ref())
+            .map(|m| m.value)
+    };
+    let full = |limit: Option<u32>, key: &Option<String>, counts: &HashMap<String, u32>| {
+        limit.is_some_and(|max| {
+            key.as_ref()
+                .map_or(0, |k| counts.get(k).copied().unwrap_or(0))
+                >= max
+        })
+    };
     let mut claimed = Vec::new();
     let mut gone = Vec::new();
     for (id, slot) in queue.iter() {
-        let exec_full = limit_exec(&slot.exec_config).is_some_and(|max| {
-            slot.exec_config
-                .as_ref()
-                .map_or(0, |e| counts.by_exec.get(e).copied().unwrap_or(0))
-                >= max
-        });
-        let cluster_full = limit_cluster(&slot.cluster).is_some_and(|max| {
-            slot.cluster
-                .as_ref()
-                .map_or(0, |c| counts.by_cluster.get(c).copied().unwrap_or(0))
-                >= max
-        });
-        if exec_full || cluster_full {
+        if full(
+            limit_exec(&slot.exec_config),
+            &slot.exec_config,
+            &counts.by_exec,
+        ) || full(
+            limit_cluster(&slot.cluster),
+            &slot.cluster,
+            &counts.by_cluster,
+        ) || full(
+            limit_spark(&slot.spark_config),
+            &slot.spark_config,
+            &counts.by_spark,
+        ) {
             continue;
         }
         let claim = engine.store().transition(

@@ -136,9 +136,18 @@ pub fn submission(
     } else {
         vec![code]
     };
-    // The project's library travels to the executors (the driver has it on its path already).
+    // The project's library travels to executors on other machines (the driver has it on its
+    // path already, and so do local mode's, which run inside the driver).
     let mut app = app;
-    if let Some(lib) = spec.lib_dir.as_ref().filter(|l| l.is_dir()) {
+    let remote_executors = spec
+        .spark
+        .as_ref()
+        .is_some_and(|s| s.master.value != SparkMaster::Local);
+    if let Some(lib) = spec
+        .lib_dir
+        .as_ref()
+        .filter(|l| remote_executors && l.is_dir())
+    {
         let zip = pyfiles::zip_dir(lib)
             .map_err(|e| format!("cannot zip the project library {}: {e}", lib.display()))?;
         files.push((LIB_ZIP.into(), zip));
@@ -436,7 +445,7 @@ pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
             .unwrap_or("");
         return Some(format!(
             "the Spark driver may not manage its executors ({who}): give {name} a service_account \
-             that may create, get, list, watch and delete pods and configmaps in its namespace"
+             that may create, get, list, watch, patch and delete pods and configmaps in its namespace"
         ));
     }
     if log.contains("ExecutorLostFailure") {
@@ -598,7 +607,7 @@ mod tests {
             diagnose(forbidden, &spec()).unwrap(),
             "the Spark driver may not manage its executors (User \"system:serviceaccount:capstan-spark:default\" cannot \
              create resource \"configmaps\" in API group \"\" in the namespace \"capstan-spark\"): give the default local \
-             Spark a service_account that may create, get, list, watch and delete pods and configmaps in its namespace"
+             Spark a service_account that may create, get, list, watch, patch and delete pods and configmaps in its namespace"
         );
         assert_eq!(
             diagnose(

@@ -70,6 +70,10 @@ fn collect(dir: &Path, at: &str, out: &mut Vec<(String, Vec<u8>)>) -> io::Result
         let name = format!("{at}{}", e.file_name().to_string_lossy());
         let ty = e.file_type()?;
         if ty.is_dir() {
+            // Bytecode is Python's own cache: the executors compile what they import.
+            if e.file_name() == "__pycache__" {
+                continue;
+            }
             collect(&e.path(), &format!("{name}/"), out)?;
         } else if ty.is_file() {
             out.push((name, std::fs::read(e.path())?));

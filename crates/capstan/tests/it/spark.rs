@@ -33,7 +33,8 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
     );
     h.append(
         "spark-configs.toml",
-        "\n[spark_config.tiny]\nmaster = \"local\"\nlocal_threads = 1\ndriver_memory = \"512Mi\"\n",
+        "\n[spark_config.tiny]\nmaster = \"local\"\nlocal_threads = 1\ndriver_memory = \"512Mi\"\n\
+         \n[spark_config.one]\nmaster = \"local\"\nmax_concurrent = 1\n",
     );
     h.recipe(
         "ptotals",
@@ -76,7 +77,7 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         "py",
         "import time\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\n\
          print('session up', flush=True)\ntime.sleep(600)\n",
-        "",
+        "spark_config = \"one\"",
     );
     let d = h.start();
     let want = serde_json::json!([{"customer": "alice", "total": 17.75}, {"customer": "bob", "total": 3.0}]);
@@ -109,6 +110,12 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         !out.stdout.is_empty()
     };
     assert!(jvm(), "no Spark JVM for job {id}:\n{shown}");
+    // Its Spark configuration runs one application at a time: a second run waits its turn.
+    let second = submit(&h, "sample/linger", &[]);
+    // A job queued after it runs (the scheduler passed the second one over) while it waits.
+    let after = submit(&h, "sample/hello", &[]);
+    d.wait_state(after, 60, &["succeeded"]);
+    assert_eq!(d.job(second)["state"], "queued");
     let out = h
         .capstan()
         .args(["cancel", &id.to_string()])
@@ -117,6 +124,14 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
     assert!(out.status.success(), "{}", stderr(&out));
     d.wait_state(id, 60, &["cancelled"]);
     wait_for("the Spark JVM to be gone", 30, || !jvm());
+    d.wait_state(second, 60, &["preparing", "starting", "running"]);
+    let out = h
+        .capstan()
+        .args(["cancel", &second.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.wait_state(second, 60, &["cancelled"]);
 
     let run = h.capstan().args(["run", "sample/hog"]).output().unwrap();
     assert_eq!(run.status.code(), Some(1));
