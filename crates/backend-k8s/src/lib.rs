@@ -369,16 +369,21 @@ impl K8sBackend {
                                     |s| format!("Spark configuration '{}'", s.name)
                                 )
                             );
-                            // It replaces a vaguer account of lost executors; a failure of its
-                            // own (the recipe's error, the driver's memory) comes first.
+                            // It replaces a vaguer account of lost executors, and comes before
+                            // the recipe's last words (usually Spark giving up on the tasks the
+                            // executors lost); the driver's own lack of memory is another cause.
                             o.diagnosis = Some(match o.diagnosis.take() {
+                                None => oom,
                                 Some(d)
-                                    if !d.starts_with("Spark executors were killed")
-                                        && !d.starts_with("Spark lost executors") =>
+                                    if d.starts_with("Spark executors were killed")
+                                        || d.starts_with("Spark lost executors") =>
                                 {
+                                    oom
+                                }
+                                Some(d) if d.starts_with("Spark ran out of memory") => {
                                     format!("{d}; also, s{}", &oom[1..])
                                 }
-                                _ => oom,
+                                Some(d) => format!("{oom} ({d})"),
                             });
                         }
                     }

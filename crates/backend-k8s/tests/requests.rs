@@ -298,7 +298,8 @@ async fn spark_driver_keeps_executor_logs_and_names_oom_killed_executors() {
         Some(
             "Spark executor pods were killed for exceeding their memory limit (OOMKilled: capstan-sum-exec-1): raise \
              executor_memory_overhead (memory outside the JVM heap, where Python workers run) or executor_memory of \
-             Spark configuration 'k8s'"
+             Spark configuration 'k8s' (the recipe failed with exit code 1: ERROR TaskSetManager: Task 0 in stage 0.0 \
+             failed 4 times; aborting job)"
         )
     );
     assert_eq!(
