@@ -81,13 +81,22 @@ fn code_files(spec: &ActivitySpec) -> Result<Vec<(String, Vec<u8>)>, String> {
         collect(lib, "lib", &mut files)
             .map_err(|e| format!("cannot read {}: {e}", lib.display()))?;
     }
+    fits(&files)?;
+    Ok(files)
+}
+
+/// A ConfigMap holds what capstan puts in it (the code, the library, Spark's files) only up to
+/// 1 MiB; beyond, the API server would refuse it in its own words.
+fn fits(files: &[(String, Vec<u8>)]) -> Result<(), String> {
     let total: usize = files.iter().map(|(_, b)| b.len()).sum();
     if total > MAX_CODE_BYTES {
         return Err(format!(
-            "the recipe's code and library are {total} bytes, more than the 1 MiB a ConfigMap holds: move data out of the code folder into datasets"
+            "the files the pod needs (the recipe's code, the project's library, and for Spark that library zipped for \
+             the executors) are {total} bytes, more than the 1 MiB a ConfigMap holds: move data out of the code folder \
+             into datasets"
         ));
     }
-    Ok(files)
+    Ok(())
 }
 
 fn collect(dir: &Path, at: &str, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
@@ -159,6 +168,7 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
     let command = if is_spark {
         let submission = capstan_spark::container_command(spec, WORK_DIR, &code_file)?;
         files.extend(submission.files);
+        fits(&files)?;
         submission.args
     } else {
         vec![

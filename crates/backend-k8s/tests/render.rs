@@ -165,3 +165,18 @@ fn rendered_objects_pass_the_official_schema() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn a_spark_driver_whose_library_and_its_zip_outgrow_a_config_map_is_refused_before_the_api() {
+    let tmp = std::env::temp_dir().join(format!("capstan-k8s-big-lib-{}", std::process::id()));
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/matrix/spark-driver.toml");
+    let spec = spec_for(&std::fs::read_to_string(case).unwrap(), &tmp);
+    // 600 KiB fits alone; with its copy in the executors' zip it does not.
+    std::fs::write(tmp.join("lib/helpers/table.py"), "#".repeat(600 << 10)).unwrap();
+    let err = render(&spec, "abcd1234", "capstan-spark").unwrap_err();
+    assert!(
+        err.contains("more than the 1 MiB a ConfigMap holds"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
