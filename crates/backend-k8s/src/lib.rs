@@ -430,7 +430,7 @@ impl K8sBackend {
         let dir = spec.dir.join("executors");
         let mut killed = Vec::new();
         // Bounded, so that a node that does not answer cannot hold the job's end: the logs are
-        // worth a minute, and each at most its last 10 MiB.
+        // worth a minute, 15 s each, and each at most 10 MiB.
         let deadline = Instant::now() + Duration::from_secs(60);
         for p in list.items.iter().filter(|p| {
             p.metadata
@@ -446,13 +446,26 @@ impl K8sBackend {
                 ..LogParams::default()
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            let read =
-                tokio::time::timeout(left.min(Duration::from_secs(15)), pods.logs(&name, &params));
-            match read.await {
-                Ok(Ok(text)) => {
-                    let _ = std::fs::create_dir_all(&dir);
-                    let _ = std::fs::write(dir.join(format!("{name}.log")), text);
+            let path = dir.join(format!("{name}.log"));
+            // Streamed to its file line by line: what came before a timeout is kept.
+            let copy = async {
+                let stream = pods
+                    .log_stream(&name, &params)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let mut file = std::io::BufWriter::new(
+                    std::fs::File::create(&path).map_err(|e| e.to_string())?,
+                );
+                let mut lines = stream.lines();
+                while let Some(line) = lines.next().await {
+                    let line = line.map_err(|e| e.to_string())?;
+                    writeln!(file, "{line}").map_err(|e| e.to_string())?;
                 }
+                file.flush().map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(left.min(Duration::from_secs(15)), copy).await {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(pod = name, error = %e, "cannot read an executor's log")
                 }
