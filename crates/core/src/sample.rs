@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// The files of the sample home, relative to its root, with the two users' token digests
 /// filled in.
 pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(PathBuf, String)> {
-    let files: [(&str, &str); 18] = [
+    let files: [(&str, &str); 20] = [
         ("capstan.toml", include_str!("sample/capstan.toml")),
         (
             "exec-configs.toml",
@@ -54,6 +54,14 @@ pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(Pa
         (
             "projects/sample/recipes/wine_stats_r.R",
             include_str!("sample/projects/sample/recipes/wine_stats_r.R"),
+        ),
+        (
+            "projects/sample/recipes/wine_sql.toml",
+            include_str!("sample/projects/sample/recipes/wine_sql.toml"),
+        ),
+        (
+            "projects/sample/recipes/wine_sql.sql",
+            include_str!("sample/projects/sample/recipes/wine_sql.sql"),
         ),
         (
             "projects/sample/data/wine.csv",

@@ -2,7 +2,8 @@
 //! Java), and the spark-submit capstan builds for Kubernetes.
 
 use crate::support::{
-    TestHome, head_json, import_orders, pyspark_totals, run_ok, stderr, stdout, submit, wait_for,
+    TestHome, head_json, import_csv, import_orders, pyspark_totals, run_ok, stderr, stdout, submit,
+    wait_for,
 };
 
 fn java() -> bool {
@@ -89,6 +90,19 @@ fn pyspark_and_spark_sql_recipes_read_a_dataset_and_write_outputs_and_oom_is_dia
         run_ok(&h, recipe);
         assert_eq!(head_json(&h, output), want, "{recipe}");
     }
+    // The sample's own Spark SQL recipe, as the README runs it.
+    import_csv(
+        &h,
+        "wine",
+        &std::fs::read_to_string(h.root().join("projects/sample/data/wine.csv")).unwrap(),
+    );
+    run_ok(&h, "wine_sql");
+    let wine = head_json(&h, "wine_by_cultivar_sql");
+    assert_eq!(
+        (wine[0]["cultivar"].as_str(), wine[0]["wines"].as_i64()),
+        (Some("class_0"), Some(59)),
+        "{wine}"
+    );
 
     // While it runs, `job show` says where its Spark UI is; cancel stops the driver's JVM.
     let id = submit(&h, "sample/linger", &[]);
