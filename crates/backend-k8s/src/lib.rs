@@ -134,6 +134,40 @@ impl K8sBackend {
         Ok(client)
     }
 
+    /// The API server's version, as `Kubernetes MAJOR.MINOR (GIT_VERSION)`: whether the cluster
+    /// answers, for `capstan cluster test`.
+    pub async fn server_version(
+        &self,
+        kubeconfig: Option<&str>,
+        context: Option<&str>,
+    ) -> Result<String, String> {
+        let client = self.client(kubeconfig, context).await?;
+        let v = client
+            .apiserver_version()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "Kubernetes {}.{} ({})",
+            v.major, v.minor, v.git_version
+        ))
+    }
+
+    /// Whether namespace `ns` exists; an error where the API will not say (reading namespaces
+    /// may be forbidden to a user who may use one).
+    pub async fn namespace_exists(
+        &self,
+        kubeconfig: Option<&str>,
+        context: Option<&str>,
+        ns: &str,
+    ) -> Result<bool, String> {
+        let client = self.client(kubeconfig, context).await?;
+        Api::<Namespace>::all(client)
+            .get_opt(ns)
+            .await
+            .map(|n| n.is_some())
+            .map_err(|e| api_message(&e))
+    }
+
     async fn ensure_namespace(
         &self,
         client: &Client,

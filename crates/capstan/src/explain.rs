@@ -8,7 +8,7 @@ use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve};
 use capstan_engine::record::{error_json, resolution_json, resolution_rows};
 use serde_json::{Value, json};
 
-use crate::cli::{ExplainArgs, ListArgs};
+use crate::cli::{ExplainArgs, ListArgs, Selection};
 use crate::home::load_valid;
 use crate::{Exit, exit};
 
@@ -20,18 +20,56 @@ pub fn parse_target(target: &str) -> anyhow::Result<(&str, &str)> {
     }
 }
 
+/// The run request of `--user` and the selection flags.
+pub fn request(user: &Option<String>, select: &Selection) -> RunRequest {
+    RunRequest {
+        user: user.clone(),
+        exec_config: select.exec_config.clone(),
+        cluster: select.cluster.clone(),
+        spark_config: select.spark_config.clone(),
+        code_env: select.code_env.clone(),
+        ..RunRequest::default()
+    }
+}
+
+/// Prints why a resolution failed, with each error's help; the exit scripts get: 3 when only
+/// permissions refused it, 1 otherwise.
+fn report(errors: &[ResolveError]) -> anyhow::Error {
+    for e in errors {
+        match e.help() {
+            Some(h) => eprintln!("error: {e} ({h})"),
+            None => eprintln!("error: {e}"),
+        }
+    }
+    let only_denied = errors
+        .iter()
+        .all(|e| matches!(e, ResolveError::PermissionDenied { .. }));
+    Exit(if only_denied {
+        exit::DENIED
+    } else {
+        exit::FAILURE
+    })
+    .into()
+}
+
+/// Resolves `PROJECT/RECIPE` as `--user` with the selection flags, for the commands that show
+/// what a run would do (`k8s render`, `spark render`); says why it cannot.
+pub fn resolve_target(
+    root: &Path,
+    target: &str,
+    user: &Option<String>,
+    select: &Selection,
+) -> anyhow::Result<(Home, Resolution)> {
+    let (project, recipe) = parse_target(target)?;
+    let home = load_valid(root)?;
+    let r = resolve(&home, project, recipe, &request(user, select)).map_err(|e| report(&e))?;
+    Ok((home, r))
+}
+
 pub fn run(root: &Path, args: &ExplainArgs) -> anyhow::Result<u8> {
     let (project, recipe) = parse_target(&args.target)?;
     let home = load_valid(root)?;
-    let request = RunRequest {
-        user: args.user.clone(),
-        exec_config: args.select.exec_config.clone(),
-        cluster: args.select.cluster.clone(),
-        spark_config: args.select.spark_config.clone(),
-        code_env: args.select.code_env.clone(),
-        ..RunRequest::default()
-    };
-    match resolve(&home, project, recipe, &request) {
+    match resolve(&home, project, recipe, &request(&args.user, &args.select)) {
         Ok(r) => {
             if args.json {
                 let mut out = resolution_json(&r);
@@ -42,30 +80,21 @@ pub fn run(root: &Path, args: &ExplainArgs) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Err(errors) => {
+        Err(errors) if args.json => {
             let denied = errors
                 .iter()
                 .any(|e| matches!(e, ResolveError::PermissionDenied { .. }));
             let only_denied = errors
                 .iter()
                 .all(|e| matches!(e, ResolveError::PermissionDenied { .. }));
-            if args.json {
-                let out = json!({
-                    "project": project,
-                    "recipe": recipe,
-                    "user": args.user,
-                    "allowed": !denied,
-                    "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
-                });
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                for e in &errors {
-                    match e.help() {
-                        Some(h) => eprintln!("error: {e} ({h})"),
-                        None => eprintln!("error: {e}"),
-                    }
-                }
-            }
+            let out = json!({
+                "project": project,
+                "recipe": recipe,
+                "user": args.user,
+                "allowed": !denied,
+                "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Err(Exit(if only_denied {
                 exit::DENIED
             } else {
@@ -73,6 +102,7 @@ pub fn run(root: &Path, args: &ExplainArgs) -> anyhow::Result<u8> {
             })
             .into())
         }
+        Err(errors) => Err(report(&errors)),
     }
 }
 

@@ -2,41 +2,16 @@
 
 use std::path::Path;
 
+use crate::cli::{ClusterTestArgs, K8sRenderArgs};
+use crate::exit;
+use crate::explain::resolve_target;
+use crate::home::load_valid;
 use anyhow::bail;
 use capstan_core::model::ExecKind;
-use capstan_core::resolve::{ResolveError, RunRequest, resolve};
-
-use crate::cli::{ClusterTestArgs, K8sRenderArgs};
-use crate::explain::parse_target;
-use crate::home::load_valid;
-use crate::{Exit, exit};
 
 pub fn render(root: &Path, args: &K8sRenderArgs) -> anyhow::Result<u8> {
-    let (project, recipe) = parse_target(&args.target)?;
-    let home = load_valid(root)?;
-    let request = RunRequest {
-        user: args.user.clone(),
-        exec_config: args.select.exec_config.clone(),
-        cluster: args.select.cluster.clone(),
-        spark_config: args.select.spark_config.clone(),
-        code_env: args.select.code_env.clone(),
-        ..RunRequest::default()
-    };
-    let r = match resolve(&home, project, recipe, &request) {
-        Ok(r) => r,
-        Err(errors) => {
-            for e in &errors {
-                match e.help() {
-                    Some(h) => eprintln!("error: {e} ({h})"),
-                    None => eprintln!("error: {e}"),
-                }
-            }
-            let denied = errors
-                .iter()
-                .all(|e| matches!(e, ResolveError::PermissionDenied { .. }));
-            return Err(Exit(if denied { exit::DENIED } else { exit::FAILURE }).into());
-        }
-    };
+    let (home, r) = resolve_target(root, &args.target, &args.user, &args.select)?;
+    let (project, recipe) = (&r.project, &r.recipe);
     if r.kind.value != ExecKind::Kubernetes {
         bail!(
             "{project}/{recipe} runs with {} execution (exec config {}), not on Kubernetes: pass --exec-config with a kubernetes configuration",
@@ -117,22 +92,10 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
     let ctx = context.as_ref().map(|c| c.value.clone());
 
     let t = Instant::now();
-    let client = match backend.client(kc.as_deref(), ctx.as_deref()).await {
-        Ok(c) => c,
+    match backend.server_version(kc.as_deref(), ctx.as_deref()).await {
+        Ok(v) => step(true, "API reachable", &v, t),
         Err(e) => {
             step(false, "API reachable", &e, t);
-            return Ok(exit::FAILURE);
-        }
-    };
-    match client.apiserver_version().await {
-        Ok(v) => step(
-            true,
-            "API reachable",
-            &format!("Kubernetes {}.{} ({})", v.major, v.minor, v.git_version),
-            t,
-        ),
-        Err(e) => {
-            step(false, "API reachable", &e.to_string(), t);
             return Ok(exit::FAILURE);
         }
     }
@@ -145,15 +108,15 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
         .map(|n| n.value.clone())
         .unwrap_or_else(|| "default".into());
     let ns = capstan_core::resolve::expand_namespace(&ns_template, "capstan-test", "capstan-test");
-    let namespaces: capstan_backend_k8s::kube::Api<
-        capstan_backend_k8s::k8s_openapi::api::core::v1::Namespace,
-    > = capstan_backend_k8s::kube::Api::all(client.clone());
-    match namespaces.get_opt(&ns).await {
-        Ok(Some(_)) => step(true, "namespace", &format!("{ns} exists"), t),
-        Ok(None) if config.create_namespace => {
+    match backend
+        .namespace_exists(kc.as_deref(), ctx.as_deref(), &ns)
+        .await
+    {
+        Ok(true) => step(true, "namespace", &format!("{ns} exists"), t),
+        Ok(false) if config.create_namespace => {
             step(true, "namespace", &format!("{ns} will be created"), t)
         }
-        Ok(None) => {
+        Ok(false) => {
             step(
                 false,
                 "namespace",

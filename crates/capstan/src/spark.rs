@@ -2,34 +2,14 @@
 
 use std::path::Path;
 
-use anyhow::bail;
-use capstan_core::resolve::{RunRequest, resolve};
-
 use crate::cli::SparkRenderArgs;
-use crate::explain::parse_target;
-use crate::home::load_valid;
-use crate::{Exit, exit};
+use crate::exit;
+use crate::explain::resolve_target;
+use anyhow::bail;
 
 pub fn render(root: &Path, args: &SparkRenderArgs) -> anyhow::Result<u8> {
-    let (project, recipe) = parse_target(&args.target)?;
-    let home = load_valid(root)?;
-    let request = RunRequest {
-        user: args.user.clone(),
-        exec_config: args.select.exec_config.clone(),
-        cluster: args.select.cluster.clone(),
-        spark_config: args.select.spark_config.clone(),
-        code_env: args.select.code_env.clone(),
-        ..RunRequest::default()
-    };
-    let r = match resolve(&home, project, recipe, &request) {
-        Ok(r) => r,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            return Err(Exit(exit::FAILURE).into());
-        }
-    };
+    let (home, r) = resolve_target(root, &args.target, &args.user, &args.select)?;
+    let (project, recipe) = (&r.project, &r.recipe);
     if !r.recipe_kind.is_spark() {
         bail!(
             "{project}/{recipe} is a {} recipe, not a Spark one",

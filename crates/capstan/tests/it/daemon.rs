@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::{TestHome, curl, pid_alive, stderr, stdout, submit, wait_for};
+use crate::support::{TestHome, curl, fails, pid_alive, stderr, stdout, submit, wait_for};
 
 #[test]
 fn run_streams_logs_and_succeeds() {
@@ -109,16 +109,11 @@ fn timeout_stops_the_recipe_and_records_timed_out() {
         "timeout = \"1s\"",
     );
     let d = home.start();
-    let out = home
-        .capstan()
-        .args(["run", "sample/slow"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("timed out: still running after the 1s timeout"),
-        "{}",
-        stderr(&out)
+    fails(
+        &home,
+        &["run", "sample/slow"],
+        1,
+        "timed out: still running after the 1s timeout",
     );
     let jobs = d.get("/api/v1/jobs?state=timed_out");
     assert_eq!(jobs.as_array().unwrap().len(), 1);

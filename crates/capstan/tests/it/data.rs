@@ -1,7 +1,7 @@
 //! Datasets and the data plane: import, recipes reading and writing through the data API with
 //! least-privilege tokens, atomic outputs.
 
-use crate::support::{TestHome, curl, import_csv, stderr, stdout, submit, wait_for};
+use crate::support::{TestHome, curl, fails, import_csv, stderr, stdout, submit, wait_for};
 
 const ORDERS: &str = "id,customer,amount,day\n1,alice,10.5,2026-01-01\n2,bob,3,2026-01-02\n3,alice,7.25,2026-01-03\n";
 
@@ -44,16 +44,11 @@ fn csv_import_reports_bad_lines_and_imports_nothing() {
         err.contains("2 problems") && err.contains("nothing was imported"),
         "{err}"
     );
-    let head = h
-        .capstan()
-        .args(["dataset", "head", "sample/orders"])
-        .output()
-        .unwrap();
-    assert_eq!(head.status.code(), Some(1));
-    assert!(
-        stderr(&head).contains("has no data yet"),
-        "{}",
-        stderr(&head)
+    fails(
+        &h,
+        &["dataset", "head", "sample/orders"],
+        1,
+        "has no data yet",
     );
     // With the column imported as text, the ragged line is still refused.
     let out = h
@@ -237,16 +232,11 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
     );
 
     // A write that contradicts the declared schema is refused with the column.
-    let run = h
-        .capstan()
-        .args(["run", "sample/mistyped"])
-        .output()
-        .unwrap();
-    assert_eq!(run.status.code(), Some(1));
-    assert!(
-        stderr(&run).contains("column `amount`: declared as int64, written as float64"),
-        "{}",
-        stderr(&run)
+    fails(
+        &h,
+        &["run", "sample/mistyped"],
+        1,
+        "column `amount`: declared as int64, written as float64",
     );
 
     // Users read datasets through the API too, as CSV for tools without Arrow.

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use crate::support::{TempDir, TestHome, stderr, stdout, submit, wait_for};
+use crate::support::{TempDir, TestHome, fails, stderr, stdout, submit, wait_for};
 
 fn image() -> Option<String> {
     match std::env::var("CAPSTAN_TEST_IMAGE") {
@@ -468,15 +468,10 @@ fn containers_get_their_token_as_a_file_and_an_unreachable_api_is_named() {
         "exec_config = \"small\"\ninputs = [\"orders\"]",
     );
     let _d = home.start();
-    let out = home
-        .capstan()
-        .args(["run", "sample/reach"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("cannot reach the capstan data API at http://host.docker.internal:1"),
-        "{}",
-        stderr(&out)
+    fails(
+        &home,
+        &["run", "sample/reach"],
+        1,
+        "cannot reach the capstan data API at http://host.docker.internal:1",
     );
 }

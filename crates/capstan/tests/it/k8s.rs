@@ -8,7 +8,7 @@ use capstan_backend_k8s::k8s_openapi::api::core::v1::Pod;
 use capstan_backend_k8s::kube::api::{Api, ListParams};
 
 use crate::support::{
-    TestHome, head_json, import_orders, run_ok, stderr, stdout, submit, wait_for,
+    TestHome, fails, head_json, import_orders, run_ok, stderr, stdout, submit, wait_for,
 };
 
 #[test]
@@ -58,16 +58,11 @@ fn k8s_render_of_the_sample_passes_the_official_schema_and_holds_no_token() {
         }
     }
     // A recipe on another kind of configuration is not rendered as if it were.
-    let out = h
-        .capstan()
-        .args(["k8s", "render", "sample/hello"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not on Kubernetes"),
-        "{}",
-        stderr(&out)
+    fails(
+        &h,
+        &["k8s", "render", "sample/hello"],
+        1,
+        "not on Kubernetes",
     );
     // Permissions hold here too.
     let out = h

@@ -408,3 +408,16 @@ pub fn pyspark_totals(output: &str, first: &str) -> String {
          spark.stop()\n"
     )
 }
+
+/// `capstan ARGS` in `h`, which must exit with `code` and say `needle` on its standard error.
+pub fn fails(h: &TestHome, args: &[&str], code: i32, needle: &str) -> Output {
+    let out = h.capstan().args(args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "capstan {args:?}\n{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+    out
+}
