@@ -75,19 +75,11 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
             spec.config_phrase()
         )
     })?;
-    let mut env: Vec<String> = vec![
-        format!("CAPSTAN_JOB_ID={}", spec.job_id),
-        format!("CAPSTAN_ACTIVITY_ID={}", spec.activity_id()),
-        format!("CAPSTAN_PROJECT={}", spec.project),
-        format!("CAPSTAN_RECIPE={}", spec.recipe),
-        format!("CAPSTAN_USER={}", spec.user),
-        format!(
-            "CAPSTAN_EXEC_CONFIG={}",
-            spec.exec_config.clone().unwrap_or_default()
-        ),
-        // Output reaches the log as it is printed, not when a buffer fills.
-        "PYTHONUNBUFFERED=1".to_string(),
-    ];
+    let mut env: Vec<String> = spec
+        .capstan_env()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     if spec.lib_dir.is_some() {
         env.push(format!("PYTHONPATH={WORK_DIR}/lib"));
     }

@@ -184,25 +184,15 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         ..ObjectMeta::default()
     };
 
-    let mut env = vec![
-        ("CAPSTAN_JOB_ID", spec.job_id.to_string()),
-        ("CAPSTAN_ACTIVITY_ID", spec.activity_id()),
-        ("CAPSTAN_PROJECT", spec.project.clone()),
-        ("CAPSTAN_RECIPE", spec.recipe.clone()),
-        ("CAPSTAN_USER", spec.user.clone()),
-        (
-            "CAPSTAN_EXEC_CONFIG",
-            spec.exec_config.clone().unwrap_or_default(),
-        ),
-        ("PYTHONUNBUFFERED", "1".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| EnvVar {
-        name: k.into(),
-        value: Some(v),
-        value_from: None,
-    })
-    .collect::<Vec<_>>();
+    let mut env = spec
+        .capstan_env()
+        .into_iter()
+        .map(|(k, v)| EnvVar {
+            name: k.into(),
+            value: Some(v),
+            value_from: None,
+        })
+        .collect::<Vec<_>>();
     if spec.lib_dir.is_some() {
         env.push(EnvVar {
             name: "PYTHONPATH".into(),

@@ -115,21 +115,7 @@ impl LocalBackend {
             "R_PROFILE_USER".into(),
             self.runtime_dir.join("capstan.R").display().to_string(),
         ));
-        for (k, v) in [
-            ("CAPSTAN_JOB_ID", spec.job_id.to_string()),
-            ("CAPSTAN_ACTIVITY_ID", spec.activity_id()),
-            ("CAPSTAN_PROJECT", spec.project.clone()),
-            ("CAPSTAN_RECIPE", spec.recipe.clone()),
-            ("CAPSTAN_USER", spec.user.clone()),
-            (
-                "CAPSTAN_EXEC_CONFIG",
-                spec.exec_config.clone().unwrap_or_default(),
-            ),
-            // Output reaches the log as it is printed, not when a buffer fills.
-            ("PYTHONUNBUFFERED", "1".into()),
-        ] {
-            env.push((k.into(), v));
-        }
+        env.extend(spec.capstan_env().into_iter().map(|(k, v)| (k.into(), v)));
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(access) = &spec.data {
             // The token is a file only the recipe's user can read, not a variable that `ps e`

@@ -187,6 +187,36 @@ async fn wait_final(http: &reqwest::Client, d: &Daemon, id: i64) -> Value {
 
 /// Milliseconds from submitting `recipe` to the first line its code printed (the time it
 /// printed, in ns since the epoch), for `runs` runs.
+/// Runs of each Spark comparison: a run takes seconds.
+const SPARK_RUNS: usize = 3;
+
+/// The medians, in seconds, of `raw` (Spark started directly) and of recipe `recipe` through
+/// capstan, submit → finished, run alternately.
+async fn spark_job(
+    http: &reqwest::Client,
+    d: &Daemon,
+    recipe: &str,
+    raw: impl Fn() -> std::process::Output,
+) -> (f64, f64) {
+    let (mut raws, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..SPARK_RUNS {
+        let t = Instant::now();
+        let out = raw();
+        assert!(
+            out.status.success(),
+            "raw Spark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        raws.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let id = submit(http, d, recipe).await;
+        let j = wait_final(http, d, id).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        ours.push(t.elapsed().as_secs_f64());
+    }
+    (median(raws), median(ours))
+}
+
 async fn first_lines(http: &reqwest::Client, d: &Daemon, recipe: &str, runs: usize) -> Vec<f64> {
     let mut out = Vec::new();
     for _ in 0..runs {
@@ -421,30 +451,18 @@ async fn main() {
             env.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let runs = 3;
-        let (mut raw, mut ours) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let t = Instant::now();
-            let ok = Command::new(env.join("bin/spark-submit"))
+        let raw = || {
+            Command::new(env.join("bin/spark-submit"))
                 .args(["--master", "local[*]"])
                 .arg(&app)
                 .env("PATH", &path)
                 .env("PYSPARK_PYTHON", env.join("bin/python"))
                 .output()
                 .unwrap()
-                .status
-                .success();
-            assert!(ok, "raw spark-submit failed");
-            raw.push(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            let id = submit(&http, &d, "spark").await;
-            let j = wait_final(&http, &d, id).await;
-            assert_eq!(j["state"], "succeeded", "{j}");
-            ours.push(t.elapsed().as_secs_f64());
-        }
-        let (r, o) = (median(raw), median(ours));
+        };
+        let (r, o) = spark_job(&http, &d, "spark", raw).await;
         println!();
-        println!("a small PySpark job in local mode, submit → finished (median of {runs})");
+        println!("a small PySpark job in local mode, submit → finished (median of {SPARK_RUNS})");
         println!("  raw `spark-submit`     {r:8.2} s");
         println!(
             "  capstan run            {o:8.2} s   (ratio {:.2}x; aim: ≤ 1.1x)",
@@ -458,11 +476,8 @@ async fn main() {
     // 6. Spark in a container: the same job in local mode inside a `with_spark` image, against
     // `docker run --rm` of spark-submit on that image.
     if let Ok(image) = std::env::var("CAPSTAN_BENCH_SPARK_IMAGE") {
-        let runs = 3;
-        let (mut raw, mut ours) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let t = Instant::now();
-            let ok = Command::new("docker")
+        let raw = || {
+            Command::new("docker")
                 .args(["run", "--rm", "-e", "PYSPARK_PYTHON=python3", &image, "sh", "-c"])
                 .arg(
                     "printf '%s' \"$0\" > /tmp/app.py && exec /opt/spark/bin/spark-submit --master 'local[*]' /tmp/app.py",
@@ -470,20 +485,11 @@ async fn main() {
                 .arg(SPARK_APP)
                 .output()
                 .unwrap()
-                .status
-                .success();
-            assert!(ok, "raw docker run of spark-submit failed");
-            raw.push(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            let id = submit(&http, &d, "dspark").await;
-            let j = wait_final(&http, &d, id).await;
-            assert_eq!(j["state"], "succeeded", "{j}");
-            ours.push(t.elapsed().as_secs_f64());
-        }
-        let (r, o) = (median(raw), median(ours));
+        };
+        let (r, o) = spark_job(&http, &d, "dspark", raw).await;
         println!();
         println!(
-            "the same PySpark job in a container, submit → finished (median of {runs}, image {image})"
+            "the same PySpark job in a container, submit → finished (median of {SPARK_RUNS}, image {image})"
         );
         println!("  raw `docker run --rm`  {r:8.2} s");
         println!(

@@ -115,16 +115,26 @@ fn describe(b: &Built) -> String {
     }
 }
 
+/// The image builder on the engine of `cluster` (default: the local one).
+async fn builder<'h>(
+    root: &Path,
+    home: &'h Home,
+    cluster: Option<&str>,
+    no_push: bool,
+) -> anyhow::Result<Builder<'h>> {
+    Ok(Builder {
+        root: root.to_path_buf(),
+        home,
+        engine: engine(home, cluster).await?,
+        cache: cache_dir(root),
+        no_push,
+    })
+}
+
 pub async fn build_base(root: &Path, args: &BuildBaseArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let home = load_valid(root)?;
-    let builder = Builder {
-        root: root.to_path_buf(),
-        home: &home,
-        engine: engine(&home, args.cluster.as_deref()).await?,
-        cache: cache_dir(root),
-        no_push: args.no_push,
-    };
+    let builder = builder(root, &home, args.cluster.as_deref(), args.no_push).await?;
     let mut display = Display::new();
     let result = builder.build_base(&args.name, &mut display).await;
     display.done();
@@ -164,13 +174,7 @@ pub async fn build_env(root: &Path, args: &EnvBuildArgs) -> anyhow::Result<u8> {
         }
         (None, false) => bail!("name the code environment to build, or pass --rebuild-stale"),
     };
-    let builder = Builder {
-        root: root.to_path_buf(),
-        home: &home,
-        engine: engine(&home, args.cluster.as_deref()).await?,
-        cache: cache_dir(root),
-        no_push: args.no_push,
-    };
+    let builder = builder(root, &home, args.cluster.as_deref(), args.no_push).await?;
     for name in &names {
         let env = home
             .code_envs

@@ -120,6 +120,23 @@ impl ActivitySpec {
         }
     }
 
+    /// The variables every recipe gets, whatever runs it: who and what it is (capstan's
+    /// runtime reads them), and unbuffered Python output, so the log shows lines as printed.
+    pub fn capstan_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CAPSTAN_JOB_ID", self.job_id.to_string()),
+            ("CAPSTAN_ACTIVITY_ID", self.activity_id()),
+            ("CAPSTAN_PROJECT", self.project.clone()),
+            ("CAPSTAN_RECIPE", self.recipe.clone()),
+            ("CAPSTAN_USER", self.user.clone()),
+            (
+                "CAPSTAN_EXEC_CONFIG",
+                self.exec_config.clone().unwrap_or_default(),
+            ),
+            ("PYTHONUNBUFFERED", "1".to_string()),
+        ]
+    }
+
     /// `job-activity`, as used in labels, cgroup names and logs.
     pub fn activity_id(&self) -> String {
         format!("{}-{}", self.job_id, self.idx)
