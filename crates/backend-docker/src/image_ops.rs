@@ -11,6 +11,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+use crate::host_address::{self, HostAddress};
 use crate::{engine_message, engine_name, is_not_found};
 
 /// A connected engine.
@@ -67,8 +68,19 @@ impl Engine {
         Ok(Engine { docker, name })
     }
 
-    /// The gateway of the engine's default bridge network: where its containers reach the host.
-    pub async fn bridge_gateway(&self) -> Option<String> {
+    /// An address of this machine that the engine's containers can reach, and why it is that
+    /// one: for a remote engine (`tcp://`), this machine's address toward it; for one on this
+    /// machine, the host's address on its default bridge network.
+    pub async fn host_address(&self) -> Result<HostAddress, String> {
+        if let Some((host, port)) = host_address::tcp_endpoint(&self.name) {
+            let found = tokio::task::spawn_blocking(move || host_address::toward(&host, port))
+                .await
+                .ok()
+                .flatten();
+            if let Some(a) = found {
+                return Ok(a);
+            }
+        }
         let net = self
             .docker
             .inspect_network(
@@ -76,8 +88,19 @@ impl Engine {
                 None::<bollard::query_parameters::InspectNetworkOptions>,
             )
             .await
-            .ok()?;
-        net.ipam?.config?.into_iter().find_map(|c| c.gateway)
+            .map_err(|e| {
+                format!(
+                    "cannot inspect the bridge network of the Docker engine at {}: {}",
+                    self.name,
+                    engine_message(&e)
+                )
+            })?;
+        host_address::on_bridge(&net, host_address::interface_ipv4).ok_or_else(|| {
+            format!(
+                "the bridge network of the Docker engine at {} names no gateway, interface or subnet",
+                self.name
+            )
+        })
     }
 
     /// The id and size of an image, or `None` if the engine does not have it.

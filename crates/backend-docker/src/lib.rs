@@ -9,8 +9,10 @@
 //! its logs and state are saved. At start, containers of this instance that belong to no active
 //! job are removed.
 
+pub mod host_address;
 pub mod image_ops;
 pub mod render;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -43,7 +45,8 @@ const STOP_GRACE_SECS: i32 = 2;
 
 pub struct DockerBackend {
     instance: String,
-    engines: tokio::sync::Mutex<HashMap<String, Docker>>,
+    /// Per engine: its client, and how to read its containers' exact usage, if it can be.
+    engines: tokio::sync::Mutex<HashMap<String, (Docker, Option<usage::Layout>)>>,
 }
 
 /// How to name an engine in messages.
@@ -101,6 +104,13 @@ impl DockerBackend {
     /// A client for an engine, with the API version negotiated (the engine may be older than
     /// the client library, as Debian's 20.10 is).
     async fn engine(&self, host: Option<&str>) -> Result<Docker, String> {
+        Ok(self.engine_and_layout(host).await?.0)
+    }
+
+    async fn engine_and_layout(
+        &self,
+        host: Option<&str>,
+    ) -> Result<(Docker, Option<usage::Layout>), String> {
         let key = host.unwrap_or("").to_string();
         let mut engines = self.engines.lock().await;
         if let Some(d) = engines.get(&key) {
@@ -120,21 +130,29 @@ impl DockerBackend {
         }
         .map_err(fail)?;
         let docker = docker.negotiate_version().await.map_err(fail)?;
-        engines.insert(key, docker.clone());
-        Ok(docker)
+        let driver = docker.info().await.ok().and_then(|i| i.cgroup_driver);
+        let layout = usage::Layout::for_engine(
+            usage::is_local(host),
+            driver.as_ref().map(|d| d.to_string()).as_deref(),
+        );
+        engines.insert(key, (docker.clone(), layout));
+        Ok((docker, layout))
     }
 
     async fn run_impl(&self, spec: &ActivitySpec, ctl: ActivityControl) -> ActivityOutcome {
         let host = spec.docker_host.as_deref();
         let where_ = engine_name(host);
-        let docker = match self.engine(host).await {
+        let (docker, layout) = match self.engine_and_layout(host).await {
             Ok(d) => d,
             Err(e) => return ActivityOutcome::failed(e),
         };
-        let body = match render::container_body(spec, &self.instance) {
+        let mut body = match render::container_body(spec, &self.instance) {
             Ok(b) => b,
             Err(e) => return ActivityOutcome::failed(e),
         };
+        if layout.is_some() {
+            body.host_config.get_or_insert_default().cgroup_parent = Some(self.parent(spec));
+        }
         let image = body.image.clone().unwrap_or_default();
         match docker.inspect_image(&image).await {
             Ok(_) => {}
@@ -209,14 +227,21 @@ impl DockerBackend {
             ));
         }
         ctl.report(ActivityEvent::Running);
-        self.supervise(&docker, spec, &id, &ctl, false, SystemTime::now())
+        self.supervise(&docker, layout, spec, &id, &ctl, false, SystemTime::now())
             .await
     }
 
+    /// The cgroup parent of an activity's container (see [`usage`]).
+    fn parent(&self, spec: &ActivitySpec) -> String {
+        usage::parent(&self.instance, spec.job_id, spec.idx, spec.attempt)
+    }
+
     /// Follows a started container to its end, then saves its outcome and removes it.
+    #[allow(clippy::too_many_arguments)]
     async fn supervise(
         &self,
         docker: &Docker,
+        layout: Option<usage::Layout>,
         spec: &ActivitySpec,
         id: &str,
         ctl: &ActivityControl,
@@ -269,15 +294,20 @@ impl DockerBackend {
         tracker.abort();
         let sample = *stats.lock().unwrap_or_else(|e| e.into_inner());
         // The engine samples once a second, the first time at start: a container that ended
-        // before a second sample was never measured, and a number would mislead.
+        // before a second sample was never measured, and a number would mislead. The cgroup's
+        // counters are exact, where they can be read.
         let measured = sample.samples >= 2;
+        let (exact_memory, exact_cpu) =
+            layout.map_or((None, None), |l| usage::read(l, &self.parent(spec)));
         let mut ending = Ending {
             timed_out,
             cancelled,
             log_error,
             last_stderr,
-            peak_memory_bytes: sample.peak_memory.filter(|_| measured),
-            cpu_time_ms: sample.cpu_nanos.filter(|_| measured).map(|n| n / 1_000_000),
+            peak_memory_bytes: exact_memory.or(sample.peak_memory.filter(|_| measured)),
+            cpu_time_ms: exact_cpu
+                .or(sample.cpu_nanos.filter(|_| measured))
+                .map(|n| n / 1_000_000),
             ..Ending::default()
         };
         match docker.inspect_container(id, None).await {
@@ -296,7 +326,13 @@ impl DockerBackend {
                 ))
             }
         }
+        if spec.recipe_kind.is_spark() {
+            keep_driver_log(docker, id, spec).await;
+        }
         remove(docker, id).await;
+        if let Some(l) = layout {
+            usage::remove(l, &self.parent(spec));
+        }
         let mut o = outcome(spec, &ending);
         capstan_spark::refine(spec, &mut o);
         o
@@ -339,7 +375,7 @@ impl DockerBackend {
             Some(h) => Some(h),
             None => spec.docker_host.as_deref(),
         };
-        let docker = match self.engine(host).await {
+        let (docker, layout) = match self.engine_and_layout(host).await {
             Ok(d) => d,
             Err(e) => {
                 return Resumed::Finished(ActivityOutcome::failed(format!(
@@ -385,7 +421,7 @@ impl DockerBackend {
         ctl.report(ActivityEvent::Running);
         // The daemon missed part of the output: the engine kept all of it.
         Resumed::Finished(
-            self.supervise(&docker, spec, &id, &ctl, true, started)
+            self.supervise(&docker, layout, spec, &id, &ctl, true, started)
                 .await,
         )
     }
@@ -423,9 +459,15 @@ impl DockerBackend {
         let mut removed = Vec::new();
         for host in hosts {
             // An engine that is down now has nothing we can remove; it is swept next time.
-            let Ok(docker) = self.engine(host.as_deref()).await else {
+            let Ok((docker, layout)) = self.engine_and_layout(host.as_deref()).await else {
                 continue;
             };
+            if let Some(l) = layout {
+                let n = usage::sweep(l, &self.instance);
+                if n > 0 {
+                    removed.push(format!("{n} empty cgroup parent(s) of ended containers"));
+                }
+            }
             let Ok(list) = docker
                 .list_containers(Some(
                     ListContainersOptionsBuilder::new()
@@ -469,6 +511,42 @@ impl DockerBackend {
             }
         }
         removed
+    }
+}
+
+/// Copies a Spark driver's full log out of its ended container, beside the job's log (the
+/// console had only warnings).
+async fn keep_driver_log(docker: &Docker, id: &str, spec: &ActivitySpec) {
+    let dir = render::WORK_DIR.rsplit_once('/').map_or("/", |(d, _)| d);
+    let path = format!("{dir}/{}", capstan_spark::DRIVER_LOG);
+    let mut stream = docker.download_from_container(
+        id,
+        Some(
+            bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+                .path(&path)
+                .build(),
+        ),
+    );
+    let mut tar_bytes = Vec::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        tar_bytes.extend_from_slice(&chunk);
+        // A runaway log is not worth the daemon's memory.
+        if tar_bytes.len() > 256 << 20 {
+            return;
+        }
+    }
+    let dest = &spec.dir;
+    let mut archive = tar::Archive::new(std::io::Cursor::new(tar_bytes));
+    if let Ok(entries) = archive.entries() {
+        for mut e in entries.flatten() {
+            if e.path()
+                .is_ok_and(|p| p.ends_with(capstan_spark::DRIVER_LOG))
+            {
+                if let Ok(mut f) = std::fs::File::create(dest.join(capstan_spark::DRIVER_LOG)) {
+                    let _ = std::io::copy(&mut e, &mut f);
+                }
+            }
+        }
     }
 }
 

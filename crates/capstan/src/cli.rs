@@ -203,6 +203,10 @@ pub struct QuickstartArgs {
     /// Where to create the demo home when no home is given (default: ./demo-home).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Also build the images of the recipes that run in containers (minutes, the first time)
+    /// and run them, on the local Docker engine.
+    #[arg(long)]
+    pub containers: bool,
 }
 
 #[derive(Debug, Subcommand)]

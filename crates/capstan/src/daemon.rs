@@ -1,14 +1,17 @@
 //! `capstan serve`: the daemon of one home. Also started in-process by `capstan quickstart`.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use capstan_backend_local::LocalBackend;
+use capstan_core::model::ExecKind;
 use capstan_core::token::hash_token;
 use capstan_engine::Engine;
 use capstan_engine::backend::Backend;
+use futures_util::future::BoxFuture;
 use serde_json::json;
 
 use crate::cli::ServeArgs;
@@ -108,27 +111,28 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
         .with_context(|| format!("cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
     data.set_api_url(&format!("http://{addr}"));
-    // Containers reach the data API at `[server] public_url` when set. Otherwise, a daemon on
-    // loopback also listens on the local engine's bridge gateway, which containers know as
-    // host.docker.internal. Known before the scheduler starts, so every grant has it.
-    let mut gateway = None;
-    let container_url = match public_url {
-        Some(u) => Some(u),
-        None if addr.ip().is_unspecified() => {
-            Some(format!("http://host.docker.internal:{}", addr.port()))
-        }
-        None if addr.ip().is_loopback() => match gateway_listener(addr.port()).await {
-            Some(gw) => {
-                let local = gw.local_addr()?;
-                tracing::info!(address = %local, "data API for containers");
-                gateway = Some(gw);
-                Some(format!("http://host.docker.internal:{}", local.port()))
-            }
-            None => None,
-        },
-        None => Some(format!("http://{addr}")),
+    let token = crate::init::new_token()?;
+    let state = capstan_server::AppState {
+        engine: engine.clone(),
+        data: data.clone(),
+        local_token_sha256: Arc::new(hash_token(&token)),
     };
-    data.set_container_url(container_url);
+    let app = capstan_server::router(state);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    // Known before the scheduler starts, so that every grant can ask it.
+    let routes = Arc::new(Routes {
+        bind: addr,
+        public_url,
+        app: app.clone(),
+        shutdown: rx.clone(),
+        known: tokio::sync::Mutex::new(HashMap::new()),
+        listening: Mutex::new(HashMap::new()),
+    });
+    data.set_routes(routes.clone());
+    // Said at start, so an admin sees where containers will call back before any job does.
+    if let Err(why) = routes.docker(None).await {
+        tracing::info!(%why, "no data API address for containers on the local Docker engine yet");
+    }
     let report = starter
         .start()
         .context("cannot recover the previous daemon's jobs")?;
@@ -139,28 +143,7 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
             "recovered the previous daemon's jobs"
         );
     }
-    let token = crate::init::new_token()?;
-    let state = capstan_server::AppState {
-        engine: engine.clone(),
-        data: data.clone(),
-        local_token_sha256: Arc::new(hash_token(&token)),
-    };
-    let app = capstan_server::router(state);
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let serve = |listener: tokio::net::TcpListener, mut rx: tokio::sync::watch::Receiver<bool>| {
-        let app = app.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                })
-                .await
-        })
-    };
-    if let Some(gw) = gateway {
-        serve(gw, rx.clone());
-    }
-    let server = serve(listener, rx);
+    let server = serve_api(app, listener, rx);
     let info = json!({"pid": std::process::id(), "url": format!("http://{addr}"), "token": token});
     write_private(&info_path(root), info.to_string().as_bytes())?;
     Ok(Daemon {
@@ -174,22 +157,128 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     })
 }
 
-/// A listener on the local Docker engine's bridge gateway (same port if free), if there is an
-/// engine to ask.
-async fn gateway_listener(port: u16) -> Option<tokio::net::TcpListener> {
-    let engine = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        capstan_backend_docker::image_ops::Engine::connect(None),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let gateway = engine.bridge_gateway().await?;
-    match tokio::net::TcpListener::bind((gateway.as_str(), port)).await {
-        Ok(l) => Some(l),
-        Err(_) => tokio::net::TcpListener::bind((gateway.as_str(), 0))
+fn serve_api(
+    app: axum::Router,
+    listener: tokio::net::TcpListener,
+    mut rx: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
             .await
-            .ok(),
+    })
+}
+
+/// Where containers and pods reach this daemon's API: `[server] public_url` when set; else an
+/// address of this machine that an engine's containers can reach, which a daemon bound to
+/// loopback listens on too. Never a loopback URL: from a container, that is the container.
+struct Routes {
+    bind: SocketAddr,
+    public_url: Option<String>,
+    app: axum::Router,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Per Docker engine (`""`: the local one), the URL its containers get. Only what was found
+    /// is kept: an engine that is down now may be up at the next run.
+    known: tokio::sync::Mutex<HashMap<String, String>>,
+    /// The extra addresses listened on, with their port.
+    listening: Mutex<HashMap<IpAddr, u16>>,
+}
+
+/// What to do when containers have no address for the daemon.
+const SET_PUBLIC_URL: &str = "set [server] public_url in capstan.toml to an address of this machine they can reach (and bind the daemon there: [server] bind or `capstan serve --bind`)";
+
+impl Routes {
+    async fn docker(&self, host: Option<&str>) -> Result<String, String> {
+        let key = host.unwrap_or("").to_string();
+        let mut known = self.known.lock().await;
+        if let Some(url) = known.get(&key) {
+            return Ok(url.clone());
+        }
+        let (url, why, engine) = self.find(host).await?;
+        tracing::info!(%engine, %url, %why, "containers on this engine reach the data API here");
+        known.insert(key, url.clone());
+        Ok(url)
+    }
+
+    async fn find(&self, host: Option<&str>) -> Result<(String, String, String), String> {
+        let named = || host.unwrap_or("the local engine").to_string();
+        if let Some(u) = &self.public_url {
+            return Ok((u.clone(), "[server] public_url".into(), named()));
+        }
+        let ip = self.bind.ip();
+        if !ip.is_loopback() && !ip.is_unspecified() {
+            let why = "the address the daemon is bound to".to_string();
+            return Ok((format!("http://{}", self.bind), why, named()));
+        }
+        let engine = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            capstan_backend_docker::image_ops::Engine::connect(host),
+        )
+        .await
+        .map_err(|_| format!("the Docker engine ({}) did not answer within 5s", named()))??;
+        let found = engine.host_address().await.map_err(|e| {
+            format!("{e}, so its containers have no address to reach the capstan data API at: {SET_PUBLIC_URL}")
+        })?;
+        let port = if ip.is_unspecified() {
+            self.bind.port()
+        } else {
+            self.listen(found.ip).await.map_err(|e| {
+                format!(
+                    "cannot listen on {} for the containers of the Docker engine at {}: {e}; {SET_PUBLIC_URL}",
+                    found.ip, engine.name
+                )
+            })?
+        };
+        let url = format!("http://{}", SocketAddr::new(found.ip, port));
+        Ok((url, found.why, engine.name))
+    }
+
+    /// Serves the API on `ip` too, on the daemon's port if it is free there.
+    async fn listen(&self, ip: IpAddr) -> std::io::Result<u16> {
+        if let Some(port) = self
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ip)
+        {
+            return Ok(*port);
+        }
+        let listener = match tokio::net::TcpListener::bind((ip, self.bind.port())).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind((ip, 0)).await?,
+        };
+        let port = listener.local_addr()?.port();
+        serve_api(self.app.clone(), listener, self.shutdown.clone());
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ip, port);
+        Ok(port)
+    }
+}
+
+impl capstan_server::data_api::ContainerRoutes for Routes {
+    fn url<'a>(
+        &'a self,
+        kind: ExecKind,
+        docker_host: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            match kind {
+                ExecKind::Docker => self.docker(docker_host).await,
+                _ => match &self.public_url {
+                    Some(u) => Ok(u.clone()),
+                    None if !self.bind.ip().is_loopback() && !self.bind.ip().is_unspecified() => {
+                        Ok(format!("http://{}", self.bind))
+                    }
+                    None => Err(format!(
+                        "pods have no address to reach the capstan data API at: {SET_PUBLIC_URL}"
+                    )),
+                },
+            }
+        })
     }
 }
 

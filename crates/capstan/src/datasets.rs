@@ -53,6 +53,32 @@ fn print_schema(schema: &capstan_data::arrow::datatypes::Schema) {
 
 pub fn import(root: &Path, args: &DatasetImportArgs) -> anyhow::Result<u8> {
     let (project, name) = parse_target(&args.target)?;
+    let (schema, rows, declared) =
+        import_file(root, project, name, &args.file, args.schema.as_deref())?;
+    if let Some(path) = declared {
+        println!(
+            "declared dataset {name} in {}",
+            path.strip_prefix(root).unwrap_or(&path).display()
+        );
+    }
+    println!("imported {rows} rows into {project}/{name}:");
+    print_schema(&schema);
+    Ok(exit::OK)
+}
+
+/// Imports a CSV or Parquet file as a new version of `project/name`: the schema and the rows
+/// written, and the project file the dataset was declared in if it was not yet.
+pub fn import_file(
+    root: &Path,
+    project: &str,
+    name: &str,
+    file: &Path,
+    schema_overrides: Option<&str>,
+) -> anyhow::Result<(
+    capstan_data::arrow::datatypes::SchemaRef,
+    u64,
+    Option<std::path::PathBuf>,
+)> {
     capstan_core::check_name(name).map_err(anyhow::Error::msg)?;
     let home = load_valid(root)?;
     let p = home
@@ -61,20 +87,20 @@ pub fn import(root: &Path, args: &DatasetImportArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("unknown project `{project}`"))?;
     let store = ParquetStore::new(root);
     let stage = format!("import-{}", std::process::id());
-    let is_parquet = args.file.extension().is_some_and(|e| e == "parquet");
+    let is_parquet = file.extension().is_some_and(|e| e == "parquet");
     let (schema, rows) = if is_parquet {
-        let file = std::fs::File::open(&args.file)
-            .with_context(|| format!("cannot open {}", args.file.display()))?;
-        let reader = capstan_data::parquet_reader(file)
-            .with_context(|| format!("{} is not a Parquet file", args.file.display()))?;
+        let opened =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let reader = capstan_data::parquet_reader(opened)
+            .with_context(|| format!("{} is not a Parquet file", file.display()))?;
         let schema = reader.schema();
         let mut w = store.stage(project, name, &stage, schema.clone())?;
         for batch in reader {
-            w.write(&batch.with_context(|| format!("cannot read {}", args.file.display()))?)?;
+            w.write(&batch.with_context(|| format!("cannot read {}", file.display()))?)?;
         }
         (schema, w.finish()?)
     } else {
-        let schema = match csv_import::infer(&args.file, &overrides(args.schema.as_deref())?) {
+        let schema = match csv_import::infer(&file, &overrides(schema_overrides)?) {
             Ok(s) => s,
             Err(ImportError::BadLines { path, lines, total }) => {
                 for l in &lines {
@@ -92,7 +118,7 @@ pub fn import(root: &Path, args: &DatasetImportArgs) -> anyhow::Result<u8> {
             Err(e) => return Err(e.into()),
         };
         let mut w = store.stage(project, name, &stage, schema.clone())?;
-        let result = csv_import::read(&args.file, &schema, |b| w.write(&b));
+        let result = csv_import::read(&file, &schema, |b| w.write(&b));
         if let Err(e) = result {
             store.discard(project, name, &stage);
             return Err(e.into());
@@ -111,11 +137,12 @@ pub fn import(root: &Path, args: &DatasetImportArgs) -> anyhow::Result<u8> {
             store.discard(project, name, &stage);
             bail!(
                 "{} does not match the schema declared for {project}/{name}: {e}",
-                args.file.display()
+                file.display()
             );
         }
     }
     store.commit(project, name, &stage)?;
+    let mut declared = None;
     if !p.datasets.contains_key(name) {
         // Declared for the user, so recipes can name it at once.
         let path = root.join("projects").join(project).join("project.toml");
@@ -124,14 +151,9 @@ pub fn import(root: &Path, args: &DatasetImportArgs) -> anyhow::Result<u8> {
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         writeln!(f, "\n[dataset.{name}]\nformat = \"parquet\"")?;
-        println!(
-            "declared dataset {name} in {}",
-            path.strip_prefix(root).unwrap_or(&path).display()
-        );
+        declared = Some(path);
     }
-    println!("imported {rows} rows into {project}/{name}:");
-    print_schema(&schema);
-    Ok(exit::OK)
+    Ok((schema, rows, declared))
 }
 
 pub fn head(root: &Path, args: &DatasetHeadArgs) -> anyhow::Result<u8> {

@@ -1,15 +1,33 @@
-//! `capstan quickstart`: the README's main-job command.
+//! `capstan quickstart`: the README's main-job command, the product in five minutes.
 //!
-//! Creates a demo home when there is none, starts its daemon in this process (or uses the one
-//! already running), runs every recipe of the sample project on the instance default, and
-//! prints what ran, where, for how long, and the result.
+//! Creates a demo home when there is none, imports the datasets its projects ship
+//! (`projects/KEY/data/NAME.csv` for a declared dataset that no recipe builds), starts its
+//! daemon in this process (or uses the one already running), runs the recipes in dependency
+//! order (a dataset's producer before its readers), and prints a few rows of every dataset they
+//! wrote. Recipes that run in containers run with `--containers`, after their images are
+//! built; without it, one line says what was left out and how to run it.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::cli::{QuickstartArgs, RunArgs};
+use capstan_core::flow;
+use capstan_core::model::{ExecKind, Home, Project, Recipe};
+use capstan_data::{DatasetStore, ParquetStore};
+
+use crate::cli::{BuildBaseArgs, EnvBuildArgs, QuickstartArgs, RunArgs};
 use crate::client::Client;
 use crate::exit;
-use crate::jobs::{follow, submit, summary};
+use crate::jobs::{submit, summary, wait_final};
+
+/// Rows shown of each dataset a recipe wrote.
+const RESULT_ROWS: usize = 5;
+
+/// What the quickstart does with one recipe.
+enum Plan {
+    Run,
+    Skip(String),
+}
 
 pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Result<u8> {
     let root: PathBuf = match home_arg {
@@ -31,6 +49,29 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
         println!("using home {}", root.display());
     }
     let home = crate::home::load_valid(&root)?;
+    import_shipped_data(&root, &home)?;
+
+    let containers = container_recipes(&home);
+    let engine = if containers.is_empty() {
+        None
+    } else {
+        Some(local_engine().await)
+    };
+    let mut images_ok = false;
+    match (&engine, args.containers) {
+        (Some(Ok(_)), true) => {
+            images_ok = build_images(&root, &home, &containers).await;
+        }
+        (Some(Ok(name)), false) => println!(
+            "\n{} recipe(s) run in containers on the Docker engine at {name}: `capstan quickstart --containers` builds their images (minutes, the first time) and runs them too",
+            containers.len()
+        ),
+        (Some(Err(why)), _) => println!(
+            "\n{} recipe(s) run in containers and are left out: {why}",
+            containers.len()
+        ),
+        (None, _) => {}
+    }
 
     let (client, daemon) = match crate::daemon::read_info(&root) {
         Some(info) => {
@@ -44,40 +85,40 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
         }
     };
 
-    let mut failed = 0;
-    // Recipes that run as local processes run now; container recipes need their images built
-    // first, which takes minutes the first time, so they are listed with what to run.
-    let mut in_containers = Vec::new();
+    let store = ParquetStore::new(&root);
+    let (mut ran, mut failed, mut skipped) = (0, 0, Vec::new());
     for p in home.projects.values() {
-        for r in p.recipes.values() {
+        // Datasets no run of this quickstart can give a reader: their producer was left out
+        // or failed.
+        let mut unavailable: BTreeSet<&str> = BTreeSet::new();
+        for r in flow::order(p) {
             let target = format!("{}/{}", p.key, r.name);
-            let resolved =
-                capstan_core::resolve::resolve(&home, &p.key, &r.name, &Default::default());
-            if let Ok(res) = &resolved
-                && res.kind.value != capstan_core::model::ExecKind::Local
-            {
-                in_containers.push((target, res.exec_config.value.clone().unwrap_or_default()));
+            let plan = plan(&home, p, r, images_ok, &store, &unavailable);
+            if let Plan::Skip(why) = plan {
+                skipped.push(format!("{target}: {why}"));
+                unavailable.extend(r.outputs.iter().map(|o| o.value.as_str()));
                 continue;
             }
-            let args = RunArgs {
-                target: target.clone(),
-                select: Default::default(),
-                timeout: None,
-                env: Vec::new(),
-                detach: false,
-                json: false,
-            };
             println!();
             println!("==> {target} ({} recipe)", r.kind.value.as_str());
-            let job = submit(&client, &args).await?;
-            let id = job["id"].as_i64().unwrap_or(0);
-            let job = follow(&client, id, "  | ").await?;
-            println!("{}", summary(&job));
+            let job = run_one(&client, &target).await?;
+            println!("  {}", summary(&job));
+            ran += 1;
             if job["state"] != "succeeded" {
                 failed += 1;
+                unavailable.extend(r.outputs.iter().map(|o| o.value.as_str()));
                 if let Some(d) = job["diagnosis"].as_str() {
-                    println!("error: {d}");
+                    println!("  error: {d}");
                 }
+                println!(
+                    "  its full log: capstan --home {} logs {}",
+                    root.display(),
+                    job["id"]
+                );
+                continue;
+            }
+            for o in &r.outputs {
+                show_result(&store, &p.key, &o.value);
             }
         }
     }
@@ -85,31 +126,213 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
         d.stop(true).await;
     }
     println!();
-    if !in_containers.is_empty() {
-        let h = root.display();
-        println!("recipes that run in containers (not run now):");
-        for (target, config) in &in_containers {
-            println!("  {target} on {config}");
+    if !skipped.is_empty() {
+        println!("left out:");
+        for s in &skipped {
+            println!("  {s}");
         }
-        println!("to run them, with a Docker engine on this machine:");
-        println!(
-            "  capstan --home {h} dataset import sample/wine {h}/projects/sample/data/wine.csv"
-        );
-        println!(
-            "  capstan --home {h} image build-base default --no-push && capstan --home {h} image build-base r --no-push"
-        );
-        println!("  capstan --home {h} env build pandas --no-push");
-        println!("  capstan --home {h} serve &   then   capstan --home {h} run sample/wine_stats");
         println!();
     }
+    let h = root.display();
     if failed == 0 {
         println!(
-            "all local sample recipes succeeded; next: `capstan --home {} serve`, then `capstan run sample/hello`",
-            root.display()
+            "{ran} recipe(s) succeeded. Next: `capstan --home {h} serve`, then `capstan --home {h} run sample/hello` or `capstan --home {h} jobs`"
         );
         Ok(exit::OK)
     } else {
-        println!("{failed} recipe(s) failed");
+        println!("{failed} of {ran} recipe(s) failed");
         Ok(exit::FAILURE)
+    }
+}
+
+/// Imports `projects/KEY/data/NAME.csv` for each declared dataset that no recipe builds and
+/// that has no data yet.
+fn import_shipped_data(root: &Path, home: &Home) -> anyhow::Result<()> {
+    let store = ParquetStore::new(root);
+    for p in home.projects.values() {
+        for d in p.datasets.values() {
+            let file = root
+                .join("projects")
+                .join(&p.key)
+                .join("data")
+                .join(format!("{}.csv", d.name));
+            if flow::producer(p, &d.name).is_some()
+                || !file.is_file()
+                || matches!(store.info(&p.key, &d.name), Ok(Some(_)))
+            {
+                continue;
+            }
+            let (_, rows, _) = crate::datasets::import_file(root, &p.key, &d.name, &file, None)?;
+            println!(
+                "imported {}/{}: {rows} rows from {}",
+                p.key,
+                d.name,
+                file.strip_prefix(root).unwrap_or(&file).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn kind_of(home: &Home, p: &Project, r: &Recipe) -> Option<(ExecKind, Option<String>)> {
+    capstan_core::resolve::resolve(home, &p.key, &r.name, &Default::default())
+        .ok()
+        .map(|res| (res.kind.value, res.exec_config.value))
+}
+
+/// The recipes that run in Docker containers: `(project, recipe)`.
+fn container_recipes(home: &Home) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in home.projects.values() {
+        for r in p.recipes.values() {
+            if matches!(kind_of(home, p, r), Some((ExecKind::Docker, _))) {
+                out.push((p.key.clone(), r.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The local Docker engine's name, or why there is none to use.
+async fn local_engine() -> Result<String, String> {
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        capstan_backend_docker::image_ops::Engine::connect(None),
+    )
+    .await
+    {
+        Ok(Ok(e)) => Ok(e.name),
+        Ok(Err(e)) => Err(format!("no Docker engine answers ({e})")),
+        Err(_) => Err("the Docker engine did not answer within 3s".into()),
+    }
+}
+
+/// Builds the base and code environment images the container recipes need, with the image
+/// commands' own progress. Returns whether every one was built.
+async fn build_images(root: &Path, home: &Home, recipes: &[(String, String)]) -> bool {
+    let mut bases = BTreeSet::new();
+    let mut envs = BTreeSet::new();
+    for (p, r) in recipes {
+        let Ok(res) = capstan_core::resolve::resolve(home, p, r, &Default::default()) else {
+            continue;
+        };
+        if let Some(env) = res.code_env.value {
+            envs.insert(env);
+        }
+        let config = res
+            .exec_config
+            .value
+            .and_then(|c| home.exec_configs.get(&c));
+        if let Some(base) = config
+            .filter(|c| c.image.is_none())
+            .and_then(|c| c.base_image.as_ref())
+        {
+            bases.insert(base.value.clone());
+        }
+    }
+    let mut ok = true;
+    for name in bases {
+        println!("\n==> base image {name}");
+        let args = BuildBaseArgs {
+            name: name.clone(),
+            no_push: true,
+            cluster: None,
+        };
+        if let Err(e) = crate::images::build_base(root, &args).await {
+            println!("  error: {e:#}");
+            ok = false;
+        }
+    }
+    for name in envs {
+        println!("\n==> code environment {name}");
+        let args = EnvBuildArgs {
+            name: Some(name.clone()),
+            rebuild_stale: false,
+            no_push: true,
+            cluster: None,
+        };
+        if let Err(e) = crate::images::build_env(root, &args).await {
+            println!("  error: {e:#}");
+            ok = false;
+        }
+    }
+    ok
+}
+
+fn plan(
+    home: &Home,
+    p: &Project,
+    r: &Recipe,
+    images_ok: bool,
+    store: &ParquetStore,
+    unavailable: &BTreeSet<&str>,
+) -> Plan {
+    match kind_of(home, p, r) {
+        None => return Plan::Skip("it does not resolve (see `capstan check`)".into()),
+        Some((ExecKind::Kubernetes, config)) => {
+            return Plan::Skip(format!(
+                "runs on Kubernetes (exec config {}), which needs a cluster",
+                config.unwrap_or_default()
+            ));
+        }
+        Some((ExecKind::Docker, config)) if !images_ok => {
+            return Plan::Skip(format!(
+                "runs in a container (exec config {}): `capstan quickstart --containers`",
+                config.unwrap_or_default()
+            ));
+        }
+        _ => {}
+    }
+    for i in &r.inputs {
+        let input = i.value.as_str();
+        if unavailable.contains(input) {
+            return Plan::Skip(format!("its input {input} was not built in this run"));
+        }
+        if flow::producer(p, input).is_none() && !matches!(store.info(&p.key, input), Ok(Some(_))) {
+            return Plan::Skip(format!(
+                "its input {input} has no data: `capstan dataset import {}/{input} FILE.csv`",
+                p.key
+            ));
+        }
+    }
+    Plan::Run
+}
+
+/// Runs one recipe and waits for its end, showing what it prints on stdout (frameworks log on
+/// stderr: that stays in the job's log).
+async fn run_one(client: &Client, target: &str) -> anyhow::Result<serde_json::Value> {
+    let args = RunArgs {
+        target: target.to_string(),
+        select: Default::default(),
+        timeout: None,
+        env: Vec::new(),
+        detach: false,
+        json: false,
+    };
+    let job = submit(client, &args).await?;
+    let id = job["id"].as_i64().unwrap_or(0);
+    client
+        .logs(id, true, |l| {
+            if !l.stderr {
+                println!("  | {}", l.text);
+            }
+        })
+        .await?;
+    wait_final(client, id).await
+}
+
+/// A few rows of a dataset a recipe wrote.
+fn show_result(store: &ParquetStore, project: &str, dataset: &str) {
+    let rows = store
+        .read(project, dataset, None, Some(RESULT_ROWS))
+        .and_then(|reader| reader.collect::<Result<Vec<_>, _>>().map_err(Into::into));
+    match rows {
+        Ok(batches) => {
+            println!("  {project}/{dataset}:");
+            for line in capstan_data::display::table(&batches).lines() {
+                println!("    {line}");
+            }
+        }
+        Err(e) => println!("  {project}/{dataset}: cannot read it back: {e}"),
     }
 }

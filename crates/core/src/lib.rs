@@ -7,6 +7,7 @@
 //! Start at [`load_home`], then [`resolve::resolve`].
 
 pub mod diag;
+pub mod flow;
 pub mod job;
 pub mod load;
 pub mod model;

@@ -642,6 +642,13 @@ fn decode_spark_config(
         executor_memory_overhead: t.memory(cx, "executor_memory_overhead"),
         executor_instances: t.u32(cx, "executor_instances"),
         dynamic_allocation: t.bool(cx, "dynamic_allocation"),
+        log_level: choice(
+            cx,
+            t,
+            "log_level",
+            &SparkLogLevel::NAMES,
+            SparkLogLevel::parse,
+        ),
         conf: t.string_map(cx, "conf"),
         node_selector: t.string_map(cx, "node_selector"),
         tolerations: tolerations(cx, t),

@@ -166,6 +166,39 @@ impl SparkMaster {
     }
 }
 
+/// A log4j level, for the Spark driver's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SparkLogLevel {
+    Error,
+    #[default]
+    Warn,
+    Info,
+    Debug,
+}
+
+impl SparkLogLevel {
+    pub const NAMES: [&'static str; 4] = ["error", "warn", "info", "debug"];
+
+    pub fn parse(s: &str) -> Option<SparkLogLevel> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "error" => SparkLogLevel::Error,
+            "warn" => SparkLogLevel::Warn,
+            "info" => SparkLogLevel::Info,
+            "debug" => SparkLogLevel::Debug,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SparkLogLevel::Error => "error",
+            SparkLogLevel::Warn => "warn",
+            SparkLogLevel::Info => "info",
+            SparkLogLevel::Debug => "debug",
+        }
+    }
+}
+
 /// A Spark configuration: the execution configuration of Spark activities.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SparkConfig {
@@ -189,6 +222,9 @@ pub struct SparkConfig {
     pub executor_memory_overhead: Option<Sourced<Memory>>,
     pub executor_instances: Option<Sourced<u32>>,
     pub dynamic_allocation: Option<Sourced<bool>>,
+    /// The level of the driver's log in the job's log (`warn` by default; Spark's INFO
+    /// chatter goes to the full driver log beside it).
+    pub log_level: Option<Sourced<SparkLogLevel>>,
     pub conf: BTreeMap<String, Sourced<String>>,
     pub node_selector: BTreeMap<String, Sourced<String>>,
     pub tolerations: Vec<Sourced<Toleration>>,

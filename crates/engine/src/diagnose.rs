@@ -3,7 +3,27 @@
 use capstan_core::job::JobState;
 use capstan_core::quantity::Memory;
 
+use capstan_core::model::Home;
+
 use crate::backend::{ActivityOutcome, ActivitySpec};
+
+/// Why an activity cannot start: its input `dataset` has no data. Names what would produce it:
+/// the project's recipe that writes it, or an import.
+pub fn missing_input(home: &Home, project: &str, dataset: &str) -> String {
+    let producer = home
+        .projects
+        .get(project)
+        .and_then(|p| capstan_core::flow::producer(p, dataset));
+    match producer {
+        Some(r) => format!(
+            "input dataset `{dataset}` has no data yet: recipe `{project}/{}` builds it (`capstan run {project}/{}`)",
+            r.name, r.name
+        ),
+        None => format!(
+            "input dataset `{dataset}` has no data yet, and no recipe of project `{project}` builds it: import it with `capstan dataset import {project}/{dataset} FILE.csv`"
+        ),
+    }
+}
 
 /// How a recipe's process or container ended, as a backend observed it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,30 +61,52 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// The line of a Python traceback that names the error, and where it was raised in the
-/// recipe's own code.
-pub fn python_error(stderr: &[String]) -> Option<String> {
+/// The last Python traceback in some lines of stderr: which line names the error, and where
+/// it was raised (`fail.py line 3`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Traceback {
+    pub error_line: usize,
+    pub place: Option<String>,
+}
+
+pub fn traceback(stderr: &[String]) -> Option<Traceback> {
     let start = stderr
         .iter()
         .rposition(|l| l.starts_with("Traceback (most recent call last)"))?;
-    let tb = &stderr[start..];
-    let error = tb
+    // The error is the first line after the frames (indented), not the last line: a framework
+    // may log on after the traceback (Spark's shutdown hooks do).
+    let end = stderr[start + 1..]
         .iter()
-        .rev()
-        .find(|l| !l.starts_with(' ') && !l.trim().is_empty())?;
+        .position(|l| !l.starts_with(' ') && !l.trim().is_empty())?
+        + start
+        + 1;
     // The last frame: `  File "/…/work/hello.py", line 3, in <module>`.
-    let frame = tb
+    let place = stderr[start..end]
         .iter()
         .rev()
-        .find(|l| l.trim_start().starts_with("File \""));
-    let place = frame.and_then(|f| {
-        let f = f.trim_start().strip_prefix("File \"")?;
-        let (path, rest) = f.split_once('"')?;
-        let line = rest.trim_start_matches(", line ").split(',').next()?;
-        let file = path.rsplit('/').next()?;
-        Some(format!(" (at {file} line {line})"))
-    });
-    Some(format!("{}{}", error.trim(), place.unwrap_or_default()))
+        .find(|l| l.trim_start().starts_with("File \""))
+        .and_then(|f| {
+            let f = f.trim_start().strip_prefix("File \"")?;
+            let (path, rest) = f.split_once('"')?;
+            let line = rest.trim_start_matches(", line ").split(',').next()?;
+            let file = path.rsplit('/').next()?;
+            Some(format!("{file} line {line}"))
+        });
+    Some(Traceback {
+        error_line: end,
+        place,
+    })
+}
+
+/// The line of a Python traceback that names the error, and where it was raised in the
+/// recipe's own code.
+pub fn python_error(stderr: &[String]) -> Option<String> {
+    let tb = traceback(stderr)?;
+    let error = stderr[tb.error_line].trim();
+    Some(match tb.place {
+        Some(p) => format!("{error} (at {p})"),
+        None => error.to_string(),
+    })
 }
 
 /// The outcome of an activity, with its diagnosis.
@@ -208,5 +250,13 @@ mod tests {
             "ZeroDivisionError: division by zero (at fail.py line 3)"
         );
         assert_eq!(python_error(&["plain error".to_string()]), None);
+        // A framework that logs after the traceback (Spark's shutdown hooks) does not hide it.
+        let mut spark = err.clone();
+        spark.push("26/12/01 10:00:00 INFO SparkContext: Successfully stopped SparkContext".into());
+        spark.push("26/12/01 10:00:00 INFO ShutdownHookManager: Shutdown hook called".into());
+        assert_eq!(
+            python_error(&spark).unwrap(),
+            "ZeroDivisionError: division by zero (at fail.py line 3)"
+        );
     }
 }

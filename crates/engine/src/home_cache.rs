@@ -37,10 +37,21 @@ impl HomeCache {
             .clone()
     }
 
-    /// The home, reloaded first if its files changed since the last look.
+    /// The home, reloaded first if its files changed since the last look (looked at most
+    /// every [`CHECK_EVERY`]).
     pub(crate) fn fresh(&self) -> Arc<Home> {
+        self.look(false)
+    }
+
+    /// The home, looked at now whatever the time since the last look: for a name the cached
+    /// home does not know, which may be a recipe saved a moment ago.
+    pub(crate) fn fresh_now(&self) -> Arc<Home> {
+        self.look(true)
+    }
+
+    fn look(&self, now: bool) -> Arc<Home> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.2.elapsed() < CHECK_EVERY {
+        if !now && state.2.elapsed() < CHECK_EVERY {
             return state.0.clone();
         }
         state.2 = Instant::now();

@@ -21,6 +21,7 @@ use capstan_core::job::JobState;
 use capstan_core::model::{ExecKind, Home};
 use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve};
 use capstan_store::{ActivityRow, EventRow, JobFilter, JobRow, NewJob, Outcome, Store, StoreError};
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -166,7 +167,11 @@ impl Engine {
         recipe: &str,
         mut request: RunRequest,
     ) -> Result<JobRow, EngineError> {
-        let home = self.inner.home.fresh();
+        let mut home = self.inner.home.fresh();
+        if home.recipe(project, recipe).is_none() {
+            // Saved within the last look's interval: look again before calling it unknown.
+            home = self.inner.home.fresh_now();
+        }
         request.user = caller.in_home.then(|| caller.name.clone());
         let resolution = resolve(&home, project, recipe, &request).map_err(resolve_error)?;
         let kind = resolution.kind.value;
@@ -406,7 +411,24 @@ impl Engine {
         };
         let mut spec = spec;
         if let Some(dp) = &self.inner.data_plane {
-            spec.data = dp.grant(&spec);
+            // Checked before anything starts: a missing input would otherwise fail the recipe
+            // deep inside its framework (Spark's PATH_NOT_FOUND), after its start-up time.
+            if resume.is_none()
+                && let Some(input) = spec.inputs.iter().find(|i| !dp.has_data(&spec.project, i))
+            {
+                let why = diagnose::missing_input(&self.inner.home.current(), &spec.project, input);
+                self.finish(job_id, &ActivityOutcome::failed(why), None);
+                return false;
+            }
+            match dp.grant(&spec).await {
+                Ok(access) => spec.data = access,
+                Err(why) if resume.is_none() => {
+                    self.finish(job_id, &ActivityOutcome::failed(why), None);
+                    return false;
+                }
+                // Re-attaching: the container already has its address.
+                Err(_) => {}
+            }
         }
         let spec = Arc::new(spec);
         if resume.is_none() {
@@ -744,8 +766,15 @@ pub struct IoSummary {
 /// The data plane, as the engine sees it: credentials for an activity before it starts, and
 /// the commit (or discard) of its outputs when it ends.
 pub trait DataPlane: Send + Sync {
-    /// The data API address and a token for this activity (none if the recipe has no data).
-    fn grant(&self, spec: &ActivitySpec) -> Option<backend::DataAccess>;
+    /// The data API address and a token for this activity (`Ok(None)` when it has neither
+    /// datasets nor an address to reach the API at), or why its container or pod could not
+    /// reach the API, said before anything starts.
+    fn grant<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+    ) -> BoxFuture<'a, Result<Option<backend::DataAccess>, String>>;
+    /// Whether a project's dataset has data to read (a committed version).
+    fn has_data(&self, project: &str, dataset: &str) -> bool;
     /// Commits the activity's staged outputs when it succeeded, discards them otherwise, and
     /// returns the rows it read and wrote.
     fn end(&self, spec: &ActivitySpec, succeeded: bool) -> Result<IoSummary, String>;

@@ -27,6 +27,7 @@ use capstan_data::{DataError, DatasetStore, ParquetStore};
 use capstan_engine::backend::{ActivitySpec, DataAccess};
 use capstan_engine::{Caller, DataPlane, IoSummary};
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -68,13 +69,25 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
         .into()
 }
 
+/// Where containers and pods reach the data API. The daemon answers: it knows where it listens,
+/// and can listen on one more address for an engine's containers.
+pub trait ContainerRoutes: Send + Sync {
+    /// The API's URL for an activity of `kind` (Docker: on the engine at `docker_host`, `None`
+    /// for the local one), or why there is none, saying what to set.
+    fn url<'a>(
+        &'a self,
+        kind: capstan_core::model::ExecKind,
+        docker_host: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, String>>;
+}
+
 /// The data plane of one daemon: the store, the token secret, and what activities read and wrote.
 pub struct DataPlaneImpl {
     pub store: ParquetStore,
     secret: Vec<u8>,
     api_url: RwLock<String>,
-    /// Where containers reach the API: `[server] public_url`, or the engine's host gateway.
-    container_url: RwLock<Option<String>>,
+    /// Where containers and pods reach the API, which only the daemon knows (it listens).
+    routes: RwLock<Option<std::sync::Arc<dyn ContainerRoutes>>>,
     io: Mutex<HashMap<ActivityId, IoSummary>>,
 }
 
@@ -102,7 +115,7 @@ impl DataPlaneImpl {
             store: ParquetStore::new(root),
             secret,
             api_url: RwLock::new(String::new()),
-            container_url: RwLock::new(None),
+            routes: RwLock::new(None),
             io: Mutex::new(HashMap::new()),
         })
     }
@@ -113,11 +126,8 @@ impl DataPlaneImpl {
     }
 
     /// Where containers and pods reach the API.
-    pub fn set_container_url(&self, url: Option<String>) {
-        *self
-            .container_url
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = url;
+    pub fn set_routes(&self, routes: std::sync::Arc<dyn ContainerRoutes>) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Some(routes);
     }
 
     fn mac(&self, id: ActivityId) -> String {
@@ -176,31 +186,54 @@ impl DataPlaneImpl {
 }
 
 impl DataPlane for DataPlaneImpl {
-    fn grant(&self, spec: &ActivitySpec) -> Option<DataAccess> {
-        let local = self
-            .api_url
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let url = match spec.kind {
-            capstan_core::model::ExecKind::Local => local,
-            // A container that cannot reach this address fails saying which one it tried.
-            _ => self
-                .container_url
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .unwrap_or(local),
-        };
-        let id = ActivityId {
-            job: spec.job_id,
-            idx: spec.idx,
-            attempt: spec.attempt,
-        };
-        Some(DataAccess {
-            api_url: url,
-            token: self.token(id),
+    fn grant<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+    ) -> BoxFuture<'a, Result<Option<DataAccess>, String>> {
+        Box::pin(async move {
+            let url = match spec.kind {
+                capstan_core::model::ExecKind::Local => self
+                    .api_url
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+                kind => {
+                    let routes = self
+                        .routes
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    let found = match routes {
+                        Some(r) => r.url(kind, spec.docker_host.as_deref()).await,
+                        None => Err(
+                            "this daemon has no address for containers to reach its data API at"
+                                .into(),
+                        ),
+                    };
+                    match found {
+                        Ok(url) => url,
+                        // A recipe without datasets does not need the API: let it run.
+                        Err(_) if spec.inputs.is_empty() && spec.outputs.is_empty() => {
+                            return Ok(None);
+                        }
+                        Err(why) => return Err(why),
+                    }
+                }
+            };
+            let id = ActivityId {
+                job: spec.job_id,
+                idx: spec.idx,
+                attempt: spec.attempt,
+            };
+            Ok(Some(DataAccess {
+                api_url: url,
+                token: self.token(id),
+            }))
         })
+    }
+
+    fn has_data(&self, project: &str, dataset: &str) -> bool {
+        matches!(self.store.info(project, dataset), Ok(Some(_)))
     }
 
     fn end(&self, spec: &ActivitySpec, succeeded: bool) -> Result<IoSummary, String> {

@@ -6,7 +6,7 @@
 
 pub mod pyfiles;
 
-use capstan_core::model::{SparkConfig, SparkMaster};
+use capstan_core::model::{ExecKind, SparkConfig, SparkLogLevel, SparkMaster};
 use capstan_engine::backend::ActivitySpec;
 use serde_json::{Value, json};
 
@@ -27,6 +27,58 @@ query = open(query_file).read().strip().rstrip(";")
 cs.write(spark.sql(query), outputs[0])
 spark.stop()
 "#;
+
+/// The driver's log configuration, beside the code.
+pub const LOG4J2_FILE: &str = "capstan-log4j2.properties";
+/// The driver's full log (every INFO line), in the activity's folder, where the driver may
+/// write there (not in a Kubernetes pod, whose code is a read-only ConfigMap).
+pub const DRIVER_LOG: &str = "spark-driver.log";
+
+/// Spark's log4j2 configuration for the driver: its console (the job's log) at `level`, every
+/// INFO line in `full_log` when given. The lines that say where the Spark UI listens stay on the
+/// console whatever the level: `capstan job show` reads them from the job's log.
+pub fn log4j2_properties(level: SparkLogLevel, full_log: Option<&str>) -> String {
+    let mut p = String::from(
+        "# Written by capstan for this run: Spark's INFO chatter stays out of the job's log.\n\
+         status = error\n\
+         rootLogger.level = info\n\
+         rootLogger.appenderRef.console.ref = console\n",
+    );
+    p += &format!(
+        "rootLogger.appenderRef.console.level = {}\n",
+        level.as_str()
+    );
+    p += "appender.console.type = Console\n\
+          appender.console.name = console\n\
+          appender.console.target = SYSTEM_ERR\n\
+          appender.console.layout.type = PatternLayout\n\
+          appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex\n\
+          logger.ui.name = org.apache.spark.util.Utils\n\
+          logger.ui.level = info\n\
+          logger.ui.additivity = false\n\
+          logger.ui.appenderRef.console.ref = console\n";
+    if let Some(path) = full_log {
+        p += &format!(
+            "rootLogger.appenderRef.file.ref = file\n\
+             logger.ui.appenderRef.file.ref = file\n\
+             appender.file.type = File\n\
+             appender.file.name = file\n\
+             appender.file.fileName = {path}\n\
+             appender.file.layout.type = PatternLayout\n\
+             appender.file.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex\n"
+        );
+    }
+    // Spark's own defaults quiet these even at INFO.
+    for (name, level) in [
+        ("org.sparkproject.jetty", "warn"),
+        ("org.apache.parquet", "error"),
+        ("org.apache.hadoop.util.NativeCodeLoader", "error"),
+    ] {
+        let key = name.replace('.', "_");
+        p += &format!("logger.{key}.name = {name}\nlogger.{key}.level = {level}\n");
+    }
+    p
+}
 
 /// The executors' pod template, beside the code (Kubernetes).
 pub const EXECUTOR_TEMPLATE: &str = "executor-pod.yaml";
@@ -156,6 +208,31 @@ pub fn submission(
             ["--py-files".to_string(), format!("{work_dir}/{LIB_ZIP}")],
         );
     }
+    // The driver logs at the configuration's level (warn by default), and in full beside the
+    // code where it can write there (a pod's code is a read-only ConfigMap).
+    let level = spec
+        .spark
+        .as_ref()
+        .and_then(|s| s.log_level.as_ref())
+        .map_or(SparkLogLevel::default(), |l| l.value);
+    // Beside the work folder, which is the activity's folder locally (the work folder itself
+    // is cleaned up) and /capstan in a container (copied out before it is removed).
+    let log_dir = work_dir.rsplit_once('/').map_or(work_dir, |(d, _)| d);
+    let full_log = (spec.kind != ExecKind::Kubernetes).then(|| format!("{log_dir}/{DRIVER_LOG}"));
+    files.push((
+        LOG4J2_FILE.into(),
+        log4j2_properties(level, full_log.as_deref()).into_bytes(),
+    ));
+    // The recipe's own driver options come after capstan's, so its own log configuration wins.
+    let mut java_options = format!("-Dlog4j.configurationFile=file:{work_dir}/{LOG4J2_FILE}");
+    if let Some(theirs) = spec
+        .spark
+        .as_ref()
+        .and_then(|s| s.conf.get("spark.driver.extraJavaOptions"))
+    {
+        java_options = format!("{java_options} {}", theirs.value);
+    }
+    let java = ["--driver-java-options".to_string(), java_options];
     let Some(spark) = spec.spark.as_ref() else {
         // No Spark configuration: local mode on every core, Spark's defaults.
         let mut args = vec![
@@ -164,6 +241,7 @@ pub fn submission(
             "--name".to_string(),
             format!("capstan-{}-{}-{}", spec.job_id, spec.project, spec.recipe),
         ];
+        args.extend(java);
         args.extend(app);
         return Ok(Submission { args, files });
     };
@@ -281,7 +359,10 @@ pub fn submission(
         }
     };
     for (k, v) in &spark.conf {
-        put(k, v.value.clone());
+        // Passed as --driver-java-options, after capstan's.
+        if k != "spark.driver.extraJavaOptions" {
+            put(k, v.value.clone());
+        }
     }
     args.splice(
         0..0,
@@ -296,6 +377,7 @@ pub fn submission(
         args.push("--conf".into());
         args.push(format!("{k}={v}"));
     }
+    args.extend(java);
     args.extend(app);
     if spark.master.value == SparkMaster::Kubernetes {
         files.push((
@@ -427,6 +509,11 @@ pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
             "Spark executors were killed for exceeding their memory: raise executor_memory_overhead (or executor_memory) of {name}"
         ));
     }
+    // What made the application fail, before any message logged on the way down: a 403 at
+    // shutdown is no reason for a failure that an exception explains.
+    if let Some(e) = exception(log, spec) {
+        return Some(format!("the Spark application failed: {e}"));
+    }
     if let Some(line) = log
         .lines()
         .find(|l| l.contains("is forbidden: User") && l.contains("cannot "))
@@ -454,6 +541,54 @@ pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
         ));
     }
     None
+}
+
+/// The exception that ended a Spark application, from its driver's log, with the package
+/// names dropped (`AnalysisException: [PATH_NOT_FOUND] Path does not exist: …`): a Python
+/// traceback's error (for a `Py4JJavaError`, the Java exception it carries, on the next line
+/// after `: `), else the JVM's `Exception in thread "main"`.
+pub fn exception(log: &str, spec: &ActivitySpec) -> Option<String> {
+    let lines: Vec<String> = log.lines().map(String::from).collect();
+    if let Some(tb) = capstan_engine::diagnose::traceback(&lines) {
+        let mut error = lines[tb.error_line].trim();
+        if error.contains("Py4JJavaError")
+            && let Some(java) = lines
+                .get(tb.error_line + 1)
+                .and_then(|l| l.trim().strip_prefix(": "))
+        {
+            error = java;
+        }
+        // The SQL runner is capstan's; a Spark SQL recipe's place is its query, which Spark's
+        // message points into.
+        let place = tb.place.filter(|p| !p.starts_with(SQL_RUNNER_FILE));
+        let error = short_name(error);
+        return Some(match place {
+            Some(p) if spec.recipe_kind != capstan_core::model::RecipeKind::SparkSql => {
+                format!("{error} (at {p})")
+            }
+            _ => error,
+        });
+    }
+    let main = lines.iter().rev().find_map(|l| {
+        l.split_once("Exception in thread \"main\" ")
+            .map(|(_, e)| e)
+    })?;
+    Some(short_name(main.trim()))
+}
+
+/// `org.apache.spark.sql.AnalysisException: msg` → `AnalysisException: msg`.
+fn short_name(error: &str) -> String {
+    match error.split_once(':') {
+        Some((name, rest))
+            if name.contains('.')
+                && name
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '.' || c == '_' || c == '$') =>
+        {
+            format!("{}:{rest}", name.rsplit('.').next().unwrap_or(name))
+        }
+        _ => error.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -610,11 +745,54 @@ mod tests {
              Spark a service_account that may create, get, list, watch, patch and delete pods and configmaps in its namespace"
         );
         assert_eq!(
-            diagnose(
-                "pyspark.errors.exceptions.captured.AnalysisException: [TABLE_OR_VIEW_NOT_FOUND]",
-                &spec()
-            ),
+            diagnose("INFO SparkContext: Running Spark version 4.3.0", &spec()),
             None
+        );
+    }
+
+    #[test]
+    fn a_failed_application_is_diagnosed_by_its_exception_not_its_last_log_line() {
+        let analysis = "Traceback (most recent call last):\n\
+             \x20 File \"/h/state/jobs/3/a0-0/work/totals.py\", line 4, in <module>\n\
+             \x20   df = spark.read.parquet(path)\n\
+             pyspark.errors.exceptions.captured.AnalysisException: [PATH_NOT_FOUND] Path does not exist: file:/h/data/sample/wine/data.parquet. SQLSTATE: 42K03\n\
+             26/12/01 10:00:00 INFO SparkContext: Successfully stopped SparkContext\n";
+        assert_eq!(
+            diagnose(analysis, &spec()).unwrap(),
+            "the Spark application failed: AnalysisException: [PATH_NOT_FOUND] Path does not exist: \
+             file:/h/data/sample/wine/data.parquet. SQLSTATE: 42K03 (at totals.py line 4)"
+        );
+        let py4j = "Traceback (most recent call last):\n\
+             \x20 File \"/w/totals.py\", line 9, in <module>\n\
+             py4j.protocol.Py4JJavaError: An error occurred while calling o45.parquet.\n\
+             : org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 failed\n\
+             \tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages(DAGScheduler.scala:2856)\n";
+        assert_eq!(
+            diagnose(py4j, &spec()).unwrap(),
+            "the Spark application failed: SparkException: Job aborted due to stage failure: Task 0 failed (at totals.py line 9)"
+        );
+        let jvm = "Exception in thread \"main\" org.apache.spark.sql.AnalysisException: [TABLE_OR_VIEW_NOT_FOUND] The table or view `wines` cannot be found.\n";
+        assert_eq!(
+            diagnose(jvm, &spec()).unwrap(),
+            "the Spark application failed: AnalysisException: [TABLE_OR_VIEW_NOT_FOUND] The table or view `wines` cannot be found."
+        );
+        // The harmless 403 of Spark's shutdown is no diagnosis when an exception explains the end.
+        let both = format!(
+            "{analysis}26/12/01 ERROR Utils: services is forbidden: User \"system:serviceaccount:s:d\" cannot deletecollection resource \"services\"\n"
+        );
+        assert!(
+            diagnose(&both, &spec())
+                .unwrap()
+                .contains("AnalysisException")
+        );
+        // A Spark SQL recipe's place is in its query, not in capstan's runner.
+        let mut sql = spec();
+        sql.recipe_kind = capstan_core::model::RecipeKind::SparkSql;
+        let runner = analysis.replace("totals.py", SQL_RUNNER_FILE);
+        assert!(
+            diagnose(&runner, &sql)
+                .unwrap()
+                .ends_with("SQLSTATE: 42K03")
         );
     }
 }

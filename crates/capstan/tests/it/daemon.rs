@@ -580,3 +580,21 @@ fn shutdown_with_stop_jobs_cancels_running_work() {
         "{job}"
     );
 }
+
+#[test]
+fn a_recipe_saved_a_moment_ago_is_known() {
+    let home = TestHome::new("fresh-recipe");
+    let _d = home.start();
+    // Each submission looks at the home; the next look is normally at most every 500 ms, so
+    // the second recipe, saved right after the first run's submission, is within that window.
+    home.recipe("first", "shell", "sh", "echo first", "");
+    let id = submit(&home, "sample/first", &[]);
+    home.recipe("second", "shell", "sh", "echo second", "");
+    let out = home
+        .capstan()
+        .args(["run", "sample/second", "--detach", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(id > 0);
+}

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use crate::support::{TempDir, TestHome, fails, stderr, stdout, submit, wait_for};
+use crate::support::{TempDir, TestHome, fails, import_orders, stderr, stdout, submit, wait_for};
 
 fn image() -> Option<String> {
     match std::env::var("CAPSTAN_TEST_IMAGE") {
@@ -467,6 +467,7 @@ fn containers_get_their_token_as_a_file_and_an_unreachable_api_is_named() {
         "import capstan\ncapstan.Dataset('orders').to_pandas()\n",
         "exec_config = \"small\"\ninputs = [\"orders\"]",
     );
+    import_orders(&home);
     let _d = home.start();
     fails(
         &home,
