@@ -209,51 +209,150 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
+/// What the fuzzer picks from: an index into [`valid_files`], over every file of the sample home.
+fn file_index() -> std::ops::Range<usize> {
+    0..valid_files().len()
+}
+
+fn mutate(mut bytes: Vec<u8>, m: Mutation) -> Vec<u8> {
+    match m {
+        Mutation::Replace(b) => bytes = b,
+        Mutation::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
+        Mutation::Flip(i, b) if !bytes.is_empty() => {
+            let n = bytes.len();
+            bytes[i % n] ^= b;
+        }
+        Mutation::Flip(..) => {}
+        Mutation::Insert(i, s) => {
+            let at = i % (bytes.len() + 1);
+            bytes.splice(at..at, s.into_bytes());
+        }
+    }
+    bytes
+}
+
+/// The sample home with file `which` mutated. The loader reads the bytes of TOML files and only
+/// the presence of the others (recipe code, data), so a mutated TOML file gets the mutated
+/// bytes and any other file goes missing, the one change of it the loader can see.
+fn mutated_home(which: usize, mutations: Vec<Mutation>) -> HomeFiles {
+    let files = valid_files();
+    assert!(which < files.len(), "file {which} of {}", files.len());
+    let mut h = HomeFiles::default();
+    for (i, (path, text)) in files.into_iter().enumerate() {
+        let path = PathBuf::from(path);
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        match (is_toml, i == which) {
+            (true, false) => {
+                h.toml.insert(path, text.into_bytes());
+            }
+            (true, true) => {
+                let bytes = mutations.iter().cloned().fold(text.into_bytes(), mutate);
+                h.toml.insert(path, bytes);
+            }
+            (false, false) => {
+                h.others.insert(path);
+            }
+            (false, true) => {}
+        }
+    }
+    h
+}
+
+/// Loads and resolves a home: whatever it holds, nothing may panic.
+fn load_and_resolve(h: &HomeFiles) {
+    let (home, diags) = load(&PathBuf::from("/h"), h);
+    for d in &diags.list {
+        // Every diagnostic renders, and points into a file of the home.
+        let _ = d.to_string();
+    }
+    for p in home.projects.values() {
+        for r in p.recipes.values() {
+            for user in [None, Some("alice".to_string()), Some("nobody".to_string())] {
+                let _ = resolve(
+                    &home,
+                    &p.key,
+                    &r.name,
+                    &RunRequest {
+                        user,
+                        exec_config: Some("k8s-medium".into()),
+                        ..RunRequest::default()
+                    },
+                );
+                let _ = resolve(&home, &p.key, &r.name, &RunRequest::default());
+            }
+        }
+    }
+}
+
+/// The fuzzer's choice of file covers every file of the sample home, and the sample home holds
+/// every file of `src/sample/`: a sample file added later is fuzzed too, or this fails.
+#[test]
+fn fuzzing_covers_every_sample_file() {
+    let files = valid_files();
+    let picked: std::collections::BTreeSet<&str> = file_index().map(|i| files[i].0).collect();
+    let all: std::collections::BTreeSet<&str> = files.iter().map(|(p, _)| *p).collect();
+    assert_eq!(all.len(), files.len(), "a sample file is listed twice");
+    assert_eq!(picked, all, "files the fuzzer never mutates");
+
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/sample");
+    let mut on_disk = Vec::new();
+    walk(&root, &root, &mut on_disk);
+    assert!(on_disk.len() >= 10, "{on_disk:?}");
+    for f in &on_disk {
+        assert!(
+            all.contains(f.as_str()),
+            "src/sample/{f} is not in the sample home"
+        );
+    }
+}
+
+/// Each file of the sample home in turn, with fixed mutations: every file is changed for the
+/// loader (the random cases below may, by chance, leave one out), and nothing panics.
+#[test]
+fn every_sample_file_mutated_never_panics() {
+    let valid = home(&valid_files());
+    for which in file_index() {
+        for m in [
+            vec![Mutation::Truncate(0)],
+            vec![Mutation::Replace(b"[[[ = \xff".to_vec())],
+            vec![Mutation::Insert(
+                usize::MAX,
+                "\n[exec_config.x]\nkind = 3\n".into(),
+            )],
+            vec![Mutation::Truncate(37), Mutation::Insert(12, "\"".into())],
+        ] {
+            let h = mutated_home(which, m.clone());
+            assert!(
+                h.toml != valid.toml || h.others != valid.others,
+                "{m:?} did not change {} for the loader",
+                valid_files()[which].0
+            );
+            load_and_resolve(&h);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Whatever bytes any config file holds, loading and resolving never panic.
     #[test]
-    fn arbitrary_bytes_never_panic(which in 0usize..12, m in mutation(), m2 in mutation()) {
-        let mut files = valid_files();
-        let which = which % files.len();
-        let mut bytes = files[which].1.clone().into_bytes();
-        for m in [m, m2] {
-            match m {
-                Mutation::Replace(b) => bytes = b,
-                Mutation::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
-                Mutation::Flip(i, b) if !bytes.is_empty() => {
-                    let n = bytes.len();
-                    bytes[i % n] ^= b;
-                }
-                Mutation::Flip(..) => {}
-                Mutation::Insert(i, s) => {
-                    let at = i % (bytes.len() + 1);
-                    bytes.splice(at..at, s.into_bytes());
-                }
-            }
-        }
-        let mut h = HomeFiles::default();
-        for (i, (path, text)) in files.drain(..).enumerate() {
-            let content = if i == which { bytes.clone() } else { text.into_bytes() };
-            if path.ends_with(".toml") {
-                h.toml.insert(PathBuf::from(path), content);
-            } else {
-                h.others.insert(PathBuf::from(path));
-            }
-        }
-        let (home, diags) = load(&PathBuf::from("/h"), &h);
-        for d in &diags.list {
-            // Every diagnostic renders, and points into a file of the home.
-            let _ = d.to_string();
-        }
-        for p in home.projects.values() {
-            for r in p.recipes.values() {
-                for user in [None, Some("alice".to_string()), Some("nobody".to_string())] {
-                    let _ = resolve(&home, &p.key, &r.name, &RunRequest { user, exec_config: Some("k8s-medium".into()), ..RunRequest::default() });
-                    let _ = resolve(&home, &p.key, &r.name, &RunRequest::default());
-                }
-            }
-        }
+    fn arbitrary_bytes_never_panic(which in file_index(), m in mutation(), m2 in mutation()) {
+        load_and_resolve(&mutated_home(which, vec![m, m2]));
     }
 }

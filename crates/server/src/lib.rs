@@ -15,10 +15,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use capstan_core::job::JobState;
 use capstan_core::quantity::Duration as CDuration;
 use capstan_core::resolve::RunRequest;
@@ -42,28 +43,74 @@ pub struct AppState {
     pub local_token_sha256: Arc<String>,
 }
 
+/// One route of the API: a method and a path, and the handler that serves them.
+struct Endpoint {
+    method: Method,
+    path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+/// An endpoint whose handler is routed for exactly `method`, so the two cannot disagree.
+fn at<H, T>(method: Method, path: &'static str, handler: H) -> Endpoint
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+    Endpoint {
+        method,
+        path,
+        handler: on(filter, handler),
+    }
+}
+
+/// Every endpoint of the API, the one list that both [`router`] and [`routes`] are made from.
+fn endpoints() -> Vec<Endpoint> {
+    vec![
+        at(Method::GET, "/api/v1/health", health),
+        at(Method::GET, "/api/v1/openapi.json", openapi),
+        at(Method::GET, "/api/v1/whoami", whoami),
+        at(Method::GET, "/api/v1/jobs", list_jobs),
+        at(Method::POST, "/api/v1/jobs", submit),
+        at(Method::GET, "/api/v1/jobs/{id}", show_job),
+        at(Method::POST, "/api/v1/jobs/{id}/cancel", cancel),
+        at(Method::GET, "/api/v1/jobs/{id}/logs", logs),
+        at(
+            Method::GET,
+            "/api/v1/projects/{project}/datasets",
+            data_api::list_datasets,
+        ),
+        at(
+            Method::GET,
+            "/api/v1/projects/{project}/datasets/{dataset}",
+            data_api::dataset_info,
+        ),
+        at(
+            Method::GET,
+            "/api/v1/projects/{project}/datasets/{dataset}/data",
+            data_api::read_data,
+        ),
+        at(
+            Method::PUT,
+            "/api/v1/projects/{project}/datasets/{dataset}/data",
+            data_api::write_data,
+        ),
+    ]
+}
+
+/// The `(method, path)` of every route [`router`] serves (paths as in openapi.json, `{param}`).
+pub fn routes() -> Vec<(Method, &'static str)> {
+    endpoints()
+        .into_iter()
+        .map(|e| (e.method, e.path))
+        .collect()
+}
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/whoami", get(whoami))
-        .route("/api/v1/jobs", get(list_jobs).post(submit))
-        .route("/api/v1/jobs/{id}", get(show_job))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel))
-        .route("/api/v1/jobs/{id}/logs", get(logs))
-        .route(
-            "/api/v1/projects/{project}/datasets",
-            get(data_api::list_datasets),
-        )
-        .route(
-            "/api/v1/projects/{project}/datasets/{dataset}",
-            get(data_api::dataset_info),
-        )
-        .route(
-            "/api/v1/projects/{project}/datasets/{dataset}/data",
-            get(data_api::read_data).put(data_api::write_data),
-        )
+    endpoints()
+        .into_iter()
+        .fold(Router::new(), |r, e| r.route(e.path, e.handler))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -534,28 +581,114 @@ mod tests {
         );
     }
 
-    #[test]
-    fn openapi_lists_every_route() {
+    /// openapi.json's `(METHOD, path)` pairs.
+    fn documented() -> std::collections::BTreeSet<(String, String)> {
         let doc: Value = serde_json::from_str(OPENAPI).unwrap();
-        let paths = doc["paths"].as_object().unwrap();
-        for p in [
-            "/api/v1/health",
-            "/api/v1/openapi.json",
-            "/api/v1/whoami",
-            "/api/v1/jobs",
-            "/api/v1/jobs/{id}",
-            "/api/v1/jobs/{id}/cancel",
-            "/api/v1/jobs/{id}/logs",
-            "/api/v1/projects/{project}/datasets",
-            "/api/v1/projects/{project}/datasets/{dataset}",
-            "/api/v1/projects/{project}/datasets/{dataset}/data",
-        ] {
-            assert!(paths.contains_key(p), "{p} missing from openapi.json");
+        let mut out = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                // Path-item fields that are not operations.
+                if ["summary", "description", "parameters", "servers"].contains(&method.as_str()) {
+                    continue;
+                }
+                out.insert((method.to_uppercase(), path.clone()));
+            }
         }
-        assert_eq!(
-            paths.len(),
-            10,
-            "openapi.json lists a route the router does not have"
+        out
+    }
+
+    #[test]
+    fn openapi_documents_exactly_the_routes_of_the_router() {
+        let served: std::collections::BTreeSet<(String, String)> = routes()
+            .into_iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(served.len(), routes().len(), "a route is listed twice");
+        let documented = documented();
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from openapi.json: {undocumented:?}"
         );
+        assert!(
+            unserved.is_empty(),
+            "openapi.json documents routes the router does not have: {unserved:?}"
+        );
+    }
+
+    /// A daemon-less state on an empty home, enough for requests to reach the handlers.
+    fn test_state(root: &std::path::Path) -> AppState {
+        std::fs::create_dir_all(root).unwrap();
+        std::fs::write(root.join("capstan.toml"), "").unwrap();
+        let (home, _) = capstan_core::load_home(root).unwrap();
+        let (engine, _starter) = Engine::open(root, home, Vec::new(), None).unwrap();
+        AppState {
+            engine,
+            data: Arc::new(data_api::DataPlaneImpl::open(root, || [7; 32]).unwrap()),
+            local_token_sha256: Arc::new(String::new()),
+        }
+    }
+
+    /// Sends one request through the real router: its status, and whether the router's fallback
+    /// (no route for the path) answered it.
+    async fn send(app: &Router, method: &str, path: &str) -> (StatusCode, bool) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        // A value for each `{param}`, as a client would send.
+        let uri = path
+            .replace("{id}", "1")
+            .replace("{project}", "p")
+            .replace("{dataset}", "d");
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let fallback = status == StatusCode::NOT_FOUND
+            && String::from_utf8_lossy(&body).contains("no such endpoint");
+        (status, fallback)
+    }
+
+    #[tokio::test]
+    async fn the_router_serves_what_openapi_documents_and_nothing_else() {
+        let root =
+            std::env::temp_dir().join(format!("capstan-server-routes-{}", std::process::id()));
+        let app = router(test_state(&root));
+        let documented = documented();
+        assert!(!documented.is_empty());
+        for (method, path) in &documented {
+            let (status, fallback) = send(&app, method, path).await;
+            assert!(
+                !fallback && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is documented, but the router answers {status}{}",
+                if fallback { " (no such route)" } else { "" }
+            );
+        }
+        // The other methods on documented paths are not served (HEAD goes with GET, as in axum).
+        let paths: std::collections::BTreeSet<&String> =
+            documented.iter().map(|(_, p)| p).collect();
+        for path in paths {
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+                if documented.contains(&(method.to_string(), path.clone())) {
+                    continue;
+                }
+                let (status, _) = send(&app, method, path).await;
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is served but not in openapi.json"
+                );
+            }
+        }
+        // And a path nobody documented reaches the fallback, so the checks above can fail.
+        assert_eq!(
+            send(&app, "GET", "/api/v1/no-such-route").await,
+            (StatusCode::NOT_FOUND, true)
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -548,7 +548,18 @@ pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
 /// traceback's error (for a `Py4JJavaError`, the Java exception it carries, on the next line
 /// after `: `), else the JVM's `Exception in thread "main"`.
 pub fn exception(log: &str, spec: &ActivitySpec) -> Option<String> {
-    let lines: Vec<String> = log.lines().map(String::from).collect();
+    // The job's log prefixes each line with its time and stream (`2026-…Z o `); PySpark's
+    // driver sends the recipe's traceback to stdout.
+    let lines: Vec<String> = log
+        .lines()
+        .map(|l| {
+            l.split_once(' ')
+                .filter(|(time, _)| time.ends_with('Z') && time.contains('T'))
+                .and_then(|(_, rest)| rest.strip_prefix("o ").or(rest.strip_prefix("e ")))
+                .unwrap_or(l)
+                .to_string()
+        })
+        .collect();
     if let Some(tb) = capstan_engine::diagnose::traceback(&lines) {
         let mut error = lines[tb.error_line].trim();
         if error.contains("Py4JJavaError")
@@ -617,15 +628,56 @@ mod tests {
                 "local[*]",
                 "--name",
                 "capstan-7-sales-totals",
+                "--driver-java-options",
+                "-Dlog4j.configurationFile=file:/w/capstan-log4j2.properties",
                 "/w/capstan_sql_runner.py",
                 "/w/q.sql",
                 r#"["orders","customers"]"#,
                 r#"["totals"]"#,
             ]
         );
-        assert_eq!(
-            s.files,
-            [(SQL_RUNNER_FILE.to_string(), SQL_RUNNER.as_bytes().to_vec())]
+        let names: Vec<&str> = s.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [SQL_RUNNER_FILE, LOG4J2_FILE]);
+        assert_eq!(s.files[0].1, SQL_RUNNER.as_bytes());
+        // Locally, the driver's console is at WARN and its full log is in the activity's
+        // folder, beside the work folder (which is cleaned up).
+        let log4j = String::from_utf8(s.files[1].1.clone()).unwrap();
+        assert!(
+            log4j.contains("rootLogger.appenderRef.console.level = warn\n"),
+            "{log4j}"
+        );
+        assert!(
+            log4j.contains("appender.file.fileName = /spark-driver.log\n"),
+            "{log4j}"
+        );
+    }
+
+    #[test]
+    fn a_configurations_log_level_and_driver_options_reach_the_driver() {
+        let mut files = capstan_core::load::HomeFiles::default();
+        files.toml.insert("capstan.toml".into(), b"".to_vec());
+        files.toml.insert(
+            "spark-configs.toml".into(),
+            b"[spark_config.chatty]\nmaster = \"local\"\nlog_level = \"info\"\nconf = { \"spark.driver.extraJavaOptions\" = \"-Dmine=1\" }\n"
+                .to_vec(),
+        );
+        let (home, diags) = capstan_core::load::load(std::path::Path::new("/h"), &files);
+        assert!(!diags.has_errors(), "{:?}", diags.list);
+        let mut spec = spec();
+        spec.spark = Some(home.spark_configs["chatty"].clone());
+        let s = submission(&spec, "/a/work", "t.py").unwrap();
+        let line = command_line(&s.args);
+        assert!(
+            line.contains("--driver-java-options '-Dlog4j.configurationFile=file:/a/work/capstan-log4j2.properties -Dmine=1'"),
+            "{line}"
+        );
+        assert!(!line.contains("spark.driver.extraJavaOptions"), "{line}");
+        let log4j = &s.files.iter().find(|(n, _)| n == LOG4J2_FILE).unwrap().1;
+        let log4j = String::from_utf8_lossy(log4j);
+        assert!(log4j.contains("console.level = info\n"), "{log4j}");
+        assert!(
+            log4j.contains("fileName = /a/spark-driver.log\n"),
+            "{log4j}"
         );
     }
 
@@ -645,6 +697,8 @@ mod tests {
         spec.image = Some("spark:4".into());
         spec.namespace = Some("ns".into());
         spec.spark = Some(home.spark_configs["k"].clone());
+        // As resolution has it: a Kubernetes Spark configuration runs in a pod.
+        spec.kind = ExecKind::Kubernetes;
         let s = submission(&spec, "/capstan/work", "totals.py").unwrap();
         let line = command_line(&s.args);
         for setting in [
@@ -662,7 +716,10 @@ mod tests {
             s.args.last().map(String::as_str),
             Some("/capstan/work/totals.py")
         );
-        assert_eq!(s.files[0].0, EXECUTOR_TEMPLATE);
+        assert!(s.files.iter().any(|(n, _)| n == EXECUTOR_TEMPLATE));
+        // A pod's code is a read-only ConfigMap: no full log file there.
+        let log4j = &s.files.iter().find(|(n, _)| n == LOG4J2_FILE).unwrap().1;
+        assert!(!String::from_utf8_lossy(log4j).contains("appender.file"));
     }
 
     #[test]
@@ -776,6 +833,12 @@ mod tests {
             diagnose(jvm, &spec()).unwrap(),
             "the Spark application failed: AnalysisException: [TABLE_OR_VIEW_NOT_FOUND] The table or view `wines` cannot be found."
         );
+        // As the job's log has it: each line with its time and stream.
+        let logged: String = analysis
+            .lines()
+            .map(|l| format!("2026-12-01T10:00:00.000001Z o {l}\n"))
+            .collect();
+        assert_eq!(diagnose(&logged, &spec()), diagnose(analysis, &spec()));
         // The harmless 403 of Spark's shutdown is no diagnosis when an exception explains the end.
         let both = format!(
             "{analysis}26/12/01 ERROR Utils: services is forbidden: User \"system:serviceaccount:s:d\" cannot deletecollection resource \"services\"\n"

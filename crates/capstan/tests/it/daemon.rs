@@ -184,23 +184,27 @@ fn kill_9_with_running_and_queued_jobs_loses_nothing_and_runs_nothing_twice() {
         "\n[exec_config.three]\nkind = \"local\"\nmax_concurrent = 3\n",
     );
     let marker = home.dir.path().join("ran");
+    // The jobs hold until the test creates the release file: however slowly the 8 submissions
+    // go, the first 3 are still running (and the other 5 queued) when the daemon is killed.
+    let release = home.dir.path().join("release");
     home.recipe(
         "work",
         "shell",
         "sh",
-        "echo \"$CAPSTAN_JOB_ID\" >> \"$MARKER\"\nsleep 2\necho done\n",
+        "echo \"$CAPSTAN_JOB_ID\" >> \"$MARKER\"\n\
+         while [ ! -e \"$RELEASE\" ]; do sleep 0.05; done\n\
+         echo done\n",
         "exec_config = \"three\"",
     );
     let d = home.start();
-    let ids: Vec<i64> = (0..8)
-        .map(|_| {
-            submit(
-                &home,
-                "sample/work",
-                &["--env", &format!("MARKER={}", marker.display())],
-            )
-        })
-        .collect();
+    let env = [
+        "--env".to_string(),
+        format!("MARKER={}", marker.display()),
+        "--env".to_string(),
+        format!("RELEASE={}", release.display()),
+    ];
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let ids: Vec<i64> = (0..8).map(|_| submit(&home, "sample/work", &env)).collect();
     wait_for("3 running and 5 queued", 20, || {
         let jobs = d.get("/api/v1/jobs");
         let count = |s: &str| {
@@ -214,6 +218,7 @@ fn kill_9_with_running_and_queued_jobs_loses_nothing_and_runs_nothing_twice() {
     });
     d.kill9();
     let d = home.start();
+    std::fs::write(&release, "").unwrap();
     let mut states = BTreeMap::new();
     for id in &ids {
         let job = d.wait_state(*id, 60, &["succeeded", "failed", "cancelled", "timed_out"]);
@@ -437,8 +442,14 @@ fn code_environment_venv_is_built_once_and_reused() {
 #[test]
 fn logs_are_timestamped_and_job_show_tells_the_story() {
     let home = TestHome::new("show");
-    home.recipe("both", "shell", "sh", "echo to-out\necho to-err >&2\n", "");
-    let _d = home.start();
+    home.recipe(
+        "both",
+        "shell",
+        "sh",
+        "echo to-out\necho to-err >&2\nsleep 0.3\necho after-sleep\n",
+        "",
+    );
+    let d = home.start();
     let out = home
         .capstan()
         .args(["run", "sample/both", "--json"])
@@ -446,12 +457,69 @@ fn logs_are_timestamped_and_job_show_tells_the_story() {
         .unwrap();
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = job["id"].as_i64().unwrap().to_string();
+
+    // The job's log as the daemon keeps and serves it: `RFC3339-UTC-TIME o|e TEXT` per line.
+    let raw = curl(&[
+        "-sSf",
+        "-H",
+        &format!("Authorization: Bearer {}", d.token),
+        &format!("{}/api/v1/jobs/{id}/logs", d.url),
+    ]);
+    let raw_lines: Vec<&str> = raw.lines().collect();
+    assert_eq!(raw_lines.len(), 3, "{raw}");
+    let mut parsed = Vec::new();
+    for line in &raw_lines {
+        let mut parts = line.splitn(3, ' ');
+        let (stamp, stream, text) = (
+            parts.next().unwrap(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        // RFC 3339, in UTC (`Z`), with sub-second precision.
+        assert!(
+            stamp.len() > 20 && stamp.ends_with('Z') && stamp.as_bytes()[19] == b'.',
+            "not an RFC 3339 UTC timestamp with fractions of a second: {line:?}"
+        );
+        let time = humantime::parse_rfc3339(stamp)
+            .unwrap_or_else(|e| panic!("not an RFC 3339 UTC timestamp ({e}): {line:?}"));
+        assert!(
+            stream == "o" || stream == "e",
+            "no stream after the time: {line:?}"
+        );
+        parsed.push((stamp, time, stream, text));
+    }
+    let texts: Vec<(&str, &str)> = parsed.iter().map(|(_, _, s, t)| (*s, *t)).collect();
+    assert!(texts.contains(&("o", "to-out")), "{raw}");
+    assert!(texts.contains(&("e", "to-err")), "{raw}");
+    assert_eq!(texts.last(), Some(&("o", "after-sleep")), "{raw}");
+    for pair in parsed.windows(2) {
+        assert!(pair[0].1 <= pair[1].1, "timestamps go backwards:\n{raw}");
+    }
+    // Stamped when printed, not when collected: the line after the sleep is later by it.
+    let slept = parsed[2].1.duration_since(parsed[0].1).unwrap();
+    assert!(
+        slept >= std::time::Duration::from_millis(250),
+        "{slept:?}\n{raw}"
+    );
+    // Not in the future either (the clock of this machine stamped them).
+    assert!(parsed[2].1 <= std::time::SystemTime::now(), "{raw}");
+
+    // `capstan logs` shows each line with its time of day and stream, in the same order.
     let logs = home.capstan().args(["logs", &id]).output().unwrap();
     let text = stdout(&logs);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
     assert!(lines.iter().any(|l| l.ends_with("out | to-out")), "{text}");
     assert!(lines.iter().any(|l| l.ends_with("err | to-err")), "{text}");
+    for (line, (stamp, _, stream, body)) in lines.iter().zip(&parsed) {
+        let stream = if *stream == "e" { "err" } else { "out" };
+        // `2026-12-01T19:41:20.584877Z` → `19:41:20.584`.
+        assert_eq!(
+            *line,
+            format!("{} {stream} | {body}", &stamp[11..23]),
+            "{text}"
+        );
+    }
     let show = home.capstan().args(["job", "show", &id]).output().unwrap();
     let text = stdout(&show);
     for needle in [

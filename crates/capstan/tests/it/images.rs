@@ -14,7 +14,7 @@ fn ready() -> bool {
             .output()
             .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipped: needs the Docker engine and debootstrap that scripts/test provides");
+        crate::support::skip("the Docker engine and debootstrap that scripts/test provides");
     }
     ok
 }
@@ -218,7 +218,7 @@ fn images_go_to_the_registry_and_a_run_pulls_them_back() {
         return;
     }
     let Ok(registry) = std::env::var("CAPSTAN_TEST_REGISTRY") else {
-        eprintln!("skipped: needs CAPSTAN_TEST_REGISTRY (scripts/test runs one on 127.0.0.1:5000)");
+        crate::support::skip("CAPSTAN_TEST_REGISTRY (scripts/test runs one on 127.0.0.1:5000)");
         return;
     };
     let h = home_with(

@@ -8,6 +8,7 @@ mod docker;
 mod homes;
 mod images;
 mod k8s;
+mod quickstart;
 mod spark;
 
 /// Whether the daemon with `pid` has published its address for `root`.

@@ -424,3 +424,86 @@ fn spark_render_for_kubernetes_matches_the_configuration_and_its_pod_template_va
         }
     }
 }
+
+#[test]
+fn a_missing_input_fails_before_spark_starts_and_an_analysis_exception_names_itself() {
+    let h = TestHome::new("spark-diagnoses");
+    let _d = h.start();
+    // The sample's `wine_sql` on a home where `wine` was never imported: refused before any
+    // process starts, naming the dataset and how to get it.
+    let out = h
+        .capstan()
+        .args(["run", "sample/wine_sql", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diagnosis = job["diagnosis"].as_str().unwrap_or_default();
+    assert!(
+        diagnosis.contains("input dataset `wine` has no data yet")
+            && diagnosis.contains("capstan dataset import sample/wine"),
+        "{job}"
+    );
+    // Nothing ran: no state went past preparing, and the activity has no log.
+    let states: Vec<&str> = job["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    assert!(
+        !states.contains(&"running") && !states.contains(&"starting"),
+        "{job}"
+    );
+    if !java() {
+        return;
+    }
+    // A query Spark refuses: the diagnosis is Spark's exception, not its last log line.
+    import_orders(&h);
+    h.append("projects/sample/project.toml", "\n[dataset.nowhere]\n");
+    h.recipe(
+        "bad_sql",
+        "spark_sql",
+        "sql",
+        "SELECT customer FROM no_such_table\n",
+        "inputs = [\"orders\"]\noutputs = [\"nowhere\"]",
+    );
+    let out = h
+        .capstan()
+        .args(["run", "sample/bad_sql"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let diagnosis = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert!(
+        diagnosis
+            .contains("the Spark application failed: AnalysisException: [TABLE_OR_VIEW_NOT_FOUND]")
+            && diagnosis.contains("no_such_table"),
+        "{err}"
+    );
+    // Spark logs at WARN: its INFO chatter is in the full driver log, not the job's log.
+    assert!(
+        !err.lines()
+            .any(|l| l.contains(" INFO ") && !l.contains(" INFO Utils:")),
+        "{err}"
+    );
+    let show = h.capstan().args(["jobs", "--json"]).output().unwrap();
+    let jobs: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let id = jobs[0]["id"].as_i64().unwrap();
+    let dir = h.root().join(format!("state/jobs/{id}"));
+    let driver_log = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|a| a.path().join("spark-driver.log"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no spark-driver.log under {}", dir.display()));
+    let full = std::fs::read_to_string(driver_log).unwrap();
+    assert!(
+        full.contains(" INFO SparkContext: Running Spark version"),
+        "{full}"
+    );
+}

@@ -13,6 +13,16 @@ pub fn capstan() -> Command {
     cmd
 }
 
+/// Says a test is skipped for want of `what` — except under `CI` (which `scripts/test` sets after
+/// installing everything), where a missing tool is a failure, never a silent pass.
+pub fn skip(what: &str) {
+    assert!(
+        std::env::var("CI").is_err(),
+        "{what} is missing, and CI is set: scripts/test provides it, so this must not be skipped"
+    );
+    eprintln!("skipped: {what}");
+}
+
 /// A fresh folder under the system temp dir, removed when dropped.
 pub struct TempDir(PathBuf);
 

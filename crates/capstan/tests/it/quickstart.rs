@@ -1,0 +1,59 @@
+//! `capstan quickstart`, the README's main job, on a fresh home, as a newcomer runs it.
+
+use crate::support::{TempDir, capstan, stdout};
+
+#[test]
+fn quickstart_on_a_fresh_home_imports_the_data_runs_the_flow_in_order_and_shows_results() {
+    let dir = TempDir::new("quickstart");
+    let out = capstan()
+        .current_dir(dir.path())
+        .arg("quickstart")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // The sample's data, imported before any recipe reads it.
+    assert!(
+        text.contains("imported sample/wine: 178 rows from projects/sample/data/wine.csv"),
+        "{text}"
+    );
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"))
+    };
+    assert!(at("imported sample/wine") < at("==> sample/wine_sql"));
+    // Every local recipe ran and succeeded, and the Spark recipe's result is shown.
+    for recipe in ["hello", "inventory", "wine_sql"] {
+        assert!(text.contains(&format!("==> sample/{recipe} (")), "{text}");
+    }
+    assert!(!text.contains("error:"), "{text}");
+    assert!(text.contains("sample/wine_by_cultivar_sql:"), "{text}");
+    for cultivar in ["class_0", "class_1", "class_2"] {
+        assert!(text.contains(&format!("| {cultivar}")), "{text}");
+    }
+    // The container recipes are named as left out, with the command that runs them.
+    assert!(
+        text.contains("sample/wine_stats: runs in a container (exec config docker-small)"),
+        "{text}"
+    );
+    // No framework chatter on the terminal: Spark's log stays in the job's log.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains(" INFO ") || l.contains(" WARN ")),
+        "{text}"
+    );
+    assert!(text.contains("3 recipe(s) succeeded"), "{text}");
+    // A second run uses the home it made, and the data it imported.
+    let again = capstan()
+        .current_dir(dir.path())
+        .arg("quickstart")
+        .output()
+        .unwrap();
+    let text = stdout(&again);
+    assert_eq!(again.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("using home") && !text.contains("imported sample/wine"),
+        "{text}"
+    );
+}
