@@ -14,6 +14,13 @@ pub fn run(root: &Path, args: &CheckArgs) -> anyhow::Result<u8> {
     // The daemon runs on this machine, and so does its default Docker engine.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     diags.extend(capstan_core::host_checks(&home, cpus));
+    if args.deep {
+        use capstan_data::DatasetStore;
+        let store = capstan_data::ParquetStore::new(root);
+        diags.extend(capstan_core::flow::input_checks(&home, |p, d| {
+            matches!(store.info(p, d), Ok(Some(_)))
+        }));
+    }
     diags.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     let errors = diags
         .iter()

@@ -166,6 +166,10 @@ pub struct CheckArgs {
     /// Print the diagnostics as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also check the data: every recipe input that has no data yet (one to import, or one a
+    /// recipe has not built).
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Subcommand)]
