@@ -68,6 +68,21 @@ impl Engine {
         Ok(Engine { docker, name })
     }
 
+    /// The engine's version (`20.10.24+dfsg1`).
+    pub async fn version(&self) -> Result<String, String> {
+        self.docker
+            .version()
+            .await
+            .map(|v| v.version.unwrap_or_else(|| "?".into()))
+            .map_err(|e| {
+                format!(
+                    "the Docker engine at {} does not answer: {}",
+                    self.name,
+                    engine_message(&e)
+                )
+            })
+    }
+
     /// An address of this machine that the engine's containers can reach, and why it is that
     /// one: for a remote engine (`tcp://`), this machine's address toward it; for one on this
     /// machine, the host's address on its default bridge network.

@@ -1,4 +1,5 @@
-//! `capstan k8s render`: the objects a run would create, without a cluster.
+//! `capstan k8s render`: the objects a run would create, without a cluster; and `capstan
+//! cluster test` of a Kubernetes cluster or a Docker host.
 
 use std::path::Path;
 
@@ -58,16 +59,22 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
         .clusters
         .get(&args.name)
         .ok_or_else(|| anyhow::anyhow!("unknown cluster `{}`", args.name))?;
-    let ClusterTarget::Kubernetes {
-        kubeconfig,
-        context,
-        namespace: cluster_ns,
-    } = &cluster.target
-    else {
-        bail!(
-            "cluster `{}` is a Docker host: `cluster test` checks Kubernetes clusters",
-            args.name
-        );
+    let (kubeconfig, context, cluster_ns) = match &cluster.target {
+        ClusterTarget::Kubernetes {
+            kubeconfig,
+            context,
+            namespace,
+        } => (kubeconfig, context, namespace),
+        ClusterTarget::Docker { host } => {
+            return docker(
+                root,
+                &home,
+                &args.name,
+                &host.value,
+                args.exec_config.as_deref(),
+            )
+            .await;
+        }
     };
     let config = match &args.exec_config {
         Some(n) => home
@@ -79,13 +86,6 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
             .values()
             .find(|c| c.kind.value == ExecKind::Kubernetes)
             .ok_or_else(|| anyhow::anyhow!("no kubernetes execution configuration to test with"))?,
-    };
-    let step = |ok: bool, what: &str, detail: &str, t: Instant| {
-        println!(
-            "{} {what:<22} {detail} ({} ms)",
-            if ok { "ok  " } else { "FAIL" },
-            t.elapsed().as_millis()
-        );
     };
     let backend = capstan_backend_k8s::K8sBackend::new(root);
     let kc = kubeconfig.as_ref().map(|k| k.value.clone());
@@ -212,6 +212,196 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
             outcome
                 .diagnosis
                 .unwrap_or_else(|| "the test pod did not succeed".into())
+        );
+        return Ok(exit::FAILURE);
+    }
+    Ok(exit::OK)
+}
+
+/// One line of `cluster test`: whether a step worked, what it found, how long it took.
+fn step(ok: bool, what: &str, detail: &str, t: std::time::Instant) {
+    println!(
+        "{} {what:<26} {detail} ({} ms)",
+        if ok { "ok  " } else { "FAIL" },
+        t.elapsed().as_millis()
+    );
+}
+
+/// `capstan cluster test NAME` for a Docker cluster: the engine answers, the address its
+/// containers reach this machine at (and why), a real container from a Docker configuration's
+/// image that starts and calls back to that address, and its removal.
+pub async fn docker(
+    root: &Path,
+    home: &capstan_core::Home,
+    name: &str,
+    host: &str,
+    exec_config: Option<&str>,
+) -> anyhow::Result<u8> {
+    use capstan_engine::backend::{ActivityControl, ActivityEvent, Backend, DataAccess};
+    use std::time::Instant;
+
+    let config = match exec_config {
+        Some(n) => home
+            .exec_configs
+            .get(n)
+            .ok_or_else(|| anyhow::anyhow!("unknown execution configuration `{n}`"))?,
+        None => home
+            .exec_configs
+            .values()
+            .find(|c| c.kind.value == ExecKind::Docker)
+            .ok_or_else(|| anyhow::anyhow!("no docker execution configuration to test with"))?,
+    };
+    if config.kind.value != ExecKind::Docker {
+        bail!(
+            "execution configuration `{}` is {}, not docker: pass --exec-config with a docker configuration",
+            config.name,
+            config.kind.value
+        );
+    }
+    let t = Instant::now();
+    let engine = match capstan_backend_docker::image_ops::Engine::connect(Some(host)).await {
+        Ok(e) => e,
+        Err(e) => {
+            step(false, "engine reachable", &e, t);
+            return Ok(exit::FAILURE);
+        }
+    };
+    match engine.version().await {
+        Ok(v) => step(true, "engine reachable", &format!("{host}, Docker {v}"), t),
+        Err(e) => {
+            step(false, "engine reachable", &e, t);
+            return Ok(exit::FAILURE);
+        }
+    }
+
+    // Where the containers call back: the daemon's public URL when set, else an address of this
+    // machine found as the daemon finds it, on which this command listens for the test.
+    let t = Instant::now();
+    let public = home
+        .instance
+        .server_public_url
+        .as_ref()
+        .map(|u| u.value.clone());
+    let (url, _probe) = match public {
+        Some(u) => {
+            step(
+                true,
+                "address for containers",
+                &format!("{u} ([server] public_url)"),
+                t,
+            );
+            (u, None)
+        }
+        None => match engine.host_address().await {
+            Ok(a) => {
+                let listener = tokio::net::TcpListener::bind((a.ip, 0)).await?;
+                let addr = listener.local_addr()?;
+                let probe = tokio::spawn(async move {
+                    axum::serve(listener, capstan_server::probe_router()).await
+                });
+                step(
+                    true,
+                    "address for containers",
+                    &format!("{} ({})", a.ip, a.why),
+                    t,
+                );
+                (format!("http://{addr}"), Some(probe))
+            }
+            Err(e) => {
+                step(
+                    false,
+                    "address for containers",
+                    &format!("{e}: set [server] public_url"),
+                    t,
+                );
+                return Ok(exit::FAILURE);
+            }
+        },
+    };
+
+    let t = Instant::now();
+    let dir = std::env::temp_dir().join(format!("capstan-cluster-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("cluster_test.py"), TEST_POD)?;
+    let mut spec = capstan_engine::spec_from_config(
+        home,
+        root,
+        config,
+        name,
+        "",
+        dir.join("cluster_test.py"),
+        dir.clone(),
+    );
+    spec.kind = ExecKind::Docker;
+    spec.namespace = None;
+    spec.docker_host = Some(host.to_string());
+    spec.data = Some(DataAccess {
+        api_url: url.clone(),
+        token: String::new(),
+    });
+    let Some(image) = spec.image.clone() else {
+        let base = config
+            .base_image
+            .as_ref()
+            .map_or("default", |b| b.value.as_str());
+        step(
+            false,
+            "container start",
+            &format!(
+                "execution configuration `{}` runs base image `{base}`, which is not built: `capstan image build-base {base}`",
+                config.name
+            ),
+            t,
+        );
+        return Ok(exit::FAILURE);
+    };
+    let backend = capstan_backend_docker::DockerBackend::new(root);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = backend
+        .run(
+            &spec,
+            ActivityControl {
+                cancel: Default::default(),
+                events: tx,
+            },
+        )
+        .await;
+    let mut started = false;
+    while let Ok(e) = rx.try_recv() {
+        started |= matches!(e, ActivityEvent::Running);
+    }
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let ok = outcome.state == capstan_core::job::JobState::Succeeded;
+    let why = outcome.diagnosis.clone().unwrap_or_default();
+    let detail = if started {
+        image
+    } else {
+        format!("{image}: {why}")
+    };
+    step(started, "container start", &detail, t);
+    if started {
+        let t = Instant::now();
+        match log.contains("callback ok") {
+            true => step(true, "callback to this machine", &url, t),
+            false => step(
+                false,
+                "callback to this machine",
+                &format!("{url}: {why}"),
+                t,
+            ),
+        }
+    }
+    // The backend removes the container before it returns, whatever happened.
+    step(true, "cleanup", "container removed", Instant::now());
+    if !ok {
+        eprintln!(
+            "error: {}",
+            if why.is_empty() {
+                "the test container did not succeed".into()
+            } else {
+                why
+            }
         );
         return Ok(exit::FAILURE);
     }

@@ -106,6 +106,15 @@ pub fn routes() -> Vec<(Method, &'static str)> {
         .collect()
 }
 
+/// A router that answers only `GET /api/v1/health`: what `capstan cluster test` listens with
+/// on the address a Docker engine's containers reach this machine at, to see that they do.
+pub fn probe_router() -> Router {
+    Router::new().route(
+        "/api/v1/health",
+        axum::routing::get(|| async { Json(json!({"status": "ok"})) }),
+    )
+}
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     endpoints()

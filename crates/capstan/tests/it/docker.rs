@@ -598,3 +598,30 @@ fn a_container_reads_and_writes_datasets_through_the_data_api() {
     let totals = crate::support::head_json(&home, "order_totals");
     assert_eq!(totals[0]["customer"], "alice", "{totals}");
 }
+
+#[test]
+fn cluster_test_of_a_docker_host_checks_the_callback_from_a_real_container() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-cluster-test", &image);
+    let out = home
+        .capstan()
+        .args(["cluster", "test", "local-docker", "--exec-config", "small"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    for step in [
+        "ok   engine reachable",
+        "ok   address for containers",
+        "ok   container start",
+        "ok   callback to this machine   http://",
+        "ok   cleanup",
+    ] {
+        assert!(text.contains(step), "`{step}` missing:\n{text}");
+    }
+    assert!(!text.contains("http://127."), "{text}");
+    assert!(
+        containers(None, &home, "").is_empty(),
+        "the test container was left behind"
+    );
+}
