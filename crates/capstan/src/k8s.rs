@@ -49,9 +49,7 @@ if url:
 
 pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result<u8> {
     use capstan_core::model::ClusterTarget;
-    use capstan_engine::backend::{
-        ActivityControl, ActivityEvent, ActivitySpec, Backend, DataAccess,
-    };
+    use capstan_engine::backend::{ActivitySpec, DataAccess};
     use std::time::Instant;
 
     let home = load_valid(root)?;
@@ -76,17 +74,7 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
             .await;
         }
     };
-    let config = match &args.exec_config {
-        Some(n) => home
-            .exec_configs
-            .get(n)
-            .ok_or_else(|| anyhow::anyhow!("unknown execution configuration `{n}`"))?,
-        None => home
-            .exec_configs
-            .values()
-            .find(|c| c.kind.value == ExecKind::Kubernetes)
-            .ok_or_else(|| anyhow::anyhow!("no kubernetes execution configuration to test with"))?,
-    };
+    let config = test_config(&home, args.exec_config.as_deref(), ExecKind::Kubernetes)?;
     let backend = capstan_backend_k8s::K8sBackend::new(root);
     let kc = kubeconfig.as_ref().map(|k| k.value.clone());
     let ctx = context.as_ref().map(|c| c.value.clone());
@@ -130,9 +118,7 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
     }
 
     let t = Instant::now();
-    let dir = std::env::temp_dir().join(format!("capstan-cluster-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("cluster_test.py"), TEST_POD)?;
+    let dir = test_dir()?;
     let spec = capstan_engine::spec_from_config(
         &home,
         root,
@@ -157,27 +143,12 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
         }),
         ..spec
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let outcome = backend
-        .run(
-            &spec,
-            ActivityControl {
-                cancel: Default::default(),
-                events: tx,
-            },
-        )
-        .await;
-    let mut waited = Vec::new();
-    let mut started = false;
-    while let Ok(e) = rx.try_recv() {
-        match e {
-            ActivityEvent::Waiting(w) => waited.push(w),
-            ActivityEvent::Running => started = true,
-            _ => {}
-        }
-    }
-    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
+    let TestRun {
+        outcome,
+        started,
+        waited,
+        log,
+    } = run_test(&backend, &spec, &dir).await;
     let ok = outcome.state == capstan_core::job::JobState::Succeeded;
     let detail = |d: &str| {
         waited
@@ -218,6 +189,87 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
     Ok(exit::OK)
 }
 
+/// The execution configuration a cluster test runs with: the one named, else the first of
+/// `kind`.
+fn test_config<'h>(
+    home: &'h capstan_core::Home,
+    name: Option<&str>,
+    kind: ExecKind,
+) -> anyhow::Result<&'h capstan_core::model::ExecConfig> {
+    let config = match name {
+        Some(n) => home
+            .exec_configs
+            .get(n)
+            .ok_or_else(|| anyhow::anyhow!("unknown execution configuration `{n}`"))?,
+        None => home
+            .exec_configs
+            .values()
+            .find(|c| c.kind.value == kind)
+            .ok_or_else(|| anyhow::anyhow!("no {kind} execution configuration to test with"))?,
+    };
+    if config.kind.value != kind {
+        bail!(
+            "execution configuration `{}` is {}, not {kind}: pass --exec-config with a {kind} configuration",
+            config.name,
+            config.kind.value
+        );
+    }
+    Ok(config)
+}
+
+/// A temporary folder holding the test's code.
+fn test_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("capstan-cluster-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("cluster_test.py"), TEST_POD)?;
+    Ok(dir)
+}
+
+/// What the test activity did.
+struct TestRun {
+    outcome: capstan_engine::backend::ActivityOutcome,
+    started: bool,
+    waited: Vec<String>,
+    log: String,
+}
+
+/// Runs the test activity to its end (the backend removes its container or pod before it
+/// returns) and removes the test's folder.
+async fn run_test(
+    backend: &dyn capstan_engine::backend::Backend,
+    spec: &capstan_engine::backend::ActivitySpec,
+    dir: &Path,
+) -> TestRun {
+    use capstan_engine::backend::{ActivityControl, ActivityEvent};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = backend
+        .run(
+            spec,
+            ActivityControl {
+                cancel: Default::default(),
+                events: tx,
+            },
+        )
+        .await;
+    let mut waited = Vec::new();
+    let mut started = false;
+    while let Ok(e) = rx.try_recv() {
+        match e {
+            ActivityEvent::Waiting(w) => waited.push(w),
+            ActivityEvent::Running => started = true,
+            _ => {}
+        }
+    }
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(dir);
+    TestRun {
+        outcome,
+        started,
+        waited,
+        log,
+    }
+}
+
 /// One line of `cluster test`: whether a step worked, what it found, how long it took.
 fn step(ok: bool, what: &str, detail: &str, t: std::time::Instant) {
     println!(
@@ -237,27 +289,10 @@ pub async fn docker(
     host: &str,
     exec_config: Option<&str>,
 ) -> anyhow::Result<u8> {
-    use capstan_engine::backend::{ActivityControl, ActivityEvent, Backend, DataAccess};
+    use capstan_engine::backend::DataAccess;
     use std::time::Instant;
 
-    let config = match exec_config {
-        Some(n) => home
-            .exec_configs
-            .get(n)
-            .ok_or_else(|| anyhow::anyhow!("unknown execution configuration `{n}`"))?,
-        None => home
-            .exec_configs
-            .values()
-            .find(|c| c.kind.value == ExecKind::Docker)
-            .ok_or_else(|| anyhow::anyhow!("no docker execution configuration to test with"))?,
-    };
-    if config.kind.value != ExecKind::Docker {
-        bail!(
-            "execution configuration `{}` is {}, not docker: pass --exec-config with a docker configuration",
-            config.name,
-            config.kind.value
-        );
-    }
+    let config = test_config(home, exec_config, ExecKind::Docker)?;
     let t = Instant::now();
     let engine = match capstan_backend_docker::image_ops::Engine::connect(Some(host)).await {
         Ok(e) => e,
@@ -320,9 +355,7 @@ pub async fn docker(
     };
 
     let t = Instant::now();
-    let dir = std::env::temp_dir().join(format!("capstan-cluster-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("cluster_test.py"), TEST_POD)?;
+    let dir = test_dir()?;
     let mut spec = capstan_engine::spec_from_config(
         home,
         root,
@@ -356,22 +389,12 @@ pub async fn docker(
         return Ok(exit::FAILURE);
     };
     let backend = capstan_backend_docker::DockerBackend::new(root);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let outcome = backend
-        .run(
-            &spec,
-            ActivityControl {
-                cancel: Default::default(),
-                events: tx,
-            },
-        )
-        .await;
-    let mut started = false;
-    while let Ok(e) = rx.try_recv() {
-        started |= matches!(e, ActivityEvent::Running);
-    }
-    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
+    let TestRun {
+        outcome,
+        started,
+        log,
+        ..
+    } = run_test(&backend, &spec, &dir).await;
     let ok = outcome.state == capstan_core::job::JobState::Succeeded;
     let why = outcome.diagnosis.clone().unwrap_or_default();
     let detail = if started {
