@@ -541,10 +541,9 @@ async fn keep_driver_log(docker: &Docker, id: &str, spec: &ActivitySpec) {
         for mut e in entries.flatten() {
             if e.path()
                 .is_ok_and(|p| p.ends_with(capstan_spark::DRIVER_LOG))
+                && let Ok(mut f) = std::fs::File::create(dest.join(capstan_spark::DRIVER_LOG))
             {
-                if let Ok(mut f) = std::fs::File::create(dest.join(capstan_spark::DRIVER_LOG)) {
-                    let _ = std::io::copy(&mut e, &mut f);
-                }
+                let _ = std::io::copy(&mut e, &mut f);
             }
         }
     }

@@ -100,7 +100,7 @@ pub fn import_file(
         }
         (schema, w.finish()?)
     } else {
-        let schema = match csv_import::infer(&file, &overrides(schema_overrides)?) {
+        let schema = match csv_import::infer(file, &overrides(schema_overrides)?) {
             Ok(s) => s,
             Err(ImportError::BadLines { path, lines, total }) => {
                 for l in &lines {
@@ -118,7 +118,7 @@ pub fn import_file(
             Err(e) => return Err(e.into()),
         };
         let mut w = store.stage(project, name, &stage, schema.clone())?;
-        let result = csv_import::read(&file, &schema, |b| w.write(&b));
+        let result = csv_import::read(file, &schema, |b| w.write(&b));
         if let Err(e) = result {
             store.discard(project, name, &stage);
             return Err(e.into());

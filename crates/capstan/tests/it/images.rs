@@ -446,6 +446,18 @@ fn a_spark_base_image_runs_pyspark_and_spark_sql_recipes_in_a_container() {
         }
         assert_eq!(head_json(&h, output), want, "{recipe}");
     }
+    // The driver's full log (INFO and all) was copied out of each container before it went.
+    let jobs = h.root().join("state/jobs");
+    let kept = std::fs::read_dir(&jobs)
+        .unwrap()
+        .flatten()
+        .flat_map(|j| std::fs::read_dir(j.path()).into_iter().flatten().flatten())
+        .filter(|a| {
+            std::fs::read_to_string(a.path().join("spark-driver.log"))
+                .is_ok_and(|l| l.contains(" INFO SparkContext: Running Spark version"))
+        })
+        .count();
+    assert_eq!(kept, 2, "no full driver log under {}", jobs.display());
 
     // A code environment built for a Spark configuration on Kubernetes: its image is the
     // Spark image plus the environment's packages, and the driver pod (and so the executors)
