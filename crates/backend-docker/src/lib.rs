@@ -457,12 +457,15 @@ impl DockerBackend {
         let filters: HashMap<&str, Vec<String>> =
             HashMap::from([("label", vec![format!("{LABEL_INSTANCE}={}", self.instance)])]);
         let mut removed = Vec::new();
+        let mut swept = false;
         for host in hosts {
             // An engine that is down now has nothing we can remove; it is swept next time.
             let Ok((docker, layout)) = self.engine_and_layout(host.as_deref()).await else {
                 continue;
             };
-            if let Some(l) = layout {
+            // Every local engine shares this machine's cgroup tree: one sweep does.
+            if let Some(l) = layout.filter(|_| !swept) {
+                swept = true;
                 let n = usage::sweep(l, &self.instance);
                 if n > 0 {
                     removed.push(format!("{n} empty cgroup parent(s) of ended containers"));

@@ -129,10 +129,14 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
         listening: Mutex::new(HashMap::new()),
     });
     data.set_routes(routes.clone());
-    // Said at start, so an admin sees where containers will call back before any job does.
-    if let Err(why) = routes.docker(None).await {
-        tracing::info!(%why, "no data API address for containers on the local Docker engine yet");
-    }
+    // Said at start, so an admin sees where containers will call back before any job does; in
+    // the background, so an engine that does not answer never delays the daemon.
+    let at_start = routes.clone();
+    tokio::spawn(async move {
+        if let Err(why) = at_start.docker(None).await {
+            tracing::info!(%why, "no data API address for containers on the local Docker engine yet");
+        }
+    });
     let report = starter
         .start()
         .context("cannot recover the previous daemon's jobs")?;
@@ -202,16 +206,27 @@ impl Routes {
         Ok(url)
     }
 
-    async fn find(&self, host: Option<&str>) -> Result<(String, String, String), String> {
-        let named = || host.unwrap_or("the local engine").to_string();
+    /// The address the admin made known, whatever runs the activity: `[server] public_url`,
+    /// else the daemon's own when it is bound to one that is neither loopback nor every address.
+    fn configured(&self) -> Option<(String, &'static str)> {
         if let Some(u) = &self.public_url {
-            return Ok((u.clone(), "[server] public_url".into(), named()));
+            return Some((u.clone(), "[server] public_url"));
         }
         let ip = self.bind.ip();
-        if !ip.is_loopback() && !ip.is_unspecified() {
-            let why = "the address the daemon is bound to".to_string();
-            return Ok((format!("http://{}", self.bind), why, named()));
+        (!ip.is_loopback() && !ip.is_unspecified()).then(|| {
+            (
+                format!("http://{}", self.bind),
+                "the address the daemon is bound to",
+            )
+        })
+    }
+
+    async fn find(&self, host: Option<&str>) -> Result<(String, String, String), String> {
+        let named = || host.unwrap_or("the local engine").to_string();
+        if let Some((url, why)) = self.configured() {
+            return Ok((url, why.to_string(), named()));
         }
+        let ip = self.bind.ip();
         let engine = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             capstan_backend_docker::image_ops::Engine::connect(host),
@@ -268,15 +283,11 @@ impl capstan_server::data_api::ContainerRoutes for Routes {
         Box::pin(async move {
             match kind {
                 ExecKind::Docker => self.docker(docker_host).await,
-                _ => match &self.public_url {
-                    Some(u) => Ok(u.clone()),
-                    None if !self.bind.ip().is_loopback() && !self.bind.ip().is_unspecified() => {
-                        Ok(format!("http://{}", self.bind))
-                    }
-                    None => Err(format!(
+                _ => self.configured().map(|(url, _)| url).ok_or_else(|| {
+                    format!(
                         "pods have no address to reach the capstan data API at: {SET_PUBLIC_URL}"
-                    )),
-                },
+                    )
+                }),
             }
         })
     }
