@@ -184,6 +184,10 @@ impl DockerBackend {
                 return ActivityOutcome::failed(format!("cannot pack the recipe's code: {e}"));
             }
         };
+        // A cancel during preparation (a pull): no container is created after it.
+        if ctl.cancel.is_cancelled() {
+            return ActivityOutcome::cancelled();
+        }
         ctl.report(ActivityEvent::Starting);
         let name = render::container_name(spec, &self.instance);
         let created = docker
@@ -218,6 +222,10 @@ impl DockerBackend {
                 "cannot upload the recipe's code into the container: {}",
                 engine_message(&e)
             ));
+        }
+        if ctl.cancel.is_cancelled() {
+            remove(&docker, &id).await;
+            return ActivityOutcome::cancelled();
         }
         if let Err(e) = docker.start_container(&id, None).await {
             remove(&docker, &id).await;

@@ -232,6 +232,10 @@ impl K8sBackend {
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         let pod = loop {
+            // A cancel during preparation: no pod is created after it.
+            if ctl.cancel.is_cancelled() {
+                return ActivityOutcome::cancelled();
+            }
             match pods.create(&PostParams::default(), &rendered.pod).await {
                 Ok(p) => break p,
                 Err(e) => {

@@ -280,6 +280,12 @@ impl LocalBackend {
                 spec.dir.join(SPEC).display()
             ));
         }
+        // A cancel during preparation (a code environment's build): no recipe process starts
+        // after it.
+        if ctl.cancel.is_cancelled() {
+            cleanup_work(&spec.dir);
+            return ActivityOutcome::cancelled();
+        }
         ctl.report(ActivityEvent::Starting);
         let shim_err = std::fs::File::create(spec.dir.join("shim.err")).ok();
         let mut cmd = tokio::process::Command::new(&self.shim_exe);

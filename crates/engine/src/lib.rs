@@ -21,6 +21,7 @@ use capstan_core::job::JobState;
 use capstan_core::model::{ExecKind, Home};
 use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve};
 use capstan_store::{ActivityRow, EventRow, JobFilter, JobRow, NewJob, Outcome, Store, StoreError};
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,22 @@ pub enum EngineError {
     },
 }
 
+/// How a job's work ended.
+enum Done {
+    Outcome(ActivityOutcome),
+    /// It had never started (found so after a restart): run it again.
+    Requeue,
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
 /// A job with everything `job show` needs.
 #[derive(Clone, Debug)]
 pub struct JobDetail {
@@ -76,12 +93,24 @@ pub struct JobDetail {
     pub usage: Option<Usage>,
 }
 
+/// A claimed job, from the moment its task starts until its final state is recorded. Cancel
+/// and the job's task meet here, under the `running` lock: a cancel either finds the entry open
+/// (and the job will end cancelled) or closed (the job's end was already decided).
 struct Running {
     cancel: CancellationToken,
-    /// Why it was cancelled, for the record ("cancelled by alice").
-    reason: Arc<Mutex<Option<String>>>,
-    spec: Arc<ActivitySpec>,
-    backend: Arc<dyn Backend>,
+    /// Why it is cancelled, for the record ("cancelled by alice"); set once, with `cancel`.
+    reason: Option<String>,
+    /// Set when the job's end is decided: a cancel after that is too late.
+    closed: bool,
+    /// What runs it, once known (for `job show`'s live usage).
+    work: Option<(Arc<ActivitySpec>, Arc<dyn Backend>)>,
+}
+
+impl Running {
+    fn cancel(&mut self, reason: String) {
+        self.reason.get_or_insert(reason);
+        self.cancel.cancel();
+    }
 }
 
 struct Inner {
@@ -209,7 +238,7 @@ impl Engine {
         };
         let running = {
             let map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(&id).map(|r| (r.spec.clone(), r.backend.clone()))
+            map.get(&id).and_then(|r| r.work.clone())
         };
         let usage = match running {
             Some((spec, backend)) if job.state == JobState::Running => backend.usage(&spec).await,
@@ -259,7 +288,9 @@ impl Engine {
         Ok(self.store().job(id)?.map(|j| j.state))
     }
 
-    /// Cancels a job: a queued one at once, a running one by stopping its work.
+    /// Cancels a job: a queued one at once, a claimed one by stopping its work. A cancel that
+    /// is accepted always ends the job `cancelled`, even one accepted before its work started
+    /// or before a daemon restart: it is recorded in the state database first.
     pub fn cancel(&self, caller: &Caller, id: i64) -> Result<JobState, EngineError> {
         let job = self.job(caller, id)?;
         if job.state.is_final() {
@@ -282,10 +313,24 @@ impl Engine {
         if cancelled {
             return Ok(JobState::Cancelled);
         }
-        let map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = map.get(&id) {
-            *r.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
-            r.cancel.cancel();
+        // Claimed. Under the lock the job's task registers with (reading the request) and
+        // decides its end with, so the two cannot miss each other.
+        let mut map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        let too_late = |state: Option<JobState>| {
+            EngineError::Conflict(format!(
+                "job {id} is already {}",
+                state.map_or("over".into(), |s| s.to_string())
+            ))
+        };
+        if map.get(&id).is_some_and(|r| r.closed) {
+            return Err(too_late(self.state_of(id)?));
+        }
+        if !self.store().request_cancel(id, &message)? {
+            return Err(too_late(self.state_of(id)?));
+        }
+        // Not registered yet: the job's task finds the request in the database when it does.
+        if let Some(r) = map.get_mut(&id) {
+            r.cancel(message);
         }
         Ok(self
             .store()
@@ -299,11 +344,9 @@ impl Engine {
         self.inner.shutdown.cancel();
         if stop_jobs {
             {
-                let map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-                for r in map.values() {
-                    *r.reason.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some("stopped by the daemon's shutdown (--stop-jobs)".into());
-                    r.cancel.cancel();
+                let mut map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                for r in map.values_mut().filter(|r| !r.closed) {
+                    r.cancel("stopped by the daemon's shutdown (--stop-jobs)".into());
                 }
             }
             self.inner.tasks.close();
@@ -367,9 +410,72 @@ impl Engine {
         }
     }
 
+    /// Decides how a job ends: closes its entry, so that a later cancel is refused rather than
+    /// lost, and turns the outcome into `cancelled` when a cancel was accepted before — whatever
+    /// the work did meanwhile. Returns the cancel's reason with the outcome.
+    fn close(&self, job_id: i64, outcome: ActivityOutcome) -> (ActivityOutcome, Option<String>) {
+        let reason = {
+            let mut map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+            map.get_mut(&job_id).and_then(|r| {
+                r.closed = true;
+                r.reason.clone()
+            })
+        };
+        let Some(why) = reason else {
+            return (outcome, None);
+        };
+        let outcome = ActivityOutcome {
+            state: JobState::Cancelled,
+            diagnosis: Some(why.clone()),
+            // What it used until it was stopped is still worth knowing.
+            ..outcome
+        };
+        (outcome, Some(why))
+    }
+
+    /// Ends a job that never reached its backend's work (a failed check, or a cancel).
+    fn end_early(&self, job_id: i64, outcome: ActivityOutcome) {
+        let (outcome, why) = self.close(job_id, outcome);
+        self.finish(job_id, &outcome, why.as_deref());
+    }
+
     /// Runs (or, with `resume`, re-attaches) one claimed job to its end. Returns true if the
     /// job went back to the queue because it had never started.
     async fn drive(&self, job: JobRow, resume: Option<ActivityRow>) -> bool {
+        let job_id = job.id;
+        let cancel = CancellationToken::new();
+        {
+            // Registered before anything else, under the lock cancel takes: a cancel accepted
+            // since the claim (or before a restart) is in the database, and is honoured now.
+            let mut map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+            let mut entry = Running {
+                cancel: cancel.clone(),
+                reason: None,
+                closed: false,
+                work: None,
+            };
+            match self.store().cancel_requested(job_id) {
+                Ok(Some(why)) => entry.cancel(why),
+                Ok(None) => {}
+                Err(error) => tracing::error!(job_id, %error, "cannot read a job's cancel request"),
+            }
+            map.insert(job_id, entry);
+        }
+        let requeued = self.drive_registered(job, resume, cancel).await;
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job_id);
+        requeued
+    }
+
+    async fn drive_registered(
+        &self,
+        job: JobRow,
+        resume: Option<ActivityRow>,
+        cancel: CancellationToken,
+    ) -> bool {
         let job_id = job.id;
         let (attempt, dir, backend_ref) = match &resume {
             Some(a) => (
@@ -387,11 +493,16 @@ impl Engine {
                 (attempt, None, None)
             }
         };
+        // Cancelled before anything started: nothing to stop, nothing to start.
+        if resume.is_none() && cancel.is_cancelled() {
+            self.end_early(job_id, ActivityOutcome::cancelled());
+            return false;
+        }
         let dir = dir.unwrap_or_else(|| self.activity_dir(job_id, 0, attempt));
         let (spec, kind) = match self.spec_for(&job, attempt, dir.clone()) {
             Ok(s) => s,
             Err(diagnosis) if resume.is_none() => {
-                self.finish(job_id, &ActivityOutcome::failed(diagnosis), None);
+                self.end_early(job_id, ActivityOutcome::failed(diagnosis));
                 return false;
             }
             Err(_) => {
@@ -402,10 +513,9 @@ impl Engine {
             }
         };
         let Some(backend) = self.backend(kind) else {
-            self.finish(
+            self.end_early(
                 job_id,
-                &ActivityOutcome::failed(format!("no backend for {kind} execution in this daemon")),
-                None,
+                ActivityOutcome::failed(format!("no backend for {kind} execution in this daemon")),
             );
             return false;
         };
@@ -417,13 +527,13 @@ impl Engine {
                 && let Some(input) = spec.inputs.iter().find(|i| !dp.has_data(&spec.project, i))
             {
                 let why = diagnose::missing_input(&self.inner.home.current(), &spec.project, input);
-                self.finish(job_id, &ActivityOutcome::failed(why), None);
+                self.end_early(job_id, ActivityOutcome::failed(why));
                 return false;
             }
             match dp.grant(&spec).await {
                 Ok(access) => spec.data = access,
                 Err(why) if resume.is_none() => {
-                    self.finish(job_id, &ActivityOutcome::failed(why), None);
+                    self.end_early(job_id, ActivityOutcome::failed(why));
                     return false;
                 }
                 // Re-attaching: the container already has its address.
@@ -433,13 +543,12 @@ impl Engine {
         let spec = Arc::new(spec);
         if resume.is_none() {
             if let Err(error) = std::fs::create_dir_all(&spec.dir) {
-                self.finish(
+                self.end_early(
                     job_id,
-                    &ActivityOutcome::failed(format!(
+                    ActivityOutcome::failed(format!(
                         "cannot create the activity folder {}: {error}",
                         spec.dir.display()
                     )),
-                    None,
                 );
                 return false;
             }
@@ -451,29 +560,21 @@ impl Engine {
                 tracing::error!(job_id, %error, "cannot record the activity folder");
             }
         }
-
-        let cancel = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(None));
-        self.inner
+        if let Some(r) = self
+            .inner
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                job_id,
-                Running {
-                    cancel: cancel.clone(),
-                    reason: reason.clone(),
-                    spec: spec.clone(),
-                    backend: backend.clone(),
-                },
-            );
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let ctl = ActivityControl { cancel, events: tx };
-
-        enum Done {
-            Outcome(ActivityOutcome),
-            Requeue,
+            .get_mut(&job_id)
+        {
+            r.work = Some((spec.clone(), backend.clone()));
         }
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ctl = ActivityControl {
+            cancel: cancel.clone(),
+            events: tx,
+        };
         let work = async {
             match &resume {
                 None => Done::Outcome(backend.run(&spec, ctl).await),
@@ -483,6 +584,9 @@ impl Engine {
                 },
             }
         };
+        // A panic in a backend must not leave the job unfinished, its slot taken and its
+        // container running: it becomes a failure, and the work is stopped below.
+        let work = std::panic::AssertUnwindSafe(work).catch_unwind();
         tokio::pin!(work);
         let done = loop {
             tokio::select! {
@@ -496,22 +600,20 @@ impl Engine {
                 }
             }
         };
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job_id);
+        let done = match done {
+            Ok(done) => done,
+            Err(panic) => {
+                let what = panic_message(&panic);
+                tracing::error!(job_id, panic = %what, "a backend task panicked");
+                self.stop_after_panic(&spec, &backend).await;
+                Done::Outcome(ActivityOutcome::failed(format!(
+                    "internal error in capstan's {kind} backend ({what}); the job's work was stopped. Please report this as a bug."
+                )))
+            }
+        };
         match done {
             Done::Outcome(outcome) => {
-                let reason = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let message = match (&outcome.state, &reason) {
-                    (JobState::Cancelled, Some(r)) => Some(r.as_str()),
-                    _ => None,
-                };
-                let mut outcome = outcome;
-                if outcome.state == JobState::Cancelled && outcome.diagnosis.is_none() {
-                    outcome.diagnosis = reason.clone();
-                }
+                let (mut outcome, why) = self.close(job_id, outcome);
                 // Outputs become visible only with success: a failed, cancelled or timed-out
                 // activity leaves the previous versions in place.
                 if let Some(dp) = &self.inner.data_plane {
@@ -531,7 +633,12 @@ impl Engine {
                         }
                     }
                 }
-                self.finish(job_id, &outcome, message);
+                self.finish(job_id, &outcome, why.as_deref());
+                false
+            }
+            Done::Requeue if cancel.is_cancelled() => {
+                // It never started, and it was cancelled meanwhile: it stays that way.
+                self.end_early(job_id, ActivityOutcome::cancelled());
                 false
             }
             Done::Requeue => {
@@ -550,6 +657,34 @@ impl Engine {
                 tracing::info!(job_id, attempt = next, "job requeued after restart");
                 matches!(requeued, Ok(true))
             }
+        }
+    }
+
+    /// After a backend panicked: finds the activity's work again the way a restarted daemon
+    /// would, with a cancelled token, so that the backend stops and removes it.
+    async fn stop_after_panic(&self, spec: &ActivitySpec, backend: &Arc<dyn Backend>) {
+        let backend_ref = self
+            .store()
+            .activities(spec.job_id)
+            .ok()
+            .and_then(|a| a.into_iter().next())
+            .and_then(|a| a.backend_ref);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let ctl = ActivityControl {
+            cancel: CancellationToken::new(),
+            events: tx,
+        };
+        ctl.cancel.cancel();
+        let stop = std::panic::AssertUnwindSafe(backend.resume(spec, backend_ref.as_deref(), ctl))
+            .catch_unwind();
+        if tokio::time::timeout(std::time::Duration::from_secs(120), stop)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                job_id = spec.job_id,
+                "could not stop the work of a job whose backend panicked"
+            );
         }
     }
 

@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_jobs.sql"),
     include_str!("../migrations/0002_io.sql"),
+    include_str!("../migrations/0003_cancel.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -445,6 +446,40 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(true)
+    }
+
+    /// Records that a job still in progress is to be cancelled, with the reason, and notes it
+    /// in its history. Returns false, changing nothing, if the job is over (or unknown).
+    pub fn request_cancel(&mut self, job_id: i64, reason: &str) -> Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE jobs SET cancel_requested = COALESCE(cancel_requested, ?2)
+             WHERE id = ?1 AND state IN ('queued', 'preparing', 'starting', 'running')",
+            params![job_id, reason],
+        )?;
+        if changed == 1 {
+            tx.execute(
+                "INSERT INTO job_events (job_id, at, state, message) SELECT id, ?2, state, ?3 FROM jobs WHERE id = ?1",
+                params![job_id, now_ms(), format!("cancel requested: {reason}")],
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    /// Why a job is to be cancelled, if a cancel was accepted for it.
+    pub fn cancel_requested(&self, job_id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT cancel_requested FROM jobs WHERE id = ?1",
+                [job_id],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     /// Records a message about a job without changing its state ("waiting for quota…").

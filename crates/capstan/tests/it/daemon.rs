@@ -666,3 +666,76 @@ fn a_recipe_saved_a_moment_ago_is_known() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(id > 0);
 }
+
+/// Issue 13, finding 3: cancels that land while a job is being prepared or started were lost
+/// (the job ran on, or failed with "the supervisor ended without recording…").
+#[test]
+fn cancel_races_in_preparing_and_starting_always_end_cancelled() {
+    let home = TestHome::new("cancel-race");
+    let marks = home.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    home.recipe(
+        "napper",
+        "shell",
+        "sh",
+        &format!("touch {}/$CAPSTAN_JOB_ID\nsleep 20\n", marks.display()),
+        "",
+    );
+    let d = home.start();
+    let auth = format!("Authorization: Bearer {}", d.token);
+    let mut seen = BTreeMap::<String, usize>::new();
+    let mut ids = Vec::new();
+    for i in 0..40u64 {
+        let out = curl(&[
+            "-sS",
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"project":"sample","recipe":"napper"}"#,
+            &format!("{}/api/v1/jobs", d.url),
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let id = v["id"].as_i64().unwrap();
+        // Land the cancel at a different moment of the job's start each time.
+        std::thread::sleep(std::time::Duration::from_millis(i % 10 * 3));
+        let out = curl(&[
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            &format!("{}/api/v1/jobs/{id}/cancel", d.url),
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        *seen
+            .entry(v["state"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+        ids.push(id);
+    }
+    eprintln!("states the cancels were accepted in: {seen:?}");
+    for id in &ids {
+        let job = d.wait_state(*id, 30, &["succeeded", "failed", "cancelled", "timed_out"]);
+        assert_eq!(job["state"], "cancelled", "job {id}: {job:#}");
+        assert_eq!(job["diagnosis"], "cancelled by local", "job {id}: {job:#}");
+        let events = job["events"].as_array().unwrap();
+        assert!(
+            events.iter().any(|e| e["state"] == "cancelled"),
+            "job {id}: its history has no cancel: {job:#}"
+        );
+    }
+    // No recipe is left running (each would sleep 20 s).
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{}", home.dir.path().display())])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    let daemon = d.child.id().to_string();
+    assert!(
+        left.lines().all(|p| p.trim() == daemon),
+        "processes left: {left}"
+    );
+}
