@@ -265,9 +265,10 @@ impl DockerBackend {
         let stats = Arc::new(Mutex::new(Sample::default()));
         let tracker = tokio::spawn(track_stats(docker.clone(), id.to_string(), stats.clone()));
         // The timeout counts from the container's start, also when re-attached after a restart.
-        let deadline = spec.timeout.map(|t| {
+        let deadline = spec.timeout.and_then(|t| {
             let elapsed = started.elapsed().unwrap_or_default();
-            tokio::time::Instant::now() + Duration::from_secs(t.secs()).saturating_sub(elapsed)
+            tokio::time::Instant::now()
+                .checked_add(Duration::from_secs(t.secs()).saturating_sub(elapsed))
         });
         let (mut timed_out, mut cancelled) = (false, false);
         loop {

@@ -268,9 +268,11 @@ async fn supervise(dir: &Path, spec: &ShimSpec) -> ShimExit {
         }
     };
     let mut last_err: VecDeque<String> = VecDeque::new();
+    // Checked: a deadline past what the clock can hold is no deadline (values are bounded when
+    // read, but a spec file outlives the version of capstan that wrote it).
     let deadline = spec
         .timeout_secs
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+        .and_then(|s| tokio::time::Instant::now().checked_add(Duration::from_secs(s)));
     let mut status = None;
     let mut stopping: Option<tokio::time::Instant> = None;
     // Once the recipe has exited, how long its output may take to drain: a process that escaped

@@ -9,6 +9,7 @@
 pub mod diag;
 pub mod flow;
 pub mod job;
+pub mod limits;
 pub mod load;
 pub mod model;
 pub mod quantity;

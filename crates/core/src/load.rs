@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
 
+use crate::limits;
 use crate::diag::{Diagnostics, Loc, SourceFile, SourceMap};
 use crate::model::*;
 use crate::toml_read::{Cx, Table, Value, check_name, type_name, unknown_help};
@@ -442,7 +443,7 @@ fn tolerations(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Vec<Sourced<Toleration
             operator: operator.map(|s| s.value),
             value: tt.str(cx, "value").map(|s| s.value),
             effect: effect.map(|s| s.value),
-            toleration_seconds: tt.u32(cx, "toleration_seconds").map(|s| s.value),
+            toleration_seconds: tt.count(cx, "toleration_seconds", limits::TOLERATION_SECONDS).map(|s| s.value),
         };
         tt.finish(cx);
         out.push(Sourced {
@@ -466,7 +467,7 @@ pub(crate) fn decode_layer(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> LayerSetti
         cpu_limit: t.cpu(cx, "cpu_limit"),
         memory_request: t.memory(cx, "memory_request"),
         memory_limit: t.memory(cx, "memory_limit"),
-        gpus: t.u32(cx, "gpus"),
+        gpus: t.count(cx, "gpus", limits::GPUS),
         env: t.string_map(cx, "env"),
     };
     request_within_limit(cx, &s.cpu_request, &s.cpu_limit, t, "cpu");
@@ -582,7 +583,7 @@ fn decode_exec_config(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: L
         cpu_limit: t.cpu(cx, "cpu_limit"),
         memory_request: t.memory(cx, "memory_request"),
         memory_limit: t.memory(cx, "memory_limit"),
-        gpus: t.u32(cx, "gpus"),
+        gpus: t.count(cx, "gpus", limits::GPUS),
         shm_size: t.memory(cx, "shm_size"),
         resources: t.quantity_map(cx, "resources"),
         env: t.string_map(cx, "env"),
@@ -598,7 +599,7 @@ fn decode_exec_config(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: L
         service_account: t.str(cx, "service_account"),
         timeout: t.duration(cx, "timeout"),
         pending_timeout: t.duration(cx, "pending_timeout"),
-        max_concurrent: t.u32(cx, "max_concurrent"),
+        max_concurrent: t.count(cx, "max_concurrent", limits::MAX_CONCURRENT),
         allowed: allowed(cx, t),
     };
     request_within_limit(cx, &c.cpu_request, &c.cpu_limit, t, "cpu");
@@ -629,18 +630,18 @@ fn decode_spark_config(
             loc,
         }),
         master_url: t.str(cx, "master_url"),
-        local_threads: t.u32(cx, "local_threads"),
+        local_threads: t.count(cx, "local_threads", limits::CORES),
         base_image: t.name(cx, "base_image"),
         image: t.str(cx, "image"),
         registry: t.str(cx, "registry"),
         namespace: t.str(cx, "namespace"),
         service_account: t.str(cx, "service_account"),
-        driver_cores: t.u32(cx, "driver_cores"),
+        driver_cores: t.count(cx, "driver_cores", limits::CORES),
         driver_memory: t.memory(cx, "driver_memory"),
-        executor_cores: t.u32(cx, "executor_cores"),
+        executor_cores: t.count(cx, "executor_cores", limits::CORES),
         executor_memory: t.memory(cx, "executor_memory"),
         executor_memory_overhead: t.memory(cx, "executor_memory_overhead"),
-        executor_instances: t.u32(cx, "executor_instances"),
+        executor_instances: t.count(cx, "executor_instances", limits::EXECUTORS),
         dynamic_allocation: t.bool(cx, "dynamic_allocation"),
         log_level: choice(
             cx,
@@ -658,7 +659,7 @@ fn decode_spark_config(
             .unwrap_or_default(),
         timeout: t.duration(cx, "timeout"),
         pending_timeout: t.duration(cx, "pending_timeout"),
-        max_concurrent: t.u32(cx, "max_concurrent"),
+        max_concurrent: t.count(cx, "max_concurrent", limits::MAX_CONCURRENT),
         allowed: allowed(cx, t),
     }
 }
@@ -749,7 +750,7 @@ fn decode_cluster(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc) 
         loc,
         description: description(cx, t),
         target,
-        max_concurrent: t.u32(cx, "max_concurrent"),
+        max_concurrent: t.count(cx, "max_concurrent", limits::MAX_CONCURRENT),
         allowed: allowed(cx, t),
     }
 }

@@ -159,6 +159,11 @@ pub struct Cpu {
 }
 
 impl Cpu {
+    /// The most CPU any setting may ask for: 10,000 cores.
+    pub const MAX: Cpu = Cpu {
+        millis: 10_000_000,
+    };
+
     pub fn from_millis(millis: u64) -> Cpu {
         Cpu { millis }
     }
@@ -180,8 +185,10 @@ impl Cpu {
             ));
         }
         u64::try_from(q.nanos / 1_000_000)
+            .ok()
             .map(Cpu::from_millis)
-            .map_err(|_| format!("`{text}` is too large"))
+            .filter(|c| *c <= Cpu::MAX)
+            .ok_or_else(|| format!("`{text}` is more than the maximum of {} cores", Cpu::MAX))
     }
 }
 
@@ -202,6 +209,9 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// The most memory any setting may ask for: 1 PiB.
+    pub const MAX: Memory = Memory { bytes: 1 << 50 };
+
     pub fn from_bytes(bytes: u64) -> Memory {
         Memory { bytes }
     }
@@ -227,8 +237,10 @@ impl Memory {
             return Err(format!("`{text}` is not a whole number of bytes"));
         }
         u64::try_from(q.nanos / NANO)
+            .ok()
             .map(Memory::from_bytes)
-            .map_err(|_| format!("`{text}` is too large"))
+            .filter(|m| *m <= Memory::MAX)
+            .ok_or_else(|| format!("`{text}` is more than the maximum of {}", Memory::MAX))
     }
 
     pub fn mib(self) -> f64 {
@@ -261,8 +273,25 @@ pub struct Duration {
 }
 
 impl Duration {
+    /// The longest duration any setting may be: 365 days. Deadlines are computed from it, so it
+    /// also keeps every `now + duration` far from overflowing.
+    pub const MAX: Duration = Duration {
+        secs: 365 * 86_400,
+    };
+
     pub fn from_secs(secs: u64) -> Duration {
         Duration { secs }
+    }
+
+    /// A duration of `secs` seconds, or why it is refused (over [`Duration::MAX`]).
+    pub fn checked_from_secs(secs: u64) -> Result<Duration, String> {
+        if secs > Duration::MAX.secs {
+            return Err(format!(
+                "{secs} seconds is more than the maximum of 365d ({} seconds)",
+                Duration::MAX.secs
+            ));
+        }
+        Ok(Duration { secs })
     }
 
     pub fn secs(self) -> u64 {
@@ -275,8 +304,19 @@ impl Duration {
         if s.is_empty() {
             return Err(bad());
         }
-        if let Ok(secs) = s.parse::<u64>() {
-            return Ok(Duration { secs });
+        let too_long = || {
+            format!(
+                "`{text}` is more than the maximum of 365d ({} seconds)",
+                Duration::MAX.secs
+            )
+        };
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= Duration::MAX.secs)
+                .map(|secs| Duration { secs })
+                .ok_or_else(too_long);
         }
         let mut total: u64 = 0;
         let mut digits = String::new();
@@ -292,12 +332,16 @@ impl Duration {
                 'd' => 86_400,
                 _ => return Err(bad()),
             };
-            let n: u64 = digits.parse().map_err(|_| bad())?;
+            if digits.is_empty() {
+                return Err(bad());
+            }
+            let n: u64 = digits.parse().map_err(|_| too_long())?;
             digits.clear();
             total = n
                 .checked_mul(unit)
                 .and_then(|v| total.checked_add(v))
-                .ok_or_else(|| format!("`{text}` is too long"))?;
+                .filter(|t| *t <= Duration::MAX.secs)
+                .ok_or_else(too_long)?;
         }
         if !digits.is_empty() {
             return Err(bad());
@@ -393,8 +437,25 @@ mod tests {
         #[test]
         fn binary_units_scale(n in 0u64..1_000_000, unit in 0usize..4) {
             let (suffix, shift) = [("Ki", 10), ("Mi", 20), ("Gi", 30), ("Ti", 40)][unit];
-            let q = Memory::parse(&format!("{n}{suffix}")).unwrap();
-            prop_assert_eq!(u128::from(q.bytes()), u128::from(n) << shift);
+            match Memory::parse(&format!("{n}{suffix}")) {
+                Ok(q) => prop_assert_eq!(u128::from(q.bytes()), u128::from(n) << shift),
+                Err(e) => {
+                    prop_assert!(u128::from(n) << shift > u128::from(Memory::MAX.bytes()));
+                    prop_assert!(e.ends_with("is more than the maximum of 1024Ti"), "{}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn durations_over_the_maximum_are_refused(n in 0u64..u64::MAX, unit in 0usize..4) {
+            let (suffix, secs) = [("s", 1u128), ("m", 60), ("h", 3600), ("d", 86_400)][unit];
+            match Duration::parse(&format!("{n}{suffix}")) {
+                Ok(d) => prop_assert_eq!(u128::from(d.secs()), u128::from(n) * secs),
+                Err(e) => {
+                    prop_assert!(u128::from(n) * secs > u128::from(Duration::MAX.secs()));
+                    prop_assert!(e.contains("is more than the maximum of 365d"), "{}", e);
+                }
+            }
         }
     }
 }

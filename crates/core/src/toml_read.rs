@@ -166,13 +166,16 @@ impl<'t, 'i> Table<'t, 'i> {
         self.typed(cx, key, "`true` or `false`", |v| v.as_bool().map(Ok))
     }
 
-    pub fn u32(&mut self, cx: &mut Cx<'_>, key: &'static str) -> Option<Sourced<u32>> {
+    /// A whole number from 0 to `max` (every count has a documented maximum, so no arithmetic
+    /// on it can overflow and no setting can ask for absurd amounts).
+    pub fn count(&mut self, cx: &mut Cx<'_>, key: &'static str, max: u32) -> Option<Sourced<u32>> {
         self.typed(cx, key, "a whole number", |v| {
             v.as_integer().map(|i| {
                 i64::from_str_radix(i.as_str(), i.radix())
                     .ok()
                     .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| format!("`{i}` is out of range (0 to {})", u32::MAX))
+                    .filter(|n| *n <= max)
+                    .ok_or_else(|| format!("`{i}` is out of range (0 to {max})"))
             })
         })
     }

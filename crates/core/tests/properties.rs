@@ -356,3 +356,65 @@ proptest! {
         load_and_resolve(&mutated_home(which, vec![m, m2]));
     }
 }
+
+/// Numbers at the edges of what TOML and JSON can hold, and around the documented maxima.
+fn extreme() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(u64::MAX),
+        Just(i64::MAX as u64),
+        Just(u64::from(u32::MAX)),
+        Just(capstan_core::quantity::Duration::MAX.secs()),
+        Just(capstan_core::quantity::Duration::MAX.secs() + 1),
+        any::<u64>(),
+        0u64..10_000_000,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Issue 13, finding 4: `timeout = 9223372036854775807` was accepted and then panicked
+    /// (`overflow when adding duration to instant`). Every duration, quantity and count is
+    /// either refused when read, naming the field and its maximum, or within that maximum —
+    /// and resolving it never panics.
+    #[test]
+    fn extreme_values_are_refused_or_bounded_and_never_panic(n in extreme(), unit in prop::sample::select(vec!["", "s", "m", "h", "d", "Mi", "Ti", "Ei"])) {
+        use capstan_core::limits;
+        use capstan_core::quantity::{Cpu, Duration, Memory};
+        if let Ok(d) = Duration::parse(&format!("{n}{unit}")) {
+            prop_assert!(d <= Duration::MAX);
+            let _ = std::time::Instant::now() + std::time::Duration::from_secs(d.secs());
+        }
+        if let Ok(m) = Memory::parse(&format!("{n}{unit}")) {
+            prop_assert!(m <= Memory::MAX);
+        }
+        if let Ok(c) = Cpu::parse(&format!("{n}")) {
+            prop_assert!(c <= Cpu::MAX);
+        }
+        let value = if unit.is_empty() { n.to_string() } else { format!("\"{n}{unit}\"") };
+        let files = home(&[
+            ("capstan.toml", String::new()),
+            ("exec-configs.toml", format!(
+                "[exec_config.x]\nkind = \"docker\"\nimage = \"i\"\ntimeout = {value}\nmemory_limit = {value}\ngpus = {n}\nmax_concurrent = {n}\n"
+            )),
+            ("projects/p/project.toml", String::new()),
+            ("projects/p/recipes/r.toml", "kind = \"shell\"\nexec_config = \"x\"\n".into()),
+            ("projects/p/recipes/r.sh", String::new()),
+        ]);
+        let (h, diags) = load(&PathBuf::from("/h"), &files);
+        let over = |max: u64| n > max;
+        if over(u64::from(limits::GPUS)) {
+            prop_assert!(diags.list.iter().any(|d| d.field.ends_with("gpus") && d.message.contains(&format!("0 to {}", limits::GPUS))), "{:?}", diags.list);
+        }
+        if unit.is_empty() && over(Duration::MAX.secs()) {
+            prop_assert!(diags.list.iter().any(|d| d.field.ends_with("timeout") && d.message.contains("maximum of 365d")), "{:?}", diags.list);
+        }
+        let _ = resolve(&h, "p", "r", &RunRequest::default());
+        let request = RunRequest {
+            timeout: Duration::checked_from_secs(n).ok(),
+            ..RunRequest::default()
+        };
+        let _ = resolve(&h, "p", "r", &request);
+    }
+}
