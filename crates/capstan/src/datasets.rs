@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use capstan_data::arrow::datatypes::DataType;
 use capstan_data::arrow::record_batch::RecordBatchReader;
-use capstan_data::csv_import::{self, ImportError};
+use capstan_data::csv_import::{self, ImportError, ImportLimits};
 use capstan_data::{DatasetStore, ParquetStore};
 use serde_json::json;
 
@@ -15,6 +15,21 @@ use crate::cli::{DatasetHeadArgs, DatasetImportArgs, DatasetSchemaArgs, Datasets
 use crate::home::load_valid;
 use crate::jobs::human_bytes;
 use crate::{Exit, exit};
+
+/// Prints a line on stdout. A closed pipe (`capstan datasets | head`) ends the command quietly,
+/// with success, as it does for other command-line tools.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        quiet_on_closed_pipe(writeln!(std::io::stdout().lock(), $($arg)*))?
+    };
+}
+
+fn quiet_on_closed_pipe(written: std::io::Result<()>) -> anyhow::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Exit(exit::OK).into()),
+        other => Ok(other?),
+    }
+}
 
 fn parse_target(target: &str) -> anyhow::Result<(&str, &str)> {
     match target.split_once('/') {
@@ -41,14 +56,15 @@ fn overrides(spec: Option<&str>) -> anyhow::Result<Vec<(String, DataType)>> {
     Ok(out)
 }
 
-fn print_schema(schema: &capstan_data::arrow::datatypes::Schema) {
+fn print_schema(schema: &capstan_data::arrow::datatypes::Schema) -> anyhow::Result<()> {
     for f in schema.fields() {
-        println!(
+        say!(
             "  {:<24} {}",
             f.name(),
             capstan_data::type_name(f.data_type())
         );
     }
+    Ok(())
 }
 
 pub fn import(root: &Path, args: &DatasetImportArgs) -> anyhow::Result<u8> {
@@ -56,13 +72,13 @@ pub fn import(root: &Path, args: &DatasetImportArgs) -> anyhow::Result<u8> {
     let (schema, rows, declared) =
         import_file(root, project, name, &args.file, args.schema.as_deref())?;
     if let Some(path) = declared {
-        println!(
+        say!(
             "declared dataset {name} in {}",
             path.strip_prefix(root).unwrap_or(&path).display()
         );
     }
-    println!("imported {rows} rows into {project}/{name}:");
-    print_schema(&schema);
+    say!("imported {rows} rows into {project}/{name}:");
+    print_schema(&schema)?;
     Ok(exit::OK)
 }
 
@@ -88,20 +104,20 @@ pub fn import_file(
     let store = ParquetStore::new(root);
     let stage = format!("import-{}", std::process::id());
     let is_parquet = file.extension().is_some_and(|e| e == "parquet");
-    let (schema, rows) = if is_parquet {
-        let opened =
-            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-        let reader = capstan_data::parquet_reader(opened)
-            .with_context(|| format!("{} is not a Parquet file", file.display()))?;
-        let schema = reader.schema();
-        let mut w = store.stage(project, name, &stage, schema.clone())?;
-        for batch in reader {
-            w.write(&batch.with_context(|| format!("cannot read {}", file.display()))?)?;
-        }
-        (schema, w.finish()?)
+    let staged = if is_parquet {
+        stage_parquet(&store, project, name, &stage, file)
     } else {
-        let schema = match csv_import::infer(file, &overrides(schema_overrides)?) {
-            Ok(s) => s,
+        let overrides = overrides(schema_overrides)?;
+        match csv_import::stage_csv(
+            &store,
+            project,
+            name,
+            &stage,
+            file,
+            &overrides,
+            &ImportLimits::default(),
+        ) {
+            Ok(staged) => Ok(staged),
             Err(ImportError::BadLines { path, lines, total }) => {
                 for l in &lines {
                     eprintln!("{path}:{}: {}", l.line, l.message);
@@ -115,33 +131,37 @@ pub fn import_file(
                 );
                 return Err(Exit(exit::FAILURE).into());
             }
-            Err(e) => return Err(e.into()),
-        };
-        let mut w = store.stage(project, name, &stage, schema.clone())?;
-        let result = csv_import::read(file, &schema, |b| w.write(&b));
-        if let Err(e) = result {
-            store.discard(project, name, &stage);
-            return Err(e.into());
+            Err(e) => Err(anyhow::anyhow!("{e}; nothing was imported")),
         }
-        (schema, w.finish()?)
     };
-    if let Some(d) = p.datasets.get(name)
-        && !d.schema.is_empty()
-    {
-        let declared: Vec<(String, DataType)> = d
-            .schema
-            .iter()
-            .filter_map(|(c, t)| capstan_data::parse_type(&t.value).map(|t| (c.clone(), t)))
-            .collect();
-        if let Err(e) = capstan_data::check_schema(&capstan_data::schema_of(&declared), &schema) {
-            store.discard(project, name, &stage);
-            bail!(
-                "{} does not match the schema declared for {project}/{name}: {e}",
-                file.display()
-            );
+    // From here on, any failure discards the staged version: the dataset keeps its previous one.
+    let committed = staged.and_then(|(schema, rows)| {
+        if let Some(d) = p.datasets.get(name)
+            && !d.schema.is_empty()
+        {
+            let declared: Vec<(String, DataType)> = d
+                .schema
+                .iter()
+                .filter_map(|(c, t)| capstan_data::parse_type(&t.value).map(|t| (c.clone(), t)))
+                .collect();
+            if let Err(e) = capstan_data::check_schema(&capstan_data::schema_of(&declared), &schema)
+            {
+                bail!(
+                    "{} does not match the schema declared for {project}/{name}: {e}; nothing was imported",
+                    file.display()
+                );
+            }
         }
-    }
-    store.commit(project, name, &stage)?;
+        store.commit(project, name, &stage)?;
+        Ok((schema, rows))
+    });
+    let (schema, rows) = match committed {
+        Ok(c) => c,
+        Err(e) => {
+            store.discard(project, name, &stage);
+            return Err(e);
+        }
+    };
     let mut declared = None;
     if !p.datasets.contains_key(name) {
         // Declared for the user, so recipes can name it at once.
@@ -156,18 +176,51 @@ pub fn import_file(
     Ok((schema, rows, declared))
 }
 
+/// Stages a Parquet file as a new version of `project/name` (the caller commits or discards it).
+fn stage_parquet(
+    store: &ParquetStore,
+    project: &str,
+    name: &str,
+    stage: &str,
+    file: &Path,
+) -> anyhow::Result<(capstan_data::arrow::datatypes::SchemaRef, u64)> {
+    let opened =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let reader = capstan_data::parquet_reader(opened)
+        .with_context(|| format!("{} is not a Parquet file", file.display()))?;
+    let schema = reader.schema();
+    // Columns are looked up by name (`dataset head --json`, recipes): each needs its own.
+    let mut seen = std::collections::HashMap::new();
+    for (i, f) in schema.fields().iter().enumerate() {
+        if let Some(first) = seen.insert(f.name().as_str(), i) {
+            bail!(
+                "columns {} and {} of {} are both named `{}`; each column needs its own name; nothing was imported",
+                first + 1,
+                i + 1,
+                file.display(),
+                f.name()
+            );
+        }
+    }
+    let mut w = store.stage(project, name, stage, schema.clone())?;
+    for batch in reader {
+        w.write(&batch.with_context(|| format!("cannot read {}", file.display()))?)?;
+    }
+    Ok((schema, w.finish()?))
+}
+
 pub fn head(root: &Path, args: &DatasetHeadArgs) -> anyhow::Result<u8> {
     let (project, name) = parse_target(&args.target)?;
     let store = ParquetStore::new(root);
     let reader = store.read(project, name, None, Some(args.rows))?;
     let batches: Vec<_> = reader.collect::<Result<_, _>>()?;
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&capstan_data::display::json_rows(&batches))?
         );
     } else {
-        println!("{}", capstan_data::display::table(&batches));
+        say!("{}", capstan_data::display::table(&batches));
     }
     Ok(exit::OK)
 }
@@ -185,19 +238,19 @@ pub fn schema(root: &Path, args: &DatasetSchemaArgs) -> anyhow::Result<u8> {
             .iter()
             .map(|f| json!({"name": f.name(), "type": capstan_data::type_name(f.data_type())}))
             .collect();
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"columns": cols, "rows": info.rows, "size_bytes": info.size_bytes})
             )?
         );
     } else {
-        println!(
+        say!(
             "{project}/{name}: {} rows, {}",
             info.rows,
             human_bytes(info.size_bytes)
         );
-        print_schema(&info.schema);
+        print_schema(&info.schema)?;
     }
     Ok(exit::OK)
 }
@@ -220,15 +273,18 @@ pub fn list(root: &Path, args: &DatasetsArgs) -> anyhow::Result<u8> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(exit::OK);
     }
-    println!(
+    say!(
         "{:<32} {:>12} {:>10} {:>8}",
-        "DATASET", "ROWS", "SIZE", "COLUMNS"
+        "DATASET",
+        "ROWS",
+        "SIZE",
+        "COLUMNS"
     );
     for r in rows {
-        println!(
+        say!(
             "{:<32} {:>12} {:>10} {:>8}",
             format!(
                 "{}/{}",
