@@ -14,12 +14,13 @@ use std::sync::{Mutex, RwLock};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path as UrlPath, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use capstan_core::job::JobState;
+use capstan_core::model::Permission;
 use capstan_data::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use capstan_data::arrow::ipc::reader::StreamReader;
 use capstan_data::arrow::ipc::writer::StreamWriter;
@@ -32,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::{ApiError, AppState, Auth};
+use crate::{ApiError, ApiPath, ApiQuery, AppState, Auth};
 
 pub const TOKEN_PREFIX: &str = "capa_";
 
@@ -272,20 +273,6 @@ pub enum Principal {
     },
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("missing `Authorization: Bearer TOKEN` header"))?;
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))
-}
-
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -293,7 +280,7 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Principal, ApiError> {
-        let token = bearer(parts)?;
+        let token = crate::bearer_token(&parts.headers)?;
         if !token.starts_with(TOKEN_PREFIX) {
             return Auth::from_request_parts(parts, state)
                 .await
@@ -355,15 +342,40 @@ fn list_or_none(items: &[String]) -> String {
 }
 
 impl Principal {
+    /// May this caller list the datasets of `project`? Activities may not: they reach only the
+    /// datasets their recipe declares.
+    fn allow_list(&self, state: &AppState, project: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::User(c) => Ok(state.engine.authorize(c, project, Permission::Read)?),
+            Principal::Activity { .. } => Err(ApiError::forbidden(
+                "activity tokens reach only their recipe's datasets",
+            )),
+        }
+    }
+
     /// May this caller read (or write) `project/dataset`? Returns the activity to count for.
+    ///
+    /// Called before anything looks the names up: an activity is refused every name outside its
+    /// grant alike, whether a project or dataset of that name exists or not, so its token cannot
+    /// tell which do.
     fn allow(
         &self,
+        state: &AppState,
         project: &str,
         dataset: &str,
         write: bool,
     ) -> Result<Option<ActivityId>, ApiError> {
         match self {
-            Principal::User(_) => Ok(None),
+            // The project's permissions, before any lookup: 403 whether the names exist or not.
+            Principal::User(c) => {
+                let wanted = if write {
+                    Permission::Write
+                } else {
+                    Permission::Read
+                };
+                state.engine.authorize(c, project, wanted)?;
+                Ok(None)
+            }
             Principal::Activity {
                 id,
                 project: p,
@@ -377,14 +389,12 @@ impl Principal {
                     ("read", inputs, "inputs")
                 };
                 if p != project || !declared.iter().any(|d| d == dataset) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        format!(
-                            "recipe `{p}/{recipe}` may not {verb} dataset `{project}/{dataset}`: it declares {kind} {}",
-                            list_or_none(declared)
-                        ),
-                    ));
+                    return Err(ApiError::forbidden(format!(
+                        "recipe `{p}/{recipe}` may not {verb} dataset `{}/{}`: it declares {kind} {}",
+                        project.escape_debug(),
+                        dataset.escape_debug(),
+                        list_or_none(declared)
+                    )));
                 }
                 Ok(Some(*id))
             }
@@ -397,19 +407,67 @@ impl From<DataError> for ApiError {
         let m = e.to_string();
         match e {
             DataError::Empty { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
-            DataError::UnknownColumn { .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
+            // A well-formed request naming a column the data does not have.
+            DataError::UnknownColumn { .. } => ApiError::invalid(m),
+            DataError::Schema { .. } => ApiError::invalid(m),
+            DataError::Arrow(_) => {
+                ApiError::bad_request(format!("the data is not a valid Arrow stream: {m}"))
             }
-            DataError::Schema { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m)
-            }
-            DataError::Arrow(_) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("the data is not a valid Arrow stream: {m}"),
+            // These name the dataset's files: the log gets them, the client what failed.
+            DataError::Io { ref source, .. } => ApiError::internal(
+                format!("the dataset store failed: {}", crate::io_kind(source)),
+                &m,
             ),
-            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+            DataError::Parquet(_) => {
+                ApiError::internal("the dataset store failed reading or writing Parquet", &m)
+            }
         }
+    }
+}
+
+/// A CSV upload's import error, in the client's terms: the file it was spooled to is the
+/// server's business, so no message names it.
+fn csv_error(e: capstan_data::csv_import::ImportError) -> ApiError {
+    use capstan_data::csv_import::ImportError;
+    match e {
+        ImportError::BadLines { lines, total, .. } => ApiError::invalid(format!(
+            "{total} bad line(s) in the CSV: {}",
+            lines
+                .iter()
+                .map(|l| format!("line {}: {}", l.line, l.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+        ImportError::NoHeader { .. } => ApiError::bad_request("the CSV has no header line"),
+        ImportError::Read { message, .. } => {
+            ApiError::bad_request(format!("the CSV cannot be read: {message}"))
+        }
+        // A line, a column count or a size beyond the import's limits: the message says which,
+        // with the spooled file's name replaced.
+        ImportError::Limit { path, message, .. } => {
+            ApiError::invalid(message.replace(&path, "the CSV"))
+        }
+        ImportError::Data(e) => ApiError::from(e),
+    }
+}
+
+/// The media types a dataset is written in (`PUT …/data`), as `Content-Type`.
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+const CSV: &str = "text/csv";
+
+/// Whether an upload is CSV (else an Arrow IPC stream), from its `Content-Type`; 415 for any
+/// other type, or none.
+fn upload_is_csv(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let accepted = format!("send `Content-Type: {ARROW_STREAM}` (an Arrow IPC stream) or `{CSV}`");
+    match crate::media_type(headers)?.as_deref() {
+        Some(ARROW_STREAM) => Ok(false),
+        Some(CSV) => Ok(true),
+        Some(other) => Err(ApiError::unsupported_media_type(format!(
+            "unsupported Content-Type `{other}`: {accepted}"
+        ))),
+        None => Err(ApiError::unsupported_media_type(format!(
+            "missing Content-Type: {accepted}"
+        ))),
     }
 }
 
@@ -442,15 +500,9 @@ fn known_dataset(
 pub async fn list_datasets(
     State(s): State<AppState>,
     principal: Principal,
-    UrlPath(project): UrlPath<String>,
+    ApiPath(project): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Principal::Activity { .. } = principal {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "activity tokens reach only their recipe's datasets",
-        ));
-    }
+    principal.allow_list(&s, &project)?;
     let home = s.engine.home();
     let p = home.projects.get(&project).ok_or_else(|| {
         ApiError::new(
@@ -478,10 +530,10 @@ pub async fn list_datasets(
 pub async fn dataset_info(
     State(s): State<AppState>,
     principal: Principal,
-    UrlPath((project, dataset)): UrlPath<(String, String)>,
+    ApiPath((project, dataset)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    principal.allow(&s, &project, &dataset, false)?;
     known_dataset(&s, &project, &dataset)?;
-    principal.allow(&project, &dataset, false)?;
     let info = s
         .data
         .store
@@ -500,6 +552,7 @@ pub async fn dataset_info(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     format: Option<String>,
     columns: Option<String>,
@@ -535,12 +588,11 @@ impl Write for ChannelWriter {
 pub async fn read_data(
     State(s): State<AppState>,
     principal: Principal,
-    UrlPath((project, dataset)): UrlPath<(String, String)>,
-    q: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+    ApiPath((project, dataset)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let counted = principal.allow(&s, &project, &dataset, false)?;
     known_dataset(&s, &project, &dataset)?;
-    let counted = principal.allow(&project, &dataset, false)?;
     let csv = match q.format.as_deref() {
         None | Some("arrow") => false,
         Some("csv") => true,
@@ -641,19 +693,202 @@ impl Read for ChannelReader {
     }
 }
 
+/// The most bytes one message of an uploaded Arrow IPC stream may declare for its metadata (a
+/// schema or a batch's header: kilobytes in practice).
+pub const MAX_IPC_METADATA: u64 = 16 << 20;
+/// The most bytes one record batch of an uploaded Arrow IPC stream may declare for its body.
+/// Clients write batches of 64K rows (the Python library does), far below it.
+pub const MAX_IPC_BATCH: u64 = 256 << 20;
+
+/// Passes an Arrow IPC stream through unchanged, but refuses a message whose metadata or body
+/// declares more than [`MAX_IPC_METADATA`] / [`MAX_IPC_BATCH`] bytes before the Arrow reader
+/// allocates a buffer that size: four bytes of garbage would otherwise make it allocate and zero
+/// gigabytes.
+/// The refusal is an I/O error for the reader, and its reason is kept in `refused`.
+struct IpcGuard<R> {
+    inner: R,
+    /// Bytes read ahead (a message's prefix and metadata), to hand on before reading further.
+    pending: Vec<u8>,
+    at: usize,
+    state: IpcState,
+    refused: std::sync::Arc<Mutex<Option<IpcRefusal>>>,
+}
+
+/// Why [`IpcGuard`] stopped a stream.
+enum IpcRefusal {
+    /// Metadata larger than any real message's: the bytes are not an Arrow stream.
+    Metadata(String),
+    /// A record batch above [`MAX_IPC_BATCH`].
+    Batch(String),
+}
+
+enum IpcState {
+    /// At the start of a message.
+    Message,
+    /// Within a message's body, with this many bytes of it left.
+    Body(u64),
+    /// Past the end-of-stream marker, or after something the reader will refuse on its own:
+    /// bytes pass through unchecked.
+    Through,
+}
+
+impl<R: Read> IpcGuard<R> {
+    fn new(inner: R) -> IpcGuard<R> {
+        IpcGuard {
+            inner,
+            pending: Vec::new(),
+            at: 0,
+            state: IpcState::Message,
+            refused: Default::default(),
+        }
+    }
+
+    /// Reads until `buf` is full or the stream ends; how many bytes it read.
+    fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.inner.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    fn refuse(&self, why: IpcRefusal) -> std::io::Error {
+        let text = match &why {
+            IpcRefusal::Metadata(t) | IpcRefusal::Batch(t) => t.clone(),
+        };
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        std::io::Error::new(std::io::ErrorKind::InvalidData, text)
+    }
+
+    /// Reads the next message's prefix and metadata into `pending`, checking both lengths.
+    fn next_message(&mut self) -> std::io::Result<()> {
+        let mut prefix = [0u8; 8];
+        let mut n = self.fill(&mut prefix[..4])?;
+        let mut len = prefix[..4].try_into().map(i32::from_le_bytes).unwrap_or(0);
+        if n == 4 && prefix[..4] == [0xff; 4] {
+            n += self.fill(&mut prefix[4..])?;
+            len = prefix[4..].try_into().map(i32::from_le_bytes).unwrap_or(0);
+        }
+        self.pending = prefix[..n].to_vec();
+        self.at = 0;
+        if n < 4 || (n == 4 && prefix[..4] == [0xff; 4]) || len <= 0 {
+            // The end of the stream (or a truncated or negative prefix the reader refuses).
+            self.state = IpcState::Through;
+            return Ok(());
+        }
+        let len = len as u64;
+        if len > MAX_IPC_METADATA {
+            return Err(self.refuse(IpcRefusal::Metadata(format!(
+                "a message declares {len} bytes of metadata, more than the limit of {} MiB",
+                MAX_IPC_METADATA >> 20
+            ))));
+        }
+        let mut meta = vec![0u8; len as usize];
+        let got = self.fill(&mut meta)?;
+        meta.truncate(got);
+        let body = match capstan_data::arrow::ipc::root_as_message(&meta) {
+            Ok(m) if got as u64 == len => m.bodyLength(),
+            // Not a message: the reader says so.
+            _ => {
+                self.pending.extend_from_slice(&meta);
+                self.state = IpcState::Through;
+                return Ok(());
+            }
+        };
+        if body < 0 {
+            // The reader refuses it on its own.
+            self.pending.extend_from_slice(&meta);
+            self.state = IpcState::Through;
+            return Ok(());
+        }
+        if body as u64 > MAX_IPC_BATCH {
+            return Err(self.refuse(IpcRefusal::Batch(format!(
+                "an Arrow IPC record batch declares {body} bytes, more than the limit of {} MiB: write smaller batches",
+                MAX_IPC_BATCH >> 20
+            ))));
+        }
+        self.pending.extend_from_slice(&meta);
+        self.state = IpcState::Body(body as u64);
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for IpcGuard<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.at < self.pending.len() {
+                let n = out.len().min(self.pending.len() - self.at);
+                out[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            match self.state {
+                IpcState::Through => return self.inner.read(out),
+                IpcState::Body(0) => self.state = IpcState::Message,
+                IpcState::Body(left) => {
+                    let want = out.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let n = self.inner.read(&mut out[..want])?;
+                    self.state = IpcState::Body(left - n as u64);
+                    return Ok(n);
+                }
+                IpcState::Message => {
+                    self.next_message()?;
+                    if self.pending.is_empty() {
+                        return Ok(0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies an upload into a new file at `path` (mode 0600). The client's side breaking off is a
+/// 400; the server's side failing (a full disk) a 500 — neither names the file.
+fn spool(upload: &mut impl Read, path: &Path) -> Result<(), ApiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let stored = |e: &std::io::Error| {
+        ApiError::internal(
+            format!("cannot store the upload: {}", crate::io_kind(e)),
+            &format_args!("{}: {e}", path.display()),
+        )
+    };
+    // One left by a daemon that stopped mid-upload would be in the way (the name is the
+    // activity's, which may write again).
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| stored(&e))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match upload.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ApiError::bad_request(format!("the upload broke off: {e}"))),
+        };
+        f.write_all(&buf[..n]).map_err(|e| stored(&e))?;
+    }
+    f.flush().map_err(|e| stored(&e))
+}
+
 pub async fn write_data(
     State(s): State<AppState>,
     principal: Principal,
-    UrlPath((project, dataset)): UrlPath<(String, String)>,
+    ApiPath((project, dataset)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    let activity = principal.allow(&s, &project, &dataset, true)?;
     let declared = known_dataset(&s, &project, &dataset)?;
-    let activity = principal.allow(&project, &dataset, true)?;
-    let csv = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/csv"));
+    let csv = upload_is_csv(&headers)?;
     // An activity's output is staged until the activity succeeds; a user's write is
     // committed as soon as it is whole.
     let stage = match activity {
@@ -713,59 +948,54 @@ pub async fn write_data(
             current: Bytes::new(),
         };
         if csv {
-            // CSV goes through the same checked import as `capstan dataset import`.
+            // CSV goes through the same checked import as `capstan dataset import`, from a
+            // file only this daemon's user can read. No message names it.
             let tmp = std::env::temp_dir().join(format!("capstan-upload-{st}.csv"));
-            let mut f = std::fs::File::create(&tmp).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
-            std::io::copy(&mut reader, &mut f)
-                .map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
             let result = (|| {
-                let schema = capstan_data::csv_import::infer(&tmp, &[]).map_err(|e| match e {
-                    capstan_data::csv_import::ImportError::BadLines { lines, total, .. } => {
-                        ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "invalid",
-                            format!(
-                                "{total} bad line(s) in the CSV: {}",
-                                lines
-                                    .iter()
-                                    .map(|l| format!("line {}: {}", l.line, l.message))
-                                    .collect::<Vec<_>>()
-                                    .join("; ")
-                            ),
-                        )
-                    }
-                    other => ApiError::bad_request(other.to_string()),
-                })?;
+                spool(&mut reader, &tmp)?;
+                let schema = capstan_data::csv_import::infer(&tmp, &[]).map_err(csv_error)?;
                 check(&schema)?;
                 let mut w = store
                     .stage(&p, &d, &st, schema.clone())
                     .map_err(ApiError::from)?;
                 capstan_data::csv_import::read(&tmp, &schema, |b| w.write(&b))
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    .map_err(csv_error)?;
                 w.finish().map_err(ApiError::from)
             })();
             let _ = std::fs::remove_file(&tmp);
             return result;
         }
-        let stream = StreamReader::try_new(&mut reader, None).map_err(|e| {
-            ApiError::bad_request(format!("the body is not an Arrow IPC stream: {e}"))
-        })?;
+        let mut guarded = IpcGuard::new(&mut reader);
+        let refused = guarded.refused.clone();
+        // A batch too large for the guard is 413, saying so; anything else the reader cannot
+        // take is not an Arrow stream.
+        let too_large = |e: &dyn std::fmt::Display, what: &str| match refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(IpcRefusal::Batch(why)) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", why)
+            }
+            Some(IpcRefusal::Metadata(why)) => ApiError::bad_request(format!("{what}: {why}")),
+            None => ApiError::bad_request(format!("{what}: {e}")),
+        };
+        let stream = StreamReader::try_new(&mut guarded, None)
+            .map_err(|e| too_large(&e, "the body is not an Arrow IPC stream"))?;
         let schema = stream.schema();
         check(&schema)?;
         let mut w = store.stage(&p, &d, &st, schema).map_err(ApiError::from)?;
         for b in stream {
             let b = b.map_err(|e| {
                 store.discard(&p, &d, &st);
-                ApiError::bad_request(format!("the Arrow stream broke off: {e}"))
+                too_large(&e, "the Arrow stream broke off")
             })?;
             w.write(&b).map_err(ApiError::from)?;
         }
         w.finish().map_err(ApiError::from)
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    .map_err(|e| ApiError::internal("the write failed", &e))?;
     let rows = match rows {
         Ok(r) => r,
         Err(e) => {

@@ -1,9 +1,16 @@
 //! capstan's REST API under `/api/v1`. The only crate that knows HTTP.
 //!
-//! Every endpoint but `health` and `openapi.json` takes a bearer token: one of a user's tokens
-//! from `users.toml`, or the daemon's local token (written to `state/daemon.json` for the CLI on
-//! the same machine). Errors are JSON `{"error": {"code", "message"}}`, mapped from engine
-//! errors in exactly one place ([`ApiError`]).
+//! Every endpoint but `health` and `openapi.json` takes a bearer token (`Authorization: Bearer
+//! TOKEN`, the scheme in any case): one of a user's tokens from `users.toml`, or the daemon's
+//! local token (written to `state/daemon.json` for the CLI on the same machine). Errors are JSON
+//! `{"error": {"code", "message"}}`, mapped from engine errors in exactly one place
+//! ([`ApiError`]), and never name a file of the server.
+//!
+//! Input is strict, and `openapi.json` says exactly what is taken (`scripts/schemathesis` checks
+//! the two agree): a JSON body must say `Content-Type: application/json` and may not repeat a key
+//! ([`StrictJson`]); unknown fields and query parameters, NUL bytes in strings a process would
+//! get, and malformed values are 400 naming the field; a well-formed value the home refuses is
+//! 422; a wrong content type is 415.
 
 pub mod data_api;
 
@@ -13,13 +20,14 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
+use bytes::Bytes;
 use capstan_core::job::JobState;
 use capstan_core::quantity::Duration as CDuration;
 use capstan_core::resolve::RunRequest;
@@ -126,6 +134,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// An API error: status, a stable code, a message in the user's terms.
+///
+/// Messages never carry a path of the server's filesystem: an error that would ([`ApiError::internal`])
+/// is logged whole and answered with what went wrong only.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -147,6 +158,39 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
+
+    /// A well-formed request that asks for what cannot be (a value above its maximum, say).
+    fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+
+    fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    fn unsupported_media_type(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+
+    /// A failure of the server itself: `message` says what failed, in words a client may see;
+    /// `detail` (which may name files of the server) goes to the daemon's log only.
+    fn internal(message: impl Into<String>, detail: &dyn std::fmt::Display) -> ApiError {
+        let message = message.into();
+        tracing::error!(error = %detail, "internal error: {message}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{message} (the daemon's log has the details)"),
+        )
+    }
 }
 
 impl From<EngineError> for ApiError {
@@ -158,17 +202,34 @@ impl From<EngineError> for ApiError {
                 details: Some(Value::Array(
                     details.iter().map(record::error_json).collect(),
                 )),
-                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+                ..ApiError::invalid(message)
             },
-            EngineError::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            EngineError::Denied(_) => ApiError::forbidden(message),
             EngineError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             EngineError::NoBackend(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_backend", message)
             }
-            EngineError::Store(_) | EngineError::Io { .. } => {
-                tracing::error!(error = %message, "internal error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
+            EngineError::Store(_) => ApiError::internal("the state database failed", &message),
+            EngineError::Io { ref source, .. } => ApiError::internal(
+                format!("cannot prepare the job's folder: {}", io_kind(source)),
+                &message,
+            ),
+        }
+    }
+}
+
+/// An I/O error in words that name no file (`std::io::Error`'s own message names none either,
+/// but the OS's text for some kinds is vague, so the kind comes first).
+pub(crate) fn io_kind(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "a file is missing".into(),
+        K::PermissionDenied => "permission denied".into(),
+        K::StorageFull => "no space left on the device".into(),
+        K::AlreadyExists => "a file already exists".into(),
+        _ => {
+            // The OS's message (`os error N` and its text), never a path: io::Error carries none.
+            e.to_string()
         }
     }
 }
@@ -183,23 +244,252 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> ApiError {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-            "unsupported_media_type"
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> ApiError {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body is larger than {MAX_BODY} bytes"),
+            )
         } else {
-            "bad_request"
-        };
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("request body is larger than {MAX_BODY} bytes")
-        } else {
-            r.body_text()
-        };
-        ApiError::new(status, code, message)
+            ApiError::bad_request(format!("cannot read the request body: {}", r.body_text()))
+        }
     }
+}
+
+/// A path parameter, or a JSON 400 saying why it is not one.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// The query string, or a JSON 400 naming the parameter that is wrong (an unknown one too:
+/// the query structs deny unknown fields).
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(ApiQuery(t)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// The media type of a request's `Content-Type`, lowercased, without its parameters; `None`
+/// when there is none.
+pub(crate) fn media_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::unsupported_media_type("the Content-Type header is not readable text")
+    })?;
+    let essence = text.split(';').next().unwrap_or("").trim();
+    Ok(Some(essence.to_ascii_lowercase()))
+}
+
+/// A JSON request body, read strictly: `Content-Type: application/json` (else 415), at most
+/// [`MAX_BODY`] bytes (else 413), and exactly one JSON value in which no object has a key twice
+/// (else 400 naming it: serde_json would keep the last one silently).
+pub struct StrictJson(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for StrictJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<StrictJson, ApiError> {
+        match media_type(req.headers())?.as_deref() {
+            Some(t)
+                if t == "application/json"
+                    || (t.starts_with("application/") && t.ends_with("+json")) => {}
+            Some(other) => {
+                return Err(ApiError::unsupported_media_type(format!(
+                    "unsupported Content-Type `{other}`: the body must be `application/json`"
+                )));
+            }
+            None => {
+                return Err(ApiError::unsupported_media_type(
+                    "missing Content-Type: the body must be `application/json`",
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await?;
+        parse_json_strictly(&bytes).map(StrictJson)
+    }
+}
+
+/// One JSON value, refusing duplicate keys at any depth (naming the key by its path).
+pub fn parse_json_strictly(bytes: &[u8]) -> Result<Value, ApiError> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictValue {
+        path: String::new(),
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v))
+    .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// A JSON value at `path` (`env.KEY`, `list[2]`; empty at the top).
+struct StrictValue {
+    path: String,
+}
+
+impl StrictValue {
+    fn child(&self, key: &str) -> StrictValue {
+        StrictValue {
+            path: if self.path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{}.{key}", self.path)
+            },
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(StrictValue {
+            path: format!("{}[{}]", self.path, items.len()),
+        })? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let child = self.child(&key);
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key `{}`",
+                    child.path
+                )));
+            }
+            let value = map.next_value_seed(child)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// The token of the request's `Authorization` header. The scheme is `Bearer`, in any case
+/// (auth schemes are case-insensitive, RFC 7235), then whitespace and the token.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values
+        .next()
+        .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer TOKEN` header"))?;
+    if values.next().is_some() {
+        return Err(ApiError::unauthorized(
+            "more than one Authorization header: send one, `Authorization: Bearer TOKEN`",
+        ));
+    }
+    let malformed = || ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`");
+    let text = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = text
+        .trim_start_matches([' ', '\t'])
+        .split_once([' ', '\t'])
+        .ok_or_else(malformed)?;
+    let token = token.trim_matches([' ', '\t']);
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains([' ', '\t']) {
+        return Err(malformed());
+    }
+    Ok(token)
+}
+
+/// The user (or the daemon's local caller) a request's bearer token names.
+fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
+    let token = bearer_token(headers)?;
+    if token.starts_with(data_api::TOKEN_PREFIX) {
+        return Err(ApiError::forbidden(
+            "activity tokens reach only their recipe's datasets",
+        ));
+    }
+    if capstan_core::token::hash_token(token) == *state.local_token_sha256 {
+        return Ok(Caller {
+            name: "local".into(),
+            admin: true,
+            in_home: false,
+        });
+    }
+    let home = state.engine.home();
+    let user = home
+        .user_for_token(token)
+        .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+    Ok(Caller {
+        name: user.name.clone(),
+        admin: user.admin,
+        in_home: true,
+    })
 }
 
 /// The authenticated caller.
@@ -209,40 +499,7 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
-        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing `Authorization: Bearer TOKEN` header"))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
-        if token.starts_with(data_api::TOKEN_PREFIX) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "activity tokens reach only their recipe's datasets",
-            ));
-        }
-        if capstan_core::token::hash_token(token) == *state.local_token_sha256 {
-            return Ok(Auth(Caller {
-                name: "local".into(),
-                admin: true,
-                in_home: false,
-            }));
-        }
-        let home = state.engine.home();
-        let user = home
-            .user_for_token(token)
-            .ok_or_else(|| unauthorized("unknown token"))?;
-        Ok(Auth(Caller {
-            name: user.name.clone(),
-            admin: user.admin,
-            in_home: true,
-        }))
+        authenticate(&parts.headers, state).map(Auth)
     }
 }
 
@@ -254,12 +511,17 @@ async fn not_found() -> ApiError {
     )
 }
 
-async fn health(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "home": s.engine.root().display().to_string(),
-    }))
+/// Says the daemon is up, to anyone. Only an authenticated caller learns its version, and only
+/// an admin where its home is.
+async fn health(State(s): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    let mut body = json!({"status": "ok"});
+    if let Ok(caller) = authenticate(&headers, &s) {
+        body["version"] = json!(env!("CARGO_PKG_VERSION"));
+        if caller.admin {
+            body["home"] = json!(s.engine.root().display().to_string());
+        }
+    }
+    Json(body)
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -270,7 +532,53 @@ async fn whoami(Auth(c): Auth) -> Json<Value> {
     Json(json!({"user": c.name, "admin": c.admin}))
 }
 
-/// The fields of a submission, checked one by one for precise messages.
+/// Refuses a string that a recipe's process would get as an argument, an environment variable
+/// or a path with a NUL byte in it: the OS cannot carry one, so the run would fail later.
+fn no_nul(field: &str, s: &str) -> Result<(), ApiError> {
+    if s.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "field `{field}` contains a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
+/// A JSON number that is a whole number at least 0, written as one (`90`) or not (`90.0`, which
+/// JSON Schema's `integer` admits too).
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    if let Some(u) = n.as_u64() {
+        return Some(u);
+    }
+    let f = n.as_f64()?;
+    // Up to 2^53, where every whole f64 is exact: far above any limit the API has.
+    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0)
+        .then_some(f as u64)
+}
+
+/// Whether `s` is a duration as the API takes one: whole seconds (`90`), or numbers with units
+/// (`90s`, `15m`, `2h`, `1d`, `1h30m`), nothing around them. The pattern of `timeout` in
+/// openapi.json, `^([0-9]+|([0-9]+[smhd])+)$`, says the same.
+fn is_duration_syntax(s: &str) -> bool {
+    if s.is_empty() {
+        return false;
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    let mut digits = 0;
+    for b in s.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b's' | b'm' | b'h' | b'd' if digits > 0 => digits = 0,
+            _ => return false,
+        }
+    }
+    digits == 0
+}
+
+/// The fields of a submission, checked one by one for precise messages: 400 for a body that is
+/// not what openapi.json describes (unknown or mistyped fields, NUL bytes, a malformed duration),
+/// 422 for a well-formed value beyond its limit.
 fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
     let obj = v
         .as_object()
@@ -288,12 +596,18 @@ fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         let hint = capstan_core::suggest(k, FIELDS)
             .map_or(String::new(), |s| format!(" (did you mean `{s}`?)"));
-        return Err(ApiError::bad_request(format!("unknown field `{k}`{hint}")));
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{}`{hint}",
+            k.escape_debug()
+        )));
     }
     let string = |k: &str| -> Result<Option<String>, ApiError> {
         match obj.get(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::String(s)) => {
+                no_nul(k, s)?;
+                Ok(Some(s.clone()))
+            }
             Some(other) => Err(ApiError::bad_request(format!(
                 "field `{k}` must be a string, not {other}"
             ))),
@@ -303,17 +617,33 @@ fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
         |k: &str| string(k)?.ok_or_else(|| ApiError::bad_request(format!("missing field `{k}`")));
     let project = required("project")?;
     let recipe = required("recipe")?;
+    let exec_config = string("exec_config")?;
+    let cluster = string("cluster")?;
+    let spark_config = string("spark_config")?;
+    let code_env = string("code_env")?;
     let timeout = match obj.get("timeout") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(CDuration::from_secs(n.as_u64().ok_or_else(|| {
-            ApiError::bad_request(
-                "field `timeout` must be a whole number of seconds or a duration like \"30m\"",
-            )
-        })?)),
-        Some(Value::String(s)) => Some(
-            CDuration::parse(s)
-                .map_err(|e| ApiError::bad_request(format!("field `timeout`: {e}")))?,
+        Some(Value::Number(n)) => Some(
+            CDuration::checked_from_secs(whole_number(n).ok_or_else(|| {
+                ApiError::bad_request(
+                    "field `timeout` must be a whole number of seconds or a duration like \"30m\"",
+                )
+            })?)
+            .map_err(|e| ApiError::invalid(format!("field `timeout`: {e}")))?,
         ),
+        Some(Value::String(s)) => {
+            if !is_duration_syntax(s) {
+                return Err(ApiError::bad_request(format!(
+                    "field `timeout`: `{}` is not a duration like `90s`, `15m`, `2h` or `1h30m`",
+                    s.escape_debug()
+                )));
+            }
+            // Well-formed: what is left to refuse is a duration above the maximum.
+            Some(
+                CDuration::parse(s)
+                    .map_err(|e| ApiError::invalid(format!("field `timeout`: {e}")))?,
+            )
+        }
         Some(_) => {
             return Err(ApiError::bad_request(
                 "field `timeout` must be a number of seconds or a duration like \"30m\"",
@@ -324,11 +654,22 @@ fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
         None | Some(Value::Null) => Default::default(),
         Some(Value::Object(m)) => m
             .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                other => Err(ApiError::bad_request(format!(
-                    "field `env.{k}` must be a string, not {other}"
-                ))),
+            .map(|(k, v)| {
+                if k.is_empty() || k.contains(['=', '\0']) {
+                    return Err(ApiError::bad_request(format!(
+                        "field `env`: `{}` is not a variable name (it must be non-empty, without `=` or NUL bytes)",
+                        k.escape_debug()
+                    )));
+                }
+                match v {
+                    Value::String(s) => {
+                        no_nul(&format!("env.{k}"), s)?;
+                        Ok((k.clone(), s.clone()))
+                    }
+                    other => Err(ApiError::bad_request(format!(
+                        "field `env.{k}` must be a string, not {other}"
+                    ))),
+                }
             })
             .collect::<Result<_, _>>()?,
         Some(_) => {
@@ -339,10 +680,10 @@ fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
     };
     let request = RunRequest {
         user: None,
-        exec_config: string("exec_config")?,
-        cluster: string("cluster")?,
-        spark_config: string("spark_config")?,
-        code_env: string("code_env")?,
+        exec_config,
+        cluster,
+        spark_config,
+        code_env,
         timeout,
         env,
     };
@@ -352,9 +693,8 @@ fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
 async fn submit(
     State(s): State<AppState>,
     Auth(c): Auth,
-    body: Result<Json<Value>, JsonRejection>,
+    StrictJson(body): StrictJson,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
     let (project, recipe, request) = parse_submit(&body)?;
     let job = s.engine.submit(&c, &project, &recipe, request)?;
     Ok((StatusCode::CREATED, Json(job_json(&job))).into_response())
@@ -441,6 +781,7 @@ fn detail_json(d: &JobDetail) -> Value {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
     limit: Option<u32>,
@@ -449,9 +790,8 @@ struct ListQuery {
 async fn list_jobs(
     State(s): State<AppState>,
     Auth(c): Auth,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let mut states = Vec::new();
     for name in q
         .state
@@ -472,20 +812,31 @@ async fn list_jobs(
             user: None,
             states,
             limit: Some(q.limit.unwrap_or(100).min(10_000)),
+            ..JobFilter::default()
         },
     )?;
     Ok(Json(Value::Array(jobs.iter().map(job_json).collect())))
 }
 
+/// A job id: a positive whole number, in digits only (as openapi.json's `minimum: 1` says).
 fn parse_id(id: &str) -> Result<i64, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a job id (a positive number)")))
+    id.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| id.parse::<i64>().ok())
+        .flatten()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`{}` is not a job id (a positive number)",
+                id.escape_debug()
+            ))
+        })
 }
 
 async fn show_job(
     State(s): State<AppState>,
     Auth(c): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let d = s.engine.job_detail(&c, parse_id(&id)?).await?;
     Ok(Json(detail_json(&d)))
@@ -494,7 +845,7 @@ async fn show_job(
 async fn cancel(
     State(s): State<AppState>,
     Auth(c): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let state = s.engine.cancel(&c, id)?;
@@ -506,6 +857,7 @@ async fn cancel(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogQuery {
     follow: Option<bool>,
 }
@@ -516,10 +868,9 @@ struct LogQuery {
 async fn logs(
     State(s): State<AppState>,
     Auth(c): Auth,
-    Path(id): Path<String>,
-    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = parse_id(&id)?;
     let follow = q.follow.unwrap_or(false);
     s.engine.log_file(&c, id)?;
