@@ -2,7 +2,6 @@
 //! labels, and the archive that delivers the recipe's code. Snapshot-tested.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
 use capstan_engine::backend::ActivitySpec;
@@ -176,16 +175,28 @@ pub fn code_archive(spec: &ActivitySpec) -> std::io::Result<Vec<u8>> {
     let work = WORK_DIR.trim_start_matches('/');
     dir_entry(&mut tar, "capstan")?;
     dir_entry(&mut tar, work)?;
-    if let Some(code) = &spec.code_file {
-        let name = code
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let bytes = std::fs::read(code)?;
-        file_entry(&mut tar, &format!("{work}/{name}"), &bytes)?;
-    }
-    if let Some(lib) = &spec.lib_dir {
-        add_dir(&mut tar, lib, &format!("{work}/lib"))?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for (rel, bytes) in spec.code_files().map_err(std::io::Error::other)? {
+        // Each folder before its files, as `tar` itself would write them.
+        let mut parent = String::new();
+        for part in rel
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            parent = if parent.is_empty() {
+                part.to_string()
+            } else {
+                format!("{parent}/{part}")
+            };
+            if dirs.insert(parent.clone()) {
+                dir_entry(&mut tar, &format!("{work}/{parent}"))?;
+            }
+        }
+        file_entry(&mut tar, &format!("{work}/{rel}"), &bytes)?;
     }
     // What the command needs beside the code; a command that cannot be built fails the
     // container's creation, which comes first, with its own message.
@@ -222,27 +233,12 @@ fn file_entry(tar: &mut tar::Builder<Vec<u8>>, path: &str, bytes: &[u8]) -> std:
     tar.append_data(&mut h, path, bytes)
 }
 
-fn add_dir(tar: &mut tar::Builder<Vec<u8>>, dir: &Path, at: &str) -> std::io::Result<()> {
-    dir_entry(tar, at)?;
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = format!("{at}/{}", e.file_name().to_string_lossy());
-        let ty = e.file_type()?;
-        if ty.is_dir() {
-            add_dir(tar, &e.path(), &name)?;
-        } else if ty.is_file() {
-            file_entry(tar, &name, &std::fs::read(e.path())?)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use capstan_core::load::{HomeFiles, load};
     use capstan_engine::backend::ActivitySpec;
+    use std::path::Path;
 
     /// The spec of `sample/r` in a home whose exec config `c` is given as TOML.
     fn spec(config: &str, gpus: u32) -> ActivitySpec {
@@ -264,6 +260,8 @@ mod tests {
             recipe: "totals".into(),
             recipe_kind: capstan_core::model::RecipeKind::Python,
             user: "alice".into(),
+            identity: capstan_core::access::LocalIdentity::Daemon,
+            admin: false,
             code_file: Some("/h/projects/sales/recipes/totals.py".into()),
             lib_dir: Some("/h/projects/sales/lib".into()),
             inputs: vec!["orders".into()],
@@ -326,12 +324,14 @@ mod tests {
 
     #[test]
     fn archive_holds_the_code_under_the_work_dir() {
-        let dir = std::env::temp_dir().join(format!("capstan-archive-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let home = std::env::temp_dir().join(format!("capstan-archive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        let dir = home.join("projects/sales");
         std::fs::create_dir_all(dir.join("lib/pkg")).unwrap();
         std::fs::write(dir.join("totals.py"), "print(1)\n").unwrap();
         std::fs::write(dir.join("lib/pkg/util.py"), "X = 1\n").unwrap();
         let mut s = spec("[exec_config.c]\nkind = \"docker\"\nimage = \"x\"\n", 0);
+        s.home_root = home.clone();
         s.code_file = Some(dir.join("totals.py"));
         s.lib_dir = Some(dir.join("lib"));
         let bytes = code_archive(&s).unwrap();
@@ -352,6 +352,6 @@ mod tests {
                 "capstan/work/lib/pkg/util.py"
             ]
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&home);
     }
 }

@@ -7,7 +7,6 @@
 //! and delete. The ConfigMap and the Secret are owned by the Pod, so they go with it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use capstan_engine::backend::ActivitySpec;
 use k8s_openapi::ByteString;
@@ -67,20 +66,7 @@ fn quantity(q: impl ToString) -> Quantity {
 
 /// The code files: the recipe's file, and the project's library under `lib/`.
 fn code_files(spec: &ActivitySpec) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut files = Vec::new();
-    if let Some(code) = &spec.code_file {
-        let name = code
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let bytes =
-            std::fs::read(code).map_err(|e| format!("cannot read {}: {e}", code.display()))?;
-        files.push((name, bytes));
-    }
-    if let Some(lib) = &spec.lib_dir {
-        collect(lib, "lib", &mut files)
-            .map_err(|e| format!("cannot read {}: {e}", lib.display()))?;
-    }
+    let files = spec.code_files()?;
     fits(&files)?;
     Ok(files)
 }
@@ -95,20 +81,6 @@ fn fits(files: &[(String, Vec<u8>)]) -> Result<(), String> {
              the executors) are {total} bytes, more than the 1 MiB a ConfigMap holds: move data out of the code folder \
              into datasets"
         ));
-    }
-    Ok(())
-}
-
-fn collect(dir: &Path, at: &str, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = format!("{at}/{}", e.file_name().to_string_lossy());
-        if e.file_type()?.is_dir() {
-            collect(&e.path(), &path, out)?;
-        } else {
-            out.push((path, std::fs::read(e.path())?));
-        }
     }
     Ok(())
 }

@@ -26,6 +26,9 @@ fn spec_for(config_toml: &str, dir: &Path) -> ActivitySpec {
         .insert(file.into(), config_toml.as_bytes().to_vec());
     let (home, diags) = load(Path::new("/h"), &files);
     assert!(!diags.has_errors(), "{:?}", diags.list);
+    // The code is where the home keeps it, in the project's folder (code is read only from there).
+    let home_root = dir.to_path_buf();
+    let dir = &dir.join("projects/sales");
     std::fs::create_dir_all(dir.join("lib/helpers")).unwrap();
     std::fs::write(dir.join("totals.py"), "import capstan\nprint('hello')\n").unwrap();
     std::fs::write(dir.join("lib/helpers/__init__.py"), "X = 1\n").unwrap();
@@ -33,7 +36,7 @@ fn spec_for(config_toml: &str, dir: &Path) -> ActivitySpec {
         let (cpu, memory) = capstan_core::resolve::spark_driver_limits(spark);
         let base = spec_for(
             "[exec_config.c]\nkind = \"kubernetes\"\nimage = \"x\"\nnamespace = \"x\"\n",
-            dir,
+            &home_root,
         );
         return ActivitySpec {
             recipe_kind: RecipeKind::PySpark,
@@ -71,6 +74,7 @@ fn spec_for(config_toml: &str, dir: &Path) -> ActivitySpec {
             token: "capa_42_0_1_secretsecretsecret".into(),
         }),
         exec: Some(exec),
+        home_root,
         ..ActivitySpec::bare(
             42,
             1,
@@ -94,7 +98,8 @@ fn cases() -> Vec<PathBuf> {
 
 #[test]
 fn rendered_objects_match_their_snapshots_and_hold_no_token() {
-    let tmp = std::env::temp_dir().join(format!("capstan-k8s-render-{}", std::process::id()));
+    // Not per process: the home's path is the instance id in the snapshots' labels.
+    let tmp = std::env::temp_dir().join("capstan-k8s-render-snapshots");
     for case in cases() {
         let name = case.file_stem().unwrap().to_string_lossy().into_owned();
         let spec = spec_for(&std::fs::read_to_string(&case).unwrap(), &tmp.join(&name));
@@ -172,7 +177,11 @@ fn a_spark_driver_whose_library_and_its_zip_outgrow_a_config_map_is_refused_befo
     let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/matrix/spark-driver.toml");
     let spec = spec_for(&std::fs::read_to_string(case).unwrap(), &tmp);
     // 600 KiB fits alone; with its copy in the executors' zip it does not.
-    std::fs::write(tmp.join("lib/helpers/table.py"), "#".repeat(600 << 10)).unwrap();
+    std::fs::write(
+        tmp.join("projects/sales/lib/helpers/table.py"),
+        "#".repeat(600 << 10),
+    )
+    .unwrap();
     let err = render(&spec, "abcd1234", "capstan-spark").unwrap_err();
     assert!(
         err.contains("more than the 1 MiB a ConfigMap holds"),

@@ -110,11 +110,14 @@ async fn create_follow_log_delete() {
 
     let dir = std::env::temp_dir().join(format!("capstan-k8s-requests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("hi.py"), "print('hello')\n").unwrap();
+    // The code is in its project's folder, where it is read from.
+    std::fs::create_dir_all(dir.join("projects/p")).unwrap();
+    std::fs::write(dir.join("projects/p/hi.py"), "print('hello')\n").unwrap();
     let backend = K8sBackend::with_client(&dir, Client::new(service, "default"));
     let spec = ActivitySpec {
         recipe_kind: RecipeKind::Python,
-        code_file: Some(dir.join("hi.py")),
+        project: "p".into(),
+        code_file: Some(dir.join("projects/p/hi.py")),
         image: Some("img".into()),
         namespace: Some("ns".into()),
         data: Some(DataAccess {
@@ -267,7 +270,8 @@ async fn spark_driver_keeps_executor_logs_and_names_oom_killed_executors() {
     let dir =
         std::env::temp_dir().join(format!("capstan-k8s-spark-requests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("sum.py"), "print('sum')\n").unwrap();
+    std::fs::create_dir_all(dir.join("projects/p")).unwrap();
+    std::fs::write(dir.join("projects/p/sum.py"), "print('sum')\n").unwrap();
     let mut files = capstan_core::load::HomeFiles::default();
     files.toml.insert("capstan.toml".into(), b"".to_vec());
     files.toml.insert(
@@ -280,7 +284,8 @@ async fn spark_driver_keeps_executor_logs_and_names_oom_killed_executors() {
     let backend = K8sBackend::with_client(&dir, Client::new(service, "default"));
     let spec = ActivitySpec {
         recipe_kind: RecipeKind::PySpark,
-        code_file: Some(dir.join("sum.py")),
+        project: "p".into(),
+        code_file: Some(dir.join("projects/p/sum.py")),
         image: Some("img".into()),
         namespace: Some("ns".into()),
         spark: Some(home.spark_configs["k8s"].clone()),

@@ -8,6 +8,7 @@
 //! still are, and each job records that its memory and CPU limits were not enforced.
 
 pub mod cgroup;
+pub mod private;
 pub mod shim;
 pub mod venv;
 
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use capstan_core::access::LocalIdentity;
+use capstan_core::job::JobState;
 use capstan_core::model::ExecKind;
 use capstan_core::model::RecipeKind;
 use capstan_engine::backend::{
@@ -24,6 +27,7 @@ use futures_util::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::cgroup::{ActivityGroup, Cgroups};
+use crate::private::Private;
 use crate::shim::{
     CHILD, CLAIM, EXIT, GROUP, SPEC, ShimExit, ShimSpec, process_start, write_atomic,
 };
@@ -35,11 +39,16 @@ pub struct LocalBackend {
     runtime_dir: PathBuf,
     envs_dir: PathBuf,
     cgroups: Result<Cgroups, String>,
+    /// Where activities' private folders are (see [`private`]).
+    work_root: PathBuf,
+    /// Whether the daemon can start recipes as other users.
+    is_root: bool,
 }
 
 impl LocalBackend {
-    /// `shim_exe` is the program that implements `shim DIR` (normally `capstan`).
-    pub fn new(home_root: &Path, shim_exe: PathBuf) -> LocalBackend {
+    /// `shim_exe` is the program that implements `shim DIR` (normally `capstan`); `work_root`
+    /// is where activities get their private folders (outside the home's `state/`).
+    pub fn new(home_root: &Path, shim_exe: PathBuf, work_root: PathBuf) -> LocalBackend {
         // One parent group per instance, so two homes on one machine never collide.
         let name = format!("capstan-{}", capstan_core::instance_id(home_root));
         let cgroups = Cgroups::detect(&name);
@@ -64,7 +73,39 @@ impl LocalBackend {
             runtime_dir,
             envs_dir: home_root.join("state").join("envs"),
             cgroups,
+            work_root,
+            is_root: rustix::process::geteuid().is_root(),
         }
+    }
+
+    /// The default `work_root` of a home: a folder of the instance's under the system's
+    /// temporary folder.
+    pub fn default_work_root(home_root: &Path) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "capstan-work-{}",
+            capstan_core::instance_id(home_root)
+        ))
+    }
+
+    /// Who local recipes run as, for `capstan serve`'s banner.
+    pub fn identity_description(&self, identity: &LocalIdentity) -> String {
+        match (identity, self.is_root) {
+            (LocalIdentity::Daemon, _) => {
+                "local recipes run as the daemon's own user (isolation = \"none\")".into()
+            }
+            (LocalIdentity::Unix { name, chosen_by }, true) => {
+                format!("local recipes run as unprivileged Unix users (`{name}` by {chosen_by}, or their user's `run_as`)")
+            }
+            (LocalIdentity::Unix { .. }, false) => {
+                "local recipes are refused for everyone but admins: the daemon is not root, so it cannot run them as \
+                 another Unix user (set `isolation = \"none\"` in [instance] to run them as the daemon's user)"
+                    .into()
+            }
+        }
+    }
+
+    fn private(&self, spec: &ActivitySpec) -> Private {
+        Private::new(&self.work_root, spec.job_id, spec.idx, spec.attempt)
     }
 
     /// How limits are enforced, for `capstan serve`'s banner and the docs.
@@ -79,29 +120,31 @@ impl LocalBackend {
     }
 
     async fn prepare(&self, spec: &ActivitySpec) -> Result<ShimSpec, String> {
-        let work = spec.dir.join("work");
-        std::fs::create_dir_all(&work)
-            .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-        let code = match &spec.code_file {
-            Some(src) => {
-                let name = src.file_name().map(|n| n.to_owned()).unwrap_or_default();
-                let dst = work.join(&name);
-                std::fs::copy(src, &dst).map_err(|e| {
-                    format!("cannot stage the recipe's code {}: {e}", src.display())
-                })?;
-                Some(dst)
-            }
-            None => None,
-        };
-        let mut env: Vec<(String, String)> = std::env::vars()
-            // The daemon's own secrets and settings are not the recipe's business.
-            .filter(|(k, _)| !k.starts_with("CAPSTAN_"))
-            .collect();
+        let who = private::run_as(&spec.identity, self.is_root, spec.admin)?;
+        let private = self.private(spec);
+        private.create(who.as_ref()).map_err(|e| {
+            format!(
+                "cannot create the activity's private folder {}: {e}",
+                private.root.display()
+            )
+        })?;
+        let work = private.work();
+        // Read with the daemon's rights, so only what resolves inside the project.
+        let files = spec.code_files()?;
+        for (rel, bytes) in &files {
+            private
+                .write(&work.join(rel), bytes, who.as_ref())
+                .map_err(|e| format!("cannot stage the recipe's code {rel}: {e}"))?;
+        }
+        let code = spec
+            .code_file
+            .as_ref()
+            .and_then(|c| c.file_name())
+            .map(|name| work.join(name));
+        let mut env = recipe_env(who.as_ref(), &work);
         // The project's library, then capstan's runtime, then whatever the machine had.
         let mut python_path = Vec::new();
-        if let Some(lib) = &spec.lib_dir {
-            copy_dir(lib, &work.join("lib"))
-                .map_err(|e| format!("cannot stage the project library {}: {e}", lib.display()))?;
+        if files.iter().any(|(rel, _)| rel.starts_with("lib/")) {
             python_path.push(work.join("lib").display().to_string());
         }
         python_path.push(self.runtime_dir.display().to_string());
@@ -120,19 +163,13 @@ impl LocalBackend {
         if let Some(access) = &spec.data {
             // The token is a file only the recipe's user can read, not a variable that `ps e`
             // would show.
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt;
-            let path = spec.dir.join("token");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
+            private
+                .write(&private.token(), access.token.as_bytes(), who.as_ref())
                 .map_err(|e| format!("cannot write the activity's token file: {e}"))?;
-            f.write_all(access.token.as_bytes())
-                .map_err(|e| format!("cannot write the activity's token file: {e}"))?;
-            env.push(("CAPSTAN_TOKEN_FILE".into(), path.display().to_string()));
+            env.push((
+                "CAPSTAN_TOKEN_FILE".into(),
+                private.token().display().to_string(),
+            ));
             env.push(("CAPSTAN_API_URL".into(), access.api_url.clone()));
         }
 
@@ -146,7 +183,7 @@ impl LocalBackend {
                     .await
                     .map_err(|e| format!("building the code environment failed: {e}"))??
             }
-            None => PathBuf::from("python3"),
+            None => venv::interpreter(),
         };
         let Some(code) = code else {
             return Err(format!(
@@ -183,7 +220,8 @@ impl LocalBackend {
                 let submission =
                     capstan_spark::submission(spec, &work.display().to_string(), &code_file)?;
                 for (name, bytes) in &submission.files {
-                    std::fs::write(work.join(name), bytes)
+                    private
+                        .write(&work.join(name), bytes, who.as_ref())
                         .map_err(|e| format!("cannot stage {name} for Spark: {e}"))?;
                 }
                 // pyspark's scripts find Spark through the `python` on PATH.
@@ -191,32 +229,20 @@ impl LocalBackend {
                 env.push(("PATH".into(), format!("{}:{path}", bin.display())));
                 env.push(("PYSPARK_PYTHON".into(), python.display().to_string()));
                 env.push(("PYSPARK_DRIVER_PYTHON".into(), python.display().to_string()));
-                let dataset = |d: &str| spec.home_root.join("data").join(&spec.project).join(d);
-                let inputs: serde_json::Map<String, serde_json::Value> = spec
-                    .inputs
-                    .iter()
-                    .map(|d| {
-                        (
-                            d.clone(),
-                            dataset(d).join("data.parquet").display().to_string().into(),
-                        )
-                    })
-                    .collect();
-                let stage = format!("{}-{}-{}", spec.job_id, spec.idx, spec.attempt);
+                // Spark reads its inputs as files: exactly the declared ones are linked into
+                // the private folder; outputs are written there and taken into the dataset
+                // store's staging when the recipe has ended (see `finish`).
+                let mut inputs = serde_json::Map::new();
+                for d in &spec.inputs {
+                    private
+                        .link_input(&dataset_file(spec, d), d)
+                        .map_err(|e| format!("cannot give the recipe its input `{d}`: {e}"))?;
+                    inputs.insert(d.clone(), private.input(d).display().to_string().into());
+                }
                 let outputs: serde_json::Map<String, serde_json::Value> = spec
                     .outputs
                     .iter()
-                    .map(|d| {
-                        (
-                            d.clone(),
-                            dataset(d)
-                                .join(".staging")
-                                .join(format!("{stage}.parquet"))
-                                .display()
-                                .to_string()
-                                .into(),
-                        )
-                    })
+                    .map(|d| (d.clone(), private.output(d).display().to_string().into()))
                     .collect();
                 env.push((
                     "CAPSTAN_SPARK_INPUTS".into(),
@@ -262,6 +288,8 @@ impl LocalBackend {
             // Always a group, limits or not: it is how the whole process tree is found, killed
             // and measured.
             cgroups: self.cgroups.as_ref().ok().cloned(),
+            uid: who.as_ref().map(|w| w.uid),
+            gid: who.as_ref().map(|w| w.gid),
         })
     }
 
@@ -269,7 +297,7 @@ impl LocalBackend {
         let shim_spec = match self.prepare(spec).await {
             Ok(s) => s,
             Err(diagnosis) => {
-                cleanup_work(&spec.dir);
+                self.private(spec).remove();
                 return ActivityOutcome::failed(diagnosis);
             }
         };
@@ -283,7 +311,7 @@ impl LocalBackend {
         // A cancel during preparation (a code environment's build): no recipe process starts
         // after it.
         if ctl.cancel.is_cancelled() {
-            cleanup_work(&spec.dir);
+            self.private(spec).remove();
             return ActivityOutcome::cancelled();
         }
         ctl.report(ActivityEvent::Starting);
@@ -299,7 +327,7 @@ impl LocalBackend {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                cleanup_work(&spec.dir);
+                self.private(spec).remove();
                 return ActivityOutcome::failed(format!(
                     "cannot start capstan's supervisor {}: {e}",
                     self.shim_exe.display()
@@ -349,7 +377,17 @@ impl LocalBackend {
 
     /// Reads the shim's exit record into an outcome, and tidies the activity's folder.
     fn finish(&self, spec: &ActivitySpec, reported: Option<ShimExit>) -> ActivityOutcome {
-        let outcome = match read_exit(&spec.dir).or(reported) {
+        let private = self.private(spec);
+        // The Spark driver's full log, kept with the job's records.
+        if spec.recipe_kind.is_spark()
+            && let Err(e) = private::take_file(
+                &private.root.join(capstan_spark::DRIVER_LOG),
+                &spec.dir.join(capstan_spark::DRIVER_LOG),
+            )
+        {
+            tracing::warn!(job_id = spec.job_id, error = %e, "cannot keep the Spark driver's log");
+        }
+        let mut outcome = match read_exit(&spec.dir).or(reported) {
             Some(exit) => {
                 let mut o = capstan_engine::diagnose::outcome(spec, &exit.ending());
                 capstan_spark::refine(spec, &mut o);
@@ -368,7 +406,19 @@ impl LocalBackend {
                 ))
             }
         };
-        cleanup_work(&spec.dir);
+        // What a local Spark recipe wrote, taken into the store's staging, where the data plane
+        // commits it if the job succeeds.
+        if outcome.state == JobState::Succeeded && spec.recipe_kind.is_spark() {
+            for d in &spec.outputs {
+                if let Err(e) = private::take_file(&private.output(d), &staged_file(spec, d)) {
+                    outcome = ActivityOutcome::failed(format!(
+                        "the recipe succeeded, but its output `{d}` cannot be taken: {e}"
+                    ));
+                    break;
+                }
+            }
+        }
+        private.remove();
         outcome
     }
 
@@ -386,7 +436,7 @@ impl LocalBackend {
             Ok(mut f) => {
                 use std::io::Write;
                 let _ = f.write_all(b"abandoned\n");
-                cleanup_work(dir);
+                self.private(spec).remove();
                 return Resumed::NeverStarted;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Resumed::NeverStarted,
@@ -487,25 +537,67 @@ fn spark_env() -> capstan_core::model::CodeEnv {
     }
 }
 
-/// The staged code is a copy and the token is spent; the log and the records stay.
-fn cleanup_work(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir.join("work"));
-    let _ = std::fs::remove_file(dir.join("token"));
+/// The file of a dataset's current version in the home's dataset store.
+fn dataset_file(spec: &ActivitySpec, dataset: &str) -> PathBuf {
+    spec.home_root
+        .join("data")
+        .join(&spec.project)
+        .join(dataset)
+        .join("data.parquet")
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        let ty = entry.file_type()?;
-        if ty.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else if ty.is_file() {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
+/// Where the dataset store takes a staged output of this activity from (see
+/// `capstan_data::ParquetStore`).
+fn staged_file(spec: &ActivitySpec, dataset: &str) -> PathBuf {
+    spec.home_root
+        .join("data")
+        .join(&spec.project)
+        .join(dataset)
+        .join(".staging")
+        .join(format!(
+            "{}-{}-{}.parquet",
+            spec.job_id, spec.idx, spec.attempt
+        ))
+}
+
+/// Variables a recipe starts with. A recipe running as its own user gets only what describes
+/// the machine (paths, locale, time zone, proxies and CA bundles), never the rest of the
+/// daemon's environment, which may hold its secrets; and a home of its own.
+fn recipe_env(who: Option<&private::RunAs>, work: &Path) -> Vec<(String, String)> {
+    let Some(who) = who else {
+        return std::env::vars()
+            // The daemon's own secrets and settings are not the recipe's business.
+            .filter(|(k, _)| !k.starts_with("CAPSTAN_"))
+            .collect();
+    };
+    const KEPT: [&str; 12] = [
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "JAVA_HOME",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "TERM",
+    ];
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            KEPT.contains(&k.as_str())
+                || k.starts_with("LC_")
+                || matches!(k.as_str(), "http_proxy" | "https_proxy" | "no_proxy")
+        })
+        .collect();
+    let home = work.display().to_string();
+    env.extend([
+        ("HOME".to_string(), home),
+        ("USER".to_string(), who.name.clone()),
+        ("LOGNAME".to_string(), who.name.clone()),
+    ]);
+    env
 }
 
 /// Why Spark cannot start on this machine for want of Java (pyspark brings Spark, not its JVM),
@@ -552,6 +644,10 @@ impl Backend for LocalBackend {
         ctl: ActivityControl,
     ) -> BoxFuture<'a, Resumed> {
         Box::pin(self.resume_impl(spec, ctl))
+    }
+
+    fn admit(&self, identity: &LocalIdentity, admin: bool) -> Result<(), String> {
+        private::run_as(identity, self.is_root, admin).map(|_| ())
     }
 
     fn usage<'a>(&'a self, spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>> {
@@ -625,6 +721,8 @@ mod tests {
             memory_limit: None,
             cpu_millis: None,
             cgroups: None,
+            uid: None,
+            gid: None,
         };
         std::fs::write(dir.join(SPEC), serde_json::to_vec(&spec).unwrap()).unwrap();
         dir
@@ -633,7 +731,7 @@ mod tests {
     #[tokio::test]
     async fn a_recovered_activity_that_never_started_never_starts() {
         let dir = activity_dir("never");
-        let backend = LocalBackend::new(&dir, PathBuf::from("/nonexistent"));
+        let backend = LocalBackend::new(&dir, PathBuf::from("/nonexistent"), dir.join("private"));
         // The daemon died after writing the spec, before the shim claimed it.
         let resumed = backend.resume_impl(&spec(&dir), control()).await;
         assert_eq!(resumed, Resumed::NeverStarted);
@@ -664,7 +762,7 @@ mod tests {
             0
         );
         assert!(dir.join("ran").exists());
-        let backend = LocalBackend::new(&dir, PathBuf::from("/nonexistent"));
+        let backend = LocalBackend::new(&dir, PathBuf::from("/nonexistent"), dir.join("private"));
         match backend.resume_impl(&spec(&dir), control()).await {
             Resumed::Finished(o) => assert_eq!(o.state, capstan_core::job::JobState::Succeeded),
             other => panic!("{other:?}"),

@@ -36,6 +36,11 @@ pub struct ShimSpec {
     pub cpu_millis: Option<u64>,
     /// Where to create the activity's cgroup; `None` where limits cannot be enforced.
     pub cgroups: Option<Cgroups>,
+    /// The Unix user and group the recipe runs as; `None`: the shim's own (the daemon's).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
 }
 
 /// What the shim leaves behind (`exit.json`).
@@ -219,6 +224,11 @@ async fn supervise(dir: &Path, spec: &ShimSpec) -> ShimExit {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // The recipe's own identity. Setting the uid from root also drops every supplementary
+    // group (std calls setgroups(0) first), so nothing of the daemon's rights remains.
+    if let (Some(uid), Some(gid)) = (spec.uid, spec.gid) {
+        cmd.gid(gid).uid(uid);
+    }
     // Enter the group only to spawn: the recipe inherits it, the shim does not stay.
     if let Some(g) = &group
         && let Err(e) = g.enter()

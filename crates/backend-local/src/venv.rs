@@ -33,6 +33,37 @@ pub fn spec_hash(env: &CodeEnv, home_root: &Path, python: &str) -> String {
         .collect()
 }
 
+/// The `python3` venvs are made from: the first on PATH that every user can run, since a venv
+/// runs its base interpreter and local recipes run as unprivileged users (a pyenv under
+/// `/root` is the daemon's alone); else the first on PATH.
+pub fn interpreter() -> PathBuf {
+    let found: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("python3"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found
+        .iter()
+        .find(|p| runnable_by_anyone(p))
+        .or_else(|| found.iter().find(|p| p.is_file()))
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// Whether `path` (links resolved) is a file every user may execute, in folders every user may
+/// cross.
+fn runnable_by_anyone(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let others_x =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    real.is_file() && others_x(&real) && real.ancestors().skip(1).all(others_x)
+}
+
 /// Makes sure the venv of `env` exists and returns its interpreter. Blocking: run it off the
 /// async threads. Concurrent builds of the same env are serialised by a file lock.
 pub fn ensure(envs_dir: &Path, home_root: &Path, env: &CodeEnv) -> Result<PathBuf, String> {
@@ -42,7 +73,8 @@ pub fn ensure(envs_dir: &Path, home_root: &Path, env: &CodeEnv) -> Result<PathBu
             env.name
         ));
     }
-    let version = std::process::Command::new("python3")
+    let python3 = interpreter();
+    let version = std::process::Command::new(&python3)
         .arg("--version")
         .output()
         .map_err(|e| {
@@ -51,7 +83,12 @@ pub fn ensure(envs_dir: &Path, home_root: &Path, env: &CodeEnv) -> Result<PathBu
                 env.name
             )
         })?;
-    let python = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    // The interpreter's path as well as its version: a venv links to it.
+    let python = format!(
+        "{} {}",
+        String::from_utf8_lossy(&version.stdout).trim(),
+        python3.display()
+    );
     let dir = envs_dir.join(format!(
         "{}-{}",
         env.name,
@@ -91,7 +128,7 @@ pub fn ensure(envs_dir: &Path, home_root: &Path, env: &CodeEnv) -> Result<PathBu
         ))
     };
     run(
-        std::process::Command::new("python3")
+        std::process::Command::new(&python3)
             .arg("-m")
             .arg("venv")
             .arg(&dir),

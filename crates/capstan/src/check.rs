@@ -9,11 +9,62 @@ use crate::cli::CheckArgs;
 use crate::home::{diagnostic_json, plural};
 use crate::{Exit, exit};
 
+/// Whether the identities local recipes run as can be had by a daemon started as this user:
+/// each `run_as` must exist, and a daemon that is not root can switch to none of them.
+fn isolation_checks(home: &capstan_core::model::Home) -> Vec<capstan_core::Diagnostic> {
+    use capstan_core::access::{LocalIdentity, local_identity};
+    let has_local = home
+        .exec_configs
+        .values()
+        .any(|c| c.kind.value == capstan_core::model::ExecKind::Local);
+    if !has_local {
+        return Vec::new();
+    }
+    let is_root = rustix::process::geteuid().is_root();
+    let mut out = Vec::new();
+    let diagnostic = |severity, field: &str, message: String| capstan_core::Diagnostic {
+        severity,
+        file: "capstan.toml".into(),
+        line: 0,
+        col: 0,
+        field: field.into(),
+        message,
+        help: None,
+    };
+    let identities = std::iter::once(local_identity(home, None))
+        .chain(home.users.keys().map(|u| local_identity(home, Some(u))));
+    let mut seen = BTreeSet::new();
+    for identity in identities {
+        let LocalIdentity::Unix { name, .. } = &identity else {
+            continue;
+        };
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        if !is_root {
+            out.push(diagnostic(
+                Severity::Warning,
+                "instance.isolation",
+                format!(
+                    "local recipes run as unprivileged Unix users (here `{name}`), which a daemon started as this user                      (uid {}) cannot switch to: it would refuse local recipes of everyone but admins. Run the daemon                      as root, or set `isolation = \"none\"` in [instance] to run local recipes as the daemon's own user",
+                    rustix::process::geteuid().as_raw()
+                ),
+            ));
+            break;
+        }
+        if let Err(why) = capstan_backend_local::private::run_as(&identity, true, false) {
+            out.push(diagnostic(Severity::Error, "run_as", why));
+        }
+    }
+    out
+}
+
 pub fn run(root: &Path, args: &CheckArgs) -> anyhow::Result<u8> {
     let (home, mut diags) = capstan_core::load_home(root)?;
     // The daemon runs on this machine, and so does its default Docker engine.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     diags.extend(capstan_core::host_checks(&home, cpus));
+    diags.extend(isolation_checks(&home));
     if args.deep {
         use capstan_data::DatasetStore;
         let store = capstan_data::ParquetStore::new(root);

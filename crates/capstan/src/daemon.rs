@@ -89,8 +89,18 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     let lock = lock(root)?;
     let exe = std::env::current_exe()
         .context("cannot find the capstan executable (for the local backend's supervisor)")?;
-    let local = LocalBackend::new(root, exe);
+    let work_root = home
+        .instance
+        .work_dir
+        .as_ref()
+        .map(|w| root.join(&w.value))
+        .unwrap_or_else(|| LocalBackend::default_work_root(root));
+    let local = LocalBackend::new(root, exe, work_root);
     tracing::info!(limits = %local.limits_description(), "local backend ready");
+    tracing::info!(
+        identity = %local.identity_description(&capstan_core::access::local_identity(&home, None)),
+        "local recipes"
+    );
     let docker = capstan_backend_docker::DockerBackend::new(root);
     let k8s = capstan_backend_k8s::K8sBackend::new(root);
     let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(local), Arc::new(docker), Arc::new(k8s)];
@@ -104,6 +114,7 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     );
     let (engine, starter) = Engine::open(root, home, backends, Some(data.clone()))
         .with_context(|| format!("cannot open the state of {}", root.display()))?;
+    close_state(root)?;
     // Listen first: activities get the API's address with their token, also the ones the
     // scheduler claims the moment it starts.
     let listener = tokio::net::TcpListener::bind(bind)
@@ -294,6 +305,41 @@ impl capstan_server::data_api::ContainerRoutes for Routes {
 }
 
 /// Writes a file only its owner can read (it holds the local token).
+/// Closes the instance's state and data to everyone but the daemon's user: recipes run as
+/// other users, and what is here (the local token, the key behind activity tokens, every job's
+/// log, every project's datasets) is not theirs to read. `state/` can still be crossed, for the
+/// two things recipes run from: capstan's runtime and the code environments.
+fn close_state(root: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let state = root.join("state");
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    let mut modes = vec![(state.clone(), 0o711), (data, 0o700)];
+    for entry in
+        std::fs::read_dir(&state).with_context(|| format!("cannot read {}", state.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name();
+        let open = matches!(name.to_str(), Some("runtime" | "envs"));
+        // Everything else, present and future, is the daemon's alone.
+        modes.push((
+            entry.path(),
+            if open {
+                0o755
+            } else if entry.file_type()?.is_dir() {
+                0o700
+            } else {
+                0o600
+            },
+        ));
+    }
+    for (path, mode) in modes {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot restrict {} to the daemon's user", path.display()))?;
+    }
+    Ok(())
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

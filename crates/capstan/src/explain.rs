@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::bail;
-use capstan_core::model::{ClusterTarget, Home};
+use capstan_core::model::{ClusterTarget, Home, Permission};
 use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve};
 use capstan_engine::record::{error_json, resolution_json, resolution_rows};
 use serde_json::{Value, json};
@@ -69,16 +69,43 @@ pub fn resolve_target(
 pub fn run(root: &Path, args: &ExplainArgs) -> anyhow::Result<u8> {
     let (project, recipe) = parse_target(&args.target)?;
     let home = load_valid(root)?;
+    let permissions = args.user.as_ref().map(|u| held(&home, project, u));
     match resolve(&home, project, recipe, &request(&args.user, &args.select)) {
         Ok(r) => {
+            let may_run = permissions
+                .as_ref()
+                .is_none_or(|p| p.contains(&Permission::Run));
             if args.json {
                 let mut out = resolution_json(&r);
-                out["allowed"] = json!(true);
+                out["allowed"] = json!(may_run);
+                if let Some(p) = &permissions {
+                    out["permissions"] = json!(p.iter().map(|p| p.as_str()).collect::<Vec<_>>());
+                }
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 print_human(&r);
+                if let (Some(p), Some(u)) = (&permissions, &args.user) {
+                    let list: Vec<&str> = p.iter().map(|p| p.as_str()).collect();
+                    println!(
+                        "\npermissions of {u} on project {project}: {}",
+                        if list.is_empty() {
+                            "none".to_string()
+                        } else {
+                            list.join(", ")
+                        }
+                    );
+                    if !may_run {
+                        println!(
+                            "{}",
+                            capstan_core::access::check(&home, project, u, false, Permission::Run)
+                                .err()
+                                .map(|d| d.message)
+                                .unwrap_or_default()
+                        );
+                    }
+                }
             }
-            Ok(exit::OK)
+            Ok(if may_run { exit::OK } else { exit::DENIED })
         }
         Err(errors) if args.json => {
             let denied = errors
@@ -104,6 +131,14 @@ pub fn run(root: &Path, args: &ExplainArgs) -> anyhow::Result<u8> {
         }
         Err(errors) => Err(report(&errors)),
     }
+}
+
+/// The permissions `user` has on `project`, implications included (an instance admin: all).
+fn held(home: &Home, project: &str, user: &str) -> Vec<Permission> {
+    Permission::ALL
+        .into_iter()
+        .filter(|p| capstan_core::access::check(home, project, user, false, *p).is_ok())
+        .collect()
 }
 
 fn print_human(r: &Resolution) {

@@ -57,3 +57,28 @@ pub fn diagnostic_json(d: &Diagnostic) -> serde_json::Value {
         "help": d.help,
     })
 }
+
+/// Commands that work on the home's files directly (`dataset import`, `head`, `schema`) are the
+/// machine admin's, gated by who may read the home. Given a token (`--token`, `CAPSTAN_TOKEN`),
+/// they act as its user instead, who must hold `wanted` on the target's project.
+pub fn acting_user_may(
+    root: &Path,
+    token: Option<&str>,
+    target: &str,
+    wanted: capstan_core::model::Permission,
+) -> anyhow::Result<()> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let home = load_valid(root)?;
+    let project = target.split_once('/').map_or(target, |(p, _)| p);
+    let Some(user) = home.user_for_token(token) else {
+        bail!("unknown token: it is the token of no user of users.toml");
+    };
+    if let Err(denied) = capstan_core::access::check(&home, project, &user.name, user.admin, wanted)
+    {
+        eprintln!("error: {denied}");
+        return Err(crate::Exit(crate::exit::DENIED).into());
+    }
+    Ok(())
+}

@@ -87,6 +87,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<u8> {
+    use capstan_core::model::Permission;
     use cli::{
         ClusterCommand, Command, ConfigCommand, DatasetCommand, EnvCommand, ImageCommand,
         JobCommand, K8sCommand, SparkCommand, TokenCommand,
@@ -127,9 +128,21 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         Command::Env(EnvCommand::List(a)) => {
             runtime()?.block_on(images::list(&home::locate(home)?, a, true))
         }
-        Command::Dataset(DatasetCommand::Import(a)) => datasets::import(&home::locate(home)?, a),
-        Command::Dataset(DatasetCommand::Head(a)) => datasets::head(&home::locate(home)?, a),
-        Command::Dataset(DatasetCommand::Schema(a)) => datasets::schema(&home::locate(home)?, a),
+        Command::Dataset(DatasetCommand::Import(a)) => {
+            let root = home::locate(home)?;
+            home::acting_user_may(&root, args.token.as_deref(), &a.target, Permission::Write)?;
+            datasets::import(&root, a)
+        }
+        Command::Dataset(DatasetCommand::Head(a)) => {
+            let root = home::locate(home)?;
+            home::acting_user_may(&root, args.token.as_deref(), &a.target, Permission::Read)?;
+            datasets::head(&root, a)
+        }
+        Command::Dataset(DatasetCommand::Schema(a)) => {
+            let root = home::locate(home)?;
+            home::acting_user_may(&root, args.token.as_deref(), &a.target, Permission::Read)?;
+            datasets::schema(&root, a)
+        }
         Command::Datasets(a) => datasets::list(&home::locate(home)?, a),
         Command::K8s(K8sCommand::Render(a)) => k8s::render(&home::locate(home)?, a),
         Command::Spark(SparkCommand::Render(a)) => spark::render(&home::locate(home)?, a),

@@ -6,6 +6,7 @@
 //!
 //! Start at [`load_home`], then [`resolve::resolve`].
 
+pub mod access;
 pub mod diag;
 pub mod flow;
 pub mod job;

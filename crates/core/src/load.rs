@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
 
-use crate::limits;
 use crate::diag::{Diagnostics, Loc, SourceFile, SourceMap};
+use crate::limits;
 use crate::model::*;
 use crate::toml_read::{Cx, Table, Value, check_name, type_name, unknown_help};
 
@@ -321,6 +321,60 @@ fn named_tables<T>(
     all.accept_all();
 }
 
+/// `[project.permissions]`: `GROUP = ["read", "run", …]`.
+fn permissions(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Vec<Grant> {
+    let Some(mut sub) = t.sub_table(cx, "permissions") else {
+        return Vec::new();
+    };
+    let names: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+    let mut out = Vec::new();
+    for (group, value) in sub.entries() {
+        let field = sub.field(group.get_ref());
+        let Some(items) = value.get_ref().as_array() else {
+            cx.error(
+                &value.span(),
+                &field,
+                format!(
+                    "expected a list of permissions, found {}",
+                    type_name(value.get_ref())
+                ),
+                Some(format!(
+                    "for example `{} = [\"read\", \"run\"]`",
+                    group.get_ref()
+                )),
+            );
+            continue;
+        };
+        let mut permissions = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref().as_str().map(|s| (s, Permission::parse(s))) {
+                Some((_, Some(p))) => permissions.push(p),
+                Some((s, None)) => cx.error(
+                    &item.span(),
+                    &format!("{field}[{i}]"),
+                    format!("unknown permission `{s}`"),
+                    Some(unknown_help(s, &names, "permission")),
+                ),
+                None => cx.error(
+                    &item.span(),
+                    &format!("{field}[{i}]"),
+                    format!("expected a permission, found {}", type_name(item.get_ref())),
+                    Some(format!("one of: {}", names.join(", "))),
+                ),
+            }
+        }
+        out.push(Grant {
+            group: Sourced {
+                value: group.get_ref().to_string(),
+                loc: cx.loc(&group.span()),
+            },
+            permissions,
+        });
+    }
+    sub.accept_all();
+    out
+}
+
 fn description(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Option<String> {
     t.str(cx, "description").map(|s| s.value)
 }
@@ -443,7 +497,9 @@ fn tolerations(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Vec<Sourced<Toleration
             operator: operator.map(|s| s.value),
             value: tt.str(cx, "value").map(|s| s.value),
             effect: effect.map(|s| s.value),
-            toleration_seconds: tt.count(cx, "toleration_seconds", limits::TOLERATION_SECONDS).map(|s| s.value),
+            toleration_seconds: tt
+                .count(cx, "toleration_seconds", limits::TOLERATION_SECONDS)
+                .map(|s| s.value),
         };
         tt.finish(cx);
         out.push(Sourced {
@@ -500,6 +556,13 @@ fn decode_instance(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Instance {
     let mut instance = Instance::default();
     if let Some(mut i) = t.sub_table(cx, "instance") {
         instance.name = i.str(cx, "name").map(|s| s.value);
+        instance.run_as = i.name(cx, "run_as");
+        instance.isolation = choice(cx, &mut i, "isolation", &["user", "none"], |s| match s {
+            "user" => Some(Isolation::User),
+            "none" => Some(Isolation::None),
+            _ => None,
+        });
+        instance.work_dir = i.str(cx, "work_dir");
         i.finish(cx);
     }
     if let Some(mut d) = t.sub_table(cx, "defaults") {
@@ -976,6 +1039,7 @@ fn decode_user(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc) -> 
             .unwrap_or_default(),
         admin: t.bool(cx, "admin").is_some_and(|b| b.value),
         tokens,
+        run_as: t.name(cx, "run_as"),
     }
 }
 
@@ -989,10 +1053,12 @@ fn decode_project(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, files: &Hom
         datasets: BTreeMap::new(),
         recipes: BTreeMap::new(),
         lib_dir: None,
+        permissions: Vec::new(),
     };
     if let Some(mut p) = t.sub_table(cx, "project") {
         project.name = p.str(cx, "name").map(|s| s.value);
         project.description = description(cx, &mut p);
+        project.permissions = permissions(cx, &mut p);
         p.finish(cx);
     }
     if let Some(mut d) = t.sub_table(cx, "defaults") {

@@ -62,6 +62,62 @@ impl fmt::Display for ExecKind {
     }
 }
 
+/// What a group may do in a project (`[project.permissions]`). `admin` implies the other
+/// three, and `run` and `write` imply `read`: nobody runs or writes what they cannot see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    /// See the project's datasets, jobs and logs.
+    Read,
+    /// Run its recipes (and build what they need).
+    Run,
+    /// Write and import its datasets.
+    Write,
+    /// All of the above, and cancel anyone's jobs in it.
+    Admin,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 4] = [
+        Permission::Read,
+        Permission::Run,
+        Permission::Write,
+        Permission::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Run => "run",
+            Permission::Write => "write",
+            Permission::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Whether holding `self` gives `wanted`.
+    pub fn gives(self, wanted: Permission) -> bool {
+        self == wanted
+            || self == Permission::Admin
+            || (wanted == Permission::Read && matches!(self, Permission::Run | Permission::Write))
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of `[project.permissions]`: a group and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub group: Sourced<String>,
+    pub permissions: Vec<Permission>,
+}
+
 /// Who may use a configuration or cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Allowed {
@@ -351,6 +407,8 @@ pub struct User {
     pub groups: Vec<Sourced<String>>,
     pub admin: bool,
     pub tokens: Vec<TokenHash>,
+    /// The Unix user this user's local recipes run as (default: the instance's `run_as`).
+    pub run_as: Option<Sourced<String>>,
 }
 
 /// The settings any layer (instance defaults, project, recipe, run request) may set.
@@ -374,11 +432,33 @@ pub struct LayerSettings {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Instance {
     pub name: Option<String>,
+    /// The Unix user local recipes run as, unless their user has a `run_as` of their own
+    /// (default: `nobody`).
+    pub run_as: Option<Sourced<String>>,
+    /// `isolation = "none"`: local recipes run as the daemon's own user (an explicit choice).
+    pub isolation: Option<Sourced<Isolation>>,
+    /// Where local recipes get their private working folders (default: under the system's
+    /// temporary folder), outside the home's `state/`.
+    pub work_dir: Option<Sourced<String>>,
     pub defaults: LayerSettings,
     pub server_bind: Option<Sourced<String>>,
     pub server_public_url: Option<Sourced<String>>,
     pub build: BuildSettings,
 }
+
+/// How local recipes are kept from the daemon's rights (`[instance] isolation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each runs as an unprivileged Unix user: its capstan user's `run_as`, else the
+    /// instance's, else `nobody`.
+    #[default]
+    User,
+    /// They run as the daemon's own user and can read what it can: for a single-user machine.
+    None,
+}
+
+/// The Unix user a local recipe runs as when no `run_as` names one.
+pub const DEFAULT_RUN_AS: &str = "nobody";
 
 /// `[build]` in capstan.toml: what image builds need to get through a corporate network.
 /// Unset fields fall back to the host's own settings (its CA bundle, its proxy variables).
@@ -512,6 +592,8 @@ pub struct Project {
     pub recipes: BTreeMap<String, Recipe>,
     /// The project's shared code folder (`lib/`), if present.
     pub lib_dir: Option<PathBuf>,
+    /// Which groups may do what (`[project.permissions]`); none: only instance admins.
+    pub permissions: Vec<Grant>,
 }
 
 /// What was built from a base image or code environment spec (`state/images/*.toml`, written

@@ -160,9 +160,7 @@ pub struct Cpu {
 
 impl Cpu {
     /// The most CPU any setting may ask for: 10,000 cores.
-    pub const MAX: Cpu = Cpu {
-        millis: 10_000_000,
-    };
+    pub const MAX: Cpu = Cpu { millis: 10_000_000 };
 
     pub fn from_millis(millis: u64) -> Cpu {
         Cpu { millis }
@@ -275,9 +273,7 @@ pub struct Duration {
 impl Duration {
     /// The longest duration any setting may be: 365 days. Deadlines are computed from it, so it
     /// also keeps every `now + duration` far from overflowing.
-    pub const MAX: Duration = Duration {
-        secs: 365 * 86_400,
-    };
+    pub const MAX: Duration = Duration { secs: 365 * 86_400 };
 
     pub fn from_secs(secs: u64) -> Duration {
         Duration { secs }

@@ -465,6 +465,9 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
     }
 
     for p in home.projects.values() {
+        for g in &p.permissions {
+            v.reference(&g.group, "project.permissions", &home.groups, "group");
+        }
         for r in p.recipes.values() {
             for d in r.inputs.iter().chain(&r.outputs) {
                 if !p.datasets.contains_key(&d.value) {
@@ -512,6 +515,29 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
         }
     }
 
+    // The server's addresses: a typo here would otherwise surface only when the daemon starts
+    // (a bind) or when the first container calls back (a public URL).
+    if let Some(b) = &home.instance.server_bind
+        && let Err(why) = check_bind(&b.value)
+    {
+        v.error(
+            b.loc,
+            "server.bind",
+            why,
+            Some("an address and port like `127.0.0.1:8420` or `0.0.0.0:8420`".into()),
+        );
+    }
+    if let Some(u) = &home.instance.server_public_url
+        && let Err(why) = check_url(&u.value)
+    {
+        v.error(
+            u.loc,
+            "server.public_url",
+            why,
+            Some("a URL like `http://capstan.example.com:8420`".into()),
+        );
+    }
+
     // The instance defaults on their own (a home with no project still gets them checked).
     let d = &home.instance.defaults;
     for (name, field, what) in [
@@ -537,6 +563,42 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
             }
         }
     }
+}
+
+/// Why `s` is not an address to listen on (`HOST:PORT`, the host an IP address).
+fn check_bind(s: &str) -> Result<(), String> {
+    s.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("`{s}` is not an IP address and port"))
+}
+
+/// Why `s` is not an http(s) URL with a host (and, if any, a port from 1 to 65535).
+fn check_url(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("`{s}` is not a URL: {why}"));
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
+        return bad("it must start with http:// or https://");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '[' | ']' | ':'))
+    {
+        return bad("it has no valid host name");
+    }
+    if let Some(p) = port
+        && p.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return bad("its port must be a number from 1 to 65535");
+    }
+    Ok(())
 }
 
 /// Checks that need facts about the machine `capstan check` runs on (the daemon's machine):

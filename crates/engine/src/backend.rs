@@ -5,8 +5,9 @@
 //! activity again from what [`ActivityEvent::Started`] recorded ([`Backend::resume`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use capstan_core::access::LocalIdentity;
 use capstan_core::job::JobState;
 use capstan_core::model::{CodeEnv, ExecConfig, ExecKind, RecipeKind, SparkConfig};
 use capstan_core::quantity::{Cpu, Duration, Memory};
@@ -27,6 +28,11 @@ pub struct ActivitySpec {
     pub recipe: String,
     pub recipe_kind: RecipeKind,
     pub user: String,
+    /// Who a local recipe runs as (containers and pods are isolated by their engine).
+    pub identity: LocalIdentity,
+    /// Whether the job's user is an instance admin (or the daemon's local caller): where
+    /// the daemon cannot switch users, only their local recipes run.
+    pub admin: bool,
     /// Absolute path of the recipe's code file.
     pub code_file: Option<PathBuf>,
     /// Absolute path of the project's shared library folder.
@@ -96,6 +102,8 @@ impl ActivitySpec {
             recipe: String::new(),
             recipe_kind: RecipeKind::Shell,
             user: String::new(),
+            identity: LocalIdentity::Daemon,
+            admin: false,
             code_file: None,
             lib_dir: None,
             inputs: Vec::new(),
@@ -137,6 +145,31 @@ impl ActivitySpec {
         ]
     }
 
+    /// The files a recipe runs with, as (path relative to its work folder, contents): its code
+    /// file by name, and the project's library under `lib/`. Every file must resolve inside the
+    /// project's folder: a symbolic link that leads elsewhere (to the home's `state/`, say) is
+    /// refused, since the daemon reads these files with its own rights.
+    pub fn code_files(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        if self.code_file.is_none() && self.lib_dir.is_none() {
+            return Ok(Vec::new());
+        }
+        let project = self.home_root.join("projects").join(&self.project);
+        let inside = std::fs::canonicalize(&project)
+            .map_err(|e| format!("cannot read the project folder {}: {e}", project.display()))?;
+        let mut files = Vec::new();
+        if let Some(code) = &self.code_file {
+            let name = code
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((name, read_inside(&inside, code)?));
+        }
+        if let Some(lib) = &self.lib_dir {
+            collect_inside(&inside, lib, "lib", 0, &mut files)?;
+        }
+        Ok(files)
+    }
+
     /// `job-activity`, as used in labels, cgroup names and logs.
     pub fn activity_id(&self) -> String {
         format!("{}-{}", self.job_id, self.idx)
@@ -163,6 +196,61 @@ impl ActivitySpec {
             (None, _) => "the built-in local execution".to_string(),
         }
     }
+}
+
+/// Reads `path` if it resolves inside the folder `inside` (canonical).
+fn read_inside(inside: &Path, path: &Path) -> Result<Vec<u8>, String> {
+    let real =
+        std::fs::canonicalize(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !real.starts_with(inside) {
+        return Err(format!(
+            "{} is a link to {}, outside the project's folder: capstan runs only code that is in the project",
+            path.display(),
+            real.display()
+        ));
+    }
+    std::fs::read(&real).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn collect_inside(
+    inside: &Path,
+    dir: &Path,
+    at: &str,
+    depth: usize,
+    out: &mut Vec<(String, Vec<u8>)>,
+) -> Result<(), String> {
+    // Links inside the project are followed, so a loop of them must end somewhere.
+    if depth > 32 {
+        return Err(format!(
+            "{} is nested more than 32 folders deep",
+            dir.display()
+        ));
+    }
+    let read = |e: std::io::Error| format!("cannot read {}: {e}", dir.display());
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .collect::<Result<_, _>>()
+        .map_err(read)?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let rel = format!("{at}/{}", e.file_name().to_string_lossy());
+        let real = std::fs::canonicalize(&path)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        if !real.starts_with(inside) {
+            return Err(format!(
+                "{} is a link to {}, outside the project's folder: capstan runs only code that is in the project",
+                path.display(),
+                real.display()
+            ));
+        }
+        if real.is_dir() {
+            collect_inside(inside, &path, &rel, depth + 1, out)?;
+        } else if real.is_file() {
+            out.push((rel, read_inside(inside, &path)?));
+        }
+    }
+    Ok(())
 }
 
 /// How an activity ended.
@@ -275,6 +363,14 @@ pub trait Backend: Send + Sync {
         backend_ref: Option<&'a str>,
         ctl: ActivityControl,
     ) -> BoxFuture<'a, Resumed>;
+
+    /// Whether this backend will run a recipe as `identity` for a caller (`admin`: an instance
+    /// admin), checked at submit so that a refusal is a 403, not a failed job. The local backend
+    /// refuses when it cannot switch to that user.
+    fn admit(&self, identity: &LocalIdentity, admin: bool) -> Result<(), String> {
+        let _ = (identity, admin);
+        Ok(())
+    }
 
     /// Live usage of a running activity, where the backend can tell.
     fn usage<'a>(&'a self, spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>>;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use capstan_core::job::JobState;
-use capstan_core::model::{ExecKind, Home};
+use capstan_core::model::{ExecKind, Home, Permission};
 use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve};
 use capstan_store::{ActivityRow, EventRow, JobFilter, JobRow, NewJob, Outcome, Store, StoreError};
 use futures_util::FutureExt;
@@ -188,6 +188,21 @@ impl Engine {
             .cloned()
     }
 
+    /// Whether `caller` may do `wanted` in `project` (instance admins and the daemon's local
+    /// caller may do everything), or a 403 naming the missing permission.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        project: &str,
+        wanted: Permission,
+    ) -> Result<(), EngineError> {
+        if caller.admin {
+            return Ok(());
+        }
+        capstan_core::access::check(&self.home(), project, &caller.name, false, wanted)
+            .map_err(|d| EngineError::Denied(d.message))
+    }
+
     /// Resolves, checks and queues a run of `project/recipe`.
     pub fn submit(
         &self,
@@ -197,6 +212,10 @@ impl Engine {
         mut request: RunRequest,
     ) -> Result<JobRow, EngineError> {
         let mut home = self.inner.home.fresh();
+        if !caller.admin {
+            capstan_core::access::check(&home, project, &caller.name, false, Permission::Run)
+                .map_err(|d| EngineError::Denied(d.message))?;
+        }
         if home.recipe(project, recipe).is_none() {
             // Saved within the last look's interval: look again before calling it unknown.
             home = self.inner.home.fresh_now();
@@ -204,9 +223,13 @@ impl Engine {
         request.user = caller.in_home.then(|| caller.name.clone());
         let resolution = resolve(&home, project, recipe, &request).map_err(resolve_error)?;
         let kind = resolution.kind.value;
-        if self.backend(kind).is_none() {
+        let Some(backend) = self.backend(kind) else {
             return Err(EngineError::NoBackend(kind));
-        }
+        };
+        let identity = capstan_core::access::local_identity(&home, request.user.as_deref());
+        backend
+            .admit(&identity, caller.admin)
+            .map_err(EngineError::Denied)?;
         let job = self.store().insert_job(&NewJob {
             project: project.to_string(),
             recipe: recipe.to_string(),
@@ -225,9 +248,19 @@ impl Engine {
     pub fn job(&self, caller: &Caller, id: i64) -> Result<JobRow, EngineError> {
         let job = self.store().job(id)?;
         match job {
-            Some(j) if caller.admin || j.user == caller.name => Ok(j),
+            // A job one may not see is reported as missing, so ids do not tell what exists.
+            Some(j) if self.may_see(caller, &j) => Ok(j),
             _ => Err(EngineError::NotFound(format!("no job {id}"))),
         }
+    }
+
+    /// One's own jobs, and those of projects one may read.
+    fn may_see(&self, caller: &Caller, job: &JobRow) -> bool {
+        caller.admin
+            || job.user == caller.name
+            || self
+                .authorize(caller, &job.project, Permission::Read)
+                .is_ok()
     }
 
     pub async fn job_detail(&self, caller: &Caller, id: i64) -> Result<JobDetail, EngineError> {
@@ -254,7 +287,17 @@ impl Engine {
 
     pub fn jobs(&self, caller: &Caller, mut filter: JobFilter) -> Result<Vec<JobRow>, EngineError> {
         if !caller.admin {
-            filter.user = Some(caller.name.clone());
+            let home = self.home();
+            let readable = home
+                .projects
+                .keys()
+                .filter(|p| {
+                    capstan_core::access::check(&home, p, &caller.name, false, Permission::Read)
+                        .is_ok()
+                })
+                .cloned()
+                .collect();
+            filter.visible_to = Some((caller.name.clone(), readable));
         }
         Ok(self.store().jobs(&filter)?)
     }
@@ -293,6 +336,10 @@ impl Engine {
     /// or before a daemon restart: it is recorded in the state database first.
     pub fn cancel(&self, caller: &Caller, id: i64) -> Result<JobState, EngineError> {
         let job = self.job(caller, id)?;
+        if job.user != caller.name {
+            // Someone else's job: a project admin's to cancel.
+            self.authorize(caller, &job.project, Permission::Admin)?;
+        }
         if job.state.is_final() {
             return Err(EngineError::Conflict(format!(
                 "job {id} is already {}",
@@ -772,6 +819,11 @@ pub fn spec_from(
         project: r.project.clone(),
         recipe: r.recipe.clone(),
         user: r.user.clone().unwrap_or_default(),
+        identity: capstan_core::access::local_identity(home, r.user.as_deref()),
+        admin: r
+            .user
+            .as_ref()
+            .is_none_or(|u| home.users.get(u).is_some_and(|u| u.admin)),
         recipe_kind: recipe.kind.value,
         code_file: recipe.code.as_ref().map(|c| root.join(&c.value)),
         lib_dir: project.lib_dir.as_ref().map(|l| root.join(l)),

@@ -126,6 +126,8 @@ pub struct Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct JobFilter {
     pub user: Option<String>,
+    /// Only jobs of `.0` or of the projects `.1` (what a user may see).
+    pub visible_to: Option<(String, Vec<String>)>,
     pub states: Vec<JobState>,
     pub limit: Option<u32>,
 }
@@ -295,6 +297,15 @@ impl Store {
         if let Some(u) = &filter.user {
             args.push(u.clone().into());
             sql += &format!(" AND user = ?{}", args.len());
+        }
+        if let Some((user, projects)) = &filter.visible_to {
+            args.push(user.clone().into());
+            let mut any = vec![format!("user = ?{}", args.len())];
+            for p in projects {
+                args.push(p.clone().into());
+                any.push(format!("project = ?{}", args.len()));
+            }
+            sql += &format!(" AND ({})", any.join(" OR "));
         }
         if !filter.states.is_empty() {
             let marks: Vec<String> = filter

@@ -66,7 +66,7 @@ fn cancel_leaves_no_process_behind() {
         "",
     );
     let d = home.start();
-    let pids_file = home.dir.path().join("pids");
+    let pids_file = home.shared().join("pids");
     let id = submit(
         &home,
         "sample/sleepy",
@@ -183,10 +183,10 @@ fn kill_9_with_running_and_queued_jobs_loses_nothing_and_runs_nothing_twice() {
         "exec-configs.toml",
         "\n[exec_config.three]\nkind = \"local\"\nmax_concurrent = 3\n",
     );
-    let marker = home.dir.path().join("ran");
+    let marker = home.shared().join("ran");
     // The jobs hold until the test creates the release file: however slowly the 8 submissions
     // go, the first 3 are still running (and the other 5 queued) when the daemon is killed.
-    let release = home.dir.path().join("release");
+    let release = home.shared().join("release");
     home.recipe(
         "work",
         "shell",
@@ -246,7 +246,7 @@ fn a_dead_supervisor_fails_the_job_and_leaves_nothing_running() {
         "",
     );
     let d = home.start();
-    let pids_file = home.dir.path().join("pids");
+    let pids_file = home.shared().join("pids");
     let id = submit(
         &home,
         "sample/sleepy",
@@ -616,7 +616,7 @@ fn shutdown_with_stop_jobs_cancels_running_work() {
     wait_for("the daemon", 20, || {
         crate::daemon_info_ready(&root, child.id())
     });
-    let pids_file = home.dir.path().join("pids");
+    let pids_file = home.shared().join("pids");
     let id = submit(
         &home,
         "sample/sleepy",
@@ -672,7 +672,7 @@ fn a_recipe_saved_a_moment_ago_is_known() {
 #[test]
 fn cancel_races_in_preparing_and_starting_always_end_cancelled() {
     let home = TestHome::new("cancel-race");
-    let marks = home.dir.path().join("marks");
+    let marks = home.shared().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     home.recipe(
         "napper",

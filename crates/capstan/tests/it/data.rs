@@ -79,8 +79,13 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         "projects/sample/project.toml",
         "\n[dataset.secret]\n\n[dataset.typed]\n[dataset.typed.schema]\namount = \"int64\"\n",
     );
-    let tokens = h.dir.path().join("tokens");
+    let tokens = h.shared().join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
+    std::fs::set_permissions(
+        &tokens,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o1777),
+    )
+    .unwrap();
     h.recipe(
         "totals",
         "python",
@@ -109,6 +114,41 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
          capstan.Output('order_totals').write(pandas.DataFrame({'customer': ['mallory'], 'amount': [1.0]}))\n\
          print('written', flush=True)\n\
          time.sleep(300)\n",
+        &recipe_toml(&[], &["order_totals"]),
+    );
+    // Writes a dataset it did not declare.
+    h.recipe(
+        "scribble",
+        "python",
+        "py",
+        "import capstan, pandas\ncapstan.Output('secret').write(pandas.DataFrame({'x': [1]}))\n",
+        &recipe_toml(&[], &["order_totals"]),
+    );
+    // Writes its output, then fails; and writes it, then runs past its timeout.
+    let mallory = "capstan.Output('order_totals').write(pandas.DataFrame({'customer': ['mallory'], 'amount': [1.0]}))";
+    h.recipe(
+        "crash",
+        "python",
+        "py",
+        &format!("import capstan, pandas\n{mallory}\nraise SystemExit(3)\n"),
+        &recipe_toml(&[], &["order_totals"]),
+    );
+    h.recipe(
+        "overtime",
+        "python",
+        "py",
+        &format!("import time, capstan, pandas\n{mallory}\ntime.sleep(300)\n"),
+        &format!("{}\ntimeout = \"3s\"", recipe_toml(&[], &["order_totals"])),
+    );
+    // Waits for the test (through a daemon restart), then writes its output with its token.
+    h.recipe(
+        "patient",
+        "python",
+        "py",
+        "import os, time, capstan, pandas\n\
+         print('waiting', flush=True)\n\
+         while not os.path.exists(os.environ['RELEASE']): time.sleep(0.05)\n\
+         capstan.Output('order_totals').write(pandas.DataFrame({'customer': ['carol'], 'amount': [2.0]}))\n",
         &recipe_toml(&[], &["order_totals"]),
     );
     // Writes a float where the dataset declares integers.
@@ -162,7 +202,7 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
     );
 
     // Killed after writing: the previous output stays, whole.
-    let keep = h.dir.path().join("kept-token");
+    let keep = h.shared().join("kept-token");
     let id = submit(
         &h,
         "sample/halfway",
@@ -231,6 +271,36 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
             .contains(token.trim())
     );
 
+    // An undeclared write is 403 too.
+    let run = h
+        .capstan()
+        .args(["run", "sample/scribble"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        stderr(&run)
+            .contains("may not write dataset `sample/secret`: it declares outputs `order_totals`"),
+        "{}",
+        stderr(&run)
+    );
+    // Failed or timed out after writing: the previous output stays, whole.
+    for (recipe, state) in [("crash", "failed"), ("overtime", "timed_out")] {
+        let id = submit(&h, &format!("sample/{recipe}"), &[]);
+        let job = d.wait_state(id, 120, &["succeeded", "failed", "cancelled", "timed_out"]);
+        assert_eq!(job["state"], state, "{job:#}");
+        let head = h
+            .capstan()
+            .args(["dataset", "head", "sample/order_totals", "--json"])
+            .output()
+            .unwrap();
+        let after: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+        assert_eq!(
+            after, rows,
+            "a {state} activity's output replaced the previous one"
+        );
+    }
+
     // A write that contradicts the declared schema is refused with the column.
     fails(
         &h,
@@ -250,4 +320,35 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         ),
     ]);
     assert_eq!(csv, "customer,amount\nalice,10.5\nbob,3.0\n");
+
+    // An activity's token outlives a daemon restart: the recipe writes with it afterwards.
+    let release = h.shared().join("release");
+    let id = submit(
+        &h,
+        "sample/patient",
+        &["--env", &format!("RELEASE={}", release.display())],
+    );
+    let log = d.wait_state(id, 60, &["running"])["activities"][0]["log"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the recipe to wait", 60, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("waiting"))
+    });
+    let bind = d.url.trim_start_matches("http://").to_string();
+    d.kill9();
+    let d = h.start_on(&bind);
+    std::fs::write(&release, "").unwrap();
+    let job = d.wait_state(id, 60, &["succeeded", "failed", "cancelled", "timed_out"]);
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let head = h
+        .capstan()
+        .args(["dataset", "head", "sample/order_totals", "--json"])
+        .output()
+        .unwrap();
+    let now: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(
+        now,
+        serde_json::json!([{"customer": "carol", "amount": 2.0}])
+    );
 }

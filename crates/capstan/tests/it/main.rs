@@ -7,6 +7,7 @@ mod data;
 mod docker;
 mod homes;
 mod images;
+mod isolation;
 mod k8s;
 mod quickstart;
 mod spark;

@@ -109,6 +109,16 @@ impl TestHome {
         home
     }
 
+    /// A folder recipes may write to and the test may read (recipes run as an unprivileged
+    /// user, who may not write in the test's own folders).
+    pub fn shared(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.dir.path().join("shared");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        dir
+    }
+
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("h")
     }
@@ -215,16 +225,17 @@ impl TestDaemon {
     }
 
     pub fn start_on(root: &Path, bind: &str) -> TestDaemon {
+        let mut cmd = capstan();
+        cmd.arg("--home").arg(root).args(["serve", "--bind", bind]);
+        TestDaemon::start_command(root, cmd)
+    }
+
+    /// A daemon started by `cmd` (`capstan serve` for `root`, perhaps under another user).
+    pub fn start_command(root: &Path, mut cmd: Command) -> TestDaemon {
         let info = root.join("state/daemon.json");
         let _ = std::fs::remove_file(&info);
         let log = std::fs::File::create(root.join("daemon.log")).unwrap();
-        let child = capstan()
-            .arg("--home")
-            .arg(root)
-            .args(["serve", "--bind", bind])
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = cmd.stderr(log).spawn().unwrap();
         let pid = child.id();
         let mut parsed = None;
         let daemon_log = root.join("daemon.log");
