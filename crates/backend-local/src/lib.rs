@@ -217,8 +217,21 @@ impl LocalBackend {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let submission =
+                let mut submission =
                     capstan_spark::submission(spec, &work.display().to_string(), &code_file)?;
+                if who.is_some() {
+                    // Executors of a standalone cluster on this machine may run as another user
+                    // than the driver, and write into the recipe's private folder (closed to
+                    // others above): files and folders they make there must stay the driver's
+                    // to commit and move.
+                    submission.args.splice(
+                        0..0,
+                        [
+                            "--conf".to_string(),
+                            "spark.hadoop.fs.permissions.umask-mode=000".into(),
+                        ],
+                    );
+                }
                 for (name, bytes) in &submission.files {
                     private
                         .write(&work.join(name), bytes, who.as_ref())

@@ -119,15 +119,16 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
 
     let t = Instant::now();
     let dir = test_dir()?;
-    let spec = capstan_engine::spec_from_config(
+    let mut spec = capstan_engine::spec_from_config(
         &home,
         root,
         config,
         &args.name,
         &ns,
-        dir.join("cluster_test.py"),
+        test_code(&dir),
         dir.clone(),
     );
+    spec.home_root = dir.clone();
     let Some(image) = spec.image.clone() else {
         bail!("execution configuration `{}` names no image", config.name);
     };
@@ -218,11 +219,17 @@ fn test_config<'h>(
 }
 
 /// A temporary folder holding the test's code.
+/// A folder laid out as a home holding the test's code (in the folder of its project, where
+/// backends read code from).
 fn test_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("capstan-cluster-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("cluster_test.py"), TEST_POD)?;
+    std::fs::create_dir_all(test_code(&dir).parent().unwrap_or(&dir))?;
+    std::fs::write(test_code(&dir), TEST_POD)?;
     Ok(dir)
+}
+
+fn test_code(dir: &Path) -> std::path::PathBuf {
+    dir.join("projects/capstan-test/cluster_test.py")
 }
 
 /// What the test activity did.
@@ -362,9 +369,10 @@ pub async fn docker(
         config,
         name,
         "",
-        dir.join("cluster_test.py"),
+        test_code(&dir),
         dir.clone(),
     );
+    spec.home_root = dir.clone();
     spec.kind = ExecKind::Docker;
     spec.namespace = None;
     spec.docker_host = Some(host.to_string());
