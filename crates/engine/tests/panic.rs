@@ -15,10 +15,13 @@ use capstan_engine::backend::{
 use capstan_engine::{Caller, Engine};
 use futures_util::future::BoxFuture;
 
+/// What a resume was asked to stop: the job, its backend reference, whether cancelled.
+type Stop = (i64, Option<String>, bool);
+
 /// Starts "a container", then panics; asked to resume with a cancelled token, says what it
 /// would stop.
 struct Panicky {
-    stopped: Arc<Mutex<Vec<(i64, Option<String>, bool)>>>,
+    stopped: Arc<Mutex<Vec<Stop>>>,
 }
 
 impl Backend for Panicky {
