@@ -51,6 +51,142 @@ pub fn order(project: &Project) -> Vec<&Recipe> {
     out
 }
 
+/// What makes a project's flow no graph: a dataset written by two recipes (which version would
+/// be the dataset?), and recipes on a cycle (which would run first?). Both are errors of
+/// `capstan check`, at the recipe that closes them, naming the others with file:line.
+pub fn graph_checks(home: &Home) -> Vec<Diagnostic> {
+    let mut diags = Diagnostics::default();
+    let at = |r: &Recipe| home.sources.path(r.loc.file).display().to_string();
+    for p in home.projects.values() {
+        let mut writer: BTreeMap<&str, &Recipe> = BTreeMap::new();
+        for r in p.recipes.values() {
+            for o in &r.outputs {
+                match writer.get(o.value.as_str()) {
+                    Some(first) if first.name != r.name => diags.error_at(
+                        &home.sources,
+                        o.loc,
+                        &format!("outputs[{}]", o.value),
+                        format!(
+                            "dataset `{}` is also written by recipe `{}` ({}:{}): a dataset has one recipe that builds it",
+                            o.value,
+                            first.name,
+                            at(first),
+                            first.outputs.iter().find(|f| f.value == o.value).map_or(first.loc.line, |f| f.loc.line)
+                        ),
+                        Some("write a dataset of its own, and combine the two downstream".into()),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        writer.insert(&o.value, r);
+                    }
+                }
+            }
+        }
+        for cycle in cycles(p) {
+            let Some(last) = cycle.last() else { continue };
+            // Each step: a recipe, and the input through which it reads the next one's output.
+            let steps: Vec<String> = cycle
+                .iter()
+                .map(|r| {
+                    let via = r.inputs.iter().find(|i| {
+                        producer(p, &i.value)
+                            .is_some_and(|w| cycle.iter().any(|c| c.name == w.name))
+                    });
+                    match via {
+                        Some(i) => format!(
+                            "`{}` reads `{}` ({}:{})",
+                            r.name,
+                            i.value,
+                            at(r),
+                            i.loc.line
+                        ),
+                        None => format!("`{}` ({})", r.name, at(r)),
+                    }
+                })
+                .collect();
+            let input = last
+                .inputs
+                .iter()
+                .find(|i| producer(p, &i.value).is_some_and(|w| w.name == cycle[0].name))
+                .map_or(last.loc, |i| i.loc);
+            diags.error_at(
+                &home.sources,
+                input,
+                "inputs",
+                format!(
+                    "recipes {} form a cycle: each reads what another of them writes, so none can run first",
+                    steps.join(", ")
+                ),
+                Some("break it: one of them must not read the others' outputs".into()),
+            );
+        }
+    }
+    diags.into_sorted()
+}
+
+/// The cycles of a project's flow (recipes that read, through other recipes, their own
+/// output), each once: its recipes in the order each reads the next's output, from the first by
+/// name. A recipe that reads its own output alone is not one.
+pub fn cycles(project: &Project) -> Vec<Vec<&Recipe>> {
+    // Edges: recipe -> the recipes it reads from.
+    let upstream = |r: &Recipe| -> Vec<&Recipe> {
+        let mut ups: Vec<&Recipe> = r
+            .inputs
+            .iter()
+            .filter_map(|i| producer(project, &i.value))
+            .filter(|p| p.name != r.name)
+            .collect();
+        ups.sort_by(|a, b| a.name.cmp(&b.name));
+        ups.dedup_by(|a, b| a.name == b.name);
+        ups
+    };
+    // Which recipes each reaches (depth-first from each; flows are small, and 1,000 recipes
+    // cost a million steps at most).
+    let reach = |from: &Recipe| -> BTreeSet<&str> {
+        let mut seen = BTreeSet::new();
+        let mut stack = upstream(from);
+        while let Some(r) = stack.pop() {
+            if seen.insert(r.name.as_str()) {
+                stack.extend(upstream(r));
+            }
+        }
+        seen
+    };
+    let reached: BTreeMap<&str, BTreeSet<&str>> = project
+        .recipes
+        .values()
+        .map(|r| (r.name.as_str(), reach(r)))
+        .collect();
+    let mut placed: BTreeSet<&str> = BTreeSet::new();
+    let mut out = Vec::new();
+    for r in project.recipes.values() {
+        let name = r.name.as_str();
+        if placed.contains(name) || !reached[name].contains(name) {
+            continue;
+        }
+        // Its cycle-mates: those it reaches that reach it back.
+        let mates: BTreeSet<&str> = reached[name]
+            .iter()
+            .copied()
+            .filter(|m| reached[m].contains(name))
+            .collect();
+        // In reading order: from `r`, each next one a mate it reads from.
+        let mut cycle = vec![r];
+        let mut at = r;
+        while let Some(next) = upstream(at)
+            .into_iter()
+            .find(|u| mates.contains(u.name.as_str()) && !cycle.iter().any(|c| c.name == u.name))
+        {
+            cycle.push(next);
+            at = next;
+        }
+        placed.extend(mates.iter().copied());
+        placed.insert(name);
+        out.push(cycle);
+    }
+    out
+}
+
 /// Recipes whose inputs have no data (`has_data(project, dataset)` says, from the dataset
 /// store): an error where nothing in the project builds the input (it must be imported), a
 /// warning where a recipe builds it but has not yet. A run of either would be refused before it
@@ -167,6 +303,33 @@ mod tests {
             ]
         );
         assert!(input_checks(&home, |_, _| true).is_empty());
+    }
+
+    #[test]
+    fn cycles_and_second_writers_are_found_and_named() {
+        let home = home(&[
+            ("x", "\"b\"", "\"a\""),
+            ("y", "\"a\"", "\"b\""),
+            ("z", "", "\"a\""),
+            ("self", "\"s\"", "\"s\""),
+            ("ok", "\"a\"", "\"c\""),
+        ]);
+        let cycles: Vec<Vec<&str>> = cycles(&home.projects["p"])
+            .iter()
+            .map(|c| c.iter().map(|r| r.name.as_str()).collect())
+            .collect();
+        assert_eq!(cycles, [["x", "y"]]);
+        let text: Vec<String> = graph_checks(&home)
+            .iter()
+            .map(|d| format!("{}:{} {} {}", d.file.display(), d.line, d.field, d.message))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "projects/p/recipes/y.toml:2 inputs recipes `x` reads `b` (projects/p/recipes/x.toml:2), `y` reads `a` (projects/p/recipes/y.toml:2) form a cycle: each reads what another of them writes, so none can run first",
+                "projects/p/recipes/z.toml:3 outputs[a] dataset `a` is also written by recipe `x` (projects/p/recipes/x.toml:3): a dataset has one recipe that builds it",
+            ]
+        );
     }
 
     #[test]

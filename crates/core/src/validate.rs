@@ -515,6 +515,9 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
         }
     }
 
+    // The flow of each project must be a graph: one writer per dataset, no cycles.
+    v.diags.list.extend(crate::flow::graph_checks(home));
+
     // The server's addresses: a typo here would otherwise surface only when the daemon starts
     // (a bind) or when the first container calls back (a public URL).
     if let Some(b) = &home.instance.server_bind

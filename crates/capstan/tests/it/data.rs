@@ -1,7 +1,9 @@
 //! Datasets and the data plane: import, recipes reading and writing through the data API with
 //! least-privilege tokens, atomic outputs.
 
-use crate::support::{TestHome, curl, fails, import_csv, stderr, stdout, submit, wait_for};
+use crate::support::{
+    TestHome, curl, fails, head_json, import_csv, stderr, stdout, submit, wait_for,
+};
 
 const ORDERS: &str = "id,customer,amount,day\n1,alice,10.5,2026-01-01\n2,bob,3,2026-01-02\n3,alice,7.25,2026-01-03\n";
 
@@ -17,6 +19,16 @@ fn recipe_toml(inputs: &[&str], outputs: &[&str]) -> String {
         list(inputs),
         list(outputs)
     )
+}
+
+/// Makes `recipe` (name, code, TOML) the one recipe of `sample` that writes `order_totals` in
+/// place of `previous`: a dataset has one recipe that builds it.
+fn writer(h: &TestHome, previous: &str, recipe: &(&str, String, String)) {
+    let dir = h.root().join("projects/sample/recipes");
+    for ext in ["toml", "py"] {
+        let _ = std::fs::remove_file(dir.join(format!("{previous}.{ext}")));
+    }
+    h.recipe(recipe.0, "python", "py", &recipe.1, &recipe.2);
 }
 
 #[test]
@@ -104,17 +116,17 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         "import capstan\ncapstan.Dataset('secret').to_pandas()\n",
         &recipe_toml(&["orders"], &[]),
     );
-    // Writes its output, then dies before the activity can succeed.
-    h.recipe(
+    // Writes its output, then dies before the activity can succeed. (A dataset has one writer:
+    // each of these replaces the previous writer of `order_totals` when its turn comes.)
+    let halfway = (
         "halfway",
-        "python",
-        "py",
         "import os, shutil, time, capstan, pandas\n\
          shutil.copy(os.environ['CAPSTAN_TOKEN_FILE'], os.environ['KEEP'])\n\
          capstan.Output('order_totals').write(pandas.DataFrame({'customer': ['mallory'], 'amount': [1.0]}))\n\
          print('written', flush=True)\n\
-         time.sleep(300)\n",
-        &recipe_toml(&[], &["order_totals"]),
+         time.sleep(300)\n"
+            .to_string(),
+        recipe_toml(&[], &["order_totals"]),
     );
     // Writes a dataset it did not declare.
     h.recipe(
@@ -122,34 +134,29 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         "python",
         "py",
         "import capstan, pandas\ncapstan.Output('secret').write(pandas.DataFrame({'x': [1]}))\n",
-        &recipe_toml(&[], &["order_totals"]),
+        &recipe_toml(&[], &[]),
     );
     // Writes its output, then fails; and writes it, then runs past its timeout.
     let mallory = "capstan.Output('order_totals').write(pandas.DataFrame({'customer': ['mallory'], 'amount': [1.0]}))";
-    h.recipe(
+    let crash = (
         "crash",
-        "python",
-        "py",
-        &format!("import capstan, pandas\n{mallory}\nraise SystemExit(3)\n"),
-        &recipe_toml(&[], &["order_totals"]),
+        format!("import capstan, pandas\n{mallory}\nraise SystemExit(3)\n"),
+        recipe_toml(&[], &["order_totals"]),
     );
-    h.recipe(
+    let overtime = (
         "overtime",
-        "python",
-        "py",
-        &format!("import time, capstan, pandas\n{mallory}\ntime.sleep(300)\n"),
-        &format!("{}\ntimeout = \"3s\"", recipe_toml(&[], &["order_totals"])),
+        format!("import time, capstan, pandas\n{mallory}\ntime.sleep(300)\n"),
+        format!("{}\ntimeout = \"3s\"", recipe_toml(&[], &["order_totals"])),
     );
     // Waits for the test (through a daemon restart), then writes its output with its token.
-    h.recipe(
+    let patient = (
         "patient",
-        "python",
-        "py",
         "import os, time, capstan, pandas\n\
          print('waiting', flush=True)\n\
          while not os.path.exists(os.environ['RELEASE']): time.sleep(0.05)\n\
-         capstan.Output('order_totals').write(pandas.DataFrame({'customer': ['carol'], 'amount': [2.0]}))\n",
-        &recipe_toml(&[], &["order_totals"]),
+         capstan.Output('order_totals').write(pandas.DataFrame({'customer': ['carol'], 'amount': [2.0]}))\n"
+            .to_string(),
+        recipe_toml(&[], &["order_totals"]),
     );
     // Writes a float where the dataset declares integers.
     h.recipe(
@@ -203,6 +210,7 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
 
     // Killed after writing: the previous output stays, whole.
     let keep = h.shared().join("kept-token");
+    writer(&h, "totals", &halfway);
     let id = submit(
         &h,
         "sample/halfway",
@@ -232,12 +240,7 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let head = h
-        .capstan()
-        .args(["dataset", "head", "sample/order_totals", "--json"])
-        .output()
-        .unwrap();
-    let after: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    let after = head_json(&h, "order_totals");
     assert_eq!(
         after, rows,
         "a cancelled activity's output replaced the previous one"
@@ -279,22 +282,20 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         .unwrap();
     assert_eq!(run.status.code(), Some(1));
     assert!(
-        stderr(&run)
-            .contains("may not write dataset `sample/secret`: it declares outputs `order_totals`"),
+        stderr(&run).contains("may not write dataset `sample/secret`: it declares outputs none"),
         "{}",
         stderr(&run)
     );
     // Failed or timed out after writing: the previous output stays, whole.
-    for (recipe, state) in [("crash", "failed"), ("overtime", "timed_out")] {
-        let id = submit(&h, &format!("sample/{recipe}"), &[]);
+    for (previous, recipe, state) in [
+        ("halfway", &crash, "failed"),
+        ("crash", &overtime, "timed_out"),
+    ] {
+        writer(&h, previous, recipe);
+        let id = submit(&h, &format!("sample/{}", recipe.0), &[]);
         let job = d.wait_state(id, 120, &["succeeded", "failed", "cancelled", "timed_out"]);
         assert_eq!(job["state"], state, "{job:#}");
-        let head = h
-            .capstan()
-            .args(["dataset", "head", "sample/order_totals", "--json"])
-            .output()
-            .unwrap();
-        let after: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+        let after = head_json(&h, "order_totals");
         assert_eq!(
             after, rows,
             "a {state} activity's output replaced the previous one"
@@ -323,6 +324,7 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
 
     // An activity's token outlives a daemon restart: the recipe writes with it afterwards.
     let release = h.shared().join("release");
+    writer(&h, "overtime", &patient);
     let id = submit(
         &h,
         "sample/patient",
@@ -341,12 +343,7 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
     std::fs::write(&release, "").unwrap();
     let job = d.wait_state(id, 60, &["succeeded", "failed", "cancelled", "timed_out"]);
     assert_eq!(job["state"], "succeeded", "{job:#}");
-    let head = h
-        .capstan()
-        .args(["dataset", "head", "sample/order_totals", "--json"])
-        .output()
-        .unwrap();
-    let now: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    let now = head_json(&h, "order_totals");
     assert_eq!(
         now,
         serde_json::json!([{"customer": "carol", "amount": 2.0}])
