@@ -139,7 +139,7 @@ impl Client {
         &self,
         id: i64,
         follow: bool,
-        mut each: impl FnMut(LogLine<'_>),
+        mut each: impl FnMut(LogLine<'_>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let resp = self
             .send(self.http.get(format!(
@@ -155,12 +155,12 @@ impl Client {
             while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=nl).collect();
                 let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-                each(LogLine::parse(&text));
+                each(LogLine::parse(&text))?;
             }
         }
         if !pending.is_empty() {
             let text = String::from_utf8_lossy(&pending);
-            each(LogLine::parse(&text));
+            each(LogLine::parse(&text))?;
         }
         Ok(())
     }

@@ -16,21 +16,6 @@ use crate::home::load_valid;
 use crate::jobs::human_bytes;
 use crate::{Exit, exit};
 
-/// Prints a line on stdout. A closed pipe (`capstan datasets | head`) ends the command quietly,
-/// with success, as it does for other command-line tools.
-macro_rules! say {
-    ($($arg:tt)*) => {
-        quiet_on_closed_pipe(writeln!(std::io::stdout().lock(), $($arg)*))?
-    };
-}
-
-fn quiet_on_closed_pipe(written: std::io::Result<()>) -> anyhow::Result<()> {
-    match written {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Exit(exit::OK).into()),
-        other => Ok(other?),
-    }
-}
-
 fn parse_target(target: &str) -> anyhow::Result<(&str, &str)> {
     match target.split_once('/') {
         Some((p, d)) if !p.is_empty() && !d.is_empty() && !d.contains('/') => Ok((p, d)),

@@ -130,8 +130,9 @@ pub async fn follow(client: &Client, id: i64, prefix: &str) -> anyhow::Result<Va
             if l.stderr {
                 eprintln!("{prefix}{}", l.text);
             } else {
-                println!("{prefix}{}", l.text);
+                say!("{prefix}{}", l.text);
             }
+            Ok(())
         })
         .await?;
     let _ = std::io::stdout().flush();
@@ -143,15 +144,15 @@ pub async fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
     let id = job["id"].as_i64().unwrap_or(0);
     if args.detach {
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&job)?);
+            say!("{}", serde_json::to_string_pretty(&job)?);
         } else {
-            println!("job {id} queued ({})", args.target);
+            say!("job {id} queued ({})", args.target);
         }
         return Ok(exit::OK);
     }
     let job = if args.json {
         let j = wait_final(client, id).await?;
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        say!("{}", serde_json::to_string_pretty(&j)?);
         j
     } else {
         eprintln!("job {id} queued: {}", args.target);
@@ -174,15 +175,21 @@ pub async fn list(client: &Client, args: &JobsArgs) -> anyhow::Result<u8> {
     }
     let jobs = client.get(&path).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        say!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(exit::OK);
     }
-    println!(
+    say!(
         "{:>6}  {:<10} {:<28} {:<10} {:<14} {:<24} {:>9}",
-        "ID", "STATE", "RECIPE", "USER", "EXEC CONFIG", "CREATED", "DURATION"
+        "ID",
+        "STATE",
+        "RECIPE",
+        "USER",
+        "EXEC CONFIG",
+        "CREATED",
+        "DURATION"
     );
     for j in jobs.as_array().into_iter().flatten() {
-        println!(
+        say!(
             "{:>6}  {:<10} {:<28} {:<10} {:<14} {:<24} {:>9}",
             j["id"].as_i64().unwrap_or(0),
             j["state"].as_str().unwrap_or(""),
@@ -206,33 +213,33 @@ pub async fn list(client: &Client, args: &JobsArgs) -> anyhow::Result<u8> {
 pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
     let j = client.get(&format!("/api/v1/jobs/{}", args.id)).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        say!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(exit::OK);
     }
     let s = |k: &str| j[k].as_str().unwrap_or("-").to_string();
-    println!("job {}: {}/{}", j["id"], s("project"), s("recipe"));
-    println!("  state        {}", s("state"));
-    println!("  user         {}", s("user"));
-    println!(
+    say!("job {}: {}/{}", j["id"], s("project"), s("recipe"));
+    say!("  state        {}", s("state"));
+    say!("  user         {}", s("user"));
+    say!(
         "  runs on      {} (exec config {}, cluster {})",
         s("kind"),
         s("exec_config"),
         s("cluster")
     );
     if let Some(code) = j["exit_code"].as_i64() {
-        println!("  exit code    {code}");
+        say!("  exit code    {code}");
     }
     if let Some(d) = j["diagnosis"].as_str() {
-        println!("  diagnosis    {d}");
+        say!("  diagnosis    {d}");
     }
     if let Some(ms) = j["duration_ms"].as_i64() {
-        println!("  duration     {}", human_ms(ms));
+        say!("  duration     {}", human_ms(ms));
     }
     if let Some(b) = j["peak_memory_bytes"].as_u64() {
-        println!("  peak memory  {}", human_bytes(b));
+        say!("  peak memory  {}", human_bytes(b));
     }
     if let Some(ms) = j["cpu_time_ms"].as_i64() {
-        println!("  CPU time     {}", human_ms(ms));
+        say!("  CPU time     {}", human_ms(ms));
     }
     if let Some(u) = j["usage"].as_object() {
         let cpu = u
@@ -243,16 +250,16 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
             .get("memory_bytes")
             .and_then(Value::as_u64)
             .map_or("-".into(), human_bytes);
-        println!("  usage now    CPU {cpu}, memory {mem}");
+        say!("  usage now    CPU {cpu}, memory {mem}");
     }
     if let Some(log) = j["activities"][0]["log"].as_str() {
-        println!("  log          {log}");
+        say!("  log          {log}");
         // A Spark application on Kubernetes: its executors' logs, kept beside the driver's.
         if let Some(dir) = j["activities"][0]["dir"].as_str()
             && let executors = std::path::Path::new(dir).join("executors")
             && executors.is_dir()
         {
-            println!("  executor logs {}/", executors.display());
+            say!("  executor logs {}/", executors.display());
         }
         // While a Spark application runs, its driver serves a UI; its log says where.
         if s("state") == "running"
@@ -260,12 +267,12 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
                 .ok()
                 .and_then(|t| spark_ui(&t, &s("kind"), j["activities"][0]["backend_ref"].as_str()))
         {
-            println!("  Spark UI     {ui}");
+            say!("  Spark UI     {ui}");
         }
     }
-    println!("  history");
+    say!("  history");
     for e in j["events"].as_array().into_iter().flatten() {
-        println!(
+        say!(
             "    {}  {:<10} {}",
             e["at"].as_str().unwrap_or(""),
             e["state"].as_str().unwrap_or(""),
@@ -273,7 +280,7 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
         );
     }
     if let Some(settings) = j["resolution"]["settings"].as_object() {
-        println!("  settings");
+        say!("  settings");
         for key in [
             "exec_config",
             "cluster",
@@ -297,7 +304,7 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
                 (Some(f), Some(l)) => format!("{} ({f}:{l})", v["layer"].as_str().unwrap_or("")),
                 _ => v["layer"].as_str().unwrap_or("").to_string(),
             };
-            println!("    {key:<13} {value:<20} {origin}");
+            say!("    {key:<13} {value:<20} {origin}");
         }
     }
     Ok(exit::OK)
@@ -309,7 +316,8 @@ pub async fn logs(client: &Client, args: &LogsArgs) -> anyhow::Result<u8> {
             // `2026-11-28T00:00:01.234567Z` → `00:00:01.234`.
             let time = l.time.get(11..23).unwrap_or(l.time);
             let stream = if l.stderr { "err" } else { "out" };
-            println!("{time} {stream} | {}", l.text);
+            say!("{time} {stream} | {}", l.text);
+            Ok(())
         })
         .await?;
     Ok(exit::OK)
@@ -323,7 +331,7 @@ pub async fn cancel(client: &Client, args: &CancelArgs) -> anyhow::Result<u8> {
     let job = tokio::time::timeout(Duration::from_secs(30), wait_final(client, args.id)).await;
     match job {
         Ok(Ok(j)) => {
-            println!("job {} {}", args.id, j["state"].as_str().unwrap_or("?"));
+            say!("job {} {}", args.id, j["state"].as_str().unwrap_or("?"));
             Ok(exit::OK)
         }
         Ok(Err(e)) => Err(e),

@@ -3,6 +3,25 @@
 //! Errors are `anyhow` with context here, printed once in `main`. Exit codes are part of the
 //! interface (see [`exit`]).
 
+/// Prints a line on stdout. A closed pipe (`capstan logs 12 | head -1`) ends the command
+/// quietly, with success, as it does for other command-line tools, where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::quiet_on_closed_pipe({
+            use std::io::Write as _;
+            writeln!(std::io::stdout().lock(), $($arg)*)
+        })?
+    };
+}
+
+/// A write to stdout, with a closed pipe turned into a quiet, successful end (see [`say`]).
+pub fn quiet_on_closed_pipe(written: std::io::Result<()>) -> anyhow::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Exit(exit::OK).into()),
+        other => Ok(other?),
+    }
+}
+
 mod check;
 mod cli;
 mod client;

@@ -314,8 +314,9 @@ async fn run_one(client: &Client, target: &str) -> anyhow::Result<serde_json::Va
     client
         .logs(id, true, |l| {
             if !l.stderr {
-                println!("  | {}", l.text);
+                say!("  | {}", l.text);
             }
+            Ok(())
         })
         .await?;
     wait_final(client, id).await

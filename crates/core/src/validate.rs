@@ -18,8 +18,12 @@ pub const SPARK_MIN_MEMORY: u64 = 471_859_200;
 /// Spark settings capstan sets itself (from the configuration's fields, or for the driver pod
 /// and its executors); setting them in `conf` would silently fight it, so they are refused with
 /// what to do instead. A key ending in `/` is a prefix.
-pub const SPARK_OWNED_CONF: [(&str, &str); 22] = [
+pub const SPARK_OWNED_CONF: [(&str, &str); 23] = [
     ("spark.master", "set master / master_url instead"),
+    (
+        "spark.kubernetes.executor.useDriverPodIP",
+        "capstan sets it so that executors reach their driver",
+    ),
     ("spark.submit.deployMode", "set master instead"),
     (
         "spark.kubernetes.container.image",

@@ -306,8 +306,13 @@ pub fn submission(
                 "spark.kubernetes.driver.pod.name",
                 format!("$({POD_NAME_VAR})"),
             );
+            // Executors call the driver back at its pod's IP. The driver listens on every
+            // address of its pod; Spark 4 would hand executors that bind address (0.0.0.0)
+            // unless told to use `spark.driver.host` (issue 14: "Failed to connect to
+            // /0.0.0.0:35995" on a real cluster).
             put("spark.driver.host", format!("$({POD_IP_VAR})"));
             put("spark.driver.bindAddress", "0.0.0.0".into());
+            put("spark.kubernetes.executor.useDriverPodIP", "false".into());
             put(
                 "spark.kubernetes.executor.podTemplateFile",
                 pod_template_path,
@@ -709,6 +714,9 @@ mod tests {
             "--conf spark.executor.memoryOverheadFactor=0.4",
             "--conf 'spark.kubernetes.driver.pod.name=$(CAPSTAN_POD_NAME)'",
             "--conf spark.kubernetes.executor.podTemplateFile=/capstan/work/executor-pod.yaml",
+            // Executors get a driver address they can reach: its pod's IP, not its bind address.
+            "--conf 'spark.driver.host=$(CAPSTAN_POD_IP)'",
+            "--conf spark.kubernetes.executor.useDriverPodIP=false",
         ] {
             assert!(line.contains(setting), "{setting} missing from\n{line}");
         }

@@ -730,3 +730,44 @@ fn cancel_races_in_preparing_and_starting_always_end_cancelled() {
         "processes left: {left}"
     );
 }
+
+/// Issue 14, finding 7: `capstan logs 10 | head -1` panicked on the closed pipe (exit 101).
+#[test]
+fn listing_commands_end_quietly_on_a_closed_pipe() {
+    let home = TestHome::new("pipe");
+    home.recipe("chatty", "shell", "sh", "seq 1 200000\n", "");
+    let _d = home.start();
+    let run = home
+        .capstan()
+        .args(["run", "sample/chatty"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    for command in ["logs 1", "job show 1", "jobs"] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "'{}' --home '{}' {command} | head -c 1 >/dev/null",
+                env!("CARGO_BIN_EXE_capstan"),
+                home.root().display()
+            ))
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{command}: {err}"
+        );
+    }
+    // The status of the writer itself, as `set -o pipefail` sees it.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' --home '{}' logs 1 | head -1 >/dev/null",
+            env!("CARGO_BIN_EXE_capstan"),
+            home.root().display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

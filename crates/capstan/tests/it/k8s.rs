@@ -360,7 +360,8 @@ fn spark_service_account(c: &Cluster, ns: &str, name: &str) {
             {"kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
             {"kind": "Role", "metadata": {"name": name, "namespace": ns}, "rules": [{
                 "apiGroups": [""],
-                "resources": ["pods", "configmaps", "persistentvolumeclaims"],
+                // The README's Role for Spark drivers, exactly.
+                "resources": ["pods", "configmaps", "services", "persistentvolumeclaims"],
                 "verbs": ["create", "get", "list", "watch", "delete", "deletecollection", "patch", "update"],
             }]},
             {"kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
