@@ -100,7 +100,7 @@ pub fn import_file(
             &stage,
             file,
             &overrides,
-            &ImportLimits::default(),
+            &ImportLimits::of(&home),
         ) {
             Ok(staged) => Ok(staged),
             Err(ImportError::BadLines { path, lines, total }) => {

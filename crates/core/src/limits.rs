@@ -11,5 +11,7 @@ pub const TOLERATION_SECONDS: u32 = 365 * 86_400;
 pub const MAX_CONCURRENT: u32 = 100_000;
 /// Spark's `local_threads`, `driver_cores` and `executor_cores`.
 pub const CORES: u32 = 1024;
+/// `[import] max_columns`: the most columns a CSV header may name.
+pub const CSV_COLUMNS: u32 = 1_000_000;
 /// Spark's `executor_instances`.
 pub const EXECUTORS: u32 = 10_000;

@@ -574,6 +574,14 @@ fn decode_instance(cx: &mut Cx<'_>, t: &mut Table<'_, '_>) -> Instance {
         instance.server_public_url = s.str(cx, "public_url");
         s.finish(cx);
     }
+    if let Some(mut i) = t.sub_table(cx, "import") {
+        instance.import = ImportSettings {
+            max_line: i.memory(cx, "max_line"),
+            max_columns: i.count(cx, "max_columns", limits::CSV_COLUMNS),
+            max_file: i.memory(cx, "max_file"),
+        };
+        i.finish(cx);
+    }
     if let Some(mut b) = t.sub_table(cx, "build") {
         instance.build = BuildSettings {
             ca_bundle: b.str(cx, "ca_bundle"),

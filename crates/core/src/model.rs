@@ -444,6 +444,16 @@ pub struct Instance {
     pub server_bind: Option<Sourced<String>>,
     pub server_public_url: Option<Sourced<String>>,
     pub build: BuildSettings,
+    /// `[import]`: the limits of CSV imports (default: 1 MiB lines, 4096 columns, 10 GiB files).
+    pub import: ImportSettings,
+}
+
+/// `[import]` in capstan.toml: how big a CSV file, its lines and its header may be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportSettings {
+    pub max_line: Option<Sourced<Memory>>,
+    pub max_columns: Option<Sourced<u32>>,
+    pub max_file: Option<Sourced<Memory>>,
 }
 
 /// How local recipes are kept from the daemon's rights (`[instance] isolation`).

@@ -88,6 +88,28 @@ impl Default for ImportLimits {
     }
 }
 
+impl ImportLimits {
+    /// The limits the home's `[import]` sets, the defaults for what it does not.
+    pub fn of(home: &capstan_core::model::Home) -> ImportLimits {
+        let i = &home.instance.import;
+        let d = ImportLimits::default();
+        ImportLimits {
+            max_line_bytes: i
+                .max_line
+                .as_ref()
+                .map_or(d.max_line_bytes, |m| m.value.bytes()),
+            max_columns: i
+                .max_columns
+                .as_ref()
+                .map_or(d.max_columns, |c| c.value as usize),
+            max_file_bytes: i
+                .max_file
+                .as_ref()
+                .map_or(d.max_file_bytes, |m| m.value.bytes()),
+        }
+    }
+}
+
 /// At most this many bad lines are listed (the total is always given).
 const MAX_LISTED: usize = 20;
 const BATCH_ROWS: usize = 64 * 1024;

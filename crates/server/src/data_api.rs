@@ -849,7 +849,9 @@ impl<R: Read> Read for IpcGuard<R> {
 
 /// Copies an upload into a new file at `path` (mode 0600). The client's side breaking off is a
 /// 400; the server's side failing (a full disk) a 500 — neither names the file.
-fn spool(upload: &mut impl Read, path: &Path) -> Result<(), ApiError> {
+/// Copies a CSV upload to `path`, stopping with a 413 past `max_bytes` (the import's file-size
+/// limit), so a huge upload cannot fill the disk before the import refuses it.
+fn spool(upload: &mut impl Read, path: &Path, max_bytes: u64) -> Result<(), ApiError> {
     use std::os::unix::fs::OpenOptionsExt;
     let stored = |e: &std::io::Error| {
         ApiError::internal(
@@ -867,6 +869,7 @@ fn spool(upload: &mut impl Read, path: &Path) -> Result<(), ApiError> {
         .open(path)
         .map_err(|e| stored(&e))?;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut total: u64 = 0;
     loop {
         let n = match upload.read(&mut buf) {
             Ok(0) => break,
@@ -874,6 +877,17 @@ fn spool(upload: &mut impl Read, path: &Path) -> Result<(), ApiError> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ApiError::bad_request(format!("the upload broke off: {e}"))),
         };
+        total = total.saturating_add(n as u64);
+        if total > max_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the CSV upload is larger than the maximum of {} (csv import limit `max_file_bytes`, `[import] max_file` in capstan.toml)",
+                    capstan_core::quantity::Memory::from_bytes(max_bytes)
+                ),
+            ));
+        }
         f.write_all(&buf[..n]).map_err(|e| stored(&e))?;
     }
     f.flush().map_err(|e| stored(&e))
@@ -951,14 +965,16 @@ pub async fn write_data(
             // CSV goes through the same checked import as `capstan dataset import`, from a
             // file only this daemon's user can read. No message names it.
             let tmp = std::env::temp_dir().join(format!("capstan-upload-{st}.csv"));
+            let limits = capstan_data::csv_import::ImportLimits::of(&data.engine.home());
             let result = (|| {
-                spool(&mut reader, &tmp)?;
-                let schema = capstan_data::csv_import::infer(&tmp, &[]).map_err(csv_error)?;
+                spool(&mut reader, &tmp, limits.max_file_bytes)?;
+                let schema =
+                    capstan_data::csv_import::infer_with(&tmp, &[], &limits).map_err(csv_error)?;
                 check(&schema)?;
                 let mut w = store
                     .stage(&p, &d, &st, schema.clone())
                     .map_err(ApiError::from)?;
-                capstan_data::csv_import::read(&tmp, &schema, |b| w.write(&b))
+                capstan_data::csv_import::read_with(&tmp, &schema, &limits, |b| w.write(&b))
                     .map_err(csv_error)?;
                 w.finish().map_err(ApiError::from)
             })();

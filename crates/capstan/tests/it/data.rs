@@ -349,3 +349,45 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         serde_json::json!([{"customer": "carol", "amount": 2.0}])
     );
 }
+
+/// The CSV import's limits come from `[import]` in capstan.toml, and the refusal names the one
+/// that was reached; the previous version stays.
+#[test]
+fn csv_import_limits_come_from_the_home_and_are_named() {
+    let h = TestHome::new("import-limits");
+    import_csv(&h, "orders", "a,b\n1,2\n");
+    h.append(
+        "capstan.toml",
+        "\n[import]\nmax_columns = 2\nmax_line = \"16\"\n",
+    );
+    let wide = h.dir.path().join("wide.csv");
+    std::fs::write(&wide, "a,b,c\n1,2,3\n").unwrap();
+    fails(
+        &h,
+        &[
+            "dataset",
+            "import",
+            "sample/orders",
+            &wide.display().to_string(),
+        ],
+        1,
+        "has 3 columns, more than the maximum of 2 (csv import limit `max_columns`)",
+    );
+    let long = h.dir.path().join("long.csv");
+    std::fs::write(&long, "a,b\n1,22222222222222222222\n").unwrap();
+    fails(
+        &h,
+        &[
+            "dataset",
+            "import",
+            "sample/orders",
+            &long.display().to_string(),
+        ],
+        1,
+        "csv import limit `max_line_bytes`",
+    );
+    assert_eq!(
+        head_json(&h, "orders"),
+        serde_json::json!([{"a": 1, "b": 2}])
+    );
+}
