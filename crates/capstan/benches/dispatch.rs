@@ -253,9 +253,12 @@ async fn main() {
     // 1. Submit → first line of user code, against the bare interpreter.
     let runs = 20;
     let mut bare = Vec::new();
+    // The interpreter the local backend runs recipes with (the first `python3` on PATH that
+    // any user may run: recipes run as an unprivileged user).
+    let python3 = capstan_backend_local::venv::interpreter();
     for _ in 0..runs {
         let t0 = now_ns();
-        let out = Command::new("python3")
+        let out = Command::new(&python3)
             .args(["-c", "import time; print(time.time_ns())"])
             .output()
             .unwrap();
@@ -267,7 +270,7 @@ async fn main() {
     println!(
         "submit → first line of user code (median of {runs}, trivial Python recipe, local backend)"
     );
-    println!("  bare `python3 -c`     {b:8.1} ms");
+    println!("  bare `{} -c` {b:8.1} ms", python3.display());
     println!("  capstan run           {o:8.1} ms");
     println!(
         "  overhead              {:8.1} ms   (ratio {:.2}x; aim: under 50 ms above bare)",
