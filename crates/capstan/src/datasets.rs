@@ -240,11 +240,25 @@ pub fn schema(root: &Path, args: &DatasetSchemaArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub fn list(root: &Path, args: &DatasetsArgs) -> anyhow::Result<u8> {
+/// Every dataset of the home; given a token, those of the projects its user may read.
+pub fn list(root: &Path, args: &DatasetsArgs, token: Option<&str>) -> anyhow::Result<u8> {
     let home = load_valid(root)?;
+    let user = crate::home::token_user(&home, token)?;
     let store = ParquetStore::new(root);
     let mut rows = Vec::new();
-    for p in home.projects.values() {
+    let readable = |project: &str| {
+        user.as_ref().is_none_or(|(name, admin)| {
+            capstan_core::access::check(
+                &home,
+                project,
+                name,
+                *admin,
+                capstan_core::model::Permission::Read,
+            )
+            .is_ok()
+        })
+    };
+    for p in home.projects.values().filter(|p| readable(&p.key)) {
         for d in p.datasets.values() {
             let info = store.info(&p.key, &d.name)?;
             rows.push(json!({

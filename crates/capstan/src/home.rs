@@ -72,13 +72,24 @@ pub fn acting_user_may(
     };
     let home = load_valid(root)?;
     let project = target.split_once('/').map_or(target, |(p, _)| p);
-    let Some(user) = home.user_for_token(token) else {
-        bail!("unknown token: it is the token of no user of users.toml");
+    let Some((user, admin)) = token_user(&home, Some(token))? else {
+        return Ok(());
     };
-    if let Err(denied) = capstan_core::access::check(&home, project, &user.name, user.admin, wanted)
-    {
+    if let Err(denied) = capstan_core::access::check(&home, project, &user, admin, wanted) {
         eprintln!("error: {denied}");
         return Err(crate::Exit(crate::exit::DENIED).into());
     }
     Ok(())
+}
+
+/// The user (and whether an admin) a token given to a command that works on the home's files
+/// names; none without a token.
+pub fn token_user(home: &Home, token: Option<&str>) -> anyhow::Result<Option<(String, bool)>> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    let Some(user) = home.user_for_token(token) else {
+        bail!("unknown token: it is the token of no user of users.toml");
+    };
+    Ok(Some((user.name.clone(), user.admin)))
 }

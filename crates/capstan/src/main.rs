@@ -162,7 +162,7 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
             home::acting_user_may(&root, args.token.as_deref(), &a.target, Permission::Read)?;
             datasets::schema(&root, a)
         }
-        Command::Datasets(a) => datasets::list(&home::locate(home)?, a),
+        Command::Datasets(a) => datasets::list(&home::locate(home)?, a, args.token.as_deref()),
         Command::K8s(K8sCommand::Render(a)) => k8s::render(&home::locate(home)?, a),
         Command::Spark(SparkCommand::Render(a)) => spark::render(&home::locate(home)?, a),
         Command::Cluster(ClusterCommand::Test(a)) => {

@@ -248,6 +248,17 @@ fn project_permissions_decide_what_alice_may_run_see_and_cancel() {
         "{}",
         stderr(&import)
     );
+    // Her list of datasets holds the sample's, not the other project's.
+    let listed = cli(&["datasets", "--json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let projects: std::collections::BTreeSet<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["project"].as_str())
+        .collect();
+    assert_eq!(projects, ["sample"].into(), "{listed:#}");
     // What the sample grants her (read, run, write) she has.
     let out = get("/api/v1/projects/sample/datasets");
     assert_eq!(status(&out), "200", "{out}");
