@@ -2,6 +2,7 @@
 //! labels, and the archive that delivers the recipe's code. Snapshot-tested.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
 use capstan_engine::backend::ActivitySpec;
@@ -178,22 +179,14 @@ pub fn code_archive(spec: &ActivitySpec) -> std::io::Result<Vec<u8>> {
     let mut dirs = std::collections::BTreeSet::new();
     for (rel, bytes) in spec.code_files().map_err(std::io::Error::other)? {
         // Each folder before its files, as `tar` itself would write them.
-        let mut parent = String::new();
-        for part in rel
-            .split('/')
-            .rev()
+        let folders: Vec<&Path> = Path::new(&rel)
+            .ancestors()
             .skip(1)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
-            parent = if parent.is_empty() {
-                part.to_string()
-            } else {
-                format!("{parent}/{part}")
-            };
-            if dirs.insert(parent.clone()) {
-                dir_entry(&mut tar, &format!("{work}/{parent}"))?;
+            .filter(|a| !a.as_os_str().is_empty())
+            .collect();
+        for folder in folders.into_iter().rev() {
+            if dirs.insert(folder.to_path_buf()) {
+                dir_entry(&mut tar, &format!("{work}/{}", folder.display()))?;
             }
         }
         file_entry(&mut tar, &format!("{work}/{rel}"), &bytes)?;

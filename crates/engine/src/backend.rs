@@ -198,8 +198,8 @@ impl ActivitySpec {
     }
 }
 
-/// Reads `path` if it resolves inside the folder `inside` (canonical).
-fn read_inside(inside: &Path, path: &Path) -> Result<Vec<u8>, String> {
+/// Where `path` really is, if that is inside the folder `inside` (canonical).
+fn resolve_inside(inside: &Path, path: &Path) -> Result<PathBuf, String> {
     let real =
         std::fs::canonicalize(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !real.starts_with(inside) {
@@ -209,6 +209,12 @@ fn read_inside(inside: &Path, path: &Path) -> Result<Vec<u8>, String> {
             real.display()
         ));
     }
+    Ok(real)
+}
+
+/// Reads `path` if it resolves inside the folder `inside` (canonical).
+fn read_inside(inside: &Path, path: &Path) -> Result<Vec<u8>, String> {
+    let real = resolve_inside(inside, path)?;
     std::fs::read(&real).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
@@ -235,19 +241,13 @@ fn collect_inside(
     for e in entries {
         let path = e.path();
         let rel = format!("{at}/{}", e.file_name().to_string_lossy());
-        let real = std::fs::canonicalize(&path)
-            .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-        if !real.starts_with(inside) {
-            return Err(format!(
-                "{} is a link to {}, outside the project's folder: capstan runs only code that is in the project",
-                path.display(),
-                real.display()
-            ));
-        }
+        let real = resolve_inside(inside, &path)?;
         if real.is_dir() {
             collect_inside(inside, &path, &rel, depth + 1, out)?;
         } else if real.is_file() {
-            out.push((rel, read_inside(inside, &path)?));
+            let bytes = std::fs::read(&real)
+                .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+            out.push((rel, bytes));
         }
     }
     Ok(())
