@@ -15,10 +15,13 @@ pub enum JobState {
     Failed,
     Cancelled,
     TimedOut,
+    /// An activity of a build that did not run: an upstream activity failed, or the build was
+    /// cancelled before its turn. Never a job's state.
+    Skipped,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 9] = [
         JobState::Queued,
         JobState::Preparing,
         JobState::Starting,
@@ -27,6 +30,7 @@ impl JobState {
         JobState::Failed,
         JobState::Cancelled,
         JobState::TimedOut,
+        JobState::Skipped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +43,7 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
             JobState::TimedOut => "timed_out",
+            JobState::Skipped => "skipped",
         }
     }
 
@@ -50,7 +55,11 @@ impl JobState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut
+            JobState::Succeeded
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::TimedOut
+                | JobState::Skipped
         )
     }
 
@@ -69,7 +78,9 @@ impl JobState {
             (a, b) if a.is_final() || a == b => false,
             // Any live state may end: cancelled, failed (a backend error), timed out.
             (_, Cancelled | Failed) => true,
-            (Queued, Preparing) => true,
+            (Queued, Preparing | Skipped) => true,
+            // A build job runs as soon as it is claimed; its activities go through the rest.
+            (Preparing, Running) => true,
             // A job that never started is requeued after a daemon crash.
             (Preparing | Starting, Queued) => true,
             (Preparing, Starting) => true,

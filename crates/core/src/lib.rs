@@ -16,6 +16,7 @@ pub mod model;
 pub mod quantity;
 pub mod resolve;
 pub mod sample;
+pub mod schedule;
 pub mod token;
 mod toml_read;
 mod validate;

@@ -9,7 +9,7 @@
 //! clusters.toml           [cluster.NAME]
 //! images.toml             [base_image.NAME], [code_env.NAME]
 //! users.toml              [group.NAME], [user.NAME]
-//! projects/KEY/project.toml         [project], [defaults], [dataset.NAME]
+//! projects/KEY/project.toml         [project], [defaults], [dataset.NAME], [schedule.NAME]
 //! projects/KEY/recipes/NAME.toml    one recipe; its code next to it (NAME.py, NAME.R, NAME.sh)
 //! projects/KEY/lib/                 the project's shared code, shipped with every recipe
 //! state/                            the daemon's database and logs (not configuration)
@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Diagnostics, Loc, SourceFile, SourceMap};
+use crate::flow::BuildMode;
 use crate::limits;
 use crate::model::*;
+use crate::schedule::{CRON_HELP, CatchUp, Cron, Tz};
 use crate::toml_read::{Cx, Table, Value, check_name, type_name, unknown_help};
 
 /// Folders of a home that hold state or data, not configuration; never scanned.
@@ -1062,6 +1064,7 @@ fn decode_project(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, files: &Hom
         recipes: BTreeMap::new(),
         lib_dir: None,
         permissions: Vec::new(),
+        schedules: BTreeMap::new(),
     };
     if let Some(mut p) = t.sub_table(cx, "project") {
         project.name = p.str(cx, "name").map(|s| s.value);
@@ -1106,6 +1109,12 @@ fn decode_project(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, files: &Hom
             }
         },
     );
+    let mut schedules = BTreeMap::new();
+    named_tables(cx, t, "schedule", &mut schedules, decode_schedule);
+    project.schedules = schedules
+        .into_iter()
+        .filter_map(|(name, s)| Some((name, s?)))
+        .collect();
     let lib = Path::new("projects").join(key).join("lib");
     if files
         .others
@@ -1116,6 +1125,88 @@ fn decode_project(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, files: &Hom
         project.lib_dir = Some(lib);
     }
     project
+}
+
+/// `[schedule.NAME]`; `None` when its `cron` is missing or does not parse (reported).
+fn decode_schedule(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    name: &str,
+    loc: Loc,
+) -> Option<Schedule> {
+    let what = format!("{CRON_HELP}, like `0 2 * * *` for 02:00 every day");
+    let cron = t.str(cx, "cron");
+    let cron = required(cx, t, "cron", cron, &what);
+    let cron_parsed = cron.as_ref().and_then(|c| match Cron::parse(&c.value) {
+        Ok(parsed) => Some(parsed),
+        Err(e) => {
+            cx.diags.error_at(
+                cx.sources,
+                c.loc,
+                &t.field("cron"),
+                e,
+                Some(format!("expected {what}")),
+            );
+            None
+        }
+    });
+    let time_zone = t.str(cx, "time_zone");
+    let tz = match &time_zone {
+        None => Tz::UTC,
+        Some(z) => crate::schedule::time_zone(&z.value).unwrap_or_else(|e| {
+            cx.diags.error_at(
+                cx.sources,
+                z.loc,
+                &t.field("time_zone"),
+                e.to_string(),
+                Some(e.help()),
+            );
+            Tz::UTC
+        }),
+    };
+    let build = t.string_list(cx, "build");
+    let build = required(
+        cx,
+        t,
+        "build",
+        build,
+        "the datasets to build, like `build = [\"report\"]`",
+    );
+    if let Some(list) = &build {
+        if list.value.is_empty() {
+            cx.diags.error_at(
+                cx.sources,
+                list.loc,
+                &t.field("build"),
+                "a schedule must build at least one dataset",
+                Some("name the datasets to build, like `build = [\"report\"]`".into()),
+            );
+        }
+        for d in &list.value {
+            if let Err(e) = check_name(&d.value) {
+                cx.diags
+                    .error_at(cx.sources, d.loc, &t.field("build"), e, None);
+            }
+        }
+    }
+    let mode = choice(cx, t, "mode", &BuildMode::NAMES, BuildMode::parse);
+    let catch_up = choice(cx, t, "catch_up", &CatchUp::NAMES, CatchUp::parse);
+    let user = t.name(cx, "user");
+    let enabled = t.bool(cx, "enabled").is_none_or(|b| b.value);
+    // Every key is read above, so that a bad `cron` does not make the others unknown.
+    Some(Schedule {
+        name: name.to_string(),
+        loc,
+        cron: cron?,
+        cron_parsed: cron_parsed?,
+        time_zone,
+        tz,
+        build: build.map(|l| l.value).unwrap_or_default(),
+        mode: mode.map(|m| m.value).unwrap_or_default(),
+        user,
+        catch_up: catch_up.map(|c| c.value).unwrap_or_default(),
+        enabled,
+    })
 }
 
 fn decode_recipe(
@@ -1291,4 +1382,212 @@ pub fn read_image_records(root: &Path) -> BTreeMap<(String, String, Option<Strin
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Diagnostic;
+
+    /// A home with project `p` (datasets `raw`, written by no recipe, and `report`, written by
+    /// recipe `r`), users `alice` (may run in `p`) and `bob` (may not), and `project` appended
+    /// to p's project.toml.
+    fn load_with(project: &str) -> (Home, Vec<Diagnostic>) {
+        let mut files = HomeFiles::default();
+        let toml = [
+            ("capstan.toml", "[defaults]\nexec_config = \"local\"\n".to_string()),
+            ("exec-configs.toml", "[exec_config.local]\nkind = \"local\"\n".into()),
+            (
+                "users.toml",
+                "[group.g]\n[user.alice]\ngroups = [\"g\"]\n[user.bob]\n[user.root]\nadmin = true\n"
+                    .into(),
+            ),
+            (
+                "projects/p/project.toml",
+                format!(
+                    "[project.permissions]\ng = [\"run\"]\n[dataset.raw]\n[dataset.report]\n{project}"
+                ),
+            ),
+            (
+                "projects/p/recipes/r.toml",
+                "kind = \"shell\"\ninputs = [\"raw\"]\noutputs = [\"report\"]\n".into(),
+            ),
+        ];
+        for (path, text) in toml {
+            files.toml.insert(PathBuf::from(path), text.into_bytes());
+        }
+        files
+            .others
+            .insert(PathBuf::from("projects/p/recipes/r.sh"));
+        let (home, diags) = load(Path::new("/h"), &files);
+        (home, diags.into_sorted())
+    }
+
+    /// The diagnostics as `check` prints them, without the file (all in p's project.toml).
+    fn errors(project: &str) -> Vec<String> {
+        let (_, diags) = load_with(project);
+        diags
+            .iter()
+            .map(|d| {
+                let s = d.to_string();
+                s.strip_prefix("projects/p/project.toml:")
+                    .map(str::to_string)
+                    .unwrap_or(s)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_schedule_decodes() {
+        let (home, diags) = load_with(
+            r#"
+[schedule.nightly]
+cron = "0 2 * * *"
+time_zone = "Europe/Paris"
+build = ["report"]
+mode = "force"
+user = "alice"
+catch_up = "none"
+enabled = false
+"#,
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let s = &home.projects["p"].schedules["nightly"];
+        assert_eq!(s.cron.value, "0 2 * * *");
+        assert_eq!(s.cron_parsed, Cron::parse("0 2 * * *").unwrap());
+        assert_eq!(s.tz.iana_name(), Some("Europe/Paris"));
+        assert_eq!(s.time_zone.as_ref().unwrap().value, "Europe/Paris");
+        assert_eq!(s.build.len(), 1);
+        assert_eq!(s.build[0].value, "report");
+        assert_eq!(s.mode, BuildMode::Force);
+        assert_eq!(s.user.as_ref().unwrap().value, "alice");
+        assert_eq!(s.catch_up, CatchUp::None);
+        assert!(!s.enabled);
+        assert_eq!((s.loc.line, s.cron.loc.line, s.cron.loc.col), (6, 7, 8));
+    }
+
+    #[test]
+    fn schedule_defaults() {
+        let (home, diags) =
+            load_with("[schedule.hourly]\ncron = \"0 * * * *\"\nbuild = [\"report\"]\n");
+        assert!(diags.is_empty(), "{diags:?}");
+        let s = &home.projects["p"].schedules["hourly"];
+        assert_eq!(s.tz, Tz::UTC);
+        assert_eq!(s.time_zone, None);
+        assert_eq!(s.mode, BuildMode::Smart);
+        assert_eq!(s.user, None);
+        assert_eq!(s.catch_up, CatchUp::One);
+        assert!(s.enabled);
+    }
+
+    #[test]
+    fn schedule_decode_errors_point_at_their_values() {
+        let e = errors(
+            r#"
+[schedule.a]
+cron = "0 2 * *"
+build = ["report"]
+[schedule.b]
+cron = "0 2 * * *"
+time_zone = "Europe/Pariss"
+build = []
+mode = "smrt"
+catch_up = "all"
+enabld = false
+[schedule.c]
+build = ["report"]
+"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "7:8: error: schedule.a.cron: `0 2 * *` is not a cron expression: it has 4 fields \
+                 (expected 5 fields: minute hour day-of-month month day-of-week, or 6 with seconds \
+                 first, like `0 2 * * *` for 02:00 every day)",
+                "11:13: error: schedule.b.time_zone: unknown time zone `Europe/Pariss` (did you \
+                 mean `Europe/Paris`?)",
+                "12:9: error: schedule.b.build: a schedule must build at least one dataset (name \
+                 the datasets to build, like `build = [\"report\"]`)",
+                "13:8: error: schedule.b.mode: unknown value `smrt` (did you mean `smart`?)",
+                "14:12: error: schedule.b.catch_up: unknown value `all` (expected one of: `one`, \
+                 `none`)",
+                "15:1: error: schedule.b.enabld: unknown field `enabld` (did you mean `enabled`?)",
+                "16:1: error: schedule.c.cron: missing field `cron` (expected 5 fields: minute \
+                 hour day-of-month month day-of-week, or 6 with seconds first, like `0 2 * * *` \
+                 for 02:00 every day)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_schedule_with_a_bad_cron_is_left_out_and_others_kept() {
+        let (home, _) = load_with(
+            "[schedule.a]\ncron = \"nope\"\nbuild = [\"report\"]\n\
+             [schedule.b]\ncron = \"0 2 * * *\"\nbuild = [\"report\"]\nmode = \"bad\"\n",
+        );
+        let names: Vec<&String> = home.projects["p"].schedules.keys().collect();
+        assert_eq!(names, ["b"]);
+    }
+
+    #[test]
+    fn schedules_build_written_datasets_as_users_who_may_run() {
+        let e = errors(
+            r#"
+[schedule.a]
+cron = "0 2 * * *"
+build = ["reprt", "raw", "report"]
+user = "alise"
+[schedule.b]
+cron = "0 3 * * *"
+build = ["report"]
+user = "bob"
+[schedule.c]
+cron = "0 4 * * *"
+build = ["report"]
+user = "root"
+"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "8:10: error: schedule.a.build: unknown dataset `reprt` in project `p` (did you \
+                 mean `report`?)",
+                "8:19: error: schedule.a.build: no recipe of project `p` writes dataset `raw`, so \
+                 a build has nothing to run for it (expected one of: `report`)",
+                "9:8: error: schedule.a.user: unknown user `alise` (did you mean `alice`?)",
+                "13:8: error: schedule.b.user: user `bob` lacks the `run` permission on project \
+                 `p` (it is granted to groups `g`): the schedule's builds would be refused (grant \
+                 one of the user's groups `run` in [project.permissions], or name another user)",
+            ]
+        );
+    }
+
+    /// The schedule the sample project shows, commented out, is valid once uncommented.
+    #[test]
+    fn the_sample_schedule_is_valid_uncommented() {
+        let mut files = HomeFiles::default();
+        for (path, text) in crate::sample::sample_home(&"a".repeat(64), &"b".repeat(64)) {
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = if path.ends_with("projects/sample/project.toml") {
+                    let start = text.find("# [schedule.nightly]").unwrap();
+                    let (head, tail) = text.split_at(start);
+                    let tail: String = tail
+                        .lines()
+                        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+                        .collect();
+                    head.to_string() + &tail
+                } else {
+                    text
+                };
+                files.toml.insert(path, text.into_bytes());
+            } else {
+                files.others.insert(path);
+            }
+        }
+        let (home, diags) = load(Path::new("/h"), &files);
+        assert!(diags.list.is_empty(), "{:?}", diags.list);
+        let s = &home.projects["sample"].schedules["nightly"];
+        assert_eq!(s.build[0].value, "wine_by_cultivar");
+        assert_eq!(s.user.as_ref().unwrap().value, "alice");
+    }
 }

@@ -8,7 +8,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::diag::{Loc, SourceMap};
+use crate::flow::BuildMode;
 use crate::quantity::{Cpu, Duration, Memory, Quantity};
+use crate::schedule::{CatchUp, Cron, Tz};
 
 /// A value and where it was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -604,6 +606,38 @@ pub struct Project {
     pub lib_dir: Option<PathBuf>,
     /// Which groups may do what (`[project.permissions]`); none: only instance admins.
     pub permissions: Vec<Grant>,
+    /// Build schedules (`[schedule.NAME]`), by name.
+    pub schedules: BTreeMap<String, Schedule>,
+}
+
+/// `[schedule.NAME]` in a project.toml: build some of the project's datasets on a cron
+/// expression. When one is due is [`crate::schedule::due`].
+///
+/// A schedule whose `cron` is missing or does not parse is left out of the model (its error
+/// is reported); one with other errors keeps their defaults, in a home with errors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    pub name: String,
+    pub loc: Loc,
+    /// The expression as written.
+    pub cron: Sourced<String>,
+    pub cron_parsed: Cron,
+    /// `time_zone`, an IANA name; absent: UTC.
+    pub time_zone: Option<Sourced<String>>,
+    /// The zone the expression is read in (`time_zone`, else UTC).
+    pub tz: Tz,
+    /// The datasets to build (never empty in a valid home): datasets of the project that
+    /// recipes write.
+    pub build: Vec<Sourced<String>>,
+    /// How the build chooses what to run (default `smart`).
+    pub mode: BuildMode,
+    /// The user the builds run as (a user of users.toml); `None`: the instance itself, as an
+    /// admin.
+    pub user: Option<Sourced<String>>,
+    /// What to make up after downtime (default `one`).
+    pub catch_up: CatchUp,
+    /// `enabled = false` keeps a schedule without running it.
+    pub enabled: bool,
 }
 
 /// What was built from a base image or code environment spec (`state/images/*.toml`, written

@@ -519,6 +519,12 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
         }
     }
 
+    for p in home.projects.values() {
+        for s in p.schedules.values() {
+            schedule_checks(&mut v, home, p, s);
+        }
+    }
+
     // The flow of each project must be a graph: one writer per dataset, no cycles.
     v.diags.list.extend(crate::flow::graph_checks(home));
 
@@ -567,6 +573,55 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
                 "cluster" => v.reference(name, field, &home.clusters, what),
                 "Spark configuration" => v.reference(name, field, &home.spark_configs, what),
                 _ => v.reference(name, field, &home.code_envs, what),
+            }
+        }
+    }
+}
+
+/// A schedule builds datasets of its project that recipes write, as a user who may run them.
+fn schedule_checks(v: &mut V<'_>, home: &Home, p: &Project, s: &Schedule) {
+    let f = |k: &str| format!("schedule.{}.{k}", s.name);
+    for d in &s.build {
+        if !p.datasets.contains_key(&d.value) {
+            let names: Vec<&str> = p.datasets.keys().map(String::as_str).collect();
+            v.error(
+                d.loc,
+                &f("build"),
+                format!("unknown dataset `{}` in project `{}`", d.value, p.key),
+                Some(unknown_help(&d.value, &names, "dataset")),
+            );
+        } else if crate::flow::producer(p, &d.value).is_none() {
+            let written: Vec<&str> = p
+                .datasets
+                .keys()
+                .map(String::as_str)
+                .filter(|n| crate::flow::producer(p, n).is_some())
+                .collect();
+            v.error(
+                d.loc,
+                &f("build"),
+                format!(
+                    "no recipe of project `{}` writes dataset `{}`, so a build has nothing to run for it",
+                    p.key, d.value
+                ),
+                Some(unknown_help(&d.value, &written, "dataset written by a recipe")),
+            );
+        }
+    }
+    if let Some(u) = &s.user {
+        match home.users.get(&u.value) {
+            None => v.reference(u, &f("user"), &home.users, "user"),
+            Some(user) => {
+                if let Err(denied) =
+                    crate::access::check(home, &p.key, &user.name, user.admin, Permission::Run)
+                {
+                    v.error(
+                        u.loc,
+                        &f("user"),
+                        format!("{}: the schedule's builds would be refused", denied.message),
+                        Some("grant one of the user's groups `run` in [project.permissions], or name another user".into()),
+                    );
+                }
             }
         }
     }
