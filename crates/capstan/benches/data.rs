@@ -73,7 +73,17 @@ fn generate(home: &Path, rows: usize) {
         start += n;
     }
     w.finish().unwrap();
-    store.commit("bench", "big", "generate").unwrap();
+    let generated = capstan_data::Provenance {
+        written_by: capstan_data::WrittenBy::Import {
+            user: "bench".into(),
+            file: None,
+        },
+        inputs: Default::default(),
+        definition: Default::default(),
+    };
+    store
+        .commit("bench", "big", "generate", &generated)
+        .unwrap();
 }
 
 const RECIPE: &str = r#"

@@ -1616,7 +1616,15 @@ mod tests {
         };
         let good = write("v1.csv", b"id,name\n1,ann\n2,bob\n");
         stage_csv(&store, "p", "d", "s1", &good, &[], &limits).unwrap();
-        assert!(store.commit("p", "d", "s1").unwrap());
+        let import = crate::Provenance {
+            written_by: crate::WrittenBy::Import {
+                user: "alice".into(),
+                file: Some("v1.csv".into()),
+            },
+            inputs: Default::default(),
+            definition: Default::default(),
+        };
+        assert_eq!(store.commit("p", "d", "s1", &import).unwrap(), Some(1));
         assert_eq!(rows(&store), [1, 2]);
         let staging = home.join("data/p/d/.staging");
         let long = format!("id,name\n3,{}\n", "x".repeat(100_000));

@@ -21,6 +21,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 pub use arrow;
+pub use capstan_core::flow::{DatasetState, Provenance, WrittenBy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -106,11 +107,24 @@ pub trait DatasetStore: Send + Sync {
         stage: &str,
         schema: SchemaRef,
     ) -> Result<StagedWriter>;
-    fn commit(&self, project: &str, name: &str, stage: &str) -> Result<bool>;
+    /// Makes a staged output the dataset's current version, recording who wrote it and from
+    /// what. Returns the new version's number, or `None` when nothing was staged.
+    fn commit(
+        &self,
+        project: &str,
+        name: &str,
+        stage: &str,
+        provenance: &Provenance,
+    ) -> Result<Option<u64>>;
+    /// The dataset's current version, with its provenance.
+    fn state(&self, project: &str, name: &str) -> DatasetState;
     fn discard(&self, project: &str, name: &str, stage: &str);
 }
 
-/// The embedded default: `data/PROJECT/NAME/data.parquet` under the home.
+/// The embedded default: `data/PROJECT/NAME/data.parquet` under the home, and next to it
+/// `version.json`, the version's number and provenance. The record names the data file's size
+/// and modification time: data replaced behind capstan's back (or a commit cut off between its
+/// two renames) reads as [`DatasetState::Untracked`], never as a version it is not.
 pub struct ParquetStore {
     root: PathBuf,
 }
@@ -128,6 +142,15 @@ impl ParquetStore {
 
     fn current(&self, project: &str, name: &str) -> PathBuf {
         self.dir(project, name).join("data.parquet")
+    }
+
+    fn version_file(&self, project: &str, name: &str) -> PathBuf {
+        self.dir(project, name).join("version.json")
+    }
+
+    fn read_version(&self, project: &str, name: &str) -> Option<serde_json::Value> {
+        let text = std::fs::read(self.version_file(project, name)).ok()?;
+        serde_json::from_slice(&text).ok()
     }
 
     fn staged(&self, project: &str, name: &str, stage: &str) -> PathBuf {
@@ -228,23 +251,144 @@ impl DatasetStore for ParquetStore {
         })
     }
 
-    fn commit(&self, project: &str, name: &str, stage: &str) -> Result<bool> {
+    fn commit(
+        &self,
+        project: &str,
+        name: &str,
+        stage: &str,
+        provenance: &Provenance,
+    ) -> Result<Option<u64>> {
         let staged = self.staged(project, name, stage);
-        if !staged.exists() {
-            return Ok(false);
-        }
+        let meta = match std::fs::metadata(&staged) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&staged)(e)),
+        };
+        let version = self
+            .read_version(project, name)
+            .and_then(|v| v["version"].as_u64())
+            .unwrap_or(0)
+            + 1;
+        let record = version_json(version, &stamp(&meta), provenance);
+        let staged_record = staged.with_extension("version.json");
+        write_synced(&staged_record, record.to_string().as_bytes())?;
         let current = self.current(project, name);
-        // The rename is the commit: readers holding the old file keep reading it whole.
+        // The rename is the commit: readers holding the old file keep reading it whole. The
+        // record follows; until it does, the stamp in the old one does not match and the
+        // dataset reads as untracked (rebuilt by the next build), never as the old version.
         std::fs::rename(&staged, &current).map_err(io(&current))?;
+        let record_path = self.version_file(project, name);
+        std::fs::rename(&staged_record, &record_path).map_err(io(&record_path))?;
         if let Ok(dir) = File::open(self.dir(project, name)) {
             let _ = dir.sync_all();
         }
-        Ok(true)
+        Ok(Some(version))
+    }
+
+    fn state(&self, project: &str, name: &str) -> DatasetState {
+        let Ok(meta) = std::fs::metadata(self.current(project, name)) else {
+            return DatasetState::Missing;
+        };
+        match self.read_version(project, name) {
+            Some(v) if v["stamp"] == stamp(&meta) => parse_version(&v),
+            _ => DatasetState::Untracked,
+        }
     }
 
     fn discard(&self, project: &str, name: &str, stage: &str) {
-        let _ = std::fs::remove_file(self.staged(project, name, stage));
+        let staged = self.staged(project, name, stage);
+        let _ = std::fs::remove_file(staged.with_extension("version.json"));
+        let _ = std::fs::remove_file(staged);
     }
+}
+
+/// What identifies a data file's content cheaply: its size and modification time (a commit
+/// renames the staged file, which keeps both).
+fn stamp(meta: &std::fs::Metadata) -> serde_json::Value {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    serde_json::json!({"len": meta.len(), "mtime_ns": mtime_ns})
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn version_json(version: u64, stamp: &serde_json::Value, p: &Provenance) -> serde_json::Value {
+    let written_by = match &p.written_by {
+        WrittenBy::Activity { job, idx, recipe } => {
+            serde_json::json!({"activity": {"job": job, "idx": idx, "recipe": recipe}})
+        }
+        WrittenBy::Import { user, file } => {
+            serde_json::json!({"import": {"user": user, "file": file}})
+        }
+    };
+    serde_json::json!({
+        "version": version,
+        "at_ms": now_ms(),
+        "stamp": stamp,
+        "written_by": written_by,
+        "inputs": p.inputs,
+        "definition": p.definition,
+    })
+}
+
+fn parse_version(v: &serde_json::Value) -> DatasetState {
+    let (Some(version), Some(at_ms)) = (v["version"].as_u64(), v["at_ms"].as_i64()) else {
+        return DatasetState::Untracked;
+    };
+    let by = &v["written_by"];
+    let written_by = if let Some(a) = by.get("activity") {
+        match (a["job"].as_i64(), a["idx"].as_i64(), a["recipe"].as_str()) {
+            (Some(job), Some(idx), Some(recipe)) => WrittenBy::Activity {
+                job,
+                idx,
+                recipe: recipe.to_string(),
+            },
+            _ => return DatasetState::Untracked,
+        }
+    } else if let Some(i) = by.get("import") {
+        WrittenBy::Import {
+            user: i["user"].as_str().unwrap_or_default().to_string(),
+            file: i["file"].as_str().map(String::from),
+        }
+    } else {
+        return DatasetState::Untracked;
+    };
+    let map = |key: &str| -> Option<&serde_json::Map<String, serde_json::Value>> {
+        v.get(key).and_then(|m| m.as_object())
+    };
+    let inputs = map("inputs")
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, n)| n.as_u64().map(|n| (k.clone(), n)))
+        .collect();
+    let definition = map("definition")
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, h)| h.as_str().map(|h| (k.clone(), h.to_string())))
+        .collect();
+    DatasetState::Version {
+        version,
+        at_ms,
+        provenance: Provenance {
+            written_by,
+            inputs,
+            definition,
+        },
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Checks a written schema against a declared one: every declared column present with its type.
@@ -333,4 +477,63 @@ pub fn parquet_reader(
     Ok(ParquetRecordBatchReaderBuilder::try_new(file)?
         .with_batch_size(64 * 1024)
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_row(store: &ParquetStore, stage: &str) {
+        let schema = schema_of(&[("n".into(), DataType::Int64)]);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![1]))],
+        )
+        .unwrap();
+        let mut w = store.stage("p", "d", stage, schema).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn each_commit_is_a_version_with_its_provenance_and_data_replaced_by_hand_is_untracked() {
+        let home = std::env::temp_dir().join(format!("capstan-versions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        let store = ParquetStore::new(&home);
+        assert_eq!(store.state("p", "d"), DatasetState::Missing);
+        let by = |job| Provenance {
+            written_by: WrittenBy::Activity {
+                job,
+                idx: 0,
+                recipe: "r".into(),
+            },
+            inputs: [("raw".to_string(), 3)].into(),
+            definition: [("code".to_string(), "abc".to_string())].into(),
+        };
+        assert_eq!(store.commit("p", "d", "s", &by(1)).unwrap(), None);
+        one_row(&store, "s1");
+        assert_eq!(store.commit("p", "d", "s1", &by(1)).unwrap(), Some(1));
+        one_row(&store, "s2");
+        assert_eq!(store.commit("p", "d", "s2", &by(2)).unwrap(), Some(2));
+        match store.state("p", "d") {
+            DatasetState::Version {
+                version,
+                provenance,
+                ..
+            } => {
+                assert_eq!(version, 2);
+                assert_eq!(provenance, by(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Replaced outside capstan: the record no longer describes the data.
+        let data = home.join("data/p/d/data.parquet");
+        let bytes = std::fs::read(&data).unwrap();
+        std::fs::write(&data, [bytes.as_slice(), b"x"].concat()).unwrap();
+        assert_eq!(store.state("p", "d"), DatasetState::Untracked);
+        // The next commit counts on from the last record.
+        one_row(&store, "s3");
+        assert_eq!(store.commit("p", "d", "s3", &by(3)).unwrap(), Some(3));
+        let _ = std::fs::remove_dir_all(&home);
+    }
 }

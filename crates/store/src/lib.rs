@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_jobs.sql"),
     include_str!("../migrations/0002_io.sql"),
     include_str!("../migrations/0003_cancel.sql"),
+    include_str!("../migrations/0004_builds.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,22 @@ pub struct NewJob {
     pub exec_config: Option<String>,
     pub cluster: Option<String>,
     pub kind: String,
+    /// For a build: its targets and mode, as JSON, and its activities (at least one).
+    pub build: Option<(String, Vec<NewActivity>)>,
+}
+
+/// An activity of a build, as planned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewActivity {
+    pub recipe: String,
+    pub resolution_json: String,
+    pub exec_config: Option<String>,
+    pub cluster: Option<String>,
+    pub kind: String,
+    /// The indices of the activities whose outputs it reads.
+    pub needs: Vec<i64>,
+    /// Why the plan runs it, as a JSON list.
+    pub why_json: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -85,11 +102,21 @@ pub struct JobRow {
     pub cpu_time_ms: Option<i64>,
     /// Rows read and written per dataset, as JSON.
     pub io_json: Option<String>,
+    /// A build's targets and mode, as JSON; `None` for the run of one recipe.
+    pub build_json: Option<String>,
+}
+
+impl JobRow {
+    pub fn is_build(&self) -> bool {
+        self.build_json.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventRow {
     pub at: i64,
+    /// The activity it is about; `None` for the job as a whole.
+    pub activity: Option<i64>,
     pub state: JobState,
     pub message: Option<String>,
 }
@@ -110,6 +137,17 @@ pub struct ActivityRow {
     pub cpu_time_ms: Option<i64>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// A build's activity: its own resolution and placement (`None` in a run of one recipe,
+    /// whose job holds them).
+    pub resolution_json: Option<String>,
+    pub exec_config: Option<String>,
+    pub cluster: Option<String>,
+    pub kind: Option<String>,
+    pub needs: Vec<i64>,
+    pub why_json: Option<String>,
+    pub io_json: Option<String>,
+    /// The input versions and definition its outputs record, fixed when it started.
+    pub provenance_json: Option<String>,
 }
 
 /// Fields set together with a state change (each `Some` overwrites).
@@ -132,12 +170,23 @@ pub struct JobFilter {
     pub limit: Option<u32>,
 }
 
+/// What the daemon remembers of a schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleRow {
+    pub project: String,
+    pub name: String,
+    pub first_seen: i64,
+    pub last_slot: Option<i64>,
+    pub last_job: Option<i64>,
+    pub last_note: Option<String>,
+}
+
 pub struct Store {
     conn: Connection,
 }
 
-const JOB_COLUMNS: &str = "id, project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at, started_at, finished_at, exit_code, diagnosis, peak_memory_bytes, cpu_time_ms, io";
-const ACTIVITY_COLUMNS: &str = "job_id, idx, recipe, state, attempt, dir, backend_ref, exit_code, signal, diagnosis, peak_memory_bytes, cpu_time_ms, started_at, finished_at";
+const JOB_COLUMNS: &str = "id, project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at, started_at, finished_at, exit_code, diagnosis, peak_memory_bytes, cpu_time_ms, io, build";
+const ACTIVITY_COLUMNS: &str = "job_id, idx, recipe, state, attempt, dir, backend_ref, exit_code, signal, diagnosis, peak_memory_bytes, cpu_time_ms, started_at, finished_at, resolution, exec_config, cluster, kind, needs, why, io, provenance";
 
 fn state_of(id: i64, s: String) -> Result<JobState> {
     JobState::parse(&s).ok_or(StoreError::BadState(id, s))
@@ -164,9 +213,23 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<(JobRow, String)> {
             peak_memory_bytes: row.get(15)?,
             cpu_time_ms: row.get(16)?,
             io_json: row.get(17)?,
+            build_json: row.get(18)?,
         },
         row.get(9)?,
     ))
+}
+
+/// `[0, 2]` → `vec![0, 2]` (written by [`needs_json`]; anything else reads as none).
+fn parse_needs(s: &str) -> Vec<i64> {
+    s.trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn needs_json(needs: &[i64]) -> String {
+    let list: Vec<String> = needs.iter().map(|n| n.to_string()).collect();
+    format!("[{}]", list.join(","))
 }
 
 fn activity_row(row: &Row<'_>) -> rusqlite::Result<(ActivityRow, String)> {
@@ -186,6 +249,17 @@ fn activity_row(row: &Row<'_>) -> rusqlite::Result<(ActivityRow, String)> {
             cpu_time_ms: row.get(11)?,
             started_at: row.get(12)?,
             finished_at: row.get(13)?,
+            resolution_json: row.get(14)?,
+            exec_config: row.get(15)?,
+            cluster: row.get(16)?,
+            kind: row.get(17)?,
+            needs: row
+                .get::<_, Option<String>>(18)?
+                .map(|n| parse_needs(&n))
+                .unwrap_or_default(),
+            why_json: row.get(19)?,
+            io_json: row.get(20)?,
+            provenance_json: row.get(21)?,
         },
         row.get(3)?,
     ))
@@ -247,8 +321,8 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "INSERT INTO jobs (project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9)",
+            "INSERT INTO jobs (project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at, build)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
             params![
                 job.project,
                 job.recipe,
@@ -258,14 +332,38 @@ impl Store {
                 job.exec_config,
                 job.cluster,
                 job.kind,
-                now
+                now,
+                job.build.as_ref().map(|b| &b.0),
             ],
         )?;
         let id = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO activities (job_id, idx, recipe, state) VALUES (?1, 0, ?2, 'queued')",
-            params![id, job.recipe],
-        )?;
+        match &job.build {
+            None => {
+                tx.execute(
+                    "INSERT INTO activities (job_id, idx, recipe, state) VALUES (?1, 0, ?2, 'queued')",
+                    params![id, job.recipe],
+                )?;
+            }
+            Some((_, activities)) => {
+                for (idx, a) in activities.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO activities (job_id, idx, recipe, state, resolution, exec_config, cluster, kind, needs, why)
+                         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            id,
+                            idx as i64,
+                            a.recipe,
+                            a.resolution_json,
+                            a.exec_config,
+                            a.cluster,
+                            a.kind,
+                            needs_json(&a.needs),
+                            a.why_json
+                        ],
+                    )?;
+                }
+            }
+        }
         tx.execute(
             "INSERT INTO job_events (job_id, at, state, message) VALUES (?1, ?2, 'queued', NULL)",
             params![id, now],
@@ -349,16 +447,22 @@ impl Store {
 
     pub fn events(&self, job_id: i64) -> Result<Vec<EventRow>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT at, state, message FROM job_events WHERE job_id = ?1 ORDER BY id",
+            "SELECT at, state, message, activity FROM job_events WHERE job_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([job_id], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for r in rows {
-            let (at, s, message) = r?;
+            let (at, s, message, activity) = r?;
             out.push(EventRow {
                 at,
+                activity,
                 state: state_of(job_id, s)?,
                 message,
             });
@@ -380,7 +484,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Moves a job (and its activities) to `to` if it is in one of `from`, recording the event.
+    /// Moves a job (and, for the run of one recipe, its activity) to `to` if it is in one of `from`, recording the event.
     /// Returns false, changing nothing, if the job was not in one of `from` — the
     /// compare-and-set that makes a claim or a final state happen exactly once.
     pub fn transition(
@@ -438,7 +542,7 @@ impl Store {
                 diagnosis = COALESCE(?7, diagnosis),
                 peak_memory_bytes = COALESCE(?8, peak_memory_bytes),
                 cpu_time_ms = COALESCE(?9, cpu_time_ms)
-             WHERE job_id = ?1",
+             WHERE job_id = ?1 AND (SELECT build FROM jobs WHERE id = ?1) IS NULL",
             params![
                 job_id,
                 to.as_str(),
@@ -511,6 +615,156 @@ impl Store {
         Ok(())
     }
 
+    /// Moves one activity of a build to `to` if it is in one of `from`, recording the event
+    /// (with the activity's index); the compare-and-set of [`Store::transition`], for one
+    /// activity. The job's own state is not touched.
+    pub fn transition_activity(
+        &mut self,
+        job_id: i64,
+        idx: i64,
+        from: &[JobState],
+        to: JobState,
+        message: Option<&str>,
+        outcome: &Outcome,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT state FROM activities WHERE job_id = ?1 AND idx = ?2",
+                params![job_id, idx],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        let current = state_of(job_id, current)?;
+        if !from.contains(&current) || !current.can_become(to) {
+            return Ok(false);
+        }
+        let started = (to == JobState::Running).then_some(now);
+        let finished = to.is_final().then_some(now);
+        tx.execute(
+            "UPDATE activities SET state = ?3,
+                started_at = COALESCE(?4, started_at),
+                finished_at = COALESCE(?5, finished_at),
+                exit_code = COALESCE(?6, exit_code),
+                signal = COALESCE(?7, signal),
+                diagnosis = COALESCE(?8, diagnosis),
+                peak_memory_bytes = COALESCE(?9, peak_memory_bytes),
+                cpu_time_ms = COALESCE(?10, cpu_time_ms)
+             WHERE job_id = ?1 AND idx = ?2",
+            params![
+                job_id,
+                idx,
+                to.as_str(),
+                started,
+                finished,
+                outcome.exit_code,
+                outcome.signal,
+                outcome.diagnosis,
+                outcome.peak_memory_bytes,
+                outcome.cpu_time_ms
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO job_events (job_id, at, state, message, activity) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![job_id, now, to.as_str(), message, idx],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Records a message about one activity without changing its state.
+    pub fn note_activity(&mut self, job_id: i64, idx: i64, message: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO job_events (job_id, at, state, message, activity)
+             SELECT job_id, ?3, state, ?4, idx FROM activities WHERE job_id = ?1 AND idx = ?2",
+            params![job_id, idx, now_ms(), message],
+        )?;
+        Ok(())
+    }
+
+    /// Records the rows one activity read and wrote.
+    pub fn set_activity_io(&mut self, job_id: i64, idx: i64, io_json: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE activities SET io = ?3 WHERE job_id = ?1 AND idx = ?2",
+            params![job_id, idx, io_json],
+        )?;
+        Ok(())
+    }
+
+    /// Records what an activity's outputs will name as their provenance.
+    pub fn set_activity_provenance(&mut self, job_id: i64, idx: i64, json: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE activities SET provenance = ?3 WHERE job_id = ?1 AND idx = ?2",
+            params![job_id, idx, json],
+        )?;
+        Ok(())
+    }
+
+    /// A schedule's record: when the daemon first saw it, its last run's slot and job, and
+    /// why its last slot did not start (if so). Created, as first seen `now`, if new.
+    pub fn schedule(&mut self, project: &str, name: &str, now: i64) -> Result<ScheduleRow> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO schedules (project, name, first_seen) VALUES (?1, ?2, ?3)",
+            params![project, name, now],
+        )?;
+        Ok(self.conn.query_row(
+            "SELECT first_seen, last_slot, last_job, last_note FROM schedules WHERE project = ?1 AND name = ?2",
+            params![project, name],
+            |r| {
+                Ok(ScheduleRow {
+                    project: project.to_string(),
+                    name: name.to_string(),
+                    first_seen: r.get(0)?,
+                    last_slot: r.get(1)?,
+                    last_job: r.get(2)?,
+                    last_note: r.get(3)?,
+                })
+            },
+        )?)
+    }
+
+    /// Every schedule's record.
+    pub fn schedules(&self) -> Result<Vec<ScheduleRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT project, name, first_seen, last_slot, last_job, last_note FROM schedules ORDER BY project, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ScheduleRow {
+                project: r.get(0)?,
+                name: r.get(1)?,
+                first_seen: r.get(2)?,
+                last_slot: r.get(3)?,
+                last_job: r.get(4)?,
+                last_note: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a schedule's slot as handled: by `job` when it started one, else with `note`
+    /// (why it did not).
+    pub fn schedule_ran(
+        &mut self,
+        project: &str,
+        name: &str,
+        slot: i64,
+        job: Option<i64>,
+        note: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE schedules SET last_slot = ?3, last_job = COALESCE(?4, last_job), last_note = ?5
+             WHERE project = ?1 AND name = ?2",
+            params![project, name, slot, job, note],
+        )?;
+        Ok(())
+    }
+
     /// Records where an activity's work is (its folder and the backend's reference to it),
     /// and bumps its attempt when `new_attempt` is set.
     pub fn set_activity_location(
@@ -544,6 +798,7 @@ mod tests {
             exec_config: Some("local".into()),
             cluster: None,
             kind: "local".into(),
+            build: None,
         }
     }
 
