@@ -69,6 +69,13 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a recipe: waits, streams its logs, exits 0 on success and 1 otherwise.
     Run(RunArgs),
+    /// Build datasets with the recipes upstream of them that are out of date, in one job:
+    /// waits, exits 0 when every activity succeeded and 1 otherwise.
+    Build(BuildArgs),
+    /// Show a project's flow: every recipe and dataset, and what is stale and why.
+    Flow(FlowArgs),
+    /// List the schedules of the projects you may read, with their next and last runs.
+    Schedules(SchedulesArgs),
     /// List jobs, newest first.
     Jobs(JobsArgs),
     /// Inspect one job.
@@ -114,6 +121,49 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// What to build: PROJECT/DATASET (repeatable, one project), or PROJECT for its final
+    /// outputs.
+    #[arg(required = true, value_name = "TARGET")]
+    pub targets: Vec<String>,
+    /// smart: what is missing or stale, and what is downstream of it; force: the named
+    /// datasets' recipes only; recursive: everything upstream too.
+    #[arg(long, default_value = "smart", value_name = "MODE")]
+    pub mode: String,
+    /// Print what would run and why, and where; start nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Queue the build and return at once.
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the plan (and, after it ends, the job) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub select: Selection,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("format").multiple(false))]
+pub struct FlowArgs {
+    pub project: String,
+    #[arg(long, group = "format")]
+    pub json: bool,
+    /// A Graphviz picture (`capstan flow p --dot | dot -Tsvg > flow.svg`).
+    #[arg(long, group = "format")]
+    pub dot: bool,
+    /// A Mermaid flowchart (renders in GitHub and GitLab Markdown).
+    #[arg(long, group = "format")]
+    pub mermaid: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulesArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct JobsArgs {
     /// Only jobs in these states (comma-separated).
     #[arg(long, value_name = "STATES")]
@@ -143,6 +193,9 @@ pub struct LogsArgs {
     /// Keep printing new lines until the job ends.
     #[arg(long, short)]
     pub follow: bool,
+    /// In a build: only the activity of this recipe (default: every activity, in order).
+    #[arg(long, value_name = "RECIPE")]
+    pub activity: Option<String>,
 }
 
 #[derive(Debug, Args)]

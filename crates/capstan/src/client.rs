@@ -139,11 +139,14 @@ impl Client {
         &self,
         id: i64,
         follow: bool,
+        activity: Option<&str>,
         mut each: impl FnMut(LogLine<'_>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        // Recipe names are `[A-Za-z0-9_-]` (checked when the home loads): nothing to escape.
+        let activity = activity.map_or(String::new(), |a| format!("&activity={a}"));
         let resp = self
             .send(self.http.get(format!(
-                "{}/api/v1/jobs/{id}/logs?follow={follow}",
+                "{}/api/v1/jobs/{id}/logs?follow={follow}{activity}",
                 self.base
             )))
             .await?;

@@ -137,7 +137,15 @@ pub fn import_file(
                 );
             }
         }
-        store.commit(project, name, &stage)?;
+        let provenance = capstan_data::Provenance {
+            written_by: capstan_data::WrittenBy::Import {
+                user: std::env::var("USER").unwrap_or_else(|_| "local".into()),
+                file: file.file_name().map(|f| f.to_string_lossy().into_owned()),
+            },
+            inputs: Default::default(),
+            definition: Default::default(),
+        };
+        store.commit(project, name, &stage, &provenance)?;
         Ok((schema, rows))
     });
     let (schema, rows) = match committed {

@@ -126,7 +126,7 @@ pub async fn submit(client: &Client, args: &RunArgs) -> anyhow::Result<Value> {
 /// returns the finished job.
 pub async fn follow(client: &Client, id: i64, prefix: &str) -> anyhow::Result<Value> {
     client
-        .logs(id, true, |l| {
+        .logs(id, true, None, |l| {
             if l.stderr {
                 eprintln!("{prefix}{}", l.text);
             } else {
@@ -270,10 +270,17 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
             say!("  Spark UI     {ui}");
         }
     }
+    if !j["build"].is_null() {
+        build_activities(&j)?;
+    }
     say!("  history");
     for e in j["events"].as_array().into_iter().flatten() {
+        let what = match e["activity"].as_str() {
+            Some(a) => format!("{a}: "),
+            None => String::new(),
+        };
         say!(
-            "    {}  {:<10} {}",
+            "    {}  {:<10} {what}{}",
             e["at"].as_str().unwrap_or(""),
             e["state"].as_str().unwrap_or(""),
             e["message"].as_str().unwrap_or("")
@@ -310,16 +317,68 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// A build's activities: state, where each ran, how long, rows and diagnosis.
+fn build_activities(j: &Value) -> anyhow::Result<()> {
+    let project = j["project"].as_str().unwrap_or("");
+    say!("  activities");
+    for a in j["activities"].as_array().into_iter().flatten() {
+        let name = format!("{project}/{}", a["recipe"].as_str().unwrap_or(""));
+        let mut line = format!(
+            "    {name:<28} {:<10} {}",
+            a["state"].as_str().unwrap_or(""),
+            a["kind"].as_str().unwrap_or("")
+        );
+        if let Some(c) = a["exec_config"].as_str() {
+            line += &format!(" (exec config {c})");
+        }
+        if let (Some(from), Some(to)) = (a["started_at"].as_str(), a["finished_at"].as_str())
+            && let (Ok(from), Ok(to)) =
+                (humantime::parse_rfc3339(from), humantime::parse_rfc3339(to))
+            && let Ok(d) = to.duration_since(from)
+        {
+            line += &format!(", {}", human_ms(d.as_millis() as i64));
+        }
+        for (verb, key) in [("read", "read"), ("wrote", "written")] {
+            if let Some(map) = a["io"][key].as_object().filter(|m| !m.is_empty()) {
+                let list: Vec<String> = map.iter().map(|(d, n)| format!("{d} ({n})")).collect();
+                line += &format!("; {verb} {}", list.join(", "));
+            }
+        }
+        say!("{line}");
+        if let Some(d) = a["diagnosis"].as_str() {
+            say!("      {d}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn logs(client: &Client, args: &LogsArgs) -> anyhow::Result<u8> {
-    client
-        .logs(args.id, args.follow, |l: LogLine<'_>| {
-            // `2026-11-28T00:00:01.234567Z` → `00:00:01.234`.
-            let time = l.time.get(11..23).unwrap_or(l.time);
-            let stream = if l.stderr { "err" } else { "out" };
-            say!("{time} {stream} | {}", l.text);
-            Ok(())
-        })
-        .await?;
+    let print = |l: LogLine<'_>| {
+        // `2026-11-28T00:00:01.234567Z` → `00:00:01.234`.
+        let time = l.time.get(11..23).unwrap_or(l.time);
+        let stream = if l.stderr { "err" } else { "out" };
+        say!("{time} {stream} | {}", l.text);
+        Ok(())
+    };
+    let job = client.get(&format!("/api/v1/jobs/{}", args.id)).await?;
+    if args.activity.is_some() || job["build"].is_null() {
+        client
+            .logs(args.id, args.follow, args.activity.as_deref(), print)
+            .await?;
+        return Ok(exit::OK);
+    }
+    // A build: each activity's log in turn, under its name (with --follow, each until it ends).
+    let project = job["project"].as_str().unwrap_or("");
+    for a in job["activities"].as_array().into_iter().flatten() {
+        let recipe = a["recipe"].as_str().unwrap_or("");
+        say!(
+            "==> {project}/{recipe} ({}) <==",
+            a["state"].as_str().unwrap_or("")
+        );
+        client
+            .logs(args.id, args.follow, Some(recipe), print)
+            .await?;
+    }
     Ok(exit::OK)
 }
 

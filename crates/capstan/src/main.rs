@@ -28,6 +28,7 @@ mod client;
 mod daemon;
 mod datasets;
 mod explain;
+mod flows;
 mod home;
 mod images;
 mod init;
@@ -129,6 +130,11 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
             runtime()?.block_on(daemon::serve(&root, a))
         }
         Command::Run(a) => runtime()?.block_on(async { jobs::run(&connect()?, a).await }),
+        Command::Build(a) => runtime()?.block_on(async { flows::build(&connect()?, a).await }),
+        Command::Flow(a) => flows::flow(&home::locate(home)?, a, args.token.as_deref()),
+        Command::Schedules(a) => {
+            runtime()?.block_on(async { flows::schedules(&connect()?, a).await })
+        }
         Command::Jobs(a) => runtime()?.block_on(async { jobs::list(&connect()?, a).await }),
         Command::Job(JobCommand::Show(a)) => {
             runtime()?.block_on(async { jobs::show(&connect()?, a).await })

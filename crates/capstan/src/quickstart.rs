@@ -2,10 +2,12 @@
 //!
 //! Creates a demo home when there is none, imports the datasets its projects ship
 //! (`projects/KEY/data/NAME.csv` for a declared dataset that no recipe builds), starts its
-//! daemon in this process (or uses the one already running), runs the recipes in dependency
-//! order (a dataset's producer before its readers), and prints a few rows of every dataset they
-//! wrote. Recipes that run in containers run with `--containers`, after their images are
-//! built; without it, one line says what was left out and how to run it.
+//! daemon in this process (or uses the one already running), runs the recipes that write no
+//! dataset, then *builds* the datasets of each project in one job (`capstan build`: each
+//! recipe after those it reads from, only what is out of date), and prints a few rows of every
+//! dataset the build wrote. Run again, it builds nothing. Recipes that run in containers run
+//! with `--containers`, after their images are built; without it, one line says what was left
+//! out and how to run it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -91,12 +93,18 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
         // Datasets no run of this quickstart can give a reader: their producer was left out
         // or failed.
         let mut unavailable: BTreeSet<&str> = BTreeSet::new();
+        // The datasets this quickstart can build, for one build of the project.
+        let mut targets: Vec<String> = Vec::new();
         for r in flow::order(p) {
             let target = format!("{}/{}", p.key, r.name);
             let plan = plan(&home, p, r, images_ok, &store, &unavailable);
             if let Plan::Skip(why) = plan {
                 skipped.push(format!("{target}: {why}"));
                 unavailable.extend(r.outputs.iter().map(|o| o.value.as_str()));
+                continue;
+            }
+            if !r.outputs.is_empty() {
+                targets.extend(r.outputs.iter().map(|o| o.value.clone()));
                 continue;
             }
             println!();
@@ -117,9 +125,11 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
                 );
                 continue;
             }
-            for o in &r.outputs {
-                show_result(&store, &p.key, &o.value);
-            }
+        }
+        if !targets.is_empty() {
+            let (built, build_failed) = build_project(&client, &root, p, &targets, &store).await?;
+            ran += built;
+            failed += build_failed;
         }
     }
     if let Some(d) = daemon {
@@ -312,7 +322,7 @@ async fn run_one(client: &Client, target: &str) -> anyhow::Result<serde_json::Va
     let job = submit(client, &args).await?;
     let id = job["id"].as_i64().unwrap_or(0);
     client
-        .logs(id, true, |l| {
+        .logs(id, true, None, |l| {
             if !l.stderr {
                 say!("  | {}", l.text);
             }
@@ -320,6 +330,56 @@ async fn run_one(client: &Client, target: &str) -> anyhow::Result<serde_json::Va
         })
         .await?;
     wait_final(client, id).await
+}
+
+/// Builds `targets` of project `p` in one job, following its activities; returns how many
+/// activities ran and how many of them failed.
+async fn build_project(
+    client: &Client,
+    root: &Path,
+    p: &Project,
+    targets: &[String],
+    store: &ParquetStore,
+) -> anyhow::Result<(usize, usize)> {
+    println!();
+    println!("==> capstan build {}", {
+        let t: Vec<String> = targets.iter().map(|t| format!("{}/{t}", p.key)).collect();
+        t.join(" ")
+    });
+    let answer = client
+        .post(
+            &format!("/api/v1/projects/{}/builds", p.key),
+            &serde_json::json!({"targets": targets}),
+        )
+        .await?;
+    crate::flows::print_plan(&answer)?;
+    let Some(id) = answer["job"]["id"].as_i64() else {
+        println!("  everything is up to date: nothing to run");
+        return Ok((0, 0));
+    };
+    let job = crate::flows::watch(client, id, true).await?;
+    println!("{}", crate::flows::build_summary(&job));
+    let mut failed = 0;
+    let acts = job["activities"].as_array().cloned().unwrap_or_default();
+    for a in &acts {
+        if a["state"] != "succeeded" {
+            failed += 1;
+            continue;
+        }
+        let recipe = a["recipe"].as_str().unwrap_or("");
+        if let Some(r) = p.recipes.get(recipe) {
+            for o in &r.outputs {
+                show_result(store, &p.key, &o.value);
+            }
+        }
+    }
+    if failed > 0 {
+        println!(
+            "  the logs: capstan --home {} logs {id} --activity RECIPE",
+            root.display()
+        );
+    }
+    Ok((acts.len(), failed))
 }
 
 /// A few rows of a dataset a recipe wrote.

@@ -8,10 +8,13 @@
 //! ones that never started are queued again — nothing is lost and nothing runs twice.
 
 pub mod backend;
+pub mod build;
 pub mod diagnose;
+mod drive;
 mod home_cache;
 pub mod record;
 mod scheduler;
+pub mod schedules;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,15 +24,12 @@ use capstan_core::job::JobState;
 use capstan_core::model::{ExecKind, Home, Permission};
 use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve};
 use capstan_store::{ActivityRow, EventRow, JobFilter, JobRow, NewJob, Outcome, Store, StoreError};
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{
-    ActivityControl, ActivityEvent, ActivityOutcome, ActivitySpec, Backend, Resumed, Usage,
-};
+use crate::backend::{ActivitySpec, Backend, Usage};
 use crate::home_cache::HomeCache;
 use crate::scheduler::{SchedMsg, Slot};
 
@@ -68,13 +68,6 @@ pub enum EngineError {
     },
 }
 
-/// How a job's work ended.
-enum Done {
-    Outcome(ActivityOutcome),
-    /// It had never started (found so after a restart): run it again.
-    Requeue,
-}
-
 /// The text of a caught panic.
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
@@ -102,8 +95,8 @@ struct Running {
     reason: Option<String>,
     /// Set when the job's end is decided: a cancel after that is too late.
     closed: bool,
-    /// What runs it, once known (for `job show`'s live usage).
-    work: Option<(Arc<ActivitySpec>, Arc<dyn Backend>)>,
+    /// What runs each of its activities now, by index (for `job show`'s live usage).
+    work: std::collections::BTreeMap<i64, (Arc<ActivitySpec>, Arc<dyn Backend>)>,
 }
 
 impl Running {
@@ -239,6 +232,7 @@ impl Engine {
             exec_config: resolution.exec_config.value.clone(),
             cluster: resolution.cluster.value.clone(),
             kind: kind.as_str().to_string(),
+            build: None,
         })?;
         tracing::info!(job_id = job.id, project, recipe, user = %caller.name, "job queued");
         let _ = self.inner.sched.send(SchedMsg::Queued(Slot::of(&job)));
@@ -271,7 +265,7 @@ impl Engine {
         };
         let running = {
             let map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(&id).and_then(|r| r.work.clone())
+            map.get(&id).and_then(|r| r.work.values().next().cloned())
         };
         let usage = match running {
             Some((spec, backend)) if job.state == JobState::Running => backend.usage(&spec).await,
@@ -302,29 +296,44 @@ impl Engine {
         Ok(self.store().jobs(&filter)?)
     }
 
-    /// The log file of a job's (latest) activity, and whether the job is over.
+    /// The log file of a job's activity (of `recipe`, in a build; else its first), and
+    /// whether that activity is over.
     pub fn log_file(
         &self,
         caller: &Caller,
         id: i64,
+        recipe: Option<&str>,
     ) -> Result<(Option<PathBuf>, bool), EngineError> {
         let job = self.job(caller, id)?;
         let acts = self.store().activities(id)?;
-        let path = acts
-            .first()
+        let act = match recipe {
+            None => acts.first(),
+            Some(r) => Some(acts.iter().find(|a| a.recipe == r).ok_or_else(|| {
+                let names: Vec<&str> = acts.iter().map(|a| a.recipe.as_str()).collect();
+                EngineError::NotFound(format!(
+                    "job {id} has no activity `{r}` (its activities: {})",
+                    names.join(", ")
+                ))
+            })?),
+        };
+        let path = act
             .and_then(|a| a.dir.as_ref())
             .map(|d| PathBuf::from(d).join("log"));
-        Ok((path, job.state.is_final()))
+        let over = if job.is_build() {
+            act.is_none_or(|a| a.state.is_final()) || job.state.is_final()
+        } else {
+            job.state.is_final()
+        };
+        Ok((path, over))
     }
 
-    /// The current attempt of a job's activity.
-    pub fn activity_attempt(&self, job_id: i64, idx: i64) -> Option<i64> {
+    /// One activity of a job, as recorded now.
+    pub fn activity(&self, job_id: i64, idx: i64) -> Option<ActivityRow> {
         self.store()
             .activities(job_id)
             .ok()?
             .into_iter()
             .find(|a| a.idx == idx)
-            .map(|a| a.attempt)
     }
 
     pub fn state_of(&self, id: i64) -> Result<Option<JobState>, EngineError> {
@@ -398,389 +407,6 @@ impl Engine {
             }
             self.inner.tasks.close();
             self.inner.tasks.wait().await;
-        }
-    }
-
-    /// Builds the spec of a job's activity from the current home.
-    fn spec_for(
-        &self,
-        job: &JobRow,
-        attempt: i64,
-        dir: PathBuf,
-    ) -> Result<(ActivitySpec, ExecKind), String> {
-        let home = self.inner.home.current();
-        let request = record::request_from_json(&job.request_json);
-        let r: Resolution = resolve(&home, &job.project, &job.recipe, &request).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            format!(
-                "the configuration changed since the job was queued and it no longer resolves: {}",
-                list.join("; ")
-            )
-        })?;
-        let mut spec = spec_from(&home, &self.inner.root, &r, job.id, attempt, dir);
-        spec.user = job.user.clone();
-        let kind = spec.kind;
-        Ok((spec, kind))
-    }
-
-    fn activity_dir(&self, job_id: i64, idx: i64, attempt: i64) -> PathBuf {
-        self.inner
-            .jobs_dir
-            .join(job_id.to_string())
-            .join(format!("a{idx}-{attempt}"))
-    }
-
-    fn finish(&self, job_id: i64, outcome: &ActivityOutcome, message: Option<&str>) {
-        let from = [
-            JobState::Queued,
-            JobState::Preparing,
-            JobState::Starting,
-            JobState::Running,
-        ];
-        let message = message.or(outcome.diagnosis.as_deref());
-        let result = self.store().transition(
-            job_id,
-            &from,
-            outcome.state,
-            message,
-            &Outcome {
-                exit_code: outcome.exit_code,
-                signal: outcome.signal,
-                diagnosis: outcome.diagnosis.clone(),
-                peak_memory_bytes: outcome.peak_memory_bytes.map(|b| b as i64),
-                cpu_time_ms: outcome.cpu_time_ms.map(|c| c as i64),
-            },
-        );
-        match result {
-            Ok(_) => tracing::info!(job_id, state = %outcome.state, "job finished"),
-            Err(error) => tracing::error!(job_id, %error, "cannot record the end of a job"),
-        }
-    }
-
-    /// Decides how a job ends: closes its entry, so that a later cancel is refused rather than
-    /// lost, and turns the outcome into `cancelled` when a cancel was accepted before — whatever
-    /// the work did meanwhile. Returns the cancel's reason with the outcome.
-    fn close(&self, job_id: i64, outcome: ActivityOutcome) -> (ActivityOutcome, Option<String>) {
-        let reason = {
-            let mut map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-            map.get_mut(&job_id).and_then(|r| {
-                r.closed = true;
-                r.reason.clone()
-            })
-        };
-        let Some(why) = reason else {
-            return (outcome, None);
-        };
-        let outcome = ActivityOutcome {
-            state: JobState::Cancelled,
-            diagnosis: Some(why.clone()),
-            // What it used until it was stopped is still worth knowing.
-            ..outcome
-        };
-        (outcome, Some(why))
-    }
-
-    /// Ends a job that never reached its backend's work (a failed check, or a cancel).
-    fn end_early(&self, job_id: i64, outcome: ActivityOutcome) {
-        let (outcome, why) = self.close(job_id, outcome);
-        self.finish(job_id, &outcome, why.as_deref());
-    }
-
-    /// Runs (or, with `resume`, re-attaches) one claimed job to its end. Returns true if the
-    /// job went back to the queue because it had never started.
-    async fn drive(&self, job: JobRow, resume: Option<ActivityRow>) -> bool {
-        let job_id = job.id;
-        let cancel = CancellationToken::new();
-        {
-            // Registered before anything else, under the lock cancel takes: a cancel accepted
-            // since the claim (or before a restart) is in the database, and is honoured now.
-            let mut map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-            let mut entry = Running {
-                cancel: cancel.clone(),
-                reason: None,
-                closed: false,
-                work: None,
-            };
-            match self.store().cancel_requested(job_id) {
-                Ok(Some(why)) => entry.cancel(why),
-                Ok(None) => {}
-                Err(error) => tracing::error!(job_id, %error, "cannot read a job's cancel request"),
-            }
-            map.insert(job_id, entry);
-        }
-        let requeued = self.drive_registered(job, resume, cancel).await;
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job_id);
-        requeued
-    }
-
-    async fn drive_registered(
-        &self,
-        job: JobRow,
-        resume: Option<ActivityRow>,
-        cancel: CancellationToken,
-    ) -> bool {
-        let job_id = job.id;
-        let (attempt, dir, backend_ref) = match &resume {
-            Some(a) => (
-                a.attempt,
-                a.dir.clone().map(PathBuf::from),
-                a.backend_ref.clone(),
-            ),
-            None => {
-                let attempt = self
-                    .store()
-                    .activities(job_id)
-                    .ok()
-                    .and_then(|a| a.first().map(|a| a.attempt))
-                    .unwrap_or(0);
-                (attempt, None, None)
-            }
-        };
-        // Cancelled before anything started: nothing to stop, nothing to start.
-        if resume.is_none() && cancel.is_cancelled() {
-            self.end_early(job_id, ActivityOutcome::cancelled());
-            return false;
-        }
-        let dir = dir.unwrap_or_else(|| self.activity_dir(job_id, 0, attempt));
-        let (spec, kind) = match self.spec_for(&job, attempt, dir.clone()) {
-            Ok(s) => s,
-            Err(diagnosis) if resume.is_none() => {
-                self.end_early(job_id, ActivityOutcome::failed(diagnosis));
-                return false;
-            }
-            Err(_) => {
-                // Resuming: the work exists whatever the configuration says now, so find it
-                // with what we know.
-                let kind = ExecKind::parse(&job.kind).unwrap_or(ExecKind::Local);
-                (self.minimal_spec(&job, attempt, dir.clone(), kind), kind)
-            }
-        };
-        let Some(backend) = self.backend(kind) else {
-            self.end_early(
-                job_id,
-                ActivityOutcome::failed(format!("no backend for {kind} execution in this daemon")),
-            );
-            return false;
-        };
-        let mut spec = spec;
-        if let Some(dp) = &self.inner.data_plane {
-            // Checked before anything starts: a missing input would otherwise fail the recipe
-            // deep inside its framework (Spark's PATH_NOT_FOUND), after its start-up time.
-            if resume.is_none()
-                && let Some(input) = spec.inputs.iter().find(|i| !dp.has_data(&spec.project, i))
-            {
-                let why = diagnose::missing_input(&self.inner.home.current(), &spec.project, input);
-                self.end_early(job_id, ActivityOutcome::failed(why));
-                return false;
-            }
-            match dp.grant(&spec).await {
-                Ok(access) => spec.data = access,
-                Err(why) if resume.is_none() => {
-                    self.end_early(job_id, ActivityOutcome::failed(why));
-                    return false;
-                }
-                // Re-attaching: the container already has its address.
-                Err(_) => {}
-            }
-        }
-        let spec = Arc::new(spec);
-        if resume.is_none() {
-            if let Err(error) = std::fs::create_dir_all(&spec.dir) {
-                self.end_early(
-                    job_id,
-                    ActivityOutcome::failed(format!(
-                        "cannot create the activity folder {}: {error}",
-                        spec.dir.display()
-                    )),
-                );
-                return false;
-            }
-            let d = spec.dir.display().to_string();
-            if let Err(error) = self
-                .store()
-                .set_activity_location(job_id, 0, Some(&d), None, false)
-            {
-                tracing::error!(job_id, %error, "cannot record the activity folder");
-            }
-        }
-        if let Some(r) = self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&job_id)
-        {
-            r.work = Some((spec.clone(), backend.clone()));
-        }
-
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let ctl = ActivityControl {
-            cancel: cancel.clone(),
-            events: tx,
-        };
-        let work = async {
-            match &resume {
-                None => Done::Outcome(backend.run(&spec, ctl).await),
-                Some(_) => match backend.resume(&spec, backend_ref.as_deref(), ctl).await {
-                    Resumed::Finished(o) => Done::Outcome(o),
-                    Resumed::NeverStarted => Done::Requeue,
-                },
-            }
-        };
-        // A panic in a backend must not leave the job unfinished, its slot taken and its
-        // container running: it becomes a failure, and the work is stopped below.
-        let work = std::panic::AssertUnwindSafe(work).catch_unwind();
-        tokio::pin!(work);
-        let done = loop {
-            tokio::select! {
-                biased;
-                Some(ev) = rx.recv() => self.apply_event(job_id, ev),
-                done = &mut work => {
-                    while let Ok(ev) = rx.try_recv() {
-                        self.apply_event(job_id, ev);
-                    }
-                    break done;
-                }
-            }
-        };
-        let done = match done {
-            Ok(done) => done,
-            Err(panic) => {
-                let what = panic_message(&panic);
-                tracing::error!(job_id, panic = %what, "a backend task panicked");
-                self.stop_after_panic(&spec, &backend).await;
-                Done::Outcome(ActivityOutcome::failed(format!(
-                    "internal error in capstan's {kind} backend ({what}); the job's work was stopped. Please report this as a bug."
-                )))
-            }
-        };
-        match done {
-            Done::Outcome(outcome) => {
-                let (mut outcome, why) = self.close(job_id, outcome);
-                // Outputs become visible only with success: a failed, cancelled or timed-out
-                // activity leaves the previous versions in place.
-                if let Some(dp) = &self.inner.data_plane {
-                    match dp.end(&spec, outcome.state == JobState::Succeeded) {
-                        Ok(io) => {
-                            if let Err(error) = self
-                                .store()
-                                .set_io(job_id, &record::io_json(&io).to_string())
-                            {
-                                tracing::error!(job_id, %error, "cannot record the rows a job read and wrote");
-                            }
-                        }
-                        Err(why) => {
-                            outcome = ActivityOutcome::failed(format!(
-                                "the recipe succeeded, but its outputs could not be committed: {why}"
-                            ));
-                        }
-                    }
-                }
-                self.finish(job_id, &outcome, why.as_deref());
-                false
-            }
-            Done::Requeue if cancel.is_cancelled() => {
-                // It never started, and it was cancelled meanwhile: it stays that way.
-                self.end_early(job_id, ActivityOutcome::cancelled());
-                false
-            }
-            Done::Requeue => {
-                let next = attempt + 1;
-                let requeued = {
-                    let mut store = self.store();
-                    let _ = store.set_activity_location(job_id, 0, None, None, true);
-                    store.transition(
-                        job_id,
-                        &[JobState::Preparing, JobState::Starting],
-                        JobState::Queued,
-                        Some("requeued: it had not started when the previous daemon stopped"),
-                        &Outcome::default(),
-                    )
-                };
-                tracing::info!(job_id, attempt = next, "job requeued after restart");
-                matches!(requeued, Ok(true))
-            }
-        }
-    }
-
-    /// After a backend panicked: finds the activity's work again the way a restarted daemon
-    /// would, with a cancelled token, so that the backend stops and removes it.
-    async fn stop_after_panic(&self, spec: &ActivitySpec, backend: &Arc<dyn Backend>) {
-        let backend_ref = self
-            .store()
-            .activities(spec.job_id)
-            .ok()
-            .and_then(|a| a.into_iter().next())
-            .and_then(|a| a.backend_ref);
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let ctl = ActivityControl {
-            cancel: CancellationToken::new(),
-            events: tx,
-        };
-        ctl.cancel.cancel();
-        let stop = std::panic::AssertUnwindSafe(backend.resume(spec, backend_ref.as_deref(), ctl))
-            .catch_unwind();
-        if tokio::time::timeout(std::time::Duration::from_secs(120), stop)
-            .await
-            .is_err()
-        {
-            tracing::error!(
-                job_id = spec.job_id,
-                "could not stop the work of a job whose backend panicked"
-            );
-        }
-    }
-
-    /// What is known of an activity without resolving its job: enough to find its work again.
-    fn minimal_spec(
-        &self,
-        job: &JobRow,
-        attempt: i64,
-        dir: PathBuf,
-        kind: ExecKind,
-    ) -> ActivitySpec {
-        ActivitySpec {
-            project: job.project.clone(),
-            recipe: job.recipe.clone(),
-            user: job.user.clone(),
-            exec_config: job.exec_config.clone(),
-            cluster: job.cluster.clone(),
-            ..ActivitySpec::bare(job.id, attempt, dir, self.inner.root.clone(), kind)
-        }
-    }
-
-    fn apply_event(&self, job_id: i64, ev: ActivityEvent) {
-        let mut store = self.store();
-        let result = match ev {
-            ActivityEvent::Starting => store
-                .transition(
-                    job_id,
-                    &[JobState::Preparing],
-                    JobState::Starting,
-                    None,
-                    &Outcome::default(),
-                )
-                .map(|_| ()),
-            ActivityEvent::Started { backend_ref } => {
-                store.set_activity_location(job_id, 0, None, Some(&backend_ref), false)
-            }
-            ActivityEvent::Waiting(message) => store.note(job_id, &message),
-            ActivityEvent::Running => store
-                .transition(
-                    job_id,
-                    &[JobState::Preparing, JobState::Starting],
-                    JobState::Running,
-                    None,
-                    &Outcome::default(),
-                )
-                .map(|_| ()),
-        };
-        if let Err(error) = result {
-            tracing::error!(job_id, %error, "cannot record a job's progress");
         }
     }
 }
@@ -962,9 +588,16 @@ pub trait DataPlane: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<backend::DataAccess>, String>>;
     /// Whether a project's dataset has data to read (a committed version).
     fn has_data(&self, project: &str, dataset: &str) -> bool;
-    /// Commits the activity's staged outputs when it succeeded, discards them otherwise, and
-    /// returns the rows it read and wrote.
-    fn end(&self, spec: &ActivitySpec, succeeded: bool) -> Result<IoSummary, String>;
+    /// A dataset's current version and what wrote it (what builds decide staleness from).
+    fn state(&self, project: &str, dataset: &str) -> capstan_core::flow::DatasetState;
+    /// Commits the activity's staged outputs, each with `provenance`, when it succeeded,
+    /// discards them otherwise, and returns the rows it read and wrote.
+    fn end(
+        &self,
+        spec: &ActivitySpec,
+        succeeded: bool,
+        provenance: &capstan_core::flow::Provenance,
+    ) -> Result<IoSummary, String>;
 }
 
 /// Returned by [`Engine::open`]; starting it recovers the previous daemon's jobs and runs the
@@ -977,7 +610,9 @@ pub struct EngineStarter {
 impl EngineStarter {
     /// Recovers and starts scheduling. Must be called inside a tokio runtime.
     pub fn start(self) -> Result<RecoveryReport, EngineError> {
-        scheduler::start(self.engine, self.rx)
+        let report = scheduler::start(self.engine.clone(), self.rx)?;
+        schedules::start(self.engine);
+        Ok(report)
     }
 }
 

@@ -169,3 +169,39 @@ pub fn request_from_json(text: &str) -> capstan_core::resolve::RunRequest {
             .unwrap_or_default(),
     }
 }
+
+/// What an activity's outputs record as read and as defining them, fixed at its start.
+pub fn provenance_json(
+    inputs: &std::collections::BTreeMap<String, u64>,
+    definition: &capstan_core::flow::Definition,
+) -> Value {
+    json!({"inputs": inputs, "definition": definition})
+}
+
+/// The inverse of [`provenance_json`]; what does not read is left out (and so reads as stale).
+pub fn provenance_from_json(
+    text: &str,
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    capstan_core::flow::Definition,
+) {
+    let v: Value = serde_json::from_str(text).unwrap_or_default();
+    let inputs = v["inputs"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, n)| n.as_u64().map(|n| (k.clone(), n)))
+        .collect();
+    let definition = v["definition"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, h)| h.as_str().map(|h| (k.clone(), h.to_string())))
+        .collect();
+    (inputs, definition)
+}
+
+/// A build's targets and mode, as stored with its job.
+pub fn build_json(targets: &[String], mode: capstan_core::flow::BuildMode) -> Value {
+    json!({"targets": targets, "mode": mode.as_str()})
+}

@@ -1,15 +1,17 @@
 //! The scheduler: first come, first served within the `max_concurrent` of each execution
 //! configuration, cluster and Spark configuration.
 //!
-//! It owns the in-memory queue (a mirror of the queued jobs, in id order) and the counts of
-//! active jobs; the database stays the truth, and every claim is a compare-and-set in it, so a
-//! job cancelled while queued is simply skipped.
+//! It owns the in-memory queue (a mirror of the queued jobs, in id order, and of the activities
+//! of running builds waiting for a slot, after their job) and the counts of active work; the
+//! database stays the truth, and every claim of a job is a compare-and-set in it, so a job
+//! cancelled while queued is simply skipped. A build's job takes no slot itself: each of its
+//! activities takes one of its own configuration's when it is ready to run.
 
 use std::collections::{BTreeMap, HashMap};
 
 use capstan_core::job::JobState;
-use capstan_store::{JobRow, Outcome};
-use tokio::sync::mpsc;
+use capstan_store::{ActivityRow, JobRow, Outcome};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::ActivityKey;
 use crate::{Engine, EngineError, RecoveryReport};
@@ -17,26 +19,42 @@ use crate::{Engine, EngineError, RecoveryReport};
 #[derive(Clone, Debug)]
 pub(crate) struct Slot {
     id: i64,
+    /// The activity's index in its build; -1 for a job's own slot.
+    idx: i64,
     exec_config: Option<String>,
     cluster: Option<String>,
     spark_config: Option<String>,
 }
 
+/// The Spark configuration of a stored resolution (it has no column of its own).
+fn spark_config_of(resolution_json: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(resolution_json)
+        .ok()
+        .and_then(|r| {
+            r["settings"]["spark_config"]["value"]
+                .as_str()
+                .map(String::from)
+        })
+}
+
 impl Slot {
     pub(crate) fn of(job: &JobRow) -> Slot {
-        // The Spark configuration is in the job's resolution (it has no column of its own).
-        let spark_config = serde_json::from_str::<serde_json::Value>(&job.resolution_json)
-            .ok()
-            .and_then(|r| {
-                r["settings"]["spark_config"]["value"]
-                    .as_str()
-                    .map(String::from)
-            });
         Slot {
             id: job.id,
+            idx: -1,
             exec_config: job.exec_config.clone(),
             cluster: job.cluster.clone(),
-            spark_config,
+            spark_config: spark_config_of(&job.resolution_json),
+        }
+    }
+
+    pub(crate) fn of_activity(act: &ActivityRow) -> Slot {
+        Slot {
+            id: act.job_id,
+            idx: act.idx,
+            exec_config: act.exec_config.clone(),
+            cluster: act.cluster.clone(),
+            spark_config: act.resolution_json.as_deref().and_then(spark_config_of),
         }
     }
 }
@@ -45,6 +63,24 @@ pub(crate) enum SchedMsg {
     Queued(Slot),
     Finished(Slot),
     Requeued(Slot),
+    /// An activity of a running build waits for a slot; granted by sending on the channel.
+    Wants(Slot, oneshot::Sender<()>),
+    /// An activity re-attached after a restart holds its slot already.
+    Hold(Slot),
+}
+
+/// What waits in the queue: a job to claim, or a build's activity to grant a slot to.
+enum Waiter {
+    Job(Slot),
+    Activity(Slot, oneshot::Sender<()>),
+}
+
+impl Waiter {
+    fn slot(&self) -> &Slot {
+        match self {
+            Waiter::Job(s) | Waiter::Activity(s, _) => s,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -84,7 +120,10 @@ pub(crate) fn start(
         queued: queued.len(),
         reattached: active.len(),
     };
-    let mut queue: BTreeMap<i64, Slot> = queued.iter().map(|j| (j.id, Slot::of(j))).collect();
+    let mut queue: BTreeMap<(i64, i64), Waiter> = queued
+        .iter()
+        .map(|j| ((j.id, -1), Waiter::Job(Slot::of(j))))
+        .collect();
     let mut counts = Counts::default();
     let active_ids: Vec<i64> = active.iter().map(|j| j.id).collect();
     for job in active {
@@ -92,9 +131,9 @@ pub(crate) fn start(
         counts.add(&slot, 1);
         let activity = engine.store().activities(job.id)?.into_iter().next();
         match activity {
-            Some(a) => {
+            Some(_) => {
                 tracing::info!(job_id = job.id, state = %job.state, "re-attaching a job of the previous daemon");
-                spawn_drive(&engine, job, Some(a), slot);
+                spawn_drive(&engine, job, true, slot);
             }
             None => {
                 // A job without an activity row cannot have run anything.
@@ -140,13 +179,17 @@ pub(crate) fn start(
             };
             let mut handle = |m: SchedMsg| match m {
                 SchedMsg::Queued(s) => {
-                    queue.insert(s.id, s);
+                    queue.insert((s.id, s.idx), Waiter::Job(s));
                 }
                 SchedMsg::Finished(s) => counts.add(&s, -1),
                 SchedMsg::Requeued(s) => {
                     counts.add(&s, -1);
-                    queue.insert(s.id, s);
+                    queue.insert((s.id, s.idx), Waiter::Job(s));
                 }
+                SchedMsg::Wants(s, grant) => {
+                    queue.insert((s.id, s.idx), Waiter::Activity(s, grant));
+                }
+                SchedMsg::Hold(s) => counts.add(&s, 1),
             };
             handle(msg);
             // Take everything that is waiting before dispatching again: a burst of 1,000
@@ -160,7 +203,7 @@ pub(crate) fn start(
     Ok(report)
 }
 
-fn dispatch(engine: &Engine, queue: &mut BTreeMap<i64, Slot>, counts: &mut Counts) {
+fn dispatch(engine: &Engine, queue: &mut BTreeMap<(i64, i64), Waiter>, counts: &mut Counts) {
     if queue.is_empty() || engine.inner.shutdown.is_cancelled() {
         return;
     }
@@ -191,8 +234,10 @@ fn dispatch(engine: &Engine, queue: &mut BTreeMap<i64, Slot>, counts: &mut Count
         })
     };
     let mut claimed = Vec::new();
+    let mut granted = Vec::new();
     let mut gone = Vec::new();
-    for (id, slot) in queue.iter() {
+    for (key, waiter) in queue.iter() {
+        let slot = waiter.slot();
         if full(
             limit_exec(&slot.exec_config),
             &slot.exec_config,
@@ -208,6 +253,12 @@ fn dispatch(engine: &Engine, queue: &mut BTreeMap<i64, Slot>, counts: &mut Count
         ) {
             continue;
         }
+        if let Waiter::Activity(..) = waiter {
+            counts.add(slot, 1);
+            granted.push(*key);
+            continue;
+        }
+        let id = &key.0;
         let claim = engine.store().transition(
             *id,
             &[JobState::Queued],
@@ -218,36 +269,39 @@ fn dispatch(engine: &Engine, queue: &mut BTreeMap<i64, Slot>, counts: &mut Count
         match claim {
             Ok(true) => {
                 counts.add(slot, 1);
-                claimed.push(*id);
+                claimed.push(*key);
             }
             // Cancelled (or otherwise moved on) while queued.
-            Ok(false) => gone.push(*id),
+            Ok(false) => gone.push(*key),
             Err(error) => {
                 tracing::error!(job_id = id, %error, "cannot claim a job");
                 break;
             }
         }
     }
-    for id in gone {
-        queue.remove(&id);
+    for key in gone {
+        queue.remove(&key);
     }
-    for id in claimed {
-        let Some(slot) = queue.remove(&id) else {
+    for key in granted {
+        if let Some(Waiter::Activity(slot, grant)) = queue.remove(&key)
+            && grant.send(()).is_err()
+        {
+            // Its build was cancelled while it waited.
+            counts.add(&slot, -1);
+        }
+    }
+    for key in claimed {
+        let Some(Waiter::Job(slot)) = queue.remove(&key) else {
             continue;
         };
-        match engine.store().job(id) {
-            Ok(Some(job)) => spawn_drive(engine, job, None, slot),
+        match engine.store().job(key.0) {
+            Ok(Some(job)) => spawn_drive(engine, job, false, slot),
             _ => counts.add(&slot, -1),
         }
     }
 }
 
-fn spawn_drive(
-    engine: &Engine,
-    job: JobRow,
-    resume: Option<capstan_store::ActivityRow>,
-    slot: Slot,
-) {
+fn spawn_drive(engine: &Engine, job: JobRow, resume: bool, slot: Slot) {
     let e = engine.clone();
     engine.inner.tasks.spawn(async move {
         let requeued = e.drive(job, resume).await;

@@ -237,7 +237,16 @@ impl DataPlane for DataPlaneImpl {
         matches!(self.store.info(project, dataset), Ok(Some(_)))
     }
 
-    fn end(&self, spec: &ActivitySpec, succeeded: bool) -> Result<IoSummary, String> {
+    fn state(&self, project: &str, dataset: &str) -> capstan_data::DatasetState {
+        self.store.state(project, dataset)
+    }
+
+    fn end(
+        &self,
+        spec: &ActivitySpec,
+        succeeded: bool,
+        provenance: &capstan_data::Provenance,
+    ) -> Result<IoSummary, String> {
         let id = ActivityId {
             job: spec.job_id,
             idx: spec.idx,
@@ -246,7 +255,7 @@ impl DataPlane for DataPlaneImpl {
         for output in &spec.outputs {
             if succeeded {
                 self.store
-                    .commit(&spec.project, output, &id.stage())
+                    .commit(&spec.project, output, &id.stage(), provenance)
                     .map_err(|e| format!("dataset `{output}`: {e}"))?;
             } else {
                 self.store.discard(&spec.project, output, &id.stage());
@@ -300,18 +309,24 @@ impl FromRequestParts<AppState> for Principal {
         let job = engine
             .job(&system, id.job)
             .map_err(|_| expired(format!("token of job {}, which does not exist", id.job)))?;
-        let attempt = engine.activity_attempt(id.job, id.idx);
-        let live = matches!(job.state, JobState::Starting | JobState::Running)
-            && attempt == Some(id.attempt);
+        let act = engine.activity(id.job, id.idx);
+        // A build's activities have states of their own; a run's activity is its job's.
+        let state = match &act {
+            Some(a) if job.is_build() => a.state,
+            _ => job.state,
+        };
+        let live = matches!(state, JobState::Starting | JobState::Running)
+            && act.as_ref().map(|a| a.attempt) == Some(id.attempt);
         if !live {
             return Err(expired(format!(
-                "token expired: activity {}-{} of job {} has ended ({})",
-                id.job, id.idx, id.job, job.state
+                "token expired: activity {}-{} of job {} has ended ({state})",
+                id.job, id.idx, id.job
             )));
         }
+        let recipe = act.map_or(job.recipe, |a| a.recipe);
         let home = engine.home();
         let (inputs, outputs) = home
-            .recipe(&job.project, &job.recipe)
+            .recipe(&job.project, &recipe)
             .map(|(_, r)| {
                 (
                     r.inputs.iter().map(|i| i.value.clone()).collect(),
@@ -322,7 +337,7 @@ impl FromRequestParts<AppState> for Principal {
         Ok(Principal::Activity {
             id,
             project: job.project,
-            recipe: job.recipe,
+            recipe,
             inputs,
             outputs,
         })
@@ -901,6 +916,10 @@ pub async fn write_data(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let activity = principal.allow(&s, &project, &dataset, true)?;
+    let uploader = match &principal {
+        Principal::User(c) => c.name.clone(),
+        Principal::Activity { .. } => String::new(),
+    };
     let declared = known_dataset(&s, &project, &dataset)?;
     let csv = upload_is_csv(&headers)?;
     // An activity's output is staged until the activity succeeds; a user's write is
@@ -963,8 +982,24 @@ pub async fn write_data(
         };
         if csv {
             // CSV goes through the same checked import as `capstan dataset import`, from a
-            // file only this daemon's user can read. No message names it.
-            let tmp = std::env::temp_dir().join(format!("capstan-upload-{st}.csv"));
+            // file only this daemon's user can read, in the instance's own state (the stage
+            // names an activity of this instance: another instance's uploads never meet it).
+            // No message names it.
+            let uploads = data.engine.root().join("state").join("uploads");
+            let made = {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&uploads)
+            };
+            if let Err(e) = made {
+                return Err(ApiError::internal(
+                    format!("cannot store the upload: {}", crate::io_kind(&e)),
+                    &format_args!("{}: {e}", uploads.display()),
+                ));
+            }
+            let tmp = uploads.join(format!("{st}.csv"));
             let limits = capstan_data::csv_import::ImportLimits::of(&data.engine.home());
             let result = (|| {
                 spool(&mut reader, &tmp, limits.max_file_bytes)?;
@@ -1027,8 +1062,21 @@ pub async fn write_data(
         None => s
             .data
             .store
-            .commit(&project, &dataset, &stage)
-            .map_err(ApiError::from)?,
+            .commit(
+                &project,
+                &dataset,
+                &stage,
+                &capstan_data::Provenance {
+                    written_by: capstan_data::WrittenBy::Import {
+                        user: uploader,
+                        file: None,
+                    },
+                    inputs: Default::default(),
+                    definition: Default::default(),
+                },
+            )
+            .map_err(ApiError::from)?
+            .is_some(),
     };
     Ok(Json(
         json!({"project": project, "dataset": dataset, "rows": rows, "committed": committed}),

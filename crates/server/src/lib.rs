@@ -28,9 +28,11 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use bytes::Bytes;
+use capstan_core::flow::BuildMode;
 use capstan_core::job::JobState;
 use capstan_core::quantity::Duration as CDuration;
 use capstan_core::resolve::RunRequest;
+use capstan_engine::build::BuildRequest;
 use capstan_engine::record;
 use capstan_engine::{Caller, Engine, EngineError, JobDetail};
 use capstan_store::{JobFilter, JobRow};
@@ -83,6 +85,8 @@ fn endpoints() -> Vec<Endpoint> {
         at(Method::GET, "/api/v1/jobs/{id}", show_job),
         at(Method::POST, "/api/v1/jobs/{id}/cancel", cancel),
         at(Method::GET, "/api/v1/jobs/{id}/logs", logs),
+        at(Method::POST, "/api/v1/projects/{project}/builds", build),
+        at(Method::GET, "/api/v1/schedules", list_schedules),
         at(
             Method::GET,
             "/api/v1/projects/{project}/datasets",
@@ -583,18 +587,35 @@ fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
     let obj = v
         .as_object()
         .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
-    const FIELDS: [&str; 8] = [
-        "project",
-        "recipe",
-        "exec_config",
-        "cluster",
-        "spark_config",
-        "code_env",
-        "timeout",
-        "env",
-    ];
-    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        let hint = capstan_core::suggest(k, FIELDS)
+    let (project, recipe, request) = parse_request(obj, &["project", "recipe"])?;
+    let missing = |k: &str| ApiError::bad_request(format!("missing field `{k}`"));
+    Ok((
+        project.ok_or_else(|| missing("project"))?,
+        recipe.ok_or_else(|| missing("recipe"))?,
+        request,
+    ))
+}
+
+/// The run settings of a submission or a build (and `project` and `recipe` where `leading`
+/// allows them), refusing fields not in `leading` or the settings.
+fn parse_request(
+    obj: &serde_json::Map<String, Value>,
+    leading: &[&'static str],
+) -> Result<(Option<String>, Option<String>, RunRequest), ApiError> {
+    let fields: Vec<&str> = leading
+        .iter()
+        .copied()
+        .chain([
+            "exec_config",
+            "cluster",
+            "spark_config",
+            "code_env",
+            "timeout",
+            "env",
+        ])
+        .collect();
+    if let Some(k) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
+        let hint = capstan_core::suggest(k, fields.iter().copied())
             .map_or(String::new(), |s| format!(" (did you mean `{s}`?)"));
         return Err(ApiError::bad_request(format!(
             "unknown field `{}`{hint}",
@@ -613,10 +634,8 @@ fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
             ))),
         }
     };
-    let required =
-        |k: &str| string(k)?.ok_or_else(|| ApiError::bad_request(format!("missing field `{k}`")));
-    let project = required("project")?;
-    let recipe = required("recipe")?;
+    let project = string("project")?;
+    let recipe = string("recipe")?;
     let exec_config = string("exec_config")?;
     let cluster = string("cluster")?;
     let spark_config = string("spark_config")?;
@@ -690,6 +709,134 @@ fn parse_submit(v: &Value) -> Result<(String, String, RunRequest), ApiError> {
     Ok((project, recipe, request))
 }
 
+/// A build's body: the datasets, the mode and `dry_run`, then the settings of a submission,
+/// which apply to every activity.
+fn parse_build(v: &Value) -> Result<BuildRequest, ApiError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    let mut rest = obj.clone();
+    let targets = match rest.remove("targets") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| match t {
+                Value::String(s) => {
+                    no_nul("targets", s)?;
+                    Ok(s.clone())
+                }
+                other => Err(ApiError::bad_request(format!(
+                    "field `targets` must be a list of dataset names, not {other}"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "field `targets` must be a list of dataset names, not {other}"
+            )));
+        }
+    };
+    let mode = match rest.remove("mode") {
+        None | Some(Value::Null) => BuildMode::Smart,
+        Some(Value::String(m)) => BuildMode::parse(&m).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "field `mode`: `{}` is not a build mode (expected one of: {})",
+                m.escape_debug(),
+                BuildMode::NAMES.join(", ")
+            ))
+        })?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "field `mode` must be a string, not {other}"
+            )));
+        }
+    };
+    let dry_run = match rest.remove("dry_run") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "field `dry_run` must be true or false, not {other}"
+            )));
+        }
+    };
+    let (_, _, request) = parse_request(&rest, &[])?;
+    Ok(BuildRequest {
+        targets,
+        mode,
+        dry_run,
+        request,
+    })
+}
+
+/// Plans a build and, unless it is a dry run or everything is up to date, queues its job:
+/// 201 with the job, else 200 with `job: null`.
+async fn build(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(project): ApiPath<String>,
+    StrictJson(body): StrictJson,
+) -> Result<Response, ApiError> {
+    no_nul("project", &project)?;
+    let req = parse_build(&body)?;
+    let answer = s.engine.build(&c, &project, req)?;
+    let status = if answer.job.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let steps: Vec<Value> = answer
+        .steps
+        .iter()
+        .map(|st| {
+            json!({
+                "recipe": st.recipe,
+                "runs": st.runs,
+                "why": st.why,
+                "needs": st.needs,
+                "kind": st.kind.map(|k| k.as_str()),
+                "exec_config": st.exec_config,
+                "cluster": st.cluster,
+            })
+        })
+        .collect();
+    let body = json!({
+        "project": answer.project,
+        "mode": answer.mode.as_str(),
+        "targets": answer.targets,
+        "steps": steps,
+        "job": answer.job.as_ref().map(job_json),
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+/// Every schedule the caller may read, with its next and last runs.
+async fn list_schedules(State(s): State<AppState>, Auth(c): Auth) -> Result<Json<Value>, ApiError> {
+    let list = s.engine.schedules(&c)?;
+    Ok(Json(Value::Array(
+        list.iter()
+            .map(|v| {
+                json!({
+                    "project": v.project,
+                    "name": v.name,
+                    "cron": v.cron,
+                    "time_zone": v.time_zone,
+                    "build": v.build,
+                    "mode": v.mode.as_str(),
+                    "user": v.user,
+                    "catch_up": v.catch_up,
+                    "enabled": v.enabled,
+                    "next_run": ms_to_rfc3339(v.next_run),
+                    "last_run": ms_to_rfc3339(v.last_slot),
+                    "last_job": v.last_job,
+                    "last_job_state": v.last_job_state.map(|s| s.as_str()),
+                    "note": v.note,
+                })
+            })
+            .collect(),
+    )))
+}
+
 async fn submit(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -737,6 +884,7 @@ fn job_json(j: &JobRow) -> Value {
         "peak_memory_bytes": j.peak_memory_bytes,
         "cpu_time_ms": j.cpu_time_ms,
         "io": j.io_json.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()),
+        "build": j.build_json.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()),
     })
 }
 
@@ -747,8 +895,21 @@ fn detail_json(d: &JobDetail) -> Value {
     v["events"] = d
         .events
         .iter()
-        .map(|e| json!({"at": ms_to_rfc3339(Some(e.at)), "state": e.state.as_str(), "message": e.message}))
+        .map(|e| {
+            json!({
+                "at": ms_to_rfc3339(Some(e.at)),
+                "state": e.state.as_str(),
+                "message": e.message,
+                "activity": e.activity.and_then(|i| d.activities.iter().find(|a| a.idx == i)).map(|a| a.recipe.clone()),
+            })
+        })
         .collect();
+    let recipe_of = |i: &i64| {
+        d.activities
+            .iter()
+            .find(|a| a.idx == *i)
+            .map(|a| a.recipe.clone())
+    };
     v["activities"] = d
         .activities
         .iter()
@@ -770,6 +931,14 @@ fn detail_json(d: &JobDetail) -> Value {
                 "cpu_time_ms": a.cpu_time_ms,
                 "started_at": ms_to_rfc3339(a.started_at),
                 "finished_at": ms_to_rfc3339(a.finished_at),
+                // A build's activity carries its own placement, plan and rows.
+                "kind": a.kind.clone().unwrap_or_else(|| d.job.kind.clone()),
+                "exec_config": if d.job.is_build() { a.exec_config.clone() } else { d.job.exec_config.clone() },
+                "cluster": if d.job.is_build() { a.cluster.clone() } else { d.job.cluster.clone() },
+                "needs": a.needs.iter().filter_map(recipe_of).collect::<Vec<_>>(),
+                "why": a.why_json.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()),
+                "io": if d.job.is_build() { a.io_json.as_deref() } else { d.job.io_json.as_deref() }
+                    .and_then(|t| serde_json::from_str::<Value>(t).ok()),
             })
         })
         .collect();
@@ -860,6 +1029,8 @@ async fn cancel(
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     follow: Option<bool>,
+    /// In a build: the recipe whose activity's log to read (default: the first activity).
+    activity: Option<String>,
 }
 
 /// The job's log as text, one line per output line (`TIMESTAMP STREAM TEXT`, STREAM being `o`
@@ -873,13 +1044,17 @@ async fn logs(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let follow = q.follow.unwrap_or(false);
-    s.engine.log_file(&c, id)?;
+    if let Some(a) = &q.activity {
+        no_nul("activity", a)?;
+    }
+    s.engine.log_file(&c, id, q.activity.as_deref())?;
     let engine = s.engine.clone();
     let caller = c.clone();
     struct Tail {
         engine: Engine,
         caller: Caller,
         id: i64,
+        activity: Option<String>,
         file: Option<tokio::fs::File>,
         follow: bool,
     }
@@ -887,6 +1062,7 @@ async fn logs(
         engine,
         caller,
         id,
+        activity: q.activity.clone(),
         file: None,
         follow,
     };
@@ -895,7 +1071,8 @@ async fn logs(
         loop {
             // The job's state is read before the file: if it was final then, everything it
             // wrote is in the file, so reading to the end afterwards loses nothing.
-            let (path, was_final) = match t.engine.log_file(&t.caller, t.id) {
+            let (path, was_final) = match t.engine.log_file(&t.caller, t.id, t.activity.as_deref())
+            {
                 Ok(x) => x,
                 Err(_) => return None,
             };

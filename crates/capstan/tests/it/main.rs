@@ -5,6 +5,7 @@ mod support;
 mod daemon;
 mod data;
 mod docker;
+mod flows;
 mod homes;
 mod images;
 mod isolation;
