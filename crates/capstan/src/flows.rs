@@ -134,7 +134,13 @@ pub async fn build(client: &Client, args: &BuildArgs) -> anyhow::Result<u8> {
     if !args.json {
         eprintln!("job {id} queued");
     }
-    let last = watch(client, id, !args.json).await?;
+    let quiet = args.json;
+    let last = watch(client, id, |line| {
+        if !quiet {
+            eprintln!("{line}")
+        }
+    })
+    .await?;
     if args.json {
         say!(
             "{}",
@@ -152,7 +158,11 @@ pub async fn build(client: &Client, args: &BuildArgs) -> anyhow::Result<u8> {
 
 /// Follows a build until it ends, printing each activity's start and end as they happen (when
 /// `print`); returns the finished job's detail.
-pub(crate) async fn watch(client: &Client, id: i64, print: bool) -> anyhow::Result<Value> {
+pub(crate) async fn watch(
+    client: &Client,
+    id: i64,
+    print: impl Fn(String),
+) -> anyhow::Result<Value> {
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
     loop {
         let j = client.get(&format!("/api/v1/jobs/{id}")).await?;
@@ -164,15 +174,13 @@ pub(crate) async fn watch(client: &Client, id: i64, print: bool) -> anyhow::Resu
                 continue;
             }
             seen.insert(idx, state.clone());
-            if print {
-                let name = format!("{project}/{}", a["recipe"].as_str().unwrap_or(""));
-                match state.as_str() {
-                    "running" => eprintln!("  {name}: running on {}", placement(a)),
-                    "succeeded" | "failed" | "cancelled" | "timed_out" | "skipped" => {
-                        eprintln!("  {name}: {}", activity_end(a))
-                    }
-                    _ => {}
+            let name = format!("{project}/{}", a["recipe"].as_str().unwrap_or(""));
+            match state.as_str() {
+                "running" => print(format!("  {name}: running on {}", placement(a))),
+                "succeeded" | "failed" | "cancelled" | "timed_out" | "skipped" => {
+                    print(format!("  {name}: {}", activity_end(a)))
                 }
+                _ => {}
             }
         }
         if matches!(

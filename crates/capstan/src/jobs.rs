@@ -193,11 +193,19 @@ pub async fn list(client: &Client, args: &JobsArgs) -> anyhow::Result<u8> {
             "{:>6}  {:<10} {:<28} {:<10} {:<14} {:<24} {:>9}",
             j["id"].as_i64().unwrap_or(0),
             j["state"].as_str().unwrap_or(""),
-            format!(
-                "{}/{}",
-                j["project"].as_str().unwrap_or(""),
-                j["recipe"].as_str().unwrap_or("")
-            ),
+            if j["build"].is_null() {
+                format!(
+                    "{}/{}",
+                    j["project"].as_str().unwrap_or(""),
+                    j["recipe"].as_str().unwrap_or("")
+                )
+            } else {
+                format!(
+                    "build {}/{}",
+                    j["project"].as_str().unwrap_or(""),
+                    j["recipe"].as_str().unwrap_or("")
+                )
+            },
             j["user"].as_str().unwrap_or(""),
             j["exec_config"].as_str().unwrap_or("-"),
             j["created_at"].as_str().unwrap_or(""),
@@ -220,12 +228,28 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
     say!("job {}: {}/{}", j["id"], s("project"), s("recipe"));
     say!("  state        {}", s("state"));
     say!("  user         {}", s("user"));
-    say!(
-        "  runs on      {} (exec config {}, cluster {})",
-        s("kind"),
-        s("exec_config"),
-        s("cluster")
-    );
+    let build = !j["build"].is_null();
+    if build {
+        say!(
+            "  builds       {} ({} mode)",
+            j["build"]["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|t| format!("{}/{t}", s("project")))
+                .collect::<Vec<_>>()
+                .join(", "),
+            j["build"]["mode"].as_str().unwrap_or("smart")
+        );
+    } else {
+        say!(
+            "  runs on      {} (exec config {}, cluster {})",
+            s("kind"),
+            s("exec_config"),
+            s("cluster")
+        );
+    }
     if let Some(code) = j["exit_code"].as_i64() {
         say!("  exit code    {code}");
     }
@@ -252,7 +276,7 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
             .map_or("-".into(), human_bytes);
         say!("  usage now    CPU {cpu}, memory {mem}");
     }
-    if let Some(log) = j["activities"][0]["log"].as_str() {
+    if let Some(log) = j["activities"][0]["log"].as_str().filter(|_| !build) {
         say!("  log          {log}");
         // A Spark application on Kubernetes: its executors' logs, kept beside the driver's.
         if let Some(dir) = j["activities"][0]["dir"].as_str()
@@ -270,20 +294,21 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
             say!("  Spark UI     {ui}");
         }
     }
-    if !j["build"].is_null() {
+    if build {
         build_activities(&j)?;
     }
     say!("  history");
     for e in j["events"].as_array().into_iter().flatten() {
-        let what = match e["activity"].as_str() {
-            Some(a) => format!("{a}: "),
-            None => String::new(),
+        let message = e["message"].as_str();
+        let what = match (e["activity"].as_str(), message) {
+            (Some(a), Some(m)) => format!("{a}: {m}"),
+            (Some(a), None) => a.to_string(),
+            (None, m) => m.unwrap_or("").to_string(),
         };
         say!(
-            "    {}  {:<10} {what}{}",
+            "    {}  {:<10} {what}",
             e["at"].as_str().unwrap_or(""),
             e["state"].as_str().unwrap_or(""),
-            e["message"].as_str().unwrap_or("")
         );
     }
     if let Some(settings) = j["resolution"]["settings"].as_object() {
@@ -347,6 +372,9 @@ fn build_activities(j: &Value) -> anyhow::Result<()> {
         say!("{line}");
         if let Some(d) = a["diagnosis"].as_str() {
             say!("      {d}");
+        }
+        if let Some(log) = a["log"].as_str() {
+            say!("      log {log}");
         }
     }
     Ok(())

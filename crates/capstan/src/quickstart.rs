@@ -146,7 +146,7 @@ pub async fn run(home_arg: Option<&Path>, args: &QuickstartArgs) -> anyhow::Resu
     let h = root.display();
     if failed == 0 {
         println!(
-            "{ran} recipe(s) succeeded. Next: `capstan --home {h} serve`, then `capstan --home {h} run sample/hello` or `capstan --home {h} jobs`"
+            "{ran} recipe(s) succeeded. Next: `capstan --home {h} serve`, then `capstan --home {h} flow sample`, `capstan --home {h} build sample`, `capstan --home {h} run sample/hello` or `capstan --home {h} jobs`"
         );
         Ok(exit::OK)
     } else {
@@ -357,7 +357,7 @@ async fn build_project(
         println!("  everything is up to date: nothing to run");
         return Ok((0, 0));
     };
-    let job = crate::flows::watch(client, id, true).await?;
+    let job = crate::flows::watch(client, id, |line| println!("{line}")).await?;
     println!("{}", crate::flows::build_summary(&job));
     let mut failed = 0;
     let acts = job["activities"].as_array().cloned().unwrap_or_default();
