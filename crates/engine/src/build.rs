@@ -105,6 +105,9 @@ impl Engine {
                 })?;
         let mut steps = Vec::new();
         let mut activities = Vec::new();
+        // Who the activities run as, and the backends that agreed to it: asked once each.
+        let identity = capstan_core::access::local_identity(&home, request.user.as_deref());
+        let mut admitted: HashSet<ExecKind> = HashSet::new();
         // Plan step index -> activity index, for those that run.
         let mut idx_of: HashMap<usize, i64> = HashMap::new();
         for (i, step) in plan.steps.iter().enumerate() {
@@ -125,20 +128,26 @@ impl Engine {
             if step.runs {
                 let r = resolve_one(&step.recipe)?;
                 let kind = r.kind.value;
-                let Some(backend) = self.backend(kind) else {
-                    return Err(EngineError::NoBackend(kind));
-                };
-                let identity = capstan_core::access::local_identity(&home, request.user.as_deref());
-                backend
-                    .admit(&identity, caller.admin)
-                    .map_err(EngineError::Denied)?;
+                if admitted.insert(kind) {
+                    let Some(backend) = self.backend(kind) else {
+                        return Err(EngineError::NoBackend(kind));
+                    };
+                    backend
+                        .admit(&identity, caller.admin)
+                        .map_err(EngineError::Denied)?;
+                }
                 planned.kind = Some(kind);
                 planned.exec_config = r.exec_config.value.clone();
                 planned.cluster = r.cluster.value.clone();
                 idx_of.insert(i, activities.len() as i64);
                 activities.push(NewActivity {
                     recipe: step.recipe.clone(),
-                    resolution_json: record::resolution_json(&r).to_string(),
+                    // A dry run stores nothing.
+                    resolution_json: if req.dry_run {
+                        String::new()
+                    } else {
+                        record::resolution_json(&r).to_string()
+                    },
                     exec_config: r.exec_config.value.clone(),
                     cluster: r.cluster.value.clone(),
                     kind: kind.as_str().to_string(),

@@ -408,3 +408,79 @@ fn a_schedule_runs_at_its_times_and_never_overlaps_itself() {
     let human = stdout(&h.capstan().args(["schedules"]).output().unwrap());
     assert!(human.contains("sample/often"), "{human}");
 }
+
+/// Doubles `a`'s column `n` into `b`, in a container, with Python's standard library only.
+const DOUBLE: &str = r#"import os, urllib.request
+base = os.environ["CAPSTAN_API_URL"].rstrip("/")
+token = open(os.environ["CAPSTAN_TOKEN_FILE"]).read().strip()
+auth = {"Authorization": "Bearer " + token}
+url = base + "/api/v1/projects/sample/datasets/{}/data?format=csv"
+lines = urllib.request.urlopen(urllib.request.Request(url.format("a"), headers=auth)).read().decode().splitlines()
+header = lines[0].split(",")
+n = header.index("n")
+body = "n\n" + "".join(str(2 * int(l.split(",")[n])) + "\n" for l in lines[1:])
+put = urllib.request.Request(url.format("b"), data=body.encode(), method="PUT",
+                             headers={**auth, "Content-Type": "text/csv"})
+urllib.request.urlopen(put).read()
+print("doubled", len(lines) - 1, "rows", flush=True)
+"#;
+
+#[test]
+fn one_build_runs_a_local_recipe_a_container_and_spark() {
+    let Ok(image) = std::env::var("CAPSTAN_TEST_IMAGE") else {
+        crate::support::skip("CAPSTAN_TEST_IMAGE, the Docker tests' image (scripts/test builds it and sets it)");
+        return;
+    };
+    let h = TestHome::new("flow-mixed");
+    h.append(
+        "exec-configs.toml",
+        &format!(
+            "\n[exec_config.small]\nkind = \"docker\"\nimage = \"{image}\"\ncpu_limit = 1\nmemory_limit = \"256Mi\"\n"
+        ),
+    );
+    import_csv(&h, "raw", "x\n1\n");
+    declare(&h, &["a", "b", "c"]);
+    shell_recipe(&h, "a", &["raw"], &["a"], "");
+    h.recipe(
+        "b",
+        "python",
+        "py",
+        DOUBLE,
+        "exec_config = \"small\"\ninputs = [\"a\"]\noutputs = [\"b\"]",
+    );
+    h.recipe(
+        "c",
+        "spark_sql",
+        "sql",
+        "SELECT SUM(n) AS total FROM b;\n",
+        "spark_config = \"local\"\ninputs = [\"b\"]\noutputs = [\"c\"]",
+    );
+    let d = h.start();
+    let out = build(&h, &["sample/c"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        d.log()
+    );
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("sample/a  on local")
+            && plan.contains("sample/b  on docker (exec config small")
+            && plan.contains("sample/c  on local"),
+        "{plan}"
+    );
+    let id = d.get("/api/v1/jobs?limit=1")[0]["id"].as_i64().unwrap();
+    let job = d.job(id);
+    let kinds: Vec<&str> = job["activities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["local", "docker", "local"], "{job}");
+    let total = crate::support::head_json(&h, "c");
+    assert_eq!(total[0]["total"], 2, "{total}");
+}
