@@ -5,38 +5,19 @@
 //! Run: `cargo bench -p capstan --bench dispatch` (env `BENCH_JOBS`, default 1000).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+
+mod common;
+use common::{Daemon, capstan, median, start, wait_final};
 
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-struct Daemon {
-    child: std::process::Child,
-    url: String,
-    token: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn capstan() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_capstan"))
 }
 
 fn setup(dir: &Path) -> PathBuf {
@@ -115,48 +96,6 @@ spark = SparkSession.builder.getOrCreate()\n\
 print(spark.range(1000000).selectExpr('sum(id)').collect()[0][0])\n\
 spark.stop()\n";
 
-fn start(home: &Path) -> Daemon {
-    let child = capstan()
-        .arg("--home")
-        .arg(home)
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("CAPSTAN_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Owned at once, so the daemon is killed even if it never comes up.
-    let mut d = Daemon {
-        child,
-        url: String::new(),
-        token: String::new(),
-    };
-    let info = home.join("state/daemon.json");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&info)
-            && let Ok(v) = serde_json::from_str::<Value>(&text)
-            && v["pid"].as_u64() == Some(u64::from(d.child.id()))
-        {
-            d.url = v["url"].as_str().unwrap().to_string();
-            d.token = v["token"].as_str().unwrap().to_string();
-            return d;
-        }
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-async fn get_json(http: &reqwest::Client, d: &Daemon, path: &str) -> Value {
-    http.get(format!("{}{path}", d.url))
-        .bearer_auth(&d.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn submit(http: &reqwest::Client, d: &Daemon, recipe: &str) -> i64 {
     let r: Value = http
         .post(format!("{}/api/v1/jobs", d.url))
@@ -171,18 +110,6 @@ async fn submit(http: &reqwest::Client, d: &Daemon, recipe: &str) -> i64 {
     r["id"]
         .as_i64()
         .unwrap_or_else(|| panic!("submit failed: {r}"))
-}
-
-async fn wait_final(http: &reqwest::Client, d: &Daemon, id: i64) -> Value {
-    loop {
-        let j = get_json(http, d, &format!("/api/v1/jobs/{id}")).await;
-        if ["succeeded", "failed", "cancelled", "timed_out"]
-            .contains(&j["state"].as_str().unwrap_or(""))
-        {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 /// Milliseconds from submitting `recipe` to the first line its code printed (the time it

@@ -11,62 +11,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
-fn capstan() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_capstan"))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-struct Daemon {
-    child: std::process::Child,
-    url: String,
-    token: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(home: &Path) -> Daemon {
-    let child = capstan()
-        .arg("--home")
-        .arg(home)
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("CAPSTAN_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon {
-        child,
-        url: String::new(),
-        token: String::new(),
-    };
-    let info = home.join("state/daemon.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&info)
-            && let Ok(v) = serde_json::from_str::<Value>(&text)
-            && v["pid"].as_u64() == Some(u64::from(d.child.id()))
-        {
-            d.url = v["url"].as_str().unwrap().to_string();
-            d.token = v["token"].as_str().unwrap().to_string();
-            return d;
-        }
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+mod common;
+use common::{Daemon, capstan, median, start, wait_final};
 
 /// What each recipe of the chain runs: one row of its dataset, written through the data API.
 const STEP: &str = "printf 'n\\n1\\n' | curl -fsS -X PUT -H \"Authorization: Bearer $(cat \"$CAPSTAN_TOKEN_FILE\")\" \
@@ -89,7 +40,11 @@ fn setup(dir: &Path, chain: usize) -> PathBuf {
         std::fs::write(p.join("project.toml"), toml).unwrap();
         for i in 0..n {
             let inputs: Vec<String> = if project == "chain" {
-                vec![if i == 0 { "raw".into() } else { format!("d{}", i - 1) }]
+                vec![if i == 0 {
+                    "raw".into()
+                } else {
+                    format!("d{}", i - 1)
+                }]
             } else if i < 10 {
                 vec!["raw".into()]
             } else {
@@ -142,26 +97,6 @@ async fn post(http: &reqwest::Client, d: &Daemon, path: &str, body: &Value) -> V
         .unwrap()
 }
 
-async fn wait_final(http: &reqwest::Client, d: &Daemon, id: i64) -> Value {
-    loop {
-        let j: Value = http
-            .get(format!("{}/api/v1/jobs/{id}", d.url))
-            .bearer_auth(&d.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["succeeded", "failed", "cancelled", "timed_out"]
-            .contains(&j["state"].as_str().unwrap_or(""))
-        {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let chain: usize = std::env::var("BENCH_CHAIN")
@@ -184,10 +119,7 @@ async fn main() {
     for _ in 0..3 {
         let mut lp = String::new();
         for i in 0..chain {
-            lp += &format!(
-                "OUT=d{i} sh {}/c{i}.sh || exit 1\n",
-                scripts.display()
-            );
+            lp += &format!("OUT=d{i} sh {}/c{i}.sh || exit 1\n", scripts.display());
         }
         let t = Instant::now();
         let status = Command::new("sh")
@@ -218,7 +150,9 @@ async fn main() {
         ours.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let (raw, our) = (median(raws), median(ours));
-    println!("a chain of {chain} trivial shell recipes (each writes one row through the data API), median of 3");
+    println!(
+        "a chain of {chain} trivial shell recipes (each writes one row through the data API), median of 3"
+    );
     println!("  raw: the {chain} scripts in a shell loop   {raw:8.1} ms");
     println!("  capstan build (recursive)           {our:8.1} ms");
     println!(
@@ -259,10 +193,72 @@ async fn main() {
     }
     let (raw, our) = (median(raws), median(ours));
     println!();
-    println!("planning a 1,000-recipe project (capstan build --dry-run through the API), median of 5");
+    println!(
+        "planning a 1,000-recipe project (capstan build --dry-run through the API), median of 5"
+    );
     println!("  raw: reading its 2,000 recipe files     {raw:8.1} ms");
     println!(
         "  capstan plan                          {our:8.1} ms   (ratio {:.1}x; aim: under 200 ms)",
+        our / raw
+    );
+
+    // 3. `capstan run` of a no-op Python recipe, end to end (the CLI process: submit, follow,
+    //    learn of the end), against the interpreter the local backend runs recipes with.
+    let python3 = capstan_backend_local::venv::interpreter();
+    std::fs::write(
+        home.join("projects/sample/recipes/noop.toml"),
+        "kind = \"python\"\nexec_config = \"local\"\n",
+    )
+    .unwrap();
+    std::fs::write(home.join("projects/sample/recipes/noop.py"), "pass\n").unwrap();
+    let (mut raws, mut ours, mut inside) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let t = Instant::now();
+        assert!(
+            Command::new(&python3)
+                .args(["-c", "pass"])
+                .status()
+                .unwrap()
+                .success()
+        );
+        raws.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        let out = capstan()
+            .arg("--home")
+            .arg(&home)
+            .args(["run", "sample/noop", "--json"])
+            .output()
+            .unwrap();
+        ours.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (Some(c), Some(f)) = (job["created_at"].as_str(), job["finished_at"].as_str()) else {
+            panic!("{job}")
+        };
+        let ms = |t: &str| {
+            humantime::parse_rfc3339(t)
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+                * 1000.0
+        };
+        inside.push(ms(f) - ms(c));
+    }
+    let (raw, our, daemon) = (median(raws), median(ours), median(inside));
+    println!();
+    println!("`capstan run` of a no-op Python recipe, end to end, median of 10");
+    println!("  raw: `{} -c pass`      {raw:8.1} ms", python3.display());
+    println!(
+        "  capstan run --json               {our:8.1} ms   (the daemon: queued → finished in {daemon:.1} ms)"
+    );
+    println!(
+        "  added                            {:8.1} ms   (ratio {:.1}x)",
+        our - raw,
         our / raw
     );
     let _ = std::io::stdout().flush();

@@ -164,8 +164,8 @@ pub(crate) async fn watch(
     print: impl Fn(String),
 ) -> anyhow::Result<Value> {
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
+    let mut j = client.get(&format!("/api/v1/jobs/{id}")).await?;
     loop {
-        let j = client.get(&format!("/api/v1/jobs/{id}")).await?;
         let project = j["project"].as_str().unwrap_or("");
         for a in j["activities"].as_array().into_iter().flatten() {
             let idx = a["index"].as_i64().unwrap_or(-1);
@@ -189,7 +189,7 @@ pub(crate) async fn watch(
         ) {
             return Ok(j);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        j = crate::jobs::next_change(client, id, &j).await?;
     }
 }
 

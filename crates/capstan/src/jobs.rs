@@ -88,15 +88,24 @@ fn is_final(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled" | "timed_out")
 }
 
-/// Waits until a job is in a final state and returns it.
+/// Waits until a job is in a final state and returns it: each request waits in the daemon
+/// until the job moves on, so its end is known as it happens.
 pub async fn wait_final(client: &Client, id: i64) -> anyhow::Result<Value> {
+    let mut job = client.get(&format!("/api/v1/jobs/{id}")).await?;
     loop {
-        let job = client.get(&format!("/api/v1/jobs/{id}")).await?;
         if is_final(job["state"].as_str().unwrap_or("")) {
             return Ok(job);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        job = next_change(client, id, &job).await?;
     }
+}
+
+/// The job once it has moved on from `seen` (a new event), or as it is after 10 s.
+pub async fn next_change(client: &Client, id: i64, seen: &Value) -> anyhow::Result<Value> {
+    let events = seen["events"].as_array().map_or(0, Vec::len);
+    client
+        .get(&format!("/api/v1/jobs/{id}?after_events={events}&wait=10"))
+        .await
 }
 
 /// Submits a run and returns the queued job.

@@ -391,15 +391,9 @@ impl Engine {
                 tracing::error!(job_id, %error, "cannot record the activity folder");
             }
         }
-        if let Some(r) = self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&job_id)
-        {
+        self.with_running(job_id, |r| {
             r.work.insert(act.idx, (spec.clone(), backend.clone()));
-        }
+        });
 
         let (tx, mut rx) = mpsc::unbounded_channel();
         let ctl = ActivityControl {
@@ -433,15 +427,9 @@ impl Engine {
                 }
             }
         };
-        if let Some(r) = self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&job_id)
-        {
+        self.with_running(job_id, |r| {
             r.work.remove(&act.idx);
-        }
+        });
         match done {
             Ok(Some(outcome)) => Ran::Ended { outcome, spec },
             Ok(None) => Ran::Requeue,
@@ -456,6 +444,14 @@ impl Engine {
                     spec,
                 }
             }
+        }
+    }
+
+    /// Changes the entry of a claimed job, if it is registered.
+    fn with_running(&self, job_id: i64, f: impl FnOnce(&mut Running)) {
+        let mut map = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get_mut(&job_id) {
+            f(r);
         }
     }
 

@@ -117,6 +117,8 @@ struct Inner {
     running: Mutex<HashMap<i64, Running>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Bumped after every change the store commits (see [`Engine::changes`]).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The engine of one instance. Cheap to clone.
@@ -140,7 +142,12 @@ impl Engine {
             path: jobs_dir.clone(),
             source,
         })?;
-        let store = Store::open(&state.join("capstan.db"))?;
+        let mut store = Store::open(&state.join("capstan.db"))?;
+        let changes = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        store.on_change({
+            let changes = changes.clone();
+            move || changes.send_modify(|n| *n = n.wrapping_add(1))
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -154,6 +161,7 @@ impl Engine {
                 running: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                changes,
             }),
         };
         Ok((engine.clone(), EngineStarter { engine, rx }))
@@ -163,6 +171,12 @@ impl Engine {
         // A panic while holding the lock would be a bug; the data behind it is still a valid
         // SQLite connection, so carry on rather than poison every later request.
         self.inner.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes when any job, activity or history changes: wait on it (then look again)
+    /// instead of polling.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     pub fn home(&self) -> Arc<Home> {

@@ -86,7 +86,9 @@ impl Engine {
 
     /// Starts what is due at `now`; returns the next slot of any schedule.
     fn tick_schedules(&self, now: i64) -> Option<i64> {
-        let home = self.home();
+        // Looked at again when its files changed: a schedule edited a moment ago runs as
+        // edited.
+        let home = self.inner.home.fresh();
         let mut next: Option<i64> = None;
         for p in home.projects.values() {
             for s in p.schedules.values().filter(|s| s.enabled) {

@@ -1002,13 +1002,43 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
         })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowQuery {
+    /// Long poll: answer once the job has more events than this (or is over)…
+    after_events: Option<u64>,
+    /// …or after this many seconds (default 10, at most 60).
+    wait: Option<u64>,
+}
+
+/// The job. With `after_events`, the answer waits until the job has moved on (an event more
+/// than the caller has seen, or a final state), so a client learns of a change as it happens
+/// without polling.
 async fn show_job(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ShowQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let d = s.engine.job_detail(&c, parse_id(&id)?).await?;
-    Ok(Json(detail_json(&d)))
+    let id = parse_id(&id)?;
+    let Some(seen) = q.after_events else {
+        let d = s.engine.job_detail(&c, id).await?;
+        return Ok(Json(detail_json(&d)));
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(10).min(60));
+    // Subscribed before looking: a change between the look and the wait still wakes it.
+    let mut changes = s.engine.changes();
+    loop {
+        changes.borrow_and_update();
+        let d = s.engine.job_detail(&c, id).await?;
+        if d.events.len() as u64 > seen || d.job.state.is_final() {
+            return Ok(Json(detail_json(&d)));
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(detail_json(&d))),
+        }
+    }
 }
 
 async fn cancel(
@@ -1057,8 +1087,10 @@ async fn logs(
         activity: Option<String>,
         file: Option<tokio::fs::File>,
         follow: bool,
+        changes: tokio::sync::watch::Receiver<u64>,
     }
     let tail = Tail {
+        changes: s.engine.changes(),
         engine,
         caller,
         id,
@@ -1093,7 +1125,11 @@ async fn logs(
             if was_final || !t.follow {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // New lines are looked for every 100 ms; the job's end is seen as it happens.
+            tokio::select! {
+                _ = t.changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
     });
     let mut headers = HeaderMap::new();

@@ -183,6 +183,9 @@ pub struct ScheduleRow {
 
 pub struct Store {
     conn: Connection,
+    /// Called after each committed change of a job, an activity or their history: how the
+    /// daemon wakes whoever waits for a job to move (the CLI's long polls, log followers).
+    on_change: Option<Box<dyn Fn() + Send>>,
 }
 
 const JOB_COLUMNS: &str = "id, project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at, started_at, finished_at, exit_code, diagnosis, peak_memory_bytes, cpu_time_ms, io, build";
@@ -217,6 +220,58 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<(JobRow, String)> {
         },
         row.get(9)?,
     ))
+}
+
+/// Moves the activities `filter` selects (`?1` the job, `?2` the index) to `to` at `now`,
+/// with the fields of `outcome` that are set.
+fn set_activities(
+    tx: &rusqlite::Transaction<'_>,
+    filter: &str,
+    (job_id, idx): (i64, Option<i64>),
+    to: JobState,
+    now: i64,
+    outcome: &Outcome,
+) -> rusqlite::Result<usize> {
+    let started = (to == JobState::Running).then_some(now);
+    let finished = to.is_final().then_some(now);
+    tx.execute(
+        &format!(
+            "UPDATE activities SET state = ?3,
+                started_at = COALESCE(?4, started_at),
+                finished_at = COALESCE(?5, finished_at),
+                exit_code = COALESCE(?6, exit_code),
+                signal = COALESCE(?7, signal),
+                diagnosis = COALESCE(?8, diagnosis),
+                peak_memory_bytes = COALESCE(?9, peak_memory_bytes),
+                cpu_time_ms = COALESCE(?10, cpu_time_ms)
+             WHERE {filter}"
+        ),
+        params![
+            job_id,
+            idx,
+            to.as_str(),
+            started,
+            finished,
+            outcome.exit_code,
+            outcome.signal,
+            outcome.diagnosis,
+            outcome.peak_memory_bytes,
+            outcome.cpu_time_ms
+        ],
+    )
+}
+
+const SCHEDULE_COLUMNS: &str = "project, name, first_seen, last_slot, last_job, last_note";
+
+fn schedule_row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
+    Ok(ScheduleRow {
+        project: r.get(0)?,
+        name: r.get(1)?,
+        first_seen: r.get(2)?,
+        last_slot: r.get(3)?,
+        last_job: r.get(4)?,
+        last_note: r.get(5)?,
+    })
 }
 
 /// `[0, 2]` → `vec![0, 2]` (written by [`needs_json`]; anything else reads as none).
@@ -287,9 +342,23 @@ impl Store {
     fn init(conn: Connection) -> Result<Store> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Store { conn };
+        let mut store = Store {
+            conn,
+            on_change: None,
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Sets what to call after each committed change (see [`Store`]'s `on_change`).
+    pub fn on_change(&mut self, f: impl Fn() + Send + 'static) {
+        self.on_change = Some(Box::new(f));
+    }
+
+    fn changed(&self) {
+        if let Some(f) = &self.on_change {
+            f();
+        }
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -369,6 +438,7 @@ impl Store {
             params![id, now],
         )?;
         tx.commit()?;
+        self.changed();
         Ok(self.job(id)?.expect("job just inserted"))
     }
 
@@ -533,33 +603,30 @@ impl Store {
                 outcome.cpu_time_ms
             ],
         )?;
-        tx.execute(
-            "UPDATE activities SET state = ?2,
-                started_at = COALESCE(?3, started_at),
-                finished_at = COALESCE(?4, finished_at),
-                exit_code = COALESCE(?5, exit_code),
-                signal = COALESCE(?6, signal),
-                diagnosis = COALESCE(?7, diagnosis),
-                peak_memory_bytes = COALESCE(?8, peak_memory_bytes),
-                cpu_time_ms = COALESCE(?9, cpu_time_ms)
-             WHERE job_id = ?1 AND (SELECT build FROM jobs WHERE id = ?1) IS NULL",
-            params![
-                job_id,
-                to.as_str(),
-                started,
-                finished,
-                outcome.exit_code,
-                outcome.signal,
-                outcome.diagnosis,
-                outcome.peak_memory_bytes,
-                outcome.cpu_time_ms
-            ],
+        // The run of one recipe: its activity is the job.
+        set_activities(
+            &tx,
+            "job_id = ?1 AND (SELECT build FROM jobs WHERE id = ?1) IS NULL AND ?2 IS NULL",
+            (job_id, None),
+            to,
+            now,
+            outcome,
         )?;
+        if to.is_final() {
+            // A build that ends (cancelled while queued, say) leaves no activity waiting.
+            let why = format!("skipped: the build ended ({}) before its turn", to.as_str());
+            tx.execute(
+                "UPDATE activities SET state = 'skipped', finished_at = ?2, diagnosis = ?3
+                 WHERE job_id = ?1 AND state = 'queued' AND (SELECT build FROM jobs WHERE id = ?1) IS NOT NULL",
+                params![job_id, now, why],
+            )?;
+        }
         tx.execute(
             "INSERT INTO job_events (job_id, at, state, message) VALUES (?1, ?2, ?3, ?4)",
             params![job_id, now, to.as_str(), message],
         )?;
         tx.commit()?;
+        self.changed();
         Ok(true)
     }
 
@@ -581,6 +648,9 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        if changed == 1 {
+            self.changed();
+        }
         Ok(changed == 1)
     }
 
@@ -603,6 +673,7 @@ impl Store {
             "INSERT INTO job_events (job_id, at, state, message) SELECT id, ?2, state, ?3 FROM jobs WHERE id = ?1",
             params![job_id, now_ms(), message],
         )?;
+        self.changed();
         Ok(())
     }
 
@@ -645,36 +716,20 @@ impl Store {
         if !from.contains(&current) || !current.can_become(to) {
             return Ok(false);
         }
-        let started = (to == JobState::Running).then_some(now);
-        let finished = to.is_final().then_some(now);
-        tx.execute(
-            "UPDATE activities SET state = ?3,
-                started_at = COALESCE(?4, started_at),
-                finished_at = COALESCE(?5, finished_at),
-                exit_code = COALESCE(?6, exit_code),
-                signal = COALESCE(?7, signal),
-                diagnosis = COALESCE(?8, diagnosis),
-                peak_memory_bytes = COALESCE(?9, peak_memory_bytes),
-                cpu_time_ms = COALESCE(?10, cpu_time_ms)
-             WHERE job_id = ?1 AND idx = ?2",
-            params![
-                job_id,
-                idx,
-                to.as_str(),
-                started,
-                finished,
-                outcome.exit_code,
-                outcome.signal,
-                outcome.diagnosis,
-                outcome.peak_memory_bytes,
-                outcome.cpu_time_ms
-            ],
+        set_activities(
+            &tx,
+            "job_id = ?1 AND idx = ?2",
+            (job_id, Some(idx)),
+            to,
+            now,
+            outcome,
         )?;
         tx.execute(
             "INSERT INTO job_events (job_id, at, state, message, activity) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![job_id, now, to.as_str(), message, idx],
         )?;
         tx.commit()?;
+        self.changed();
         Ok(true)
     }
 
@@ -685,6 +740,7 @@ impl Store {
              SELECT job_id, ?3, state, ?4, idx FROM activities WHERE job_id = ?1 AND idx = ?2",
             params![job_id, idx, now_ms(), message],
         )?;
+        self.changed();
         Ok(())
     }
 
@@ -714,36 +770,18 @@ impl Store {
             params![project, name, now],
         )?;
         Ok(self.conn.query_row(
-            "SELECT first_seen, last_slot, last_job, last_note FROM schedules WHERE project = ?1 AND name = ?2",
+            &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE project = ?1 AND name = ?2"),
             params![project, name],
-            |r| {
-                Ok(ScheduleRow {
-                    project: project.to_string(),
-                    name: name.to_string(),
-                    first_seen: r.get(0)?,
-                    last_slot: r.get(1)?,
-                    last_job: r.get(2)?,
-                    last_note: r.get(3)?,
-                })
-            },
+            schedule_row,
         )?)
     }
 
     /// Every schedule's record.
     pub fn schedules(&self) -> Result<Vec<ScheduleRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT project, name, first_seen, last_slot, last_job, last_note FROM schedules ORDER BY project, name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ScheduleRow {
-                project: r.get(0)?,
-                name: r.get(1)?,
-                first_seen: r.get(2)?,
-                last_slot: r.get(3)?,
-                last_job: r.get(4)?,
-                last_note: r.get(5)?,
-            })
-        })?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY project, name"
+        ))?;
+        let rows = stmt.query_map([], schedule_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -878,6 +916,112 @@ mod tests {
             ]
         );
         assert_eq!(s.activities(j.id).unwrap()[0].state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_builds_activities_move_on_their_own_and_what_never_ran_is_skipped_at_its_end() {
+        let mut s = Store::open_in_memory().unwrap();
+        let changes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = changes.clone();
+        s.on_change(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let act = |recipe: &str, needs: Vec<i64>| NewActivity {
+            recipe: recipe.into(),
+            resolution_json: "{}".into(),
+            exec_config: Some("local".into()),
+            cluster: None,
+            kind: "local".into(),
+            needs,
+            why_json: "[\"never built\"]".into(),
+        };
+        let j = s
+            .insert_job(&NewJob {
+                build: Some((
+                    "{}".into(),
+                    vec![act("a", vec![]), act("b", vec![0]), act("c", vec![0, 1])],
+                )),
+                ..new_job("a, b, c")
+            })
+            .unwrap();
+        assert!(j.is_build());
+        let none = Outcome::default();
+        assert!(
+            s.transition(j.id, &[JobState::Queued], JobState::Preparing, None, &none)
+                .unwrap()
+        );
+        assert!(
+            s.transition(j.id, &[JobState::Preparing], JobState::Running, None, &none)
+                .unwrap()
+        );
+        // The job's own moves leave its activities where they are.
+        let acts = s.activities(j.id).unwrap();
+        assert!(acts.iter().all(|a| a.state == JobState::Queued));
+        assert_eq!(acts[2].needs, [0, 1]);
+        for to in [JobState::Preparing, JobState::Starting, JobState::Running] {
+            let from = [JobState::Queued, JobState::Preparing, JobState::Starting];
+            assert!(
+                s.transition_activity(j.id, 0, &from, to, None, &none)
+                    .unwrap()
+            );
+        }
+        assert!(
+            s.transition_activity(
+                j.id,
+                0,
+                &[JobState::Running],
+                JobState::Failed,
+                Some("boom"),
+                &none
+            )
+            .unwrap()
+        );
+        // Final is final for an activity too.
+        assert!(
+            !s.transition_activity(j.id, 0, &[JobState::Failed], JobState::Running, None, &none)
+                .unwrap()
+        );
+        assert!(
+            s.transition_activity(
+                j.id,
+                1,
+                &[JobState::Queued],
+                JobState::Skipped,
+                Some("skipped (upstream p/a failed)"),
+                &none
+            )
+            .unwrap()
+        );
+        assert!(
+            s.transition(
+                j.id,
+                &[JobState::Running],
+                JobState::Failed,
+                Some("p/a failed"),
+                &none
+            )
+            .unwrap()
+        );
+        let states: Vec<JobState> = s
+            .activities(j.id)
+            .unwrap()
+            .iter()
+            .map(|a| a.state)
+            .collect();
+        assert_eq!(
+            states,
+            [JobState::Failed, JobState::Skipped, JobState::Skipped]
+        );
+        // Each activity event names its activity; the job's name none.
+        let events: Vec<(Option<i64>, JobState)> = s
+            .events(j.id)
+            .unwrap()
+            .iter()
+            .map(|e| (e.activity, e.state))
+            .collect();
+        assert_eq!(events[3], (Some(0), JobState::Preparing));
+        assert_eq!(events.last(), Some(&(None, JobState::Failed)));
+        assert!(changes.load(std::sync::atomic::Ordering::SeqCst) >= 9);
     }
 
     #[test]

@@ -428,7 +428,9 @@ print("doubled", len(lines) - 1, "rows", flush=True)
 #[test]
 fn one_build_runs_a_local_recipe_a_container_and_spark() {
     let Ok(image) = std::env::var("CAPSTAN_TEST_IMAGE") else {
-        crate::support::skip("CAPSTAN_TEST_IMAGE, the Docker tests' image (scripts/test builds it and sets it)");
+        crate::support::skip(
+            "CAPSTAN_TEST_IMAGE, the Docker tests' image (scripts/test builds it and sets it)",
+        );
         return;
     };
     let h = TestHome::new("flow-mixed");
