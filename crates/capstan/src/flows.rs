@@ -164,7 +164,7 @@ pub(crate) async fn watch(
     print: impl Fn(String),
 ) -> anyhow::Result<Value> {
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
-    let mut j = client.get(&format!("/api/v1/jobs/{id}")).await?;
+    let mut j = crate::jobs::next_change(client, id, &Value::Null).await?;
     loop {
         let project = j["project"].as_str().unwrap_or("");
         for a in j["activities"].as_array().into_iter().flatten() {

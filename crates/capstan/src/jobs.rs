@@ -91,7 +91,7 @@ fn is_final(state: &str) -> bool {
 /// Waits until a job is in a final state and returns it: each request waits in the daemon
 /// until the job moves on, so its end is known as it happens.
 pub async fn wait_final(client: &Client, id: i64) -> anyhow::Result<Value> {
-    let mut job = client.get(&format!("/api/v1/jobs/{id}")).await?;
+    let mut job = next_change(client, id, &Value::Null).await?;
     loop {
         if is_final(job["state"].as_str().unwrap_or("")) {
             return Ok(job);

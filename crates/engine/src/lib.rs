@@ -271,7 +271,14 @@ impl Engine {
                 .is_ok()
     }
 
-    pub async fn job_detail(&self, caller: &Caller, id: i64) -> Result<JobDetail, EngineError> {
+    /// A job with its history and activities, and, with `usage`, what its running work uses
+    /// now (sampled over 200 ms: not for clients that only wait for the job to move).
+    pub async fn job_detail(
+        &self,
+        caller: &Caller,
+        id: i64,
+        usage: bool,
+    ) -> Result<JobDetail, EngineError> {
         let job = self.job(caller, id)?;
         let (events, activities) = {
             let store = self.store();
@@ -282,7 +289,9 @@ impl Engine {
             map.get(&id).and_then(|r| r.work.values().next().cloned())
         };
         let usage = match running {
-            Some((spec, backend)) if job.state == JobState::Running => backend.usage(&spec).await,
+            Some((spec, backend)) if usage && job.state == JobState::Running => {
+                backend.usage(&spec).await
+            }
             _ => None,
         };
         Ok(JobDetail {

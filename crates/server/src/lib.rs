@@ -1022,7 +1022,7 @@ async fn show_job(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let Some(seen) = q.after_events else {
-        let d = s.engine.job_detail(&c, id).await?;
+        let d = s.engine.job_detail(&c, id, true).await?;
         return Ok(Json(detail_json(&d)));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(10).min(60));
@@ -1030,7 +1030,8 @@ async fn show_job(
     let mut changes = s.engine.changes();
     loop {
         changes.borrow_and_update();
-        let d = s.engine.job_detail(&c, id).await?;
+        // Waiting clients want the change, not a 200 ms sample of CPU and memory.
+        let d = s.engine.job_detail(&c, id, false).await?;
         if d.events.len() as u64 > seen || d.job.state.is_final() {
             return Ok(Json(detail_json(&d)));
         }
