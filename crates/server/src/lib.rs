@@ -1025,7 +1025,7 @@ async fn show_job(
         let d = s.engine.job_detail(&c, id, true).await?;
         return Ok(Json(detail_json(&d)));
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(10).min(60));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(10).min(20));
     // Subscribed before looking: a change between the look and the wait still wakes it.
     let mut changes = s.engine.changes();
     loop {
