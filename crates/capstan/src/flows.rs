@@ -326,7 +326,14 @@ pub fn flow(root: &Path, args: &FlowArgs, token: Option<&str>) -> anyhow::Result
         .max()
         .unwrap_or(0);
     for d in &view.datasets {
-        say!("    {:<width$}  {}", d.name, dataset_state(&d.state));
+        let state = match (&d.state, &d.producer) {
+            (DatasetState::Missing, None) => format!(
+                "no data: import it with `capstan dataset import {project}/{} FILE.csv`",
+                d.name
+            ),
+            (state, _) => dataset_state(state),
+        };
+        say!("    {:<width$}  {state}", d.name);
     }
     Ok(exit::OK)
 }
