@@ -4,7 +4,8 @@
 //! The pod's code comes in a ConfigMap and its data token in a Secret, both created right after
 //! the pod and owned by it, so Kubernetes deletes them with it. capstan follows the pod to its
 //! end (status and events, diagnosed in the user's words), streams its log into the activity's
-//! log file, then deletes the pod and waits until it is gone. A ResourceQuota refusal is retried
+//! log file, then deletes the pod, its ConfigMap and its Secret (without waiting for the garbage
+//! collector) and waits until they are gone. A ResourceQuota refusal is retried
 //! with backoff, and the job says it waits for quota. Transient API errors are retried too.
 
 pub mod diagnose;
@@ -33,6 +34,8 @@ use crate::render::{LABEL_ACTIVITY, LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB};
 
 /// How often a pod is looked at while it runs.
 const POLL: Duration = Duration::from_millis(1000);
+/// How long a deletion may take before capstan says the object is still there.
+const DELETE_WAIT: Duration = Duration::from_secs(60);
 /// Seconds Kubernetes gives a cancelled pod before killing it.
 const GRACE_SECS: u32 = 2;
 
@@ -44,6 +47,32 @@ pub struct K8sBackend {
     clients: tokio::sync::Mutex<HashMap<ClusterKey, Client>>,
     /// A client to use for every cluster (tests give a mock service).
     fixed: Option<Client>,
+    /// How long to wait for a deleted object to be gone.
+    delete_wait: Duration,
+}
+
+/// How the removal of an activity's objects went: how long it took until they were gone (or
+/// capstan gave up waiting), and what is left, in words.
+#[derive(Clone, Debug)]
+pub struct Cleanup {
+    pub took: Duration,
+    pub result: Result<(), String>,
+}
+
+/// Reports why an activity waits, once per change: a quota refusal retried with backoff, or
+/// a pod that stays pending, says so again only when the words change.
+#[derive(Default)]
+struct WaitReport {
+    last: Option<String>,
+}
+
+impl WaitReport {
+    fn report(&mut self, ctl: &ActivityControl, why: &str) {
+        if self.last.as_deref() != Some(why) {
+            ctl.report(ActivityEvent::Waiting(why.to_string()));
+            self.last = Some(why.to_string());
+        }
+    }
 }
 
 /// The API's own words for an error.
@@ -76,6 +105,16 @@ impl K8sBackend {
             instance: capstan_core::instance_id(home_root),
             clients: tokio::sync::Mutex::new(HashMap::new()),
             fixed: None,
+            delete_wait: DELETE_WAIT,
+        }
+    }
+
+    /// How long a deletion is waited for before it counts as failed (a minute unless told;
+    /// tests make it short).
+    pub fn with_delete_wait(self, wait: Duration) -> K8sBackend {
+        K8sBackend {
+            delete_wait: wait,
+            ..self
         }
     }
 
@@ -202,11 +241,29 @@ impl K8sBackend {
     }
 
     async fn run_impl(&self, spec: &ActivitySpec, ctl: ActivityControl) -> ActivityOutcome {
+        let (outcome, cleanup) = self.run_with_cleanup(spec, ctl).await;
+        if let Some(Cleanup { result: Err(e), .. }) = cleanup {
+            tracing::warn!(activity = spec.activity_id(), error = %e, "cleanup incomplete");
+        }
+        outcome
+    }
+
+    /// Runs an activity as [`Backend::run`] does, and says how the removal of its objects went
+    /// (`None`: no object was created). The outcome is decided from the pod as it ended, before
+    /// the removal: waiting for the pod to be gone never changes it.
+    pub async fn run_with_cleanup(
+        &self,
+        spec: &ActivitySpec,
+        ctl: ActivityControl,
+    ) -> (ActivityOutcome, Option<Cleanup>) {
         let Some(ns) = spec.namespace.clone() else {
-            return ActivityOutcome::failed(format!(
-                "{} resolves to no namespace",
-                spec.config_phrase()
-            ));
+            return (
+                ActivityOutcome::failed(format!(
+                    "{} resolves to no namespace",
+                    spec.config_phrase()
+                )),
+                None,
+            );
         };
         let client = match self
             .client(spec.kubeconfig.as_deref(), spec.kube_context.as_deref())
@@ -214,27 +271,29 @@ impl K8sBackend {
         {
             Ok(c) => c,
             Err(e) => {
-                return ActivityOutcome::failed(format!(
-                    "cannot reach the Kubernetes cluster: {e}"
-                ));
+                return (
+                    ActivityOutcome::failed(format!("cannot reach the Kubernetes cluster: {e}")),
+                    None,
+                );
             }
         };
         if let Err(e) = self.ensure_namespace(&client, spec, &ns).await {
-            return ActivityOutcome::failed(e);
+            return (ActivityOutcome::failed(e), None);
         }
         let rendered = match render::render(spec, &self.instance, &ns) {
             Ok(r) => r,
-            Err(e) => return ActivityOutcome::failed(e),
+            Err(e) => return (ActivityOutcome::failed(e), None),
         };
         ctl.report(ActivityEvent::Starting);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let pending_limit = pending_limit(spec);
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
+        let mut waits = WaitReport::default();
         let pod = loop {
             // A cancel during preparation: no pod is created after it.
             if ctl.cancel.is_cancelled() {
-                return ActivityOutcome::cancelled();
+                return (ActivityOutcome::cancelled(), None);
             }
             match pods.create(&PostParams::default(), &rendered.pod).await {
                 Ok(p) => break p,
@@ -246,21 +305,27 @@ impl K8sBackend {
                         None
                     };
                     if waiting.is_none() && !transient(&e) {
-                        return ActivityOutcome::failed(format!(
-                            "the cluster refused the pod in namespace {ns}: {message}"
-                        ));
+                        return (
+                            ActivityOutcome::failed(format!(
+                                "the cluster refused the pod in namespace {ns}: {message}"
+                            )),
+                            None,
+                        );
                     }
                     if let Some(w) = waiting {
-                        ctl.report(ActivityEvent::Waiting(w));
+                        waits.report(&ctl, &w);
                     }
                     if pending_limit.is_some_and(|l| started.elapsed() > l) {
-                        return ActivityOutcome::failed(format!(
-                            "never started: still refused after the pending timeout ({message})"
-                        ));
+                        return (
+                            ActivityOutcome::failed(format!(
+                                "never started: still refused after the pending timeout ({message})"
+                            )),
+                            None,
+                        );
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = ctl.cancel.cancelled() => return ActivityOutcome::cancelled(),
+                        _ = ctl.cancel.cancelled() => return (ActivityOutcome::cancelled(), None),
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
@@ -293,16 +358,24 @@ impl K8sBackend {
         }
         .await;
         if let Err(e) = made {
-            self.delete(&pods, &name).await;
-            return ActivityOutcome::failed(format!(
-                "cannot create the pod's code and token in {ns}: {}",
-                api_message(&e)
-            ));
+            let cleanup = self.cleanup(&client, spec, &ns, &name).await;
+            return (
+                ActivityOutcome::failed(format!(
+                    "cannot create the pod's code and token in {ns}: {}",
+                    api_message(&e)
+                )),
+                Some(cleanup),
+            );
         }
-        self.follow(&client, spec, &ns, &name, &ctl, false).await
+        let (outcome, cleanup) = self
+            .follow(&client, spec, &ns, &name, &ctl, false, waits)
+            .await;
+        (outcome, Some(cleanup))
     }
 
-    /// Follows a pod to its end, keeps its log and events, deletes it.
+    /// Follows a pod to its end, keeps its log and events, deletes it. The outcome is decided
+    /// before the deletion, from the pod as it ended.
+    #[allow(clippy::too_many_arguments)]
     async fn follow(
         &self,
         client: &Client,
@@ -311,12 +384,12 @@ impl K8sBackend {
         name: &str,
         ctl: &ActivityControl,
         rewrite_log: bool,
-    ) -> ActivityOutcome {
+        mut waits: WaitReport,
+    ) -> (ActivityOutcome, Cleanup) {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let events: Api<Event> = Api::namespaced(client.clone(), ns);
         let pending_limit = pending_limit(spec);
         let started = Instant::now();
-        let mut last_wait = String::new();
         let mut logs: Option<tokio::task::JoinHandle<Vec<String>>> = None;
         let mut api_errors = 0;
         let outcome = loop {
@@ -340,18 +413,20 @@ impl K8sBackend {
                 }
             };
             api_errors = 0;
+            // Only this pod's events: an earlier pod of the same name left its own (another uid).
+            let about = match pod.metadata.uid.as_deref() {
+                Some(uid) => format!("involvedObject.name={name},involvedObject.uid={uid}"),
+                None => format!("involvedObject.name={name}"),
+            };
             let evs = events
-                .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+                .list(&ListParams::default().fields(&about))
                 .await
                 .map(|l| l.items)
                 .unwrap_or_default();
             let stderr_tail: Vec<String> = Vec::new();
             match assess(spec, &pod, &evs, &stderr_tail) {
                 Assessment::Waiting(why) => {
-                    if why != last_wait {
-                        ctl.report(ActivityEvent::Waiting(why.clone()));
-                        last_wait = why.clone();
-                    }
+                    waits.report(ctl, &why);
                     if pending_limit.is_some_and(|l| started.elapsed() > l) {
                         break ActivityOutcome::failed(format!(
                             "never started within the pending timeout: {why}"
@@ -431,8 +506,10 @@ impl K8sBackend {
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
+                // Deleted at once, before the log is waited for (its stream ends with the
+                // pod); the cleanup below then finds it gone, and removes the rest.
                 _ = ctl.cancel.cancelled() => {
-                    self.delete(&pods, name).await;
+                    let _ = self.delete(&pods, name).await;
                     break ActivityOutcome::cancelled();
                 }
             }
@@ -441,11 +518,42 @@ impl K8sBackend {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
         // Logs and state are saved: nothing of the activity stays in the cluster.
-        self.delete(&pods, name).await;
+        let cleanup = self.cleanup(client, spec, ns, name).await;
+        (outcome, cleanup)
+    }
+
+    /// Removes everything of an activity's attempt from the cluster and waits until it is
+    /// gone: its pod, a Spark driver's executors, and the ConfigMap and Secret (owned by the
+    /// pod, but the garbage collector takes its time; the token should not outlive the pod).
+    async fn cleanup(&self, client: &Client, spec: &ActivitySpec, ns: &str, name: &str) -> Cleanup {
+        let t = Instant::now();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let mut left = Vec::new();
+        left.extend(self.delete(&pods, name).await.err());
         if spec.recipe_kind.is_spark() {
-            self.delete_executors(&pods, spec).await;
+            left.extend(self.delete_executors(&pods, spec).await.err());
         }
-        outcome
+        let plain = DeleteParams::background();
+        let code: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        left.extend(
+            delete_and_wait(&code, "configmap", ns, name, &plain, self.delete_wait)
+                .await
+                .err(),
+        );
+        let token: Api<Secret> = Api::namespaced(client.clone(), ns);
+        left.extend(
+            delete_and_wait(&token, "secret", ns, name, &plain, self.delete_wait)
+                .await
+                .err(),
+        );
+        Cleanup {
+            took: t.elapsed(),
+            result: if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left.join("; "))
+            },
+        }
     }
 
     /// The pods of an activity's attempt: its own, and a Spark driver's executors.
@@ -528,44 +636,47 @@ impl K8sBackend {
 
     /// Deletes what is left of a Spark application's executors (they are owned by the driver
     /// pod, but the garbage collector takes its time) and waits until they are gone.
-    async fn delete_executors(&self, pods: &Api<Pod>, spec: &ActivitySpec) {
+    async fn delete_executors(&self, pods: &Api<Pod>, spec: &ActivitySpec) -> Result<(), String> {
         let selector = self.attempt_pods(spec);
         let params = DeleteParams {
             grace_period_seconds: Some(GRACE_SECS),
             ..DeleteParams::background()
         };
-        let _ = pods.delete_collection(&params, &selector).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
+        let refused = pods
+            .delete_collection(&params, &selector)
+            .await
+            .err()
+            .map(|e| api_message(&e));
+        let deadline = Instant::now() + self.delete_wait;
+        loop {
             match pods.list(&selector).await {
-                Ok(l) if l.items.is_empty() => return,
+                Ok(l) if l.items.is_empty() => return Ok(()),
+                _ if Instant::now() >= deadline => break,
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
-        tracing::warn!(
-            activity = spec.activity_id(),
-            "Spark executors are still there a minute after their deletion"
+        let e = format!(
+            "Spark executors of activity {} are still there {} after their deletion{}",
+            spec.activity_id(),
+            in_words(self.delete_wait),
+            refused.map(|r| format!(" ({r})")).unwrap_or_default()
         );
+        tracing::warn!("{e}");
+        Err(e)
     }
 
-    /// Deletes a pod (its ConfigMap and Secret go with it) and waits until it is gone.
-    async fn delete(&self, pods: &Api<Pod>, name: &str) {
+    /// Deletes a pod and waits until it is gone.
+    async fn delete(&self, pods: &Api<Pod>, name: &str) -> Result<(), String> {
         let params = DeleteParams {
             grace_period_seconds: Some(GRACE_SECS),
             ..DeleteParams::background()
         };
-        let _ = pods.delete(name, &params).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match pods.get_opt(name).await {
-                Ok(None) => return,
-                _ => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
+        let ns = pods.namespace().unwrap_or_default().to_string();
+        let r = delete_and_wait(pods, "pod", &ns, name, &params, self.delete_wait).await;
+        if let Err(e) = &r {
+            tracing::warn!("{e}");
         }
-        tracing::warn!(
-            pod = name,
-            "the pod is still there a minute after its deletion"
-        );
+        r
     }
 
     async fn resume_impl(
@@ -612,7 +723,14 @@ impl K8sBackend {
             (Some(pod), _) => {
                 let name = pod.metadata.name.unwrap_or_default();
                 // The engine kept the whole log while the daemon was down: read it again.
-                Resumed::Finished(self.follow(&client, spec, &ns, &name, &ctl, true).await)
+                let waits = WaitReport::default();
+                let (outcome, cleanup) = self
+                    .follow(&client, spec, &ns, &name, &ctl, true, waits)
+                    .await;
+                if let Err(e) = cleanup.result {
+                    tracing::warn!(activity = spec.activity_id(), error = %e, "cleanup incomplete");
+                }
+                Resumed::Finished(outcome)
             }
             (None, Some(name)) => Resumed::Finished(ActivityOutcome::failed(format!(
                 "its pod {ns}/{name} disappeared while the daemon was down (deleted outside capstan?)"
@@ -710,11 +828,63 @@ impl K8sBackend {
                     continue;
                 }
                 let name = p.metadata.name.unwrap_or_default();
-                self.delete(&pods, &name).await;
-                removed.push(format!("pod {ns}/{name}"));
+                // A pod still there is swept again at the next start.
+                if self.delete(&pods, &name).await.is_ok() {
+                    removed.push(format!("pod {ns}/{name}"));
+                }
             }
         }
         removed
+    }
+}
+
+/// Deletes object `name` (a `kind` in `ns`) and waits until the API no longer has it; an error
+/// names what is left, and why when the API refused the deletion.
+async fn delete_and_wait<K>(
+    api: &Api<K>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    params: &DeleteParams,
+    wait: Duration,
+) -> Result<(), String>
+where
+    K: Clone + std::fmt::Debug + k8s_openapi::serde::de::DeserializeOwned,
+{
+    let refused = match api.delete(name, params).await {
+        Ok(_) => None,
+        Err(e) if api_code(&e) == Some(404) => return Ok(()),
+        Err(e) => Some(api_message(&e)),
+    };
+    let deadline = Instant::now() + wait;
+    let mut last_error = None;
+    loop {
+        match api.get_opt(name).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) => {}
+            Err(e) => last_error = Some(api_message(&e)),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let why = refused
+        .map(|r| format!(": the API refused its deletion ({r})"))
+        .or_else(|| last_error.map(|e| format!(" (cannot look it up: {e})")))
+        .unwrap_or_default();
+    Err(format!(
+        "{kind} {ns}/{name} is still there {} after its deletion{why}",
+        in_words(wait)
+    ))
+}
+
+/// A wait in words: whole seconds, or milliseconds under one.
+fn in_words(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{} s", d.as_secs())
     }
 }
 

@@ -71,6 +71,10 @@ fn every_failure_kind_is_told_in_the_users_terms() {
         "quota",
         "crash-loop",
         "node-lost",
+        "image-pull-not-found-1-20",
+        "pulling-image",
+        "creating-container",
+        "stale-events",
     ] {
         assert!(seen.iter().any(|s| s == kind), "no test data for {kind}");
     }

@@ -332,3 +332,282 @@ async fn spark_driver_keeps_executor_logs_and_names_oom_killed_executors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A mock API server answering with `answer(method, path, query)`; it records each request
+/// as `METHOD PATH?QUERY` (without `?` when there is no query). A `None` body answers a log.
+type Answer = Box<dyn FnMut(&str, &str, &str) -> (StatusCode, Option<serde_json::Value>) + Send>;
+
+fn mock_api(mut answer: Answer) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        while let Some((req, send)) = handle.next_request().await {
+            let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+            let query = req.uri().query().unwrap_or("").to_string();
+            log.lock().unwrap().push(if query.is_empty() {
+                format!("{method} {path}")
+            } else {
+                format!("{method} {path}?{query}")
+            });
+            let (status, body) = answer(&method, &path, &query);
+            let mut resp = Response::new(Body::from(match body {
+                Some(b) => serde_json::to_vec(&b).unwrap(),
+                None => Vec::new(),
+            }));
+            *resp.status_mut() = status;
+            send.send_response(resp);
+        }
+    });
+    (Client::new(service, "default"), seen)
+}
+
+fn not_found(what: &str) -> (StatusCode, Option<serde_json::Value>) {
+    (
+        StatusCode::NOT_FOUND,
+        Some(
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{what} not found")}),
+        ),
+    )
+}
+
+fn created(kind: &str) -> (StatusCode, Option<serde_json::Value>) {
+    (
+        StatusCode::CREATED,
+        Some(json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": "capstan-x-7-0-0"}})),
+    )
+}
+
+/// A home-like folder with one Python recipe, and its spec in namespace `ns`.
+fn python_spec(name: &str) -> (std::path::PathBuf, ActivitySpec) {
+    let dir = std::env::temp_dir().join(format!("capstan-k8s-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("projects/p")).unwrap();
+    std::fs::write(dir.join("projects/p/hi.py"), "print('hello')\n").unwrap();
+    let spec = ActivitySpec {
+        recipe_kind: RecipeKind::Python,
+        project: "p".into(),
+        code_file: Some(dir.join("projects/p/hi.py")),
+        image: Some("img".into()),
+        namespace: Some("ns".into()),
+        ..ActivitySpec::bare(7, 0, dir.clone(), dir.clone(), ExecKind::Kubernetes)
+    };
+    (dir, spec)
+}
+
+/// A quota refusal retried with backoff says once what the job waits for, not at each retry.
+#[tokio::test]
+async fn a_quota_wait_is_reported_once_however_many_retries() {
+    let refusal = "pods \"capstan-x-7-0-0\" is forbidden: exceeded quota: compute, requested: limits.cpu=2, used: limits.cpu=8, limited: limits.cpu=8";
+    let mut posts = 0;
+    let (client, _seen) = mock_api(Box::new(move |method, path, _| {
+        match (method, path) {
+            ("POST", "/api/v1/namespaces/ns/pods") => {
+                posts += 1;
+                if posts <= 2 {
+                    return (
+                        StatusCode::FORBIDDEN,
+                        Some(
+                            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": refusal}),
+                        ),
+                    );
+                }
+                (
+                    StatusCode::CREATED,
+                    Some(pod(
+                        "Succeeded",
+                        json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
+                    )),
+                )
+            }
+            ("POST", "/api/v1/namespaces/ns/configmaps") => created("ConfigMap"),
+            ("POST", "/api/v1/namespaces/ns/secrets") => created("Secret"),
+            ("GET", "/api/v1/namespaces/ns/pods/capstan-x-7-0-0") => (
+                StatusCode::OK,
+                Some(pod(
+                    "Succeeded",
+                    json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
+                )),
+            ),
+            ("GET", "/api/v1/namespaces/ns/events") => (
+                StatusCode::OK,
+                Some(json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []})),
+            ),
+            ("GET", p) if p.ends_with("/log") => (StatusCode::OK, None),
+            // Deleted at once.
+            _ => not_found(path),
+        }
+    }));
+    let (dir, spec) = python_spec("quota");
+    let backend = K8sBackend::with_client(&dir, client);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctl = ActivityControl {
+        cancel: Default::default(),
+        events: tx,
+    };
+    let outcome = backend.run(&spec, ctl).await;
+    assert_eq!(outcome.state, JobState::Succeeded, "{outcome:?}");
+    let mut waits = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if let ActivityEvent::Waiting(w) = e {
+            waits.push(w);
+        }
+    }
+    assert_eq!(
+        waits,
+        vec![format!(
+            "waiting for quota in namespace ns: exceeded quota: compute, requested: limits.cpu=2, used: limits.cpu=8, limited: limits.cpu=8"
+        )]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pod that cannot pull its image: the diagnosis quotes the kubelet's pull error from the
+/// events of this pod (its uid in the query), and is decided before the deletion, whatever
+/// the pod looks like while it goes (the kubelet marks its container terminated, 137). The
+/// removal (pod, ConfigMap, Secret) is timed to when they are gone.
+#[tokio::test]
+async fn an_image_pull_failure_is_diagnosed_before_the_pod_is_deleted() {
+    let image = "reg.example.com/capstan/nope:1";
+    let waiting = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "capstan-x-7-0-0", "namespace": "ns", "uid": "1234-abcd"},
+        "status": {"phase": "Pending", "containerStatuses": [{"name": "recipe", "image": image, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image \"{image}\"")}}}]}});
+    let going = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "capstan-x-7-0-0", "namespace": "ns", "uid": "1234-abcd", "deletionTimestamp": "2026-11-28T00:01:00Z"},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "recipe", "image": image, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}});
+    let ev = |name: &str, reason: &str, message: String, at: &str| {
+        json!({"metadata": {"name": name}, "involvedObject": {"kind": "Pod", "name": "capstan-x-7-0-0", "uid": "1234-abcd", "fieldPath": "spec.containers{recipe}"},
+            "type": "Warning", "reason": reason, "message": message, "lastTimestamp": at})
+    };
+    let events = json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [
+        ev("e1", "Failed", format!("Failed to pull image \"{image}\": rpc error: code = NotFound desc = {image}: not found"), "2026-11-28T00:00:02Z"),
+        ev("e2", "Failed", "Error: ErrImagePull".into(), "2026-11-28T00:00:02Z"),
+        ev("e3", "Failed", "Error: ImagePullBackOff".into(), "2026-11-28T00:00:05Z"),
+    ]});
+    let mut deleted_gets = 0;
+    let mut deleted = false;
+    let (client, seen) = mock_api(Box::new(move |method, path, _| match (method, path) {
+        ("POST", "/api/v1/namespaces/ns/pods") => (StatusCode::CREATED, Some(waiting.clone())),
+        ("POST", "/api/v1/namespaces/ns/configmaps") => created("ConfigMap"),
+        ("POST", "/api/v1/namespaces/ns/secrets") => created("Secret"),
+        ("GET", "/api/v1/namespaces/ns/events") => (StatusCode::OK, Some(events.clone())),
+        ("GET", p) if p.ends_with("/log") => (
+            StatusCode::BAD_REQUEST,
+            Some(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest", "code": 400,
+                "message": "container \"recipe\" in pod \"capstan-x-7-0-0\" is waiting to start: trying and failing to pull image"}),
+            ),
+        ),
+        ("DELETE", "/api/v1/namespaces/ns/pods/capstan-x-7-0-0") => {
+            deleted = true;
+            (StatusCode::OK, Some(going.clone()))
+        }
+        ("GET", "/api/v1/namespaces/ns/pods/capstan-x-7-0-0") if deleted => {
+            deleted_gets += 1;
+            if deleted_gets <= 2 {
+                (StatusCode::OK, Some(going.clone()))
+            } else {
+                not_found(path)
+            }
+        }
+        ("GET", "/api/v1/namespaces/ns/pods/capstan-x-7-0-0") => {
+            (StatusCode::OK, Some(waiting.clone()))
+        }
+        ("DELETE", p)
+            if p.ends_with("/configmaps/capstan-x-7-0-0")
+                || p.ends_with("/secrets/capstan-x-7-0-0") =>
+        {
+            (
+                StatusCode::OK,
+                Some(
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                ),
+            )
+        }
+        _ => not_found(path),
+    }));
+    let (dir, spec) = python_spec("pull");
+    let backend = K8sBackend::with_client(&dir, client);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctl = ActivityControl {
+        cancel: Default::default(),
+        events: tx,
+    };
+    let (outcome, cleanup) = backend.run_with_cleanup(&spec, ctl).await;
+    assert_eq!(outcome.state, JobState::Failed, "{outcome:?}");
+    assert_eq!(
+        outcome.diagnosis.as_deref(),
+        Some(format!(
+            "the cluster cannot pull image `{image}` from registry `reg.example.com` (Failed to pull image \"{image}\": rpc error: \
+             code = NotFound desc = {image}: not found); check that the image was pushed there (`capstan image build-base` and \
+             `capstan env build` push to a configuration's registry) and the image pull secret"
+        ).as_str())
+    );
+    let cleanup = cleanup.expect("the pod was created");
+    assert_eq!(cleanup.result, Ok(()));
+    // Two looks at a pod still terminating, half a second apart.
+    assert!(
+        cleanup.took >= std::time::Duration::from_millis(900),
+        "{cleanup:?}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|s| s.starts_with("GET /api/v1/namespaces/ns/events?")
+                && s.contains("involvedObject.uid%3D1234-abcd")),
+        "{seen:?}"
+    );
+    let order = |what: &str| position(&seen, what);
+    let pod_deleted = order("DELETE /api/v1/namespaces/ns/pods/capstan-x-7-0-0");
+    assert!(pod_deleted < order("DELETE /api/v1/namespaces/ns/configmaps/capstan-x-7-0-0"));
+    assert!(pod_deleted < order("DELETE /api/v1/namespaces/ns/secrets/capstan-x-7-0-0"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pod that stays after its deletion: the cleanup says so (the outcome stays the recipe's).
+#[tokio::test]
+async fn a_pod_that_outstays_its_deletion_is_a_failed_cleanup() {
+    let (client, _seen) = mock_api(Box::new(move |method, path, _| match (method, path) {
+        ("POST", "/api/v1/namespaces/ns/pods") => (
+            StatusCode::CREATED,
+            Some(pod(
+                "Pending",
+                json!({"waiting": {"reason": "ContainerCreating"}}),
+            )),
+        ),
+        ("POST", "/api/v1/namespaces/ns/configmaps") => created("ConfigMap"),
+        ("POST", "/api/v1/namespaces/ns/secrets") => created("Secret"),
+        ("GET", "/api/v1/namespaces/ns/events") => (
+            StatusCode::OK,
+            Some(json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []})),
+        ),
+        ("GET", p) if p.ends_with("/log") => (StatusCode::OK, None),
+        // Succeeded, and never goes (a finalizer nobody removes).
+        ("GET" | "DELETE", "/api/v1/namespaces/ns/pods/capstan-x-7-0-0") => (
+            StatusCode::OK,
+            Some(pod(
+                "Succeeded",
+                json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
+            )),
+        ),
+        _ => not_found(path),
+    }));
+    let (dir, spec) = python_spec("stays");
+    let backend = K8sBackend::with_client(&dir, client)
+        .with_delete_wait(std::time::Duration::from_millis(600));
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctl = ActivityControl {
+        cancel: Default::default(),
+        events: tx,
+    };
+    let (outcome, cleanup) = backend.run_with_cleanup(&spec, ctl).await;
+    assert_eq!(outcome.state, JobState::Succeeded, "{outcome:?}");
+    let cleanup = cleanup.expect("the pod was created");
+    assert_eq!(
+        cleanup.result,
+        Err("pod ns/capstan-x-7-0-0 is still there 600 ms after its deletion".to_string())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,18 +74,20 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
             .await;
         }
     };
-    let config = test_config(&home, args.exec_config.as_deref(), ExecKind::Kubernetes)?;
+    let (config, why) = test_config(&home, args.exec_config.as_deref(), ExecKind::Kubernetes)?;
     let backend = capstan_backend_k8s::K8sBackend::new(root);
     let kc = kubeconfig.as_ref().map(|k| k.value.clone());
     let ctx = context.as_ref().map(|c| c.value.clone());
 
     let t = Instant::now();
-    match backend.server_version(kc.as_deref(), ctx.as_deref()).await {
-        Ok(v) => step(true, "API reachable", &v, t),
-        Err(e) => {
-            step(false, "API reachable", &e, t);
-            return Ok(exit::FAILURE);
-        }
+    let reachable = backend.server_version(kc.as_deref(), ctx.as_deref()).await;
+    match &reachable {
+        Ok(v) => step(true, "API reachable", v, t),
+        Err(e) => step(false, "API reachable", e, t),
+    }
+    println!("using execution configuration {} ({why})", config.name);
+    if reachable.is_err() {
+        return Ok(exit::FAILURE);
     }
 
     let t = Instant::now();
@@ -129,6 +131,8 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
         dir.clone(),
     );
     spec.home_root = dir.clone();
+    // Objects of their own, whatever the runs before (whose pods' events outlive them).
+    spec.attempt = unique_attempt();
     let Some(image) = spec.image.clone() else {
         bail!("execution configuration `{}` names no image", config.name);
     };
@@ -144,40 +148,60 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
         }),
         ..spec
     };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctl = capstan_engine::backend::ActivityControl {
+        cancel: Default::default(),
+        events: tx,
+    };
+    let (outcome, cleanup) = backend.run_with_cleanup(&spec, ctl).await;
     let TestRun {
         outcome,
         started,
         waited,
         log,
-    } = run_test(&backend, &spec, &dir).await;
+    } = finish_test(outcome, rx, &dir);
     let ok = outcome.state == capstan_core::job::JobState::Succeeded;
     let detail = |d: &str| {
         waited
             .last()
             .map_or(d.to_string(), |w| format!("{d} (last: {w})"))
     };
-    step(started || ok, "image pull and start", &detail(&image), t);
-    let t = Instant::now();
-    match (&public, ok, log.contains("callback ok")) {
-        (None, _, _) => println!(
-            "skip {:<22} no [server] public_url: pods have no address to reach the daemon at",
-            "callback to the daemon"
-        ),
-        (Some(u), _, true) => step(true, "callback to the daemon", u, t),
-        (Some(u), _, false) => step(
-            false,
-            "callback to the daemon",
-            &format!("{u}: {}", outcome.diagnosis.clone().unwrap_or_default()),
-            t,
-        ),
-    }
-    // The backend deletes the pod and waits until it is gone before it returns.
-    step(
-        true,
-        "cleanup",
-        &format!("pod deleted from {ns}"),
-        Instant::now(),
+    // The run's time less its cleanup's, which has its own line.
+    let run_took = t
+        .elapsed()
+        .saturating_sub(cleanup.as_ref().map_or(Default::default(), |c| c.took));
+    step_took(
+        started || ok,
+        "image pull and start",
+        &detail(&image),
+        run_took,
     );
+    let diagnosis = outcome.diagnosis.clone().unwrap_or_default();
+    match callback(public.as_deref(), started || ok, &log, &diagnosis) {
+        Check::Ok(d) => step_took(true, "callback to the daemon", &d, Default::default()),
+        Check::Fail(d) => step_took(false, "callback to the daemon", &d, Default::default()),
+        Check::Skip(why) => skip("callback to the daemon", &why),
+    }
+    // The backend deletes the pod, its code and its token, and waits until they are gone.
+    let cleaned = match cleanup {
+        Some(c) => {
+            let gone = c.result.is_ok();
+            let detail = match c.result {
+                Ok(()) => format!("pod, code and token deleted from {ns}"),
+                Err(e) => e,
+            };
+            step_took(gone, "cleanup", &detail, c.took);
+            gone
+        }
+        None => {
+            skip("cleanup", "nothing was created in the cluster");
+            true
+        }
+    };
+    if !cleaned && ok {
+        eprintln!("error: the test's objects are still in namespace {ns}");
+        return Ok(exit::FAILURE);
+    }
     if !ok {
         eprintln!(
             "error: {}",
@@ -190,23 +214,38 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
     Ok(exit::OK)
 }
 
-/// The execution configuration a cluster test runs with: the one named, else the first of
-/// `kind`.
+/// The execution configuration a cluster test runs with, and why that one: the one named,
+/// else the instance default when it is of `kind`, else the first of `kind` by name.
 fn test_config<'h>(
     home: &'h capstan_core::Home,
     name: Option<&str>,
     kind: ExecKind,
-) -> anyhow::Result<&'h capstan_core::model::ExecConfig> {
-    let config = match name {
-        Some(n) => home
-            .exec_configs
-            .get(n)
-            .ok_or_else(|| anyhow::anyhow!("unknown execution configuration `{n}`"))?,
-        None => home
-            .exec_configs
-            .values()
-            .find(|c| c.kind.value == kind)
-            .ok_or_else(|| anyhow::anyhow!("no {kind} execution configuration to test with"))?,
+) -> anyhow::Result<(&'h capstan_core::model::ExecConfig, String)> {
+    let default = home
+        .instance
+        .defaults
+        .exec_config
+        .as_ref()
+        .and_then(|d| home.exec_configs.get(&d.value))
+        .filter(|c| c.kind.value == kind);
+    let (config, why) = match (name, default) {
+        (Some(n), _) => (
+            home.exec_configs
+                .get(n)
+                .ok_or_else(|| anyhow::anyhow!("unknown execution configuration `{n}`"))?,
+            "chosen with --exec-config".to_string(),
+        ),
+        (None, Some(c)) => (
+            c,
+            "the instance default, [defaults] exec_config; choose with --exec-config".into(),
+        ),
+        (None, None) => (
+            home.exec_configs
+                .values()
+                .find(|c| c.kind.value == kind)
+                .ok_or_else(|| anyhow::anyhow!("no {kind} execution configuration to test with"))?,
+            format!("the first {kind} configuration; choose with --exec-config"),
+        ),
     };
     if config.kind.value != kind {
         bail!(
@@ -215,7 +254,36 @@ fn test_config<'h>(
             config.kind.value
         );
     }
-    Ok(config)
+    Ok((config, why))
+}
+
+/// The attempt number of a test run: the microseconds since the epoch, so that two runs in a
+/// row never share the names of their objects (a quick rerun would meet the ConfigMap of the
+/// last one, and its pod's events). It fits the names and labels the backends render.
+fn unique_attempt() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as i64)
+}
+
+/// How a step went, with what it found or why it was not tried.
+#[derive(Debug, PartialEq, Eq)]
+enum Check {
+    Ok(String),
+    Fail(String),
+    Skip(String),
+}
+
+/// The callback step: tried only where pods have an address to call and the pod ran.
+fn callback(public: Option<&str>, ran: bool, log: &str, diagnosis: &str) -> Check {
+    match public {
+        None => Check::Skip(
+            "no [server] public_url: pods have no address to reach the daemon at".into(),
+        ),
+        Some(_) if !ran => Check::Skip("the pod never ran".into()),
+        Some(u) if log.contains("callback ok") => Check::Ok(u.to_string()),
+        Some(u) => Check::Fail(format!("{u}: {diagnosis}")),
+    }
 }
 
 /// A temporary folder holding the test's code.
@@ -247,8 +315,8 @@ async fn run_test(
     spec: &capstan_engine::backend::ActivitySpec,
     dir: &Path,
 ) -> TestRun {
-    use capstan_engine::backend::{ActivityControl, ActivityEvent};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    use capstan_engine::backend::ActivityControl;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let outcome = backend
         .run(
             spec,
@@ -258,6 +326,16 @@ async fn run_test(
             },
         )
         .await;
+    finish_test(outcome, rx, dir)
+}
+
+/// What the test activity did, from its outcome and events; removes the test's folder.
+fn finish_test(
+    outcome: capstan_engine::backend::ActivityOutcome,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<capstan_engine::backend::ActivityEvent>,
+    dir: &Path,
+) -> TestRun {
+    use capstan_engine::backend::ActivityEvent;
     let mut waited = Vec::new();
     let mut started = false;
     while let Ok(e) = rx.try_recv() {
@@ -279,11 +357,20 @@ async fn run_test(
 
 /// One line of `cluster test`: whether a step worked, what it found, how long it took.
 fn step(ok: bool, what: &str, detail: &str, t: std::time::Instant) {
+    step_took(ok, what, detail, t.elapsed());
+}
+
+fn step_took(ok: bool, what: &str, detail: &str, took: std::time::Duration) {
     println!(
         "{} {what:<26} {detail} ({} ms)",
         if ok { "ok  " } else { "FAIL" },
-        t.elapsed().as_millis()
+        took.as_millis()
     );
+}
+
+/// A step not tried, and why.
+fn skip(what: &str, why: &str) {
+    println!("skip {what:<26} {why}");
 }
 
 /// `capstan cluster test NAME` for a Docker cluster: the engine answers, the address its
@@ -299,21 +386,24 @@ pub async fn docker(
     use capstan_engine::backend::DataAccess;
     use std::time::Instant;
 
-    let config = test_config(home, exec_config, ExecKind::Docker)?;
+    let (config, why) = test_config(home, exec_config, ExecKind::Docker)?;
     let t = Instant::now();
     let engine = match capstan_backend_docker::image_ops::Engine::connect(Some(host)).await {
         Ok(e) => e,
         Err(e) => {
             step(false, "engine reachable", &e, t);
+            println!("using execution configuration {} ({why})", config.name);
             return Ok(exit::FAILURE);
         }
     };
-    match engine.version().await {
+    let version = engine.version().await;
+    match &version {
         Ok(v) => step(true, "engine reachable", &format!("{host}, Docker {v}"), t),
-        Err(e) => {
-            step(false, "engine reachable", &e, t);
-            return Ok(exit::FAILURE);
-        }
+        Err(e) => step(false, "engine reachable", e, t),
+    }
+    println!("using execution configuration {} ({why})", config.name);
+    if version.is_err() {
+        return Ok(exit::FAILURE);
     }
 
     // Where the containers call back: the daemon's public URL when set, else an address of this
@@ -373,6 +463,7 @@ pub async fn docker(
         dir.clone(),
     );
     spec.home_root = dir.clone();
+    spec.attempt = unique_attempt();
     spec.kind = ExecKind::Docker;
     spec.namespace = None;
     spec.docker_host = Some(host.to_string());
@@ -422,6 +513,8 @@ pub async fn docker(
                 t,
             ),
         }
+    } else {
+        skip("callback to this machine", "the container never ran");
     }
     // The backend removes the container before it returns, whatever happened.
     step(true, "cleanup", "container removed", Instant::now());
@@ -437,4 +530,109 @@ pub async fn docker(
         return Ok(exit::FAILURE);
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home(toml: &str) -> capstan_core::Home {
+        let mut files = capstan_core::load::HomeFiles::default();
+        files
+            .toml
+            .insert("capstan.toml".into(), toml.as_bytes().to_vec());
+        files.toml.insert(
+            "exec-configs.toml".into(),
+            b"[exec_config.a-docker]\nkind = \"docker\"\nimage = \"i\"\n\
+              [exec_config.k8s-large]\nkind = \"kubernetes\"\nimage = \"i\"\n\
+              [exec_config.k8s-medium]\nkind = \"kubernetes\"\nimage = \"i\"\n"
+                .to_vec(),
+        );
+        let (home, diags) = capstan_core::load::load(Path::new("/h"), &files);
+        assert!(!diags.has_errors(), "{:?}", diags.list);
+        home
+    }
+
+    #[test]
+    fn the_cluster_test_says_which_configuration_it_uses_and_why() {
+        let plain = home("");
+        let (c, why) = test_config(&plain, None, ExecKind::Kubernetes).unwrap();
+        assert_eq!(
+            (c.name.as_str(), why.as_str()),
+            (
+                "k8s-large",
+                "the first kubernetes configuration; choose with --exec-config"
+            )
+        );
+        let (c, why) = test_config(&plain, Some("k8s-medium"), ExecKind::Kubernetes).unwrap();
+        assert_eq!(
+            (c.name.as_str(), why.as_str()),
+            ("k8s-medium", "chosen with --exec-config")
+        );
+        let defaulted = home("[defaults]\nexec_config = \"k8s-medium\"\n");
+        let (c, why) = test_config(&defaulted, None, ExecKind::Kubernetes).unwrap();
+        assert_eq!(
+            (c.name.as_str(), why.as_str()),
+            (
+                "k8s-medium",
+                "the instance default, [defaults] exec_config; choose with --exec-config"
+            )
+        );
+        // A default of the other kind does not apply.
+        let (c, _) = test_config(&defaulted, None, ExecKind::Docker).unwrap();
+        assert_eq!(c.name, "a-docker");
+    }
+
+    #[test]
+    fn two_cluster_tests_in_a_row_never_share_object_names() {
+        let spec = |attempt| capstan_engine::backend::ActivitySpec {
+            attempt,
+            ..capstan_engine::backend::ActivitySpec::bare(
+                0,
+                0,
+                "/d".into(),
+                "/h".into(),
+                ExecKind::Kubernetes,
+            )
+        };
+        let (a, b) = (unique_attempt(), unique_attempt());
+        let first = capstan_backend_k8s::render::object_name(&spec(a), "f8f51469");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let second = capstan_backend_k8s::render::object_name(&spec(unique_attempt()), "f8f51469");
+        assert!(b >= a);
+        assert_ne!(first, second);
+        // A pod's name is its hostname, and the attempt is a label value: 63 characters.
+        assert!(first.len() <= 63, "{first}");
+        assert!(a.to_string().len() <= 63);
+    }
+
+    #[test]
+    fn the_callback_is_skipped_where_the_pod_never_ran() {
+        let url = Some("http://capstan.example.com:7878");
+        assert_eq!(
+            callback(url, false, "", "the cluster cannot pull image `x`"),
+            Check::Skip("the pod never ran".into())
+        );
+        assert_eq!(
+            callback(
+                url,
+                true,
+                "callback ok: http://capstan.example.com:7878\n",
+                ""
+            ),
+            Check::Ok("http://capstan.example.com:7878".into())
+        );
+        assert_eq!(
+            callback(
+                url,
+                true,
+                "callback failed",
+                "the recipe failed with exit code 3"
+            ),
+            Check::Fail(
+                "http://capstan.example.com:7878: the recipe failed with exit code 3".into()
+            )
+        );
+        assert!(matches!(callback(None, true, "", ""), Check::Skip(_)));
+    }
 }
