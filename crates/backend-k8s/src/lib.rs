@@ -471,6 +471,20 @@ impl K8sBackend {
                     if spec.recipe_kind.is_spark() {
                         // Before the driver pod goes, and its executors with it.
                         let killed = self.save_executor_logs(&pods, spec).await;
+                        // Executors that never reached their driver explain a failure whose
+                        // driver log says only that it lost them.
+                        if o.state == capstan_core::job::JobState::Failed
+                            && killed.is_empty()
+                            && let Some(cause) =
+                                capstan_spark::executor_trouble(&executor_logs(spec))
+                        {
+                            o.diagnosis = Some(match o.diagnosis.take() {
+                                Some(d) if !d.starts_with("Spark executors could not") => {
+                                    format!("{cause} ({d})")
+                                }
+                                _ => cause,
+                            });
+                        }
                         if o.state == capstan_core::job::JobState::Failed && !killed.is_empty() {
                             let oom = format!(
                                 "Spark executor pods were killed for exceeding their memory limit (OOMKilled: {}): raise \
@@ -987,3 +1001,23 @@ impl Backend for K8sBackend {
 // The versions of the Kubernetes crates in this crate's API, so callers never mismatch them.
 pub use k8s_openapi;
 pub use kube;
+
+/// The executors' logs `save_executor_logs` kept, `(pod, text)`, in name order.
+fn executor_logs(spec: &ActivitySpec) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir(spec.dir.join("executors")) else {
+        return Vec::new();
+    };
+    let mut logs: Vec<(String, String)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".log")?
+                .to_string();
+            Some((name, std::fs::read_to_string(e.path()).ok()?))
+        })
+        .collect();
+    logs.sort();
+    logs
+}

@@ -519,9 +519,16 @@ pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
     if let Some(e) = exception(log, spec) {
         return Some(format!("the Spark application failed: {e}"));
     }
-    if let Some(line) = log
+    // A refusal counts when it stopped the driver from managing its executors, not when it
+    // is logged on the way down: Spark's shutdown deletes its services and executors with
+    // `deletecollection`, which a Role may rightly not grant, and whatever it logs after it
+    // began to stop explains nothing.
+    let running = log
         .lines()
-        .find(|l| l.contains("is forbidden: User") && l.contains("cannot "))
+        .take_while(|l| !SHUTDOWN_MARKERS.iter().any(|m| l.contains(m)));
+    if let Some(line) = running
+        .filter(|l| l.contains("is forbidden: User") && l.contains("cannot "))
+        .find(|l| !l.contains("cannot deletecollection ") && !l.contains("cannot delete "))
     {
         // The driver pod's service account lacks rights: quote who, and what it may not do.
         let who = line
@@ -547,6 +554,40 @@ pub fn diagnose(log: &str, spec: &ActivitySpec) -> Option<String> {
     }
     None
 }
+
+/// Why a Spark application's executors could not work, from their logs (`(pod, log)`): the
+/// first that could not reach its driver, quoted. On Kubernetes a driver that hands out an
+/// address its executors cannot reach (`0.0.0.0`, a pod IP across a network policy) fails
+/// with nothing but "lost executors" in its own log: the cause is in theirs.
+pub fn executor_trouble(logs: &[(String, String)]) -> Option<String> {
+    const UNREACHABLE: [&str; 3] = [
+        "Failed to connect to",
+        "Cannot receive any reply from",
+        "Connection refused",
+    ];
+    logs.iter().find_map(|(pod, log)| {
+        let line = log
+            .lines()
+            .find(|l| UNREACHABLE.iter().any(|u| l.contains(u)))?;
+        let at = UNREACHABLE
+            .iter()
+            .filter_map(|u| line.find(u))
+            .min()
+            .unwrap_or(0);
+        let what = line[at..].trim();
+        Some(format!(
+            "Spark executors could not reach their driver ({pod}: {what}): the executors' pods must reach the driver's pod and resolve its service (cluster DNS, network policies); their logs are in the job's executors/ folder"
+        ))
+    })
+}
+
+/// Lines a Spark driver logs once it has begun to stop (its shutdown hook, `SparkContext.stop`).
+const SHUTDOWN_MARKERS: [&str; 4] = [
+    "Invoking stop() from shutdown hook",
+    "Shutdown hook called",
+    "SparkContext: Stopping",
+    "SparkContext is stopping",
+];
 
 /// The exception that ended a Spark application, from its driver's log, with the package
 /// names dropped (`AnalysisException: [PATH_NOT_FOUND] Path does not exist: …`): a Python
@@ -812,6 +853,38 @@ mod tests {
         assert_eq!(
             diagnose("INFO SparkContext: Running Spark version 4.3.0", &spec()),
             None
+        );
+        let executors = vec![
+            ("exec-1".to_string(), "2026-12-01T10:00:01Z 26/12/01 10:00:01 INFO CoarseGrainedExecutorBackend: Started daemon\n".to_string()),
+            (
+                "exec-2".to_string(),
+                "2026-12-01T10:00:02Z 26/12/01 10:00:02 ERROR TransportClientFactory: Exception: java.io.IOException: \
+                 Failed to connect to /0.0.0.0:35995\n"
+                    .to_string(),
+            ),
+        ];
+        assert_eq!(
+            executor_trouble(&executors).unwrap(),
+            "Spark executors could not reach their driver (exec-2: Failed to connect to /0.0.0.0:35995): the executors' \
+             pods must reach the driver's pod and resolve its service (cluster DNS, network policies); their logs are in \
+             the job's executors/ folder"
+        );
+        assert_eq!(executor_trouble(&executors[..1]), None);
+        // What a real cluster logged when executors could not reach their driver: the 403 of
+        // the shutdown's `deletecollection` is no diagnosis, and asks for no rights.
+        let shutdown = "26/12/01 10:00:05 INFO SparkContext: Invoking stop() from shutdown hook
+             26/12/01 10:00:05 WARN ExecutorPodsSnapshotsStoreImpl: services is forbidden: User              \"system:serviceaccount:capstan-spark:capstan-spark\" cannot deletecollection resource \"services\" in API group \"\"              in the namespace \"capstan-spark\".\n";
+        assert_eq!(diagnose(shutdown, &spec()), None);
+        let delete_anytime = "26/12/01 10:00:01 WARN Utils: services is forbidden: User \"system:serviceaccount:s:d\" cannot deletecollection resource \"services\"\n";
+        assert_eq!(diagnose(delete_anytime, &spec()), None);
+        // A refusal to create what the executors need still is one, before the shutdown.
+        let before = format!(
+            "{forbidden}26/12/01 10:00:05 INFO SparkContext: Invoking stop() from shutdown hook\n"
+        );
+        assert!(
+            diagnose(&before, &spec())
+                .unwrap()
+                .starts_with("the Spark driver may not manage its executors")
         );
     }
 
