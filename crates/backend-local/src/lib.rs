@@ -530,12 +530,12 @@ fn spark_env() -> capstan_core::model::CodeEnv {
             value: EnvLanguage::Python,
             loc: Loc::NOWHERE,
         },
-        // `sql`: pandas and pyarrow, for datasets that travel through the data API; PySpark 4
-        // does not support pandas 3 yet.
-        packages: ["pyspark[sql]", "pandas<3"]
+        // `sql`: pandas and pyarrow, for datasets that travel through the data API; all three
+        // at the versions capstan's tests ran with, as in base images.
+        packages: capstan_core::pins::spark_packages()
             .into_iter()
             .map(|p| Sourced {
-                value: p.into(),
+                value: p,
                 loc: Loc::NOWHERE,
             })
             .collect(),

@@ -251,6 +251,7 @@ fn row_json(r: &ImageRow) -> serde_json::Value {
         "state": r.state.as_str(),
         "last_error": r.record.as_ref().and_then(|x| x.last_error.clone()),
         "used_by": r.used_by,
+        "pins": r.pins,
     })
 }
 
@@ -286,6 +287,9 @@ pub async fn list(root: &Path, args: &ImageListArgs, envs: bool) -> anyhow::Resu
             r.state.as_str(),
             r.used_by.join(", ")
         );
+        if let Some(p) = &r.pins {
+            println!("  pins {p}");
+        }
         if let Some(e) = r.record.as_ref().and_then(|x| x.last_error.as_ref()) {
             println!("  last build failed: {}", e.lines().next().unwrap_or(""));
         }

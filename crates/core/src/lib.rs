@@ -13,6 +13,7 @@ pub mod job;
 pub mod limits;
 pub mod load;
 pub mod model;
+pub mod pins;
 pub mod quantity;
 pub mod resolve;
 pub mod sample;

@@ -93,10 +93,12 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
         .collect();
     if spec.with_spark {
         // `sql`: pandas and pyarrow, with which a driver pod reads and writes datasets through
-        // the data API.
-        // PySpark 4 does not support pandas 3 yet (it warns on every start).
-        pip.push(shell_quote("pyspark[sql]"));
-        pip.push(shell_quote("pandas<3"));
+        // the data API; all three at the versions capstan's tests ran with.
+        pip.extend(
+            capstan_core::pins::spark_packages()
+                .iter()
+                .map(|p| shell_quote(p)),
+        );
     }
     if spec.with_cuda {
         // The CUDA runtime from NVIDIA's wheels: no CUDA image needed, any base works.
@@ -125,6 +127,12 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
     if let Some(a) = &spec.dockerfile_append {
         d += a.value.trim_end();
         d.push('\n');
+    }
+    if spec.with_spark {
+        d += &format!(
+            "LABEL capstan.pins=\"{}\"\n",
+            capstan_core::pins::spark_pins()
+        );
     }
     d += &format!(
         "LABEL capstan.base-image=\"{}\" capstan.spec-hash=\"{spec_hash}\"\nWORKDIR /capstan/work\n",

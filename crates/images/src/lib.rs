@@ -779,6 +779,8 @@ pub struct ImageRow {
     pub state: ImageState,
     /// Configurations that run on this image.
     pub used_by: Vec<String>,
+    /// What capstan pins in it (`pyspark==… pandas==… pyarrow==…` where it brings Spark).
+    pub pins: Option<String>,
 }
 
 /// The base images of the home and their state on `engine`.
@@ -800,6 +802,7 @@ pub async fn list_bases(home: &Home, engine: Option<&Engine>) -> Vec<ImageRow> {
             record,
             state,
             used_by,
+            pins: b.with_spark.then(capstan_core::pins::spark_pins),
         });
     }
     rows
@@ -817,6 +820,12 @@ pub async fn list_envs(home: &Home, engine: Option<&Engine>) -> Vec<ImageRow> {
                 .and_then(|b| home.base_image_record(b))
                 .map(|r| r.image_id.clone());
             let state = state_of(record.as_ref(), base_now.as_deref(), engine).await;
+            let pins = t
+                .base
+                .as_ref()
+                .and_then(|b| home.base_images.get(b))
+                .filter(|b| b.with_spark)
+                .map(|_| capstan_core::pins::spark_pins());
             rows.push(ImageRow {
                 kind: "env",
                 name: e.name.clone(),
@@ -824,6 +833,7 @@ pub async fn list_envs(home: &Home, engine: Option<&Engine>) -> Vec<ImageRow> {
                 record,
                 state,
                 used_by: vec![t.key],
+                pins,
             });
         }
     }
