@@ -14,7 +14,7 @@ use crate::cli::{BuildArgs, FlowArgs, SchedulesArgs};
 use crate::client::Client;
 use crate::exit;
 use crate::home::load_valid;
-use crate::jobs::{human_bytes, human_ms};
+use crate::jobs::{human_bytes, human_ms, ran_for, rows};
 
 /// The project and datasets of `capstan build`'s targets: `PROJECT` (its final outputs) or
 /// `PROJECT/DATASET`, all of one project.
@@ -193,18 +193,6 @@ pub(crate) async fn watch(
     }
 }
 
-fn rows(io: &Value, key: &str) -> Option<String> {
-    let map = io[key].as_object().filter(|m| !m.is_empty())?;
-    let list: Vec<String> = map
-        .iter()
-        .map(|(d, n)| {
-            let n = n.as_u64().unwrap_or(0);
-            format!("{d} ({n} row{})", if n == 1 { "" } else { "s" })
-        })
-        .collect();
-    Some(list.join(", "))
-}
-
 /// `succeeded in 1.20s; wrote clean (3 rows)`, `failed: …`, `skipped (upstream sample/b failed)`.
 fn activity_end(a: &Value) -> String {
     let state = a["state"].as_str().unwrap_or("");
@@ -212,11 +200,8 @@ fn activity_end(a: &Value) -> String {
         return a["diagnosis"].as_str().unwrap_or("skipped").to_string();
     }
     let mut s = state.replace('_', " ");
-    if let (Some(from), Some(to)) = (a["started_at"].as_str(), a["finished_at"].as_str())
-        && let (Ok(from), Ok(to)) = (humantime::parse_rfc3339(from), humantime::parse_rfc3339(to))
-        && let Ok(d) = to.duration_since(from)
-    {
-        s += &format!(" in {}", human_ms(d.as_millis() as i64));
+    if let Some(took) = ran_for(a) {
+        s += &format!(" in {took}");
     }
     if let Some(b) = a["peak_memory_bytes"].as_u64() {
         s += &format!(", peak memory {}", human_bytes(b));

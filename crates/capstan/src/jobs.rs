@@ -58,22 +58,38 @@ pub fn summary(job: &Value) -> String {
     if let Some(ms) = job["cpu_time_ms"].as_i64() {
         s += &format!(", CPU time {}", human_ms(ms));
     }
+    s + &io_text(&job["io"])
+}
+
+/// `; read orders (3 rows); wrote order_totals (2 rows)` from a job's or activity's `io`.
+pub fn io_text(io: &Value) -> String {
+    let mut s = String::new();
     for (verb, key) in [("read", "read"), ("wrote", "written")] {
-        if let Some(map) = job["io"][key].as_object().filter(|m| !m.is_empty()) {
-            let list: Vec<String> = map
-                .iter()
-                .map(|(d, n)| {
-                    format!(
-                        "{d} ({} row{})",
-                        n,
-                        if n.as_u64() == Some(1) { "" } else { "s" }
-                    )
-                })
-                .collect();
-            s += &format!("; {verb} {}", list.join(", "));
+        if let Some(list) = rows(io, key) {
+            s += &format!("; {verb} {list}");
         }
     }
     s
+}
+
+/// `clean (3 rows), left (1 row)`: the datasets of one side of an `io`, if any.
+pub fn rows(io: &Value, key: &str) -> Option<String> {
+    let map = io[key].as_object().filter(|m| !m.is_empty())?;
+    let list: Vec<String> = map
+        .iter()
+        .map(|(d, n)| {
+            let n = n.as_u64().unwrap_or(0);
+            format!("{d} ({n} row{})", if n == 1 { "" } else { "s" })
+        })
+        .collect();
+    Some(list.join(", "))
+}
+
+/// How long an activity ran, from its `started_at` and `finished_at`.
+pub fn ran_for(a: &Value) -> Option<String> {
+    let at = |k: &str| humantime::parse_rfc3339(a[k].as_str()?).ok();
+    let d = at("finished_at")?.duration_since(at("started_at")?).ok()?;
+    Some(human_ms(d.as_millis() as i64))
 }
 
 pub fn exit_for(job: &Value) -> u8 {
@@ -368,19 +384,10 @@ fn build_activities(j: &Value) -> anyhow::Result<()> {
         if let Some(c) = a["exec_config"].as_str() {
             line += &format!(" (exec config {c})");
         }
-        if let (Some(from), Some(to)) = (a["started_at"].as_str(), a["finished_at"].as_str())
-            && let (Ok(from), Ok(to)) =
-                (humantime::parse_rfc3339(from), humantime::parse_rfc3339(to))
-            && let Ok(d) = to.duration_since(from)
-        {
-            line += &format!(", {}", human_ms(d.as_millis() as i64));
+        if let Some(took) = ran_for(a) {
+            line += &format!(", {took}");
         }
-        for (verb, key) in [("read", "read"), ("wrote", "written")] {
-            if let Some(map) = a["io"][key].as_object().filter(|m| !m.is_empty()) {
-                let list: Vec<String> = map.iter().map(|(d, n)| format!("{d} ({n})")).collect();
-                line += &format!("; {verb} {}", list.join(", "));
-            }
-        }
+        line += &io_text(&a["io"]);
         say!("{line}");
         if let Some(d) = a["diagnosis"].as_str() {
             say!("      {d}");

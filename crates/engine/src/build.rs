@@ -17,6 +17,7 @@ use capstan_core::job::JobState;
 use capstan_core::model::{ExecKind, Permission};
 use capstan_core::resolve::{Resolution, RunRequest, resolve};
 use capstan_store::{ActivityRow, JobRow, NewActivity, NewJob, Outcome};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -125,6 +126,7 @@ impl Engine {
                 exec_config: None,
                 cluster: None,
             };
+            // A dry run only says where each would run: it records nothing.
             if step.runs {
                 let r = resolve_one(&step.recipe)?;
                 let kind = r.kind.value;
@@ -139,15 +141,14 @@ impl Engine {
                 planned.kind = Some(kind);
                 planned.exec_config = r.exec_config.value.clone();
                 planned.cluster = r.cluster.value.clone();
+                if req.dry_run {
+                    steps.push(planned);
+                    continue;
+                }
                 idx_of.insert(i, activities.len() as i64);
                 activities.push(NewActivity {
                     recipe: step.recipe.clone(),
-                    // A dry run stores nothing.
-                    resolution_json: if req.dry_run {
-                        String::new()
-                    } else {
-                        record::resolution_json(&r).to_string()
-                    },
+                    resolution_json: record::resolution_json(&r).to_string(),
                     exec_config: r.exec_config.value.clone(),
                     cluster: r.cluster.value.clone(),
                     kind: kind.as_str().to_string(),
@@ -242,17 +243,12 @@ impl Engine {
                     })
                 };
                 if let Some(why) = skip {
-                    let _ = self.store().transition_activity(
+                    let at = At {
                         job_id,
-                        a.idx,
-                        &[JobState::Queued],
-                        JobState::Skipped,
-                        Some(&why),
-                        &Outcome {
-                            diagnosis: Some(why.clone()),
-                            ..Outcome::default()
-                        },
-                    );
+                        idx: a.idx,
+                        build: true,
+                    };
+                    self.skip_activity(at, &why);
                     state.insert(a.idx, (JobState::Skipped, a.recipe.clone(), Some(why)));
                     continue;
                 }
@@ -275,7 +271,17 @@ impl Engine {
                 _ = cancel.cancelled(), if !cancel_seen => cancel_seen = true,
             }
         }
-        let acts = self.store().activities(job_id).unwrap_or_default();
+        let acts = match self.store().activities(job_id) {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::error!(job_id, %error, "cannot read a build's activities");
+                self.end_early(
+                    job_id,
+                    ActivityOutcome::failed(format!("cannot read the build's activities: {error}")),
+                );
+                return;
+            }
+        };
         let (outcome, io) = build_outcome(&job.project, &acts);
         if let Err(error) = self
             .store()
@@ -288,7 +294,8 @@ impl Engine {
     }
 
     /// Runs one activity of a build in a task of its own, on a slot of its configuration; sends
-    /// its index on `done` when it is over.
+    /// its index on `done` when it is over, whatever happens (a panic included: the activity
+    /// then fails, and its slot is given back).
     fn spawn_activity(
         &self,
         job: &JobRow,
@@ -306,68 +313,109 @@ impl Engine {
                 build: true,
             };
             let slot = Slot::of_activity(&act);
-            let held = if resume {
-                let _ = e.inner.sched.send(SchedMsg::Hold(slot.clone()));
-                true
-            } else {
-                e.acquire(slot.clone(), &cancel).await
-            };
-            if held {
-                let (mut act, mut resume) = (act, resume);
-                loop {
-                    match e.run_activity(&job, &act, at, resume, &cancel).await {
-                        Ran::Early(outcome) => e.finish_activity(at, &outcome),
-                        Ran::Ended { outcome, spec } => {
-                            let outcome = e.commit_outputs(at, &spec, outcome);
-                            e.finish_activity(at, &outcome);
-                        }
-                        Ran::Requeue if cancel.is_cancelled() => {
-                            e.finish_activity(at, &ActivityOutcome::cancelled())
-                        }
-                        Ran::Requeue => {
-                            // It had not started when the previous daemon stopped: start it
-                            // again, on the slot it holds.
-                            let next = {
-                                let mut store = e.store();
-                                let _ = store.set_activity_location(job.id, idx, None, None, true);
-                                let _ = store.transition_activity(
-                                    job.id,
-                                    idx,
-                                    &[JobState::Preparing, JobState::Starting],
-                                    JobState::Queued,
-                                    Some("requeued: it had not started when the previous daemon stopped"),
-                                    &Outcome::default(),
-                                );
-                                store
-                                    .activities(job.id)
-                                    .ok()
-                                    .and_then(|a| a.into_iter().find(|a| a.idx == idx))
-                            };
-                            if let Some(a) = next {
-                                (act, resume) = (a, false);
-                                continue;
-                            }
-                        }
-                    }
-                    break;
-                }
-                let _ = e.inner.sched.send(SchedMsg::Finished(slot));
-            } else {
-                let why = "skipped: the build was cancelled";
-                let _ = e.store().transition_activity(
-                    job.id,
-                    idx,
-                    &[JobState::Queued],
-                    JobState::Skipped,
-                    Some(why),
-                    &Outcome {
-                        diagnosis: Some(why.into()),
-                        ..Outcome::default()
-                    },
+            // A re-attached activity's slot was counted by the scheduler at start.
+            let mut held = resume;
+            let work = std::panic::AssertUnwindSafe(
+                e.run_on_slot(&job, act, at, resume, &slot, &mut held, &cancel),
+            )
+            .catch_unwind()
+            .await;
+            if let Err(panic) = work {
+                let what = crate::panic_message(&panic);
+                tracing::error!(job_id = job.id, idx, panic = %what, "a build's activity panicked");
+                e.finish_activity(
+                    at,
+                    &ActivityOutcome::failed(format!(
+                        "internal error in capstan ({what}). Please report this as a bug."
+                    )),
                 );
+            }
+            if held {
+                let _ = e.inner.sched.send(SchedMsg::Finished(slot));
             }
             let _ = done.send(idx);
         });
+    }
+
+    /// An activity's life on its slot: waits for the slot (unless `held`), runs it, and runs it
+    /// again if the previous daemon left it unstarted. `held` says, at every await, whether the
+    /// slot is this activity's.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_on_slot(
+        &self,
+        job: &JobRow,
+        mut act: ActivityRow,
+        at: At,
+        mut resume: bool,
+        slot: &Slot,
+        held: &mut bool,
+        cancel: &CancellationToken,
+    ) {
+        loop {
+            if !*held {
+                *held = self.acquire(slot.clone(), cancel).await;
+                if !*held {
+                    self.skip_activity(at, "skipped: the build was cancelled");
+                    return;
+                }
+            }
+            match self.run_activity(job, &act, at, resume, cancel).await {
+                Ran::Early(outcome) => self.finish_activity(at, &outcome),
+                Ran::Ended { outcome, spec } => {
+                    let outcome = self.commit_outputs(at, &spec, outcome);
+                    self.finish_activity(at, &outcome);
+                }
+                Ran::Requeue if cancel.is_cancelled() => {
+                    self.finish_activity(at, &ActivityOutcome::cancelled())
+                }
+                Ran::Requeue => {
+                    // It had not started when the previous daemon stopped: queued again, and
+                    // started on a slot the scheduler grants anew, after its sweep of what the
+                    // previous daemon left (which must not take the new attempt for a leftover).
+                    let requeued = {
+                        let mut store = self.store();
+                        let _ = store.set_activity_location(job.id, at.idx, None, None, true);
+                        let _ = store.transition_activity(
+                            job.id,
+                            at.idx,
+                            &[JobState::Preparing, JobState::Starting],
+                            JobState::Queued,
+                            Some("requeued: it had not started when the previous daemon stopped"),
+                            &Outcome::default(),
+                        );
+                        store
+                            .activities(job.id)
+                            .ok()
+                            .and_then(|a| a.into_iter().find(|a| a.idx == at.idx))
+                    };
+                    if let Some(a) = requeued {
+                        let _ = self.inner.sched.send(SchedMsg::Finished(slot.clone()));
+                        *held = false;
+                        (act, resume) = (a, false);
+                        continue;
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    /// Skips a queued activity of a build, saying why.
+    fn skip_activity(&self, at: At, why: &str) {
+        let skipped = self.store().transition_activity(
+            at.job_id,
+            at.idx,
+            &[JobState::Queued],
+            JobState::Skipped,
+            Some(why),
+            &Outcome {
+                diagnosis: Some(why.into()),
+                ..Outcome::default()
+            },
+        );
+        if let Err(error) = skipped {
+            tracing::error!(job_id = at.job_id, %error, "cannot record a skipped activity");
+        }
     }
 
     /// Waits for the scheduler to grant an activity its slot. False if the build was cancelled
@@ -404,7 +452,11 @@ fn build_outcome(project: &str, acts: &[ActivityRow]) -> (ActivityOutcome, crate
     let named = |states: &[JobState]| -> Vec<&ActivityRow> {
         acts.iter().filter(|a| states.contains(&a.state)).collect()
     };
-    let failed = named(&[JobState::Failed, JobState::TimedOut]);
+    // An activity a build ends without (none should be) failed it: never a silent success.
+    let failed: Vec<&ActivityRow> = acts
+        .iter()
+        .filter(|a| matches!(a.state, JobState::Failed | JobState::TimedOut) || !a.state.is_final())
+        .collect();
     let cancelled = named(&[JobState::Cancelled]);
     let skipped = named(&[JobState::Skipped]);
     let list = |v: &[&ActivityRow]| {

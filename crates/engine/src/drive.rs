@@ -359,13 +359,19 @@ impl Engine {
             if !resume {
                 // Checked before anything starts: a missing input would otherwise fail the
                 // recipe deep inside its framework (Spark's PATH_NOT_FOUND), after its start-up.
-                if let Some(input) = spec.inputs.iter().find(|i| !dp.has_data(&spec.project, i)) {
+                // Each input looked at once: for its data here, for its version below.
+                let inputs: Vec<(&String, DatasetState)> = spec
+                    .inputs
+                    .iter()
+                    .map(|i| (i, dp.state(&spec.project, i)))
+                    .collect();
+                if let Some((input, _)) = inputs.iter().find(|(_, s)| *s == DatasetState::Missing) {
                     let why =
                         diagnose::missing_input(&self.inner.home.current(), &spec.project, input);
                     return Ran::Early(ActivityOutcome::failed(why));
                 }
                 if let Some(r) = &resolution {
-                    self.fix_provenance(at, &spec, r);
+                    self.fix_provenance(at, &inputs, r);
                 }
             }
             match dp.grant(&spec).await {
@@ -457,15 +463,11 @@ impl Engine {
 
     /// Records, before an activity starts, what its outputs will name as read and as defining
     /// them: the inputs' current versions and the hashes of its definition.
-    fn fix_provenance(&self, at: At, spec: &ActivitySpec, r: &Resolution) {
-        let Some(dp) = &self.inner.data_plane else {
-            return;
-        };
-        let inputs = spec
-            .inputs
+    fn fix_provenance(&self, at: At, inputs: &[(&String, DatasetState)], r: &Resolution) {
+        let inputs = inputs
             .iter()
-            .filter_map(|i| match dp.state(&spec.project, i) {
-                DatasetState::Version { version, .. } => Some((i.clone(), version)),
+            .filter_map(|(i, state)| match state {
+                DatasetState::Version { version, .. } => Some(((*i).clone(), *version)),
                 _ => None,
             })
             .collect();

@@ -609,10 +609,12 @@ pub trait DataPlane: Send + Sync {
         &'a self,
         spec: &'a ActivitySpec,
     ) -> BoxFuture<'a, Result<Option<backend::DataAccess>, String>>;
-    /// Whether a project's dataset has data to read (a committed version).
-    fn has_data(&self, project: &str, dataset: &str) -> bool;
     /// A dataset's current version and what wrote it (what builds decide staleness from).
     fn state(&self, project: &str, dataset: &str) -> capstan_core::flow::DatasetState;
+    /// Whether a project's dataset has data to read (a committed version, tracked or not).
+    fn has_data(&self, project: &str, dataset: &str) -> bool {
+        self.state(project, dataset) != capstan_core::flow::DatasetState::Missing
+    }
     /// Commits the activity's staged outputs, each with `provenance`, when it succeeded,
     /// discards them otherwise, and returns the rows it read and wrote.
     fn end(

@@ -65,8 +65,6 @@ pub(crate) enum SchedMsg {
     Requeued(Slot),
     /// An activity of a running build waits for a slot; granted by sending on the channel.
     Wants(Slot, oneshot::Sender<()>),
-    /// An activity re-attached after a restart holds its slot already.
-    Hold(Slot),
 }
 
 /// What waits in the queue: a job to claim, or a build's activity to grant a slot to.
@@ -129,8 +127,15 @@ pub(crate) fn start(
     for job in active {
         let slot = Slot::of(&job);
         counts.add(&slot, 1);
-        let activity = engine.store().activities(job.id)?.into_iter().next();
-        match activity {
+        let activities = engine.store().activities(job.id)?;
+        if job.is_build() {
+            // A build's activities that were under way hold their own slots, counted before
+            // anything is granted (the build's task gives each back when it ends).
+            for a in activities.iter().filter(|a| a.state.is_active()) {
+                counts.add(&Slot::of_activity(a), 1);
+            }
+        }
+        match activities.first() {
             Some(_) => {
                 tracing::info!(job_id = job.id, state = %job.state, "re-attaching a job of the previous daemon");
                 spawn_drive(&engine, job, true, slot);
@@ -189,7 +194,6 @@ pub(crate) fn start(
                 SchedMsg::Wants(s, grant) => {
                     queue.insert((s.id, s.idx), Waiter::Activity(s, grant));
                 }
-                SchedMsg::Hold(s) => counts.add(&s, 1),
             };
             handle(msg);
             // Take everything that is waiting before dispatching again: a burst of 1,000
@@ -253,7 +257,12 @@ fn dispatch(engine: &Engine, queue: &mut BTreeMap<(i64, i64), Waiter>, counts: &
         ) {
             continue;
         }
-        if let Waiter::Activity(..) = waiter {
+        if let Waiter::Activity(_, grant) = waiter {
+            if grant.is_closed() {
+                // Its build was cancelled while it waited: it takes no slot.
+                gone.push(*key);
+                continue;
+            }
             counts.add(slot, 1);
             granted.push(*key);
             continue;

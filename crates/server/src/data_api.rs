@@ -233,10 +233,6 @@ impl DataPlane for DataPlaneImpl {
         })
     }
 
-    fn has_data(&self, project: &str, dataset: &str) -> bool {
-        matches!(self.store.info(project, dataset), Ok(Some(_)))
-    }
-
     fn state(&self, project: &str, dataset: &str) -> capstan_data::DatasetState {
         self.store.state(project, dataset)
     }

@@ -1007,7 +1007,7 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
 struct ShowQuery {
     /// Long poll: answer once the job has more events than this (or is over)…
     after_events: Option<u64>,
-    /// …or after this many seconds (default 10, at most 60).
+    /// …or after this many seconds (default 10, at most 20: under usual client timeouts).
     wait: Option<u64>,
 }
 

@@ -554,7 +554,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Moves a job (and, for the run of one recipe, its activity) to `to` if it is in one of `from`, recording the event.
+    /// Moves a job (and, for the run of one recipe, its activity; for a build that ends, the
+    /// activities still queued, to `skipped`) to `to` if it is in one of `from`, recording the event.
     /// Returns false, changing nothing, if the job was not in one of `from` — the
     /// compare-and-set that makes a claim or a final state happen exactly once.
     pub fn transition(
@@ -606,7 +607,7 @@ impl Store {
         // The run of one recipe: its activity is the job.
         set_activities(
             &tx,
-            "job_id = ?1 AND (SELECT build FROM jobs WHERE id = ?1) IS NULL AND ?2 IS NULL",
+            "job_id = ?1 AND (SELECT build FROM jobs WHERE id = ?1) IS NULL",
             (job_id, None),
             to,
             now,
