@@ -21,7 +21,8 @@ use capstan_core::job::JobState;
 use capstan_core::model::ExecKind;
 use capstan_core::model::RecipeKind;
 use capstan_engine::backend::{
-    ActivityControl, ActivityEvent, ActivityOutcome, ActivitySpec, Backend, Resumed, Usage,
+    ActivityControl, ActivityEvent, ActivityOutcome, ActivitySpec, Backend, Resumed,
+    TRANSFORM_SPEC, Usage, Workload,
 };
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -185,6 +186,37 @@ impl LocalBackend {
             }
             None => venv::interpreter(),
         };
+        if let Workload::Transform { .. } = &spec.workload {
+            // The built-in engine is this binary: `capstan transform run`, reading the inputs
+            // linked into the private folder and writing its outputs there, as Spark does.
+            let (inputs, outputs) = link_files(spec, &private)?;
+            env.push(("CAPSTAN_TRANSFORM_INPUTS".into(), inputs));
+            env.push(("CAPSTAN_TRANSFORM_OUTPUTS".into(), outputs));
+            env.push((
+                "CAPSTAN_TRANSFORM_SPILL".into(),
+                private.root.join("spill").display().to_string(),
+            ));
+            private
+                .make_dir(&private.root.join("spill"), who.as_ref())
+                .map_err(|e| format!("cannot create the engine's spill folder: {e}"))?;
+            return Ok(ShimSpec {
+                activity: format!("{}-{}", spec.activity_id(), spec.attempt),
+                program: self.shim_exe.clone(),
+                args: vec![
+                    "transform".into(),
+                    "run".into(),
+                    work.join(TRANSFORM_SPEC).display().to_string(),
+                ],
+                cwd: work,
+                env,
+                timeout_secs: spec.timeout.map(|t| t.secs()),
+                memory_limit: spec.memory_limit.map(|m| m.bytes()),
+                cpu_millis: spec.cpu_limit.map(|c| c.millis()),
+                cgroups: self.cgroups.as_ref().ok().cloned(),
+                uid: who.as_ref().map(|w| w.uid),
+                gid: who.as_ref().map(|w| w.gid),
+            });
+        }
         let Some(code) = code else {
             return Err(format!(
                 "{} recipes do not run as local processes",
@@ -242,29 +274,9 @@ impl LocalBackend {
                 env.push(("PATH".into(), format!("{}:{path}", bin.display())));
                 env.push(("PYSPARK_PYTHON".into(), python.display().to_string()));
                 env.push(("PYSPARK_DRIVER_PYTHON".into(), python.display().to_string()));
-                // Spark reads its inputs as files: exactly the declared ones are linked into
-                // the private folder; outputs are written there and taken into the dataset
-                // store's staging when the recipe has ended (see `finish`).
-                let mut inputs = serde_json::Map::new();
-                for d in &spec.inputs {
-                    private
-                        .link_input(&dataset_file(spec, d), d)
-                        .map_err(|e| format!("cannot give the recipe its input `{d}`: {e}"))?;
-                    inputs.insert(d.clone(), private.input(d).display().to_string().into());
-                }
-                let outputs: serde_json::Map<String, serde_json::Value> = spec
-                    .outputs
-                    .iter()
-                    .map(|d| (d.clone(), private.output(d).display().to_string().into()))
-                    .collect();
-                env.push((
-                    "CAPSTAN_SPARK_INPUTS".into(),
-                    serde_json::Value::Object(inputs).to_string(),
-                ));
-                env.push((
-                    "CAPSTAN_SPARK_OUTPUTS".into(),
-                    serde_json::Value::Object(outputs).to_string(),
-                ));
+                let (inputs, outputs) = link_files(spec, &private)?;
+                env.push(("CAPSTAN_SPARK_INPUTS".into(), inputs));
+                env.push(("CAPSTAN_SPARK_OUTPUTS".into(), outputs));
                 (bin.join("spark-submit"), submission.args)
             }
             RecipeKind::Python => (python, vec![code.display().to_string()]),
@@ -421,7 +433,7 @@ impl LocalBackend {
         };
         // What a local Spark recipe wrote, taken into the store's staging, where the data plane
         // commits it if the job succeeds.
-        if outcome.state == JobState::Succeeded && spec.recipe_kind.is_spark() {
+        if outcome.state == JobState::Succeeded && writes_files(spec) {
             for d in &spec.outputs {
                 if let Err(e) = private::take_file(&private.output(d), &staged_file(spec, d)) {
                     outcome = ActivityOutcome::failed(format!(
@@ -548,6 +560,33 @@ fn spark_env() -> capstan_core::model::CodeEnv {
         },
         build_for_spark: Vec::new(),
     }
+}
+
+/// Spark and the built-in engine read their inputs as files: exactly the declared ones are
+/// linked into the private folder; outputs are written there and taken into the dataset store's
+/// staging when the recipe has ended (see `finish`). Both maps, name → path, as JSON.
+fn link_files(spec: &ActivitySpec, private: &Private) -> Result<(String, String), String> {
+    let mut inputs = serde_json::Map::new();
+    for d in &spec.inputs {
+        private
+            .link_input(&dataset_file(spec, d), d)
+            .map_err(|e| format!("cannot give the recipe its input `{d}`: {e}"))?;
+        inputs.insert(d.clone(), private.input(d).display().to_string().into());
+    }
+    let outputs: serde_json::Map<String, serde_json::Value> = spec
+        .outputs
+        .iter()
+        .map(|d| (d.clone(), private.output(d).display().to_string().into()))
+        .collect();
+    Ok((
+        serde_json::Value::Object(inputs).to_string(),
+        serde_json::Value::Object(outputs).to_string(),
+    ))
+}
+
+/// Whether the recipe's outputs are files in its private folder, taken when it ends.
+fn writes_files(spec: &ActivitySpec) -> bool {
+    spec.recipe_kind.is_spark() || matches!(spec.workload, Workload::Transform { .. })
 }
 
 /// The file of a dataset's current version in the home's dataset store.

@@ -65,6 +65,11 @@ pub fn run(root: &Path, args: &CheckArgs) -> anyhow::Result<u8> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     diags.extend(capstan_core::host_checks(&home, cpus));
     diags.extend(isolation_checks(&home));
+    // Visual recipes, checked against their inputs' schemas, in flow order: a broken
+    // downstream recipe is found before anything runs.
+    if diags.iter().all(|d| d.severity != Severity::Error) {
+        diags.extend(crate::transform::check_flows(root, &home));
+    }
     if args.deep {
         use capstan_data::DatasetStore;
         let store = capstan_data::ParquetStore::new(root);

@@ -85,6 +85,12 @@ pub enum Command {
     Logs(LogsArgs),
     /// Cancel a job: its processes are stopped.
     Cancel(CancelArgs),
+    /// Visual recipes: the engine each runs on, its plans, its output schema.
+    #[command(subcommand)]
+    Recipe(RecipeCommand),
+    /// Internal: the built-in engine of visual recipes (started for their activities).
+    #[command(subcommand, hide = true)]
+    Transform(TransformCommand),
     /// Internal: supervise one local activity (started by the daemon).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -206,6 +212,42 @@ pub struct CancelArgs {
 #[derive(Debug, Args)]
 pub struct ShimArgs {
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecipeCommand {
+    /// Show how a visual recipe runs: the engine chosen and why, the DataFusion plan of each
+    /// output, the PySpark a Spark configuration runs, and the output schema.
+    Explain(RecipeExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecipeExplainArgs {
+    /// The recipe, as PROJECT/RECIPE.
+    pub target: String,
+    #[command(flatten)]
+    pub select: Selection,
+    /// Resolve as this user.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Print it as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransformCommand {
+    /// Run a visual recipe's spec (inputs and outputs from the activity's environment).
+    Run(TransformRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TransformRunArgs {
+    /// The spec, as JSON.
+    pub spec: PathBuf,
+    /// The memory budget in bytes (default: the activity's cgroup limit).
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
 }
 
 #[derive(Debug, Args)]

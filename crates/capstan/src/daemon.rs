@@ -114,6 +114,7 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
     );
     let (engine, starter) = Engine::open(root, home, backends, Some(data.clone()))
         .with_context(|| format!("cannot open the state of {}", root.display()))?;
+    engine.set_spark_codegen(std::sync::Arc::new(crate::transform::Codegen));
     close_state(root)?;
     // Listen first: activities get the API's address with their token, also the ones the
     // scheduler claims the moment it starts.

@@ -37,6 +37,7 @@ mod k8s;
 mod quickstart;
 mod spark;
 mod token;
+mod transform;
 
 use std::process::ExitCode;
 
@@ -110,7 +111,7 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
     use capstan_core::model::Permission;
     use cli::{
         ClusterCommand, Command, ConfigCommand, DatasetCommand, EnvCommand, ImageCommand,
-        JobCommand, K8sCommand, SparkCommand, TokenCommand,
+        JobCommand, K8sCommand, RecipeCommand, SparkCommand, TokenCommand, TransformCommand,
     };
     let home = args.home.as_deref();
     let connect = || client::Client::connect(home, args.server.as_deref(), args.token.as_deref());
@@ -174,6 +175,8 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         Command::Cluster(ClusterCommand::Test(a)) => {
             runtime()?.block_on(k8s::cluster_test(&home::locate(home)?, a))
         }
+        Command::Recipe(RecipeCommand::Explain(a)) => transform::explain(&home::locate(home)?, a),
+        Command::Transform(TransformCommand::Run(a)) => transform::run(a),
         Command::Shim(_) => unreachable!("handled in main"),
     }
 }

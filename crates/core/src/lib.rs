@@ -9,6 +9,7 @@
 pub mod access;
 pub mod diag;
 pub mod flow;
+pub mod formula;
 pub mod job;
 pub mod limits;
 pub mod load;
@@ -21,13 +22,14 @@ pub mod schedule;
 pub mod token;
 mod toml_read;
 mod validate;
+pub mod visual;
 
 use std::path::Path;
 
 pub use diag::{Diagnostic, Severity};
 pub use load::HomeFiles;
 pub use model::Home;
-pub use toml_read::{check_name, suggest};
+pub use toml_read::{check_name, suggest, unknown_help};
 pub use validate::{DOCKER_MIN_MEMORY, SPARK_MIN_MEMORY, SPARK_OWNED_CONF, host_checks};
 
 /// Why a home could not be read at all (as opposed to being read with problems).

@@ -1287,9 +1287,14 @@ fn decode_recipe(
         }
         list
     };
+    let visual = kind
+        .as_ref()
+        .filter(|k| k.value.is_visual())
+        .and_then(|k| decode_visual(cx, t, k));
     Recipe {
         name: name.to_string(),
         loc,
+        visual,
         description: description(cx, t),
         kind: kind.unwrap_or(Sourced {
             value: RecipeKind::Python,
@@ -1299,6 +1304,30 @@ fn decode_recipe(
         inputs: datasets(cx, t, "inputs"),
         outputs: datasets(cx, t, "outputs"),
         settings: decode_layer(cx, t),
+    }
+}
+
+/// A visual recipe's spec, from the table named after its kind. Its errors point into the spec;
+/// a visual recipe has no code file.
+fn decode_visual(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    kind: &Sourced<RecipeKind>,
+) -> Option<crate::visual::VisualRecipe> {
+    let name = kind.value.as_str();
+    let table = t.raw(name);
+    let sources = cx.sources;
+    let text = &sources.get(cx.file).text;
+    match crate::visual::read_spec(kind.value, text, table, sources, cx.file) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let loc = match &e.span {
+                Some(span) => cx.loc(span),
+                None => kind.loc,
+            };
+            cx.diags.error_at(cx.sources, loc, name, e.message, e.help);
+            None
+        }
     }
 }
 

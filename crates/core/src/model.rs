@@ -492,9 +492,21 @@ pub enum RecipeKind {
     Python,
     R,
     Shell,
-    Visual,
     PySpark,
     SparkSql,
+    // Visual recipes (`crate::visual`): a spec, run by capstan's own engine or on Spark.
+    Prepare,
+    Group,
+    Window,
+    Join,
+    Stack,
+    Split,
+    Sort,
+    TopN,
+    Distinct,
+    Pivot,
+    Filter,
+    Sync,
     MlTrain,
     MlRetrain,
     MlScore,
@@ -502,13 +514,48 @@ pub enum RecipeKind {
 }
 
 impl RecipeKind {
-    pub const NAMES: [&'static str; 10] = [
+    pub const ALL: [RecipeKind; 21] = [
+        RecipeKind::Python,
+        RecipeKind::R,
+        RecipeKind::Shell,
+        RecipeKind::PySpark,
+        RecipeKind::SparkSql,
+        RecipeKind::Prepare,
+        RecipeKind::Group,
+        RecipeKind::Window,
+        RecipeKind::Join,
+        RecipeKind::Stack,
+        RecipeKind::Split,
+        RecipeKind::Sort,
+        RecipeKind::TopN,
+        RecipeKind::Distinct,
+        RecipeKind::Pivot,
+        RecipeKind::Filter,
+        RecipeKind::Sync,
+        RecipeKind::MlTrain,
+        RecipeKind::MlRetrain,
+        RecipeKind::MlScore,
+        RecipeKind::MlEvaluate,
+    ];
+
+    pub const NAMES: [&'static str; 21] = [
         "python",
         "r",
         "shell",
-        "visual",
         "pyspark",
         "spark_sql",
+        "prepare",
+        "group",
+        "window",
+        "join",
+        "stack",
+        "split",
+        "sort",
+        "top_n",
+        "distinct",
+        "pivot",
+        "filter",
+        "sync",
         "ml_train",
         "ml_retrain",
         "ml_score",
@@ -517,35 +564,31 @@ impl RecipeKind {
 
     pub fn parse(s: &str) -> Option<RecipeKind> {
         let i = Self::NAMES.iter().position(|n| *n == s)?;
-        Some(
-            [
-                RecipeKind::Python,
-                RecipeKind::R,
-                RecipeKind::Shell,
-                RecipeKind::Visual,
-                RecipeKind::PySpark,
-                RecipeKind::SparkSql,
-                RecipeKind::MlTrain,
-                RecipeKind::MlRetrain,
-                RecipeKind::MlScore,
-                RecipeKind::MlEvaluate,
-            ][i],
-        )
+        Some(Self::ALL[i])
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            RecipeKind::Python => "python",
-            RecipeKind::R => "r",
-            RecipeKind::Shell => "shell",
-            RecipeKind::Visual => "visual",
-            RecipeKind::PySpark => "pyspark",
-            RecipeKind::SparkSql => "spark_sql",
-            RecipeKind::MlTrain => "ml_train",
-            RecipeKind::MlRetrain => "ml_retrain",
-            RecipeKind::MlScore => "ml_score",
-            RecipeKind::MlEvaluate => "ml_evaluate",
-        }
+        let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        Self::NAMES[i]
+    }
+
+    /// Visual recipes: a spec in the recipe's TOML, no code file.
+    pub fn is_visual(self) -> bool {
+        matches!(
+            self,
+            RecipeKind::Prepare
+                | RecipeKind::Group
+                | RecipeKind::Window
+                | RecipeKind::Join
+                | RecipeKind::Stack
+                | RecipeKind::Split
+                | RecipeKind::Sort
+                | RecipeKind::TopN
+                | RecipeKind::Distinct
+                | RecipeKind::Pivot
+                | RecipeKind::Filter
+                | RecipeKind::Sync
+        )
     }
 
     /// The file a recipe of this kind reads its code from when `code` is not given.
@@ -576,6 +619,8 @@ pub struct Recipe {
     pub inputs: Vec<Sourced<String>>,
     pub outputs: Vec<Sourced<String>>,
     pub settings: LayerSettings,
+    /// Visual recipes: the spec, and where each part of it was written.
+    pub visual: Option<crate::visual::VisualRecipe>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -114,6 +114,15 @@ pub struct Resolution {
 }
 
 /// Why a run cannot be resolved.
+impl Resolution {
+    /// Whether the recipe runs on Spark: a Spark recipe always, a visual recipe where a Spark
+    /// configuration was chosen for it.
+    pub fn on_spark(&self) -> bool {
+        self.recipe_kind.is_spark()
+            || (self.recipe_kind.is_visual() && self.spark_config.value.is_some())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
     #[error("unknown project `{name}`")]
@@ -370,6 +379,10 @@ impl<'h> Resolver<'h> {
                 Some(unknown_help(&choice.value, &names, "Spark configuration")),
             );
         }
+        // Spark recipes run on Spark; a visual recipe does where a Spark configuration is
+        // chosen for it (at any layer), else on capstan's built-in engine.
+        let kind_value = self.recipe.kind.value;
+        let on_spark = kind_value.is_spark() || (kind_value.is_visual() && spark.is_some());
         let spark_config = match spark_choice {
             Some(s) if spark.is_some() => Setting {
                 value: Some(s.value),
@@ -377,17 +390,17 @@ impl<'h> Resolver<'h> {
             },
             _ => self.builtin(
                 None,
-                Some(if self.recipe.kind.value.is_spark() {
+                Some(if kind_value.is_spark() {
                     "local Spark".into()
+                } else if kind_value.is_visual() {
+                    "no Spark configuration: the built-in engine".into()
                 } else {
                     "not a Spark recipe".into()
                 }),
             ),
         };
 
-        let spark_k8s = spark.filter(|s| {
-            self.recipe.kind.value.is_spark() && s.master.value == SparkMaster::Kubernetes
-        });
+        let spark_k8s = spark.filter(|s| on_spark && s.master.value == SparkMaster::Kubernetes);
 
         // How: the execution configuration.
         let mut exec_choice = self.pick(|l| l.exec_config.as_ref());
@@ -586,7 +599,8 @@ impl<'h> Resolver<'h> {
                 Some(env) => {
                     let wanted = match self.recipe.kind.value {
                         RecipeKind::R => Some(EnvLanguage::R),
-                        RecipeKind::Shell | RecipeKind::Visual => None,
+                        RecipeKind::Shell => None,
+                        k if k.is_visual() => None,
                         _ => Some(EnvLanguage::Python),
                     };
                     if let Some(lang) = wanted
@@ -985,7 +999,7 @@ impl<'h> Resolver<'h> {
                 self.permit(u, "cluster", &c.name, &c.allowed);
             }
             if let Some(s) = spark
-                && self.recipe.kind.value.is_spark()
+                && on_spark
             {
                 self.permit(u, "Spark configuration", &s.name, &s.allowed);
             }

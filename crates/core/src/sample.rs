@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// The files of the sample home, relative to its root, with the two users' token digests
 /// filled in.
 pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(PathBuf, String)> {
-    let files: [(&str, &str); 20] = [
+    let files: [(&str, &str); 23] = [
         ("capstan.toml", include_str!("sample/capstan.toml")),
         (
             "exec-configs.toml",
@@ -62,6 +62,18 @@ pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(Pa
         (
             "projects/sample/recipes/wine_sql.sql",
             include_str!("sample/projects/sample/recipes/wine_sql.sql"),
+        ),
+        (
+            "projects/sample/recipes/wine_prepare.toml",
+            include_str!("sample/projects/sample/recipes/wine_prepare.toml"),
+        ),
+        (
+            "projects/sample/recipes/wine_cultivar_stats.toml",
+            include_str!("sample/projects/sample/recipes/wine_cultivar_stats.toml"),
+        ),
+        (
+            "projects/sample/recipes/wine_scored.toml",
+            include_str!("sample/projects/sample/recipes/wine_scored.toml"),
         ),
         (
             "projects/sample/data/wine.csv",

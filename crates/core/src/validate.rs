@@ -497,8 +497,8 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
             // Resolve every recipe as the home stands: this finds unknown names, incompatible
             // configuration/cluster pairs, missing namespaces and overrides above limits.
             let resolved = resolve(home, &p.key, &r.name, &RunRequest::default());
-            if r.kind.value.is_spark()
-                && let Ok(res) = &resolved
+            if let Ok(res) = &resolved
+                && res.on_spark()
             {
                 spark_placement(&mut v, home, r, res);
             }

@@ -62,7 +62,26 @@ pub struct ActivitySpec {
     pub data: Option<DataAccess>,
     /// Spark recipes: the resolved Spark configuration (`None`: local mode with defaults).
     pub spark: Option<SparkConfig>,
+    /// What runs: the recipe's code, a visual recipe's spec, or code generated for it.
+    pub workload: Workload,
 }
+
+/// What an activity runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Workload {
+    /// The recipe's code file (`code_file`), run by its kind's interpreter.
+    #[default]
+    Code,
+    /// A visual recipe's spec (JSON), run by capstan's built-in engine: `capstan transform
+    /// run` reads it from [`TRANSFORM_SPEC`] in the activity's working folder.
+    Transform { spec: String },
+    /// Code capstan generated for the recipe (a visual recipe's PySpark), staged as `name`
+    /// in place of a code file.
+    Generated { name: String, source: String },
+}
+
+/// The file a visual recipe's spec is staged as.
+pub const TRANSFORM_SPEC: &str = "transform.json";
 
 /// The data API's address and an activity's token. Backends hand the token to the recipe as a
 /// file, never as an environment variable (which `docker inspect` would show).
@@ -125,6 +144,7 @@ impl ActivitySpec {
             exec: None,
             data: None,
             spark: None,
+            workload: Workload::Code,
         }
     }
 
@@ -150,14 +170,25 @@ impl ActivitySpec {
     /// project's folder: a symbolic link that leads elsewhere (to the home's `state/`, say) is
     /// refused, since the daemon reads these files with its own rights.
     pub fn code_files(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut files = Vec::new();
+        match &self.workload {
+            Workload::Code => {}
+            Workload::Transform { spec } => {
+                files.push((TRANSFORM_SPEC.to_string(), spec.clone().into_bytes()))
+            }
+            Workload::Generated { name, source } => {
+                files.push((name.clone(), source.clone().into_bytes()))
+            }
+        }
         if self.code_file.is_none() && self.lib_dir.is_none() {
-            return Ok(Vec::new());
+            return Ok(files);
         }
         let project = self.home_root.join("projects").join(&self.project);
         let inside = std::fs::canonicalize(&project)
             .map_err(|e| format!("cannot read the project folder {}: {e}", project.display()))?;
-        let mut files = Vec::new();
-        if let Some(code) = &self.code_file {
+        if let Some(code) = &self.code_file
+            && self.workload == Workload::Code
+        {
             let name = code
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -315,6 +315,31 @@ impl Engine {
     }
 
     /// Runs (or, with `resume`, re-attaches) one activity of a claimed job to its outcome.
+    /// A visual recipe on a Spark configuration runs as the PySpark its spec compiles to,
+    /// generated now (its inputs' schemas are the ones it will read). Re-attaching, only the
+    /// kind changes: the program is already running.
+    async fn on_spark(&self, spec: &mut ActivitySpec, resume: bool) -> Result<(), String> {
+        if !(spec.recipe_kind.is_visual() && spec.spark.is_some()) {
+            return Ok(());
+        }
+        let name = format!("{}.py", spec.recipe);
+        let source = if resume {
+            String::new()
+        } else {
+            let Some(codegen) = self.spark_codegen() else {
+                return Err("this daemon cannot compile visual recipes for Spark".into());
+            };
+            codegen.pyspark(spec).await?
+        };
+        spec.workload = crate::backend::Workload::Generated {
+            name: name.clone(),
+            source,
+        };
+        spec.code_file = Some(PathBuf::from(name));
+        spec.recipe_kind = capstan_core::model::RecipeKind::PySpark;
+        Ok(())
+    }
+
     pub(crate) async fn run_activity(
         &self,
         job: &JobRow,
@@ -380,6 +405,9 @@ impl Engine {
                 // Re-attaching: the container already has its address.
                 Err(_) => {}
             }
+        }
+        if let Err(why) = self.on_spark(&mut spec, resume).await {
+            return Ran::Early(ActivityOutcome::failed(why));
         }
         let spec = Arc::new(spec);
         if !resume {

@@ -119,6 +119,8 @@ struct Inner {
     tasks: TaskTracker,
     /// Bumped after every change the store commits (see [`Engine::changes`]).
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Visual recipes on Spark: their PySpark (see [`Engine::set_spark_codegen`]).
+    codegen: std::sync::OnceLock<Arc<dyn SparkCodegen>>,
 }
 
 /// The engine of one instance. Cheap to clone.
@@ -162,9 +164,19 @@ impl Engine {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 changes,
+                codegen: std::sync::OnceLock::new(),
             }),
         };
         Ok((engine.clone(), EngineStarter { engine, rx }))
+    }
+
+    /// How visual recipes on Spark get their PySpark; without one they fail, saying so.
+    pub fn set_spark_codegen(&self, codegen: Arc<dyn SparkCodegen>) {
+        let _ = self.inner.codegen.set(codegen);
+    }
+
+    pub(crate) fn spark_codegen(&self) -> Option<&Arc<dyn SparkCodegen>> {
+        self.inner.codegen.get()
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -507,8 +519,26 @@ pub fn spec_from(
             .as_ref()
             .and_then(|n| home.spark_configs.get(n))
             .cloned(),
+        workload: match &recipe.visual {
+            Some(v) => backend::Workload::Transform {
+                spec: serde_json::to_string(&v.spec).unwrap_or_default(),
+            },
+            None => backend::Workload::Code,
+        },
         ..ActivitySpec::bare(job_id, attempt, dir, root.to_path_buf(), r.kind.value)
     }
+}
+
+/// Compiles a visual recipe's spec to PySpark, for visual recipes on a Spark configuration.
+/// The binary provides it (it holds the built-in engine, which the engine crate does not
+/// build).
+pub trait SparkCodegen: Send + Sync {
+    /// The PySpark program of `spec`'s [`backend::Workload::Transform`], given its inputs as
+    /// they are now.
+    fn pyspark<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+    ) -> futures_util::future::BoxFuture<'a, Result<String, String>>;
 }
 
 /// The spec of a one-off activity on an execution configuration (`capstan cluster test`): its

@@ -1,0 +1,529 @@
+//! Visual recipes from the binary's side: `capstan transform run` (the built-in engine, as an
+//! activity runs it), schema propagation for `capstan check`, `capstan recipe explain`, and the
+//! PySpark the daemon runs for visual recipes on a Spark configuration.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use capstan_core::diag::Diagnostic;
+use capstan_core::model::{Home, Project, Recipe};
+use capstan_core::visual::{ColumnType, VisualRecipe, VisualSpec};
+use capstan_core::{Severity, flow};
+use capstan_data::DatasetStore;
+use capstan_data::arrow::datatypes::{Field, Schema, SchemaRef};
+use capstan_engine::backend::ActivitySpec;
+use capstan_transform::{Limits, PlanError, Problem, Source};
+
+use crate::cli::{RecipeExplainArgs, TransformRunArgs};
+
+/// `capstan transform run SPEC`: one visual recipe's activity. Inputs and outputs are files
+/// named by `CAPSTAN_TRANSFORM_INPUTS` and `_OUTPUTS` (JSON maps, in the recipe's order); the
+/// memory and CPU budget is the activity's own cgroup's.
+pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(&args.spec)
+        .with_context(|| format!("cannot read the recipe's spec {}", args.spec.display()))?;
+    let spec: VisualSpec = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a visual recipe's spec", args.spec.display()))?;
+    let inputs = files_from_env("CAPSTAN_TRANSFORM_INPUTS")?;
+    let outputs = files_from_env("CAPSTAN_TRANSFORM_OUTPUTS")?;
+    let limits = Limits {
+        memory_bytes: args.memory_limit.or_else(cgroup_memory_limit),
+        spill_dir: std::env::var_os("CAPSTAN_TRANSFORM_SPILL").map(PathBuf::from),
+        threads: cgroup_cpus(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(limits.threads.unwrap_or(2).max(1))
+        .enable_all()
+        .build()?;
+    let kind = spec.kind().as_str();
+    println!(
+        "capstan's built-in engine (DataFusion): {kind} recipe, {} input{}, memory budget {}",
+        inputs.len(),
+        if inputs.len() == 1 { "" } else { "s" },
+        match limits.memory_bytes {
+            Some(b) => format!(
+                "{} of the {} limit, spilling to disk beyond",
+                human_bytes((b as f64 * capstan_transform::POOL_SHARE) as u64),
+                human_bytes(b)
+            ),
+            None => "unlimited".into(),
+        }
+    );
+    let started = std::time::Instant::now();
+    let result = rt.block_on(async {
+        let ctx = capstan_transform::session(&limits)?;
+        let inputs: Vec<(String, Source)> = inputs
+            .into_iter()
+            .map(|(n, p)| (n, Source::Parquet(p)))
+            .collect();
+        capstan_transform::run(&ctx, &spec, &inputs, &outputs).await
+    });
+    match result {
+        Ok(report) => {
+            for d in &report.discovered {
+                println!("{d}");
+            }
+            for (name, rows) in &report.rows {
+                println!(
+                    "wrote {rows} row{} to {name}",
+                    if *rows == 1 { "" } else { "s" }
+                );
+            }
+            println!("done in {:.2}s", started.elapsed().as_secs_f64());
+            let _ = std::io::stdout().flush();
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            // One line, last on stderr: it becomes the job's diagnosis.
+            eprintln!("{}", failure_line(kind, &e));
+            Ok(1)
+        }
+    }
+}
+
+/// What a failed run says, for a data scientist: the step and what went wrong, without
+/// DataFusion's own framing.
+fn failure_line(kind: &str, e: &PlanError) -> String {
+    match e {
+        PlanError::Spec(p) => format!(
+            "the {kind} recipe's spec is wrong at {}: {}{}",
+            if p.path.is_empty() { kind } else { &p.path },
+            p.message,
+            p.help
+                .as_ref()
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default()
+        ),
+        PlanError::Engine(e) => {
+            let text = e.to_string();
+            // Our own failures (`on_error = "fail"`) come wrapped in DataFusion's context.
+            let inner = text
+                .rsplit("Execution error: ")
+                .next()
+                .unwrap_or(&text)
+                .trim();
+            if let Some(resources) = text.find("Resources exhausted") {
+                return format!(
+                    "the built-in engine ran out of its memory budget and could not spill: {} (ask for a configuration with more memory)",
+                    text[resources..].trim()
+                );
+            }
+            format!("the {kind} recipe failed: {inner}")
+        }
+    }
+}
+
+fn files_from_env(var: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let raw = std::env::var(var).with_context(|| {
+        format!("{var} is not set: `capstan transform run` runs a visual recipe's activity, started by the daemon (use `capstan run`)")
+    })?;
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&raw).with_context(|| format!("{var} is not a JSON object"))?;
+    map.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(p) => Ok((k, PathBuf::from(p))),
+            other => bail!("{var}: `{k}` is {other}, not a path"),
+        })
+        .collect()
+}
+
+/// This process's cgroup (v2) file `name`, as the kernel shows it.
+fn own_cgroup_file(name: &str) -> Option<String> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let path = Path::new("/sys/fs/cgroup")
+        .join(rel.trim_start_matches('/'))
+        .join(name);
+    std::fs::read_to_string(path)
+        .or_else(|_| std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(name)))
+        .ok()
+}
+
+fn cgroup_memory_limit() -> Option<u64> {
+    own_cgroup_file("memory.max")?.trim().parse().ok()
+}
+
+fn cgroup_cpus() -> Option<usize> {
+    let max = own_cgroup_file("cpu.max")?;
+    let mut parts = max.split_whitespace();
+    let quota: u64 = parts.next()?.parse().ok()?;
+    let period: u64 = parts.next()?.parse().ok()?;
+    Some(quota.div_ceil(period.max(1)) as usize)
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+// --- Schemas of a project's datasets ---------------------------------------------------------
+
+/// The Arrow schema a dataset declares in project.toml, if it declares one.
+fn declared_schema(project: &Project, dataset: &str) -> Option<SchemaRef> {
+    let d = project.datasets.get(dataset)?;
+    if d.schema.is_empty() {
+        return None;
+    }
+    let fields: Option<Vec<Field>> = d
+        .schema
+        .iter()
+        .map(|(name, t)| {
+            let ct: ColumnType =
+                serde_json::from_value(serde_json::Value::String(t.value.clone())).ok()?;
+            Some(Field::new(
+                name,
+                capstan_transform::types::arrow_type(ct),
+                true,
+            ))
+        })
+        .collect();
+    Some(Arc::new(Schema::new(fields?)))
+}
+
+/// What is known of a project's datasets' schemas: stored data's, declared ones, and those
+/// derived through visual recipes in flow order. With the problems visual recipes have.
+pub struct Schemas {
+    pub known: BTreeMap<String, SchemaRef>,
+    pub problems: Vec<Diagnostic>,
+    /// Visual recipes not checked, and why (an input of unknown schema).
+    pub unchecked: Vec<(String, String)>,
+}
+
+pub async fn project_schemas(root: &Path, home: &Home, project: &Project) -> Schemas {
+    let store = capstan_data::ParquetStore::new(root);
+    let mut known = BTreeMap::new();
+    for name in project.datasets.keys() {
+        if let Some(s) = declared_schema(project, name) {
+            known.insert(name.clone(), s);
+        } else if let Ok(Some(info)) = store.info(&project.key, name) {
+            known.insert(name.clone(), info.schema);
+        }
+    }
+    let mut out = Schemas {
+        known,
+        problems: Vec::new(),
+        unchecked: Vec::new(),
+    };
+    for recipe in flow::order(project) {
+        let Some(visual) = &recipe.visual else {
+            continue;
+        };
+        let inputs: Vec<String> = recipe.inputs.iter().map(|i| i.value.clone()).collect();
+        let outputs: Vec<String> = recipe.outputs.iter().map(|o| o.value.clone()).collect();
+        let mut schemas = Vec::new();
+        for i in &inputs {
+            match out.known.get(i) {
+                Some(s) => schemas.push((i.clone(), s.clone())),
+                None => break,
+            }
+        }
+        if schemas.len() < inputs.len() {
+            let missing = inputs.iter().find(|i| !out.known.contains_key(*i));
+            out.unchecked.push((
+                recipe.name.clone(),
+                format!(
+                    "input `{}` has no data and declares no schema",
+                    missing.map(String::as_str).unwrap_or("")
+                ),
+            ));
+            for o in &outputs {
+                out.known.remove(o);
+            }
+            continue;
+        }
+        match capstan_transform::check(&visual.spec, &schemas, &outputs).await {
+            Ok(checked) => {
+                for (name, schema) in checked.outputs {
+                    if checked.dynamic.is_none() {
+                        out.known.insert(name, schema);
+                    } else {
+                        out.known.remove(&name);
+                    }
+                }
+                if let Some(step) = checked.dynamic {
+                    out.unchecked.push((
+                        recipe.name.clone(),
+                        format!("its output columns come from the data ({step}): recipes downstream are checked when it has run"),
+                    ));
+                }
+            }
+            Err(e) => {
+                out.problems.push(diagnostic(home, recipe, visual, &e));
+                for o in &outputs {
+                    out.known.remove(o);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A planning problem as `check` reports it: at the file, line and column of the part of the
+/// spec it concerns (for a formula, of the character).
+fn diagnostic(home: &Home, recipe: &Recipe, visual: &VisualRecipe, e: &PlanError) -> Diagnostic {
+    let file = home.sources.path(recipe.kind.loc.file).to_path_buf();
+    match e {
+        PlanError::Spec(Problem {
+            path,
+            span,
+            message,
+            help,
+        }) => {
+            let loc = match span {
+                Some(span) => {
+                    let text = visual
+                        .spec
+                        .formulas()
+                        .into_iter()
+                        .find(|(p, _)| p == path)
+                        .map(|(_, t)| t.to_string())
+                        .unwrap_or_default();
+                    visual.locs.loc_in(path, &text, span.start)
+                }
+                None => visual.locs.loc(path),
+            };
+            Diagnostic {
+                severity: Severity::Error,
+                file,
+                line: loc.line,
+                col: loc.col,
+                field: visual.locs.field(path),
+                message: message.clone(),
+                help: help.clone(),
+            }
+        }
+        PlanError::Engine(e) => Diagnostic {
+            severity: Severity::Error,
+            file,
+            line: recipe.kind.loc.line,
+            col: recipe.kind.loc.col,
+            field: visual.locs.table.clone(),
+            message: format!("the built-in engine cannot plan this recipe: {e}"),
+            help: None,
+        },
+    }
+}
+
+/// `check`'s schema propagation over every project.
+pub fn check_flows(root: &Path, home: &Home) -> Vec<Diagnostic> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return Vec::new();
+    };
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for project in home.projects.values() {
+            if project.recipes.values().any(|r| r.visual.is_some()) {
+                out.extend(project_schemas(root, home, project).await.problems);
+            }
+        }
+        out
+    })
+}
+
+// --- Visual recipes on Spark -----------------------------------------------------------------
+
+/// The daemon's PySpark for visual recipes on a Spark configuration, from the inputs' stored
+/// schemas.
+pub struct Codegen;
+
+impl capstan_engine::SparkCodegen for Codegen {
+    fn pyspark<'a>(
+        &'a self,
+        spec: &'a ActivitySpec,
+    ) -> futures_util::future::BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let capstan_engine::backend::Workload::Transform { spec: json } = &spec.workload else {
+                return Err("not a visual recipe".into());
+            };
+            let visual: VisualSpec = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            let store = capstan_data::ParquetStore::new(&spec.home_root);
+            let mut inputs = Vec::new();
+            for i in &spec.inputs {
+                match store.info(&spec.project, i) {
+                    Ok(Some(info)) => inputs.push((i.clone(), info.schema)),
+                    Ok(None) => return Err(format!("input `{i}` has no data")),
+                    Err(e) => return Err(format!("cannot read input `{i}`: {e}")),
+                }
+            }
+            generate_pyspark(&visual, &inputs, &spec.outputs)
+                .await
+                .map_err(|e| format!("this recipe cannot run on Spark: {}", plan_text(&e)))
+        })
+    }
+}
+
+fn plan_text(e: &PlanError) -> String {
+    match e {
+        PlanError::Spec(p) if p.path.is_empty() => p.message.clone(),
+        PlanError::Spec(p) => format!("{}: {}", p.path, p.message),
+        PlanError::Engine(e) => e.to_string(),
+    }
+}
+
+// --- capstan recipe explain ------------------------------------------------------------------
+
+pub fn explain(root: &Path, args: &RecipeExplainArgs) -> anyhow::Result<u8> {
+    let (home, r) = crate::explain::resolve_target(root, &args.target, &args.user, &args.select)?;
+    let (project, recipe) = home
+        .recipe(&r.project, &r.recipe)
+        .context("the resolved recipe is gone")?;
+    let Some(visual) = &recipe.visual else {
+        bail!(
+            "{}/{} is a {} recipe: `recipe explain` shows visual recipes (for any recipe, see `capstan config explain`)",
+            r.project,
+            r.recipe,
+            recipe.kind.value.as_str()
+        );
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let schemas = project_schemas(root, &home, project).await;
+        let inputs: Vec<String> = recipe.inputs.iter().map(|i| i.value.clone()).collect();
+        let outputs: Vec<String> = recipe.outputs.iter().map(|o| o.value.clone()).collect();
+        let store = capstan_data::ParquetStore::new(root);
+        // With data where there is some (two-pass steps then read it), else on the schemas.
+        let mut sources = Vec::new();
+        for i in &inputs {
+            let file = root.join("data").join(&r.project).join(i).join("data.parquet");
+            match (store.info(&r.project, i), schemas.known.get(i)) {
+                (Ok(Some(_)), _) => sources.push((i.clone(), Source::Parquet(file))),
+                (_, Some(s)) => sources.push((i.clone(), Source::Empty(s.clone()))),
+                _ => bail!(
+                    "input `{i}` has no data and declares no schema, so its columns are unknown: build it first, or declare its schema in project.toml"
+                ),
+            }
+        }
+        let (engine, why) = if r.on_spark() {
+            (
+                "Spark".to_string(),
+                format!(
+                    "spark_config `{}` ({})",
+                    r.spark_config.value.as_deref().unwrap_or(""),
+                    r.spark_config.origin
+                ),
+            )
+        } else {
+            (
+                "capstan's built-in engine (DataFusion)".to_string(),
+                format!(
+                    "no Spark configuration is chosen; it runs {}",
+                    match r.kind.value {
+                        capstan_core::model::ExecKind::Local => "as a local process".to_string(),
+                        other => format!("in a {other} container"),
+                    }
+                ),
+            )
+        };
+        let explained = capstan_transform::explain(&visual.spec, &sources, &outputs).await;
+        let schemas_in: Vec<(String, SchemaRef)> = inputs
+            .iter()
+            .filter_map(|i| schemas.known.get(i).map(|s| (i.clone(), s.clone())))
+            .collect();
+        let pyspark = if schemas_in.len() == inputs.len() {
+            generate_pyspark(&visual.spec, &schemas_in, &outputs)
+                .await
+                .map_err(|e| plan_text(&e))
+        } else {
+            Err("input schemas unknown".to_string())
+        };
+        let (explained, dynamic) = match explained {
+            Ok(e) => e,
+            Err(e) => {
+                let d = diagnostic(&home, recipe, visual, &e);
+                eprintln!("{d}");
+                return Ok(crate::exit::FAILURE);
+            }
+        };
+        if args.json {
+            let out = serde_json::json!({
+                "recipe": format!("{}/{}", r.project, r.recipe),
+                "kind": recipe.kind.value.as_str(),
+                "engine": engine,
+                "why": why,
+                "outputs": explained.iter().map(|e| serde_json::json!({
+                    "dataset": e.output,
+                    "schema": e.schema.fields().iter().map(|f| serde_json::json!({
+                        "name": f.name(),
+                        "type": capstan_transform::types::type_name(f.data_type()),
+                    })).collect::<Vec<_>>(),
+                    "plan": e.logical,
+                    "optimized_plan": e.optimized,
+                })).collect::<Vec<_>>(),
+                "dynamic": dynamic,
+                "pyspark": pyspark.as_ref().ok(),
+                "pyspark_unavailable": pyspark.as_ref().err(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(0);
+        }
+        println!("{}/{}: a {} recipe", r.project, r.recipe, recipe.kind.value.as_str());
+        println!("engine: {engine}");
+        println!("  why: {why}");
+        if let Some(step) = &dynamic {
+            println!("  note: the columns after {step} come from the data; with no data yet, they are not shown");
+        }
+        for e in &explained {
+            println!();
+            println!("output {}:", e.output);
+            for f in e.schema.fields() {
+                println!(
+                    "  {:<28} {}",
+                    f.name(),
+                    capstan_transform::types::type_name(f.data_type())
+                );
+            }
+            println!();
+            println!("DataFusion plan (as compiled):");
+            for l in e.logical.lines() {
+                println!("  {l}");
+            }
+            println!();
+            println!("DataFusion plan (optimized):");
+            for l in e.optimized.lines() {
+                println!("  {l}");
+            }
+        }
+        println!();
+        match &pyspark {
+            Ok(code) => {
+                println!("PySpark (what a Spark configuration runs):");
+                for l in code.lines() {
+                    println!("  {l}");
+                }
+            }
+            Err(why) => println!("PySpark: not available: {why}"),
+        }
+        Ok(0)
+    })
+}
+
+// PENDING-PYSPARK: switch to capstan_transform::pyspark::generate once it lands.
+async fn generate_pyspark(
+    _spec: &VisualSpec,
+    _inputs: &[(String, SchemaRef)],
+    _outputs: &[String],
+) -> Result<String, PlanError> {
+    Err(PlanError::Spec(Problem {
+        path: String::new(),
+        span: None,
+        message: "pending".into(),
+        help: None,
+    }))
+}
