@@ -209,6 +209,12 @@ impl DockerBackend {
         ctl.report(ActivityEvent::Started {
             backend_ref: format!("{}|{id}", host.unwrap_or("")),
         });
+        if render::runs_engine(spec)
+            && let Err(why) = engine_can_run(&docker, &id, &image).await
+        {
+            remove(&docker, &id).await;
+            return ActivityOutcome::failed(why);
+        }
         let upload = docker
             .upload_to_container(
                 &id,
@@ -746,4 +752,120 @@ mod tests {
             "client API {client:?} is newer than the engine's {server_api}"
         );
     }
+}
+
+/// The C library an image has, for the built-in engine (the capstan binary, linked against
+/// the GNU C library it was built with): `Ok` when it can run there, else why not, before
+/// anything starts.
+async fn engine_can_run(docker: &Docker, id: &str, image: &str) -> Result<(), String> {
+    let needed = needed_glibc();
+    let mut found = None;
+    for path in [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib/aarch64-linux-gnu/libc.so.6",
+        "/usr/lib/aarch64-linux-gnu/libc.so.6",
+        "/lib64/libc.so.6",
+        "/usr/lib64/libc.so.6",
+        "/usr/lib/libc.so.6",
+    ] {
+        if let Some(v) = glibc_at(docker, id, path, 0).await {
+            found = Some(v);
+            break;
+        }
+    }
+    match (found, needed) {
+        (None, _) => Err(format!(
+            "image `{image}` has no GNU C library (an Alpine or distroless image?), so capstan's built-in engine cannot run in it: run visual recipes on a Debian- or Ubuntu-based image (`capstan image build-base` makes one), or locally"
+        )),
+        (Some(have), Some(need)) if have < need => Err(format!(
+            "image `{image}` has GNU C library 2.{}, older than the 2.{} capstan's built-in engine needs: run visual recipes on a newer image (Debian 12 or later; `capstan image build-base` makes one), or locally",
+            have, need
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The GNU C library version (its minor: 36 for 2.36) of the file at `path` in the
+/// container, following a symbolic link or two.
+fn glibc_at<'a>(
+    docker: &'a Docker,
+    id: &'a str,
+    path: &'a str,
+    depth: u8,
+) -> BoxFuture<'a, Option<u32>> {
+    Box::pin(async move {
+        let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        let mut stream = docker.download_from_container(id, Some(options));
+        let mut tar = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            tar.extend_from_slice(&chunk.ok()?);
+        }
+        // Read in one go: nothing of the archive is held across the next request.
+        let read = || -> Option<Result<u32, String>> {
+            let mut archive = tar::Archive::new(tar.as_slice());
+            let mut entry = archive.entries().ok()?.next()?.ok()?;
+            if entry.header().entry_type() == tar::EntryType::Symlink {
+                let target = entry.link_name().ok()??.to_string_lossy().into_owned();
+                return Some(Err(target));
+            }
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).ok()?;
+            glibc_version(&bytes).map(Ok)
+        };
+        match read()? {
+            Ok(v) => Some(v),
+            Err(_) if depth >= 3 => None,
+            Err(target) => {
+                let full = if target.starts_with('/') {
+                    target
+                } else {
+                    format!("{}/{target}", Path::new(path).parent()?.display())
+                };
+                glibc_at(docker, id, &full, depth + 1).await
+            }
+        }
+    })
+}
+
+/// "… stable release version 2.36." in the library's own banner.
+fn glibc_version(bytes: &[u8]) -> Option<u32> {
+    let marker = b"release version 2.";
+    let at = bytes.windows(marker.len()).position(|w| w == marker)? + marker.len();
+    let digits: String = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .map(|b| *b as char)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The newest `GLIBC_2.N` symbol version this binary asks for (read once from itself: the
+/// names are in its dynamic string table, which the linker puts before the code, in the first
+/// few megabytes).
+fn needed_glibc() -> Option<u32> {
+    static NEEDED: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *NEEDED.get_or_init(|| {
+        let mut bytes = Vec::new();
+        let file = std::fs::File::open(std::env::current_exe().ok()?).ok()?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, 8 << 20), &mut bytes).ok()?;
+        let marker = b"GLIBC_2.";
+        let mut best = None;
+        let mut i = 0;
+        while let Some(p) = bytes[i..].windows(marker.len()).position(|w| w == marker) {
+            let at = i + p + marker.len();
+            let digits: String = bytes[at..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|b| *b as char)
+                .collect();
+            if let Ok(n) = digits.parse::<u32>() {
+                best = best.max(Some(n));
+            }
+            i = at;
+        }
+        best
+    })
 }

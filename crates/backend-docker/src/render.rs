@@ -5,12 +5,27 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
-use capstan_engine::backend::ActivitySpec;
+use capstan_engine::backend::{ActivitySpec, TRANSFORM_SPEC, Workload};
 
 /// Where the recipe's code is unpacked inside the container.
 pub const WORK_DIR: &str = "/capstan/work";
 /// The activity's data token inside the container.
 pub const TOKEN_PATH: &str = "/capstan/token";
+/// Where the built-in engine of visual recipes (the capstan binary) is in a container.
+pub const ENGINE_PATH: &str = "/capstan/bin/capstan";
+
+/// Whether the activity runs capstan's built-in engine.
+pub fn runs_engine(spec: &ActivitySpec) -> bool {
+    matches!(spec.workload, Workload::Transform { .. })
+}
+
+/// Whether the engine shares this machine's filesystem (a local socket), so that the capstan
+/// binary can be mounted rather than copied in.
+pub fn engine_is_local(spec: &ActivitySpec) -> bool {
+    spec.docker_host
+        .as_deref()
+        .is_none_or(|h| h.starts_with("unix://") || h.starts_with('/'))
+}
 
 pub const LABEL_INSTANCE: &str = "capstan.instance";
 pub const LABEL_JOB: &str = "capstan.job";
@@ -45,6 +60,14 @@ pub fn container_name(spec: &ActivitySpec, instance: &str) -> String {
 /// The command that runs the recipe's code inside the container, and the files it needs
 /// beside the code (Spark's SQL runner).
 pub fn command(spec: &ActivitySpec) -> Result<capstan_spark::Submission, String> {
+    if runs_engine(spec) {
+        return Ok(capstan_spark::Submission {
+            args: std::iter::once(ENGINE_PATH.to_string())
+                .chain(spec.transform_args(&format!("{WORK_DIR}/{TRANSFORM_SPEC}")))
+                .collect(),
+            files: Vec::new(),
+        });
+    }
     let file = spec
         .code_file
         .as_ref()
@@ -87,6 +110,17 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
         // The image's Python, for the driver and its workers alike.
         env.push("PYSPARK_PYTHON=python3".to_string());
         env.push("PYSPARK_DRIVER_PYTHON=python3".to_string());
+    }
+    if runs_engine(spec) {
+        // Names, not paths: the engine reads and writes them through the data API.
+        env.push(format!(
+            "CAPSTAN_TRANSFORM_INPUTS={}",
+            serde_json::to_string(&spec.inputs).unwrap_or_default()
+        ));
+        env.push(format!(
+            "CAPSTAN_TRANSFORM_OUTPUTS={}",
+            serde_json::to_string(&spec.outputs).unwrap_or_default()
+        ));
     }
     env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
     if let Some(access) = &spec.data {
@@ -146,9 +180,19 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
             }
             (!hosts.is_empty()).then_some(hosts)
         },
-        binds: docker
-            .filter(|d| !d.volumes.is_empty())
-            .map(|d| d.volumes.iter().map(|v| v.value.clone()).collect()),
+        binds: {
+            let mut binds: Vec<String> = docker
+                .map(|d| d.volumes.iter().map(|v| v.value.clone()).collect())
+                .unwrap_or_default();
+            // The built-in engine is this very binary; on an engine on this machine it is
+            // mounted, read-only, rather than copied into every container.
+            if runs_engine(spec) && engine_is_local(spec) {
+                let exe = std::env::current_exe()
+                    .map_err(|e| format!("cannot find capstan's own binary: {e}"))?;
+                binds.push(format!("{}:{ENGINE_PATH}:ro", exe.display()));
+            }
+            (!binds.is_empty()).then_some(binds)
+        },
         // A tiny init as PID 1: signals reach the recipe, and its zombies are reaped.
         init: Some(true),
         ..HostConfig::default()
@@ -195,6 +239,21 @@ pub fn code_archive(spec: &ActivitySpec) -> std::io::Result<Vec<u8>> {
     // container's creation, which comes first, with its own message.
     for (name, bytes) in command(spec).map(|c| c.files).unwrap_or_default() {
         file_entry(&mut tar, &format!("{work}/{name}"), &bytes)?;
+    }
+    if runs_engine(spec) && !engine_is_local(spec) {
+        // An engine elsewhere gets the binary in the archive.
+        let exe = std::env::current_exe()?;
+        let bytes = std::fs::read(&exe)?;
+        dir_entry(&mut tar, "capstan/bin")?;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o555);
+        h.set_size(bytes.len() as u64);
+        tar.append_data(
+            &mut h,
+            ENGINE_PATH.trim_start_matches('/'),
+            bytes.as_slice(),
+        )?;
     }
     if let Some(access) = &spec.data {
         let mut h = tar::Header::new_gnu();

@@ -202,11 +202,7 @@ impl LocalBackend {
             return Ok(ShimSpec {
                 activity: format!("{}-{}", spec.activity_id(), spec.attempt),
                 program: self.shim_exe.clone(),
-                args: vec![
-                    "transform".into(),
-                    "run".into(),
-                    work.join(TRANSFORM_SPEC).display().to_string(),
-                ],
+                args: spec.transform_args(&work.join(TRANSFORM_SPEC).display().to_string()),
                 cwd: work,
                 env,
                 timeout_secs: spec.timeout.map(|t| t.secs()),

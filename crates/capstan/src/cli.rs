@@ -245,9 +245,12 @@ pub enum TransformCommand {
 pub struct TransformRunArgs {
     /// The spec, as JSON.
     pub spec: PathBuf,
-    /// The memory budget in bytes (default: the activity's cgroup limit).
+    /// The activity's memory limit in bytes (default: its cgroup's).
     #[arg(long, value_name = "BYTES")]
     pub memory_limit: Option<u64>,
+    /// Threads to use (default: the activity's CPU limit, else the machine's cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -27,13 +27,46 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot read the recipe's spec {}", args.spec.display()))?;
     let spec: VisualSpec = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a visual recipe's spec", args.spec.display()))?;
-    let inputs = files_from_env("CAPSTAN_TRANSFORM_INPUTS")?;
-    let outputs = files_from_env("CAPSTAN_TRANSFORM_OUTPUTS")?;
+    // Local activities get their datasets as files; containers and pods, through the data
+    // API (the variables then list names, not paths).
+    let api =
+        std::env::var("CAPSTAN_TRANSFORM_INPUTS").is_ok_and(|v| v.trim_start().starts_with('['));
+    let (inputs, outputs) = if api {
+        // Somewhere writable whoever the container runs as.
+        let work = std::env::temp_dir().join("capstan-transform");
+        (
+            names_from_env("CAPSTAN_TRANSFORM_INPUTS")?
+                .into_iter()
+                .map(|n| {
+                    let p = work.join("inputs").join(format!("{n}.arrow"));
+                    (n, p)
+                })
+                .collect::<Vec<_>>(),
+            names_from_env("CAPSTAN_TRANSFORM_OUTPUTS")?
+                .into_iter()
+                .map(|n| {
+                    let p = work.join("outputs").join(format!("{n}.parquet"));
+                    (n, p)
+                })
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        (
+            files_from_env("CAPSTAN_TRANSFORM_INPUTS")?,
+            files_from_env("CAPSTAN_TRANSFORM_OUTPUTS")?,
+        )
+    };
     let limits = Limits {
         memory_bytes: args.memory_limit.or_else(cgroup_memory_limit),
-        spill_dir: std::env::var_os("CAPSTAN_TRANSFORM_SPILL").map(PathBuf::from),
-        threads: cgroup_cpus(),
+        spill_dir: std::env::var_os("CAPSTAN_TRANSFORM_SPILL")
+            .map(PathBuf::from)
+            .or_else(|| api.then(|| std::env::temp_dir().join("capstan-transform").join("spill"))),
+        threads: args.threads.or_else(cgroup_cpus),
     };
+    if let Some(dir) = &limits.spill_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the spill folder {}", dir.display()))?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(limits.threads.unwrap_or(2).max(1))
         .enable_all()
@@ -53,14 +86,51 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
         }
     );
     let started = std::time::Instant::now();
+    let api_client = if api {
+        Some(DataApi::from_env()?)
+    } else {
+        None
+    };
+    if let Some(client) = &api_client {
+        rt.block_on(async {
+            for (name, path) in &inputs {
+                let rows = client.fetch(name, path).await?;
+                println!(
+                    "read {rows} row{} of {name} through the data API",
+                    if rows == 1 { "" } else { "s" }
+                );
+            }
+            for (_, path) in &outputs {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+            anyhow::Ok(())
+        })?;
+    }
     let result = rt.block_on(async {
         let ctx = capstan_transform::session(&limits)?;
         let inputs: Vec<(String, Source)> = inputs
             .into_iter()
-            .map(|(n, p)| (n, Source::Parquet(p)))
+            .map(|(n, p)| {
+                let source = if api {
+                    Source::ArrowIpc(p)
+                } else {
+                    Source::Parquet(p)
+                };
+                (n, source)
+            })
             .collect();
         capstan_transform::run(&ctx, &spec, &inputs, &outputs).await
     });
+    if let (Some(client), Ok(_)) = (&api_client, &result) {
+        rt.block_on(async {
+            for (name, path) in &outputs {
+                client.upload(name, path).await?;
+            }
+            anyhow::Ok(())
+        })?;
+    }
     match result {
         Ok(report) => {
             for d in &report.discovered {
@@ -129,6 +199,164 @@ fn files_from_env(var: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
             other => bail!("{var}: `{k}` is {other}, not a path"),
         })
         .collect()
+}
+
+fn names_from_env(var: &str) -> anyhow::Result<Vec<String>> {
+    let raw = std::env::var(var).with_context(|| format!("{var} is not set"))?;
+    serde_json::from_str(&raw).with_context(|| format!("{var} is not a JSON list of dataset names"))
+}
+
+/// The data API, as an activity in a container or pod reaches it: its address and token from
+/// the environment, the datasets of its own project.
+struct DataApi {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    project: String,
+}
+
+impl DataApi {
+    fn from_env() -> anyhow::Result<DataApi> {
+        let base = std::env::var("CAPSTAN_API_URL").context("CAPSTAN_API_URL is not set")?;
+        let token_file =
+            std::env::var("CAPSTAN_TOKEN_FILE").context("CAPSTAN_TOKEN_FILE is not set")?;
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("cannot read the activity's token {token_file}"))?
+            .trim()
+            .to_string();
+        Ok(DataApi {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            project: std::env::var("CAPSTAN_PROJECT").context("CAPSTAN_PROJECT is not set")?,
+        })
+    }
+
+    fn url(&self, dataset: &str) -> String {
+        format!(
+            "{}/api/v1/projects/{}/datasets/{dataset}/data",
+            self.base, self.project
+        )
+    }
+
+    async fn refused(&self, what: &str, resp: reqwest::Response) -> anyhow::Error {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        anyhow::anyhow!("the data API refused to {what}: {status}: {message}")
+    }
+
+    /// Spools an input's Arrow stream into an Arrow IPC file, which DataFusion reads.
+    async fn fetch(&self, dataset: &str, path: &Path) -> anyhow::Result<u64> {
+        use capstan_data::arrow::ipc::reader::StreamReader;
+        use capstan_data::arrow::ipc::writer::FileWriter;
+        use futures_util::StreamExt;
+        let resp = self
+            .http
+            .get(format!("{}?format=arrow", self.url(dataset)))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the capstan data API at {}", self.base))?;
+        if !resp.status().is_success() {
+            return Err(self.refused(&format!("read `{dataset}`"), resp).await);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let stream_path = path.with_extension("stream");
+        let mut file = tokio::fs::File::create(&stream_path).await?;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?).await?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file).await?;
+        drop(file);
+        let (from, to) = (stream_path.clone(), path.to_path_buf());
+        let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let reader =
+                StreamReader::try_new(std::io::BufReader::new(std::fs::File::open(&from)?), None)?;
+            let mut writer = FileWriter::try_new(
+                std::io::BufWriter::new(std::fs::File::create(&to)?),
+                &reader.schema(),
+            )?;
+            let mut rows = 0u64;
+            for batch in reader {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch)?;
+            }
+            writer.finish()?;
+            std::fs::remove_file(&from)?;
+            Ok(rows)
+        })
+        .await??;
+        Ok(rows)
+    }
+
+    /// Streams an output's Parquet file to the API as Arrow IPC.
+    async fn upload(&self, dataset: &str, path: &Path) -> anyhow::Result<()> {
+        use capstan_data::arrow::array::RecordBatchReader;
+        use capstan_data::arrow::ipc::writer::StreamWriter;
+        use capstan_data::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+        let path = path.to_path_buf();
+        let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            struct Chunks(tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>, Vec<u8>);
+            impl std::io::Write for Chunks {
+                fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                    self.1.extend_from_slice(b);
+                    if self.1.len() >= 1 << 20 {
+                        self.flush()?;
+                    }
+                    Ok(b.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    if !self.1.is_empty() {
+                        let chunk = std::mem::take(&mut self.1);
+                        self.0
+                            .blocking_send(Ok(chunk))
+                            .map_err(|_| std::io::Error::other("the upload stopped"))?;
+                    }
+                    Ok(())
+                }
+            }
+            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?
+                .with_batch_size(64 * 1024)
+                .build()?;
+            let mut writer = StreamWriter::try_new(Chunks(tx, Vec::new()), &reader.schema())?;
+            for batch in reader {
+                writer.write(&batch?)?;
+            }
+            writer.finish()?;
+            writer.into_inner()?.flush()?;
+            Ok(())
+        });
+        let body = reqwest::Body::wrap_stream(tokio_stream(rx));
+        let resp = self
+            .http
+            .put(self.url(dataset))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/vnd.apache.arrow.stream")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the capstan data API at {}", self.base))?;
+        producer.await??;
+        if !resp.status().is_success() {
+            return Err(self.refused(&format!("write `{dataset}`"), resp).await);
+        }
+        Ok(())
+    }
+}
+
+fn tokio_stream(
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// This process's cgroup (v2) file `name`, as the kernel shows it.

@@ -22,6 +22,7 @@ use parquet::file::properties::WriterProperties;
 
 pub use arrow;
 pub use capstan_core::flow::{DatasetState, Provenance, WrittenBy};
+pub use parquet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

@@ -83,6 +83,24 @@ pub enum Workload {
 /// The file a visual recipe's spec is staged as.
 pub const TRANSFORM_SPEC: &str = "transform.json";
 
+impl ActivitySpec {
+    /// The arguments of `capstan transform run` for this activity: its spec, and the limits
+    /// its engine plans within (the memory limit, the CPU limit in whole threads).
+    pub fn transform_args(&self, spec_path: &str) -> Vec<String> {
+        let mut args = vec!["transform".to_string(), "run".into(), spec_path.to_string()];
+        if let Some(m) = self.memory_limit {
+            args.extend(["--memory-limit".into(), m.bytes().to_string()]);
+        }
+        if let Some(c) = self.cpu_limit {
+            args.extend([
+                "--threads".into(),
+                c.millis().div_ceil(1000).max(1).to_string(),
+            ]);
+        }
+        args
+    }
+}
+
 /// The data API's address and an activity's token. Backends hand the token to the recipe as a
 /// file, never as an environment variable (which `docker inspect` would show).
 #[derive(Clone, PartialEq, Eq)]
