@@ -67,8 +67,14 @@ pub fn run(root: &Path, args: &CheckArgs) -> anyhow::Result<u8> {
     diags.extend(isolation_checks(&home));
     // Visual recipes, checked against their inputs' schemas, in flow order: a broken
     // downstream recipe is found before anything runs.
-    if diags.iter().all(|d| d.severity != Severity::Error) {
-        diags.extend(crate::transform::check_flows(root, &home));
+    for d in crate::transform::check_flows(root, &home) {
+        // A formula's syntax error is the loader's to report, once.
+        if !diags
+            .iter()
+            .any(|x| (&x.file, x.line, x.col, &x.message) == (&d.file, d.line, d.col, &d.message))
+        {
+            diags.push(d);
+        }
     }
     if args.deep {
         use capstan_data::DatasetStore;

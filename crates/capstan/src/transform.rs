@@ -587,7 +587,7 @@ impl capstan_engine::SparkCodegen for Codegen {
                     Err(e) => return Err(format!("cannot read input `{i}`: {e}")),
                 }
             }
-            generate_pyspark(&visual, &inputs, &spec.outputs)
+            capstan_transform::pyspark::generate(&visual, &inputs, &spec.outputs)
                 .await
                 .map_err(|e| format!("this recipe cannot run on Spark: {}", plan_text(&e)))
         })
@@ -665,7 +665,7 @@ pub fn explain(root: &Path, args: &RecipeExplainArgs) -> anyhow::Result<u8> {
             .filter_map(|i| schemas.known.get(i).map(|s| (i.clone(), s.clone())))
             .collect();
         let pyspark = if schemas_in.len() == inputs.len() {
-            generate_pyspark(&visual.spec, &schemas_in, &outputs)
+            capstan_transform::pyspark::generate(&visual.spec, &schemas_in, &outputs)
                 .await
                 .map_err(|e| plan_text(&e))
         } else {
@@ -740,18 +740,4 @@ pub fn explain(root: &Path, args: &RecipeExplainArgs) -> anyhow::Result<u8> {
         }
         Ok(0)
     })
-}
-
-// PENDING-PYSPARK: switch to capstan_transform::pyspark::generate once it lands.
-async fn generate_pyspark(
-    _spec: &VisualSpec,
-    _inputs: &[(String, SchemaRef)],
-    _outputs: &[String],
-) -> Result<String, PlanError> {
-    Err(PlanError::Spec(Problem {
-        path: String::new(),
-        span: None,
-        message: "pending".into(),
-        help: None,
-    }))
 }

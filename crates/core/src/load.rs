@@ -1319,7 +1319,18 @@ fn decode_visual(
     let sources = cx.sources;
     let text = &sources.get(cx.file).text;
     match crate::visual::read_spec(kind.value, text, table, sources, cx.file) {
-        Ok(v) => Some(v),
+        Ok(v) => {
+            // Every formula's syntax, whatever the data: schema checks come later, in flow
+            // order, in `capstan check`.
+            for (path, formula) in v.spec.formulas() {
+                if let Err(e) = crate::formula::parse(formula) {
+                    let loc = v.locs.loc_in(&path, formula, e.span.start);
+                    cx.diags
+                        .error_at(sources, loc, &v.locs.field(&path), e.message, e.help);
+                }
+            }
+            Some(v)
+        }
         Err(e) => {
             let loc = match &e.span {
                 Some(span) => cx.loc(span),

@@ -1125,11 +1125,17 @@ pub fn read_spec(
     // other tables and keys are the recipe's and ignored here.
     let spec = decode(kind, text).map_err(|e| {
         let message = e.message().trim().to_string();
-        let help = unknown_variant_help(&message);
-        SpecError {
-            span: e.span(),
-            message,
-            help,
+        match unknown_name(&message) {
+            Some((what, name, help)) => SpecError {
+                span: e.span(),
+                message: format!("unknown {what} `{name}`"),
+                help: Some(help),
+            },
+            None => SpecError {
+                span: e.span(),
+                message,
+                help: None,
+            },
         }
     })?;
     if spec.version() != SPEC_VERSION {
@@ -1184,18 +1190,22 @@ fn decode(kind: RecipeKind, text: &str) -> Result<VisualSpec, toml::de::Error> {
     })
 }
 
-/// serde's "unknown variant `x`, expected one of `a`, `b`" and "unknown field" messages, with
-/// the nearest valid name.
-fn unknown_variant_help(message: &str) -> Option<String> {
-    let (name, rest) = ["unknown variant `", "unknown field `"]
+/// serde's "unknown variant `x`, expected one of `a`, `b`" and "unknown field" messages, as
+/// (what, the name, the nearest valid name or the list of valid ones).
+fn unknown_name(message: &str) -> Option<(&'static str, String, String)> {
+    let (what, rest) = [("unknown variant `", "value"), ("unknown field `", "key")]
         .iter()
-        .find_map(|p| message.split_once(p).map(|(_, r)| r))?
-        .split_once('`')?;
+        .find_map(|(p, what)| message.split_once(p).map(|(_, r)| (*what, r)))?;
+    let (name, rest) = rest.split_once('`')?;
     let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
     if candidates.is_empty() {
         return None;
     }
-    Some(crate::toml_read::unknown_help(name, &candidates, "name"))
+    Some((
+        what,
+        name.to_string(),
+        crate::toml_read::unknown_help(name, &candidates, "name"),
+    ))
 }
 
 #[cfg(test)]

@@ -180,7 +180,6 @@ impl Compiler<'_> {
             }
             Ok(())
         };
-        let f64c = |x: Expr| cast(x, DataType::Float64);
         match op {
             Add if is_string(&a.ty) || is_string(&b.ty) => {
                 for (x, s) in [(&a, sa), (&b, sb)] {
@@ -207,9 +206,9 @@ impl Compiler<'_> {
                 })?;
                 let ty = if both_int { DataType::Int64 } else { DataType::Float64 };
                 let (x, y) = if both_int {
-                    (cast(a.expr, DataType::Int64), cast(b.expr, DataType::Int64))
+                    (conv(a, DataType::Int64), conv(b, DataType::Int64))
                 } else {
-                    (f64c(a.expr), f64c(b.expr))
+                    (conv(a, DataType::Float64), conv(b, DataType::Float64))
                 };
                 let expr = match op {
                     Add => x + y,
@@ -220,8 +219,8 @@ impl Compiler<'_> {
             }
             Div => {
                 need_numbers("/")?;
-                let d = f64c(b.expr);
-                let value = f64c(a.expr) / d.clone();
+                let d = conv(b, DataType::Float64);
+                let value = conv(a, DataType::Float64) / d.clone();
                 Ok(Typed {
                     expr: self.by_zero(&d, value, &DataType::Float64),
                     ty: DataType::Float64,
@@ -229,8 +228,8 @@ impl Compiler<'_> {
             }
             IntDiv => {
                 need_numbers("//")?;
-                let d = f64c(b.expr.clone());
-                let floored = datafusion::functions::math::expr_fn::floor(f64c(a.expr) / d.clone());
+                let d = conv(b, DataType::Float64);
+                let floored = datafusion::functions::math::expr_fn::floor(conv(a, DataType::Float64) / d.clone());
                 let (value, ty) = if both_int {
                     (cast(floored, DataType::Int64), DataType::Int64)
                 } else {
@@ -244,7 +243,7 @@ impl Compiler<'_> {
             Mod => {
                 need_numbers("%")?;
                 let ty = if both_int { DataType::Int64 } else { DataType::Float64 };
-                let (x, y) = (cast(a.expr, ty.clone()), cast(b.expr, ty.clone()));
+                let (x, y) = (conv(a, ty.clone()), conv(b, ty.clone()));
                 Ok(Typed {
                     expr: self.by_zero(&y, x % y.clone(), &ty),
                     ty,
@@ -308,7 +307,7 @@ impl Compiler<'_> {
         let (ca, cb) = (class(&a.ty), class(&b.ty));
         let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
         match (ca, cb) {
-            ("number", "number") => Ok((cast(a.expr, DataType::Float64), cast(b.expr, DataType::Float64))),
+            ("number", "number") => Ok((conv(a, DataType::Float64), conv(b, DataType::Float64))),
             (x, y) if x == y && x != "other" && x != "date" => Ok((a.expr, b.expr)),
             ("null", _) | (_, "null") => Ok((a.expr, b.expr)),
             ("date", "date") | ("date", "string") | ("string", "date") => {
@@ -693,6 +692,12 @@ impl Compiler<'_> {
         }
         Ok(ty)
     }
+}
+
+/// `t` as `ty`: a cast where it is not that type already (plans read better without no-op
+/// casts, in `recipe explain`).
+fn conv(t: Typed, ty: DataType) -> Expr {
+    if t.ty == ty { t.expr } else { cast(t.expr, ty) }
 }
 
 fn fx_isnan(e: Expr) -> Expr {

@@ -81,21 +81,27 @@ pub enum Source {
     Empty(SchemaRef),
 }
 
-pub async fn open(ctx: &SessionContext, source: &Source) -> datafusion::error::Result<DataFrame> {
+/// The input `name` (registered under its dataset's name, which plans then show).
+pub async fn open(ctx: &SessionContext, name: &str, source: &Source) -> datafusion::error::Result<DataFrame> {
+    use datafusion::common::TableReference;
+    let table = TableReference::bare(name);
+    if ctx.table_exist(table.clone())? {
+        return ctx.table(table).await;
+    }
     match source {
         Source::Parquet(p) => {
-            ctx.read_parquet(path_str(p), ParquetReadOptions::default().file_extension(&extension(p)))
-                .await
+            ctx.register_parquet(table.clone(), path_str(p), ParquetReadOptions::default().file_extension(&extension(p)))
+                .await?
         }
         Source::ArrowIpc(p) => {
-            ctx.read_arrow(path_str(p), ArrowReadOptions { file_extension: &extension(p), ..Default::default() })
-                .await
+            ctx.register_arrow(table.clone(), &path_str(p), ArrowReadOptions { file_extension: &extension(p), ..Default::default() })
+                .await?
         }
         Source::Empty(schema) => {
-            let table = MemTable::try_new(schema.clone(), vec![vec![]])?;
-            ctx.read_table(Arc::new(table))
+            ctx.register_table(table.clone(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
         }
     }
+    ctx.table(table).await
 }
 
 fn path_str(p: &Path) -> String {
@@ -125,7 +131,7 @@ pub async fn check(
     let ctx = session(&Limits::default())?;
     let mut dfs = Vec::new();
     for (name, schema) in inputs {
-        dfs.push((name.clone(), open(&ctx, &Source::Empty(schema.clone())).await?));
+        dfs.push((name.clone(), open(&ctx, name, &Source::Empty(schema.clone())).await?));
     }
     let planned = plan::plan(spec, dfs, outputs, Mode::Check).await?;
     Ok(Checked {
@@ -155,7 +161,7 @@ pub async fn explain(
     let ctx = session(&Limits::default())?;
     let mut dfs = Vec::new();
     for (name, source) in inputs {
-        dfs.push((name.clone(), open(&ctx, source).await?));
+        dfs.push((name.clone(), open(&ctx, name, source).await?));
     }
     let mode = if inputs.iter().all(|(_, s)| !matches!(s, Source::Empty(_))) {
         Mode::Run
@@ -197,7 +203,7 @@ pub async fn run(
 ) -> Result<RunReport, PlanError> {
     let mut dfs = Vec::new();
     for (name, source) in inputs {
-        dfs.push((name.clone(), open(ctx, source).await?));
+        dfs.push((name.clone(), open(ctx, name, source).await?));
     }
     let names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
     let planned = plan::plan(spec, dfs, &names, Mode::Run).await?;

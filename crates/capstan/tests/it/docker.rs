@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 
 use crate::support::{TempDir, TestHome, fails, import_orders, stderr, stdout, submit, wait_for};
 
-fn image() -> Option<String> {
+pub(crate) fn image() -> Option<String> {
     match std::env::var("CAPSTAN_TEST_IMAGE") {
         Ok(i) if !i.is_empty() => Some(i),
         _ => {
@@ -24,7 +24,7 @@ fn image() -> Option<String> {
 /// A home whose `small` configuration runs the test image with 1 CPU and 256 MiB, on the
 /// engine `DOCKER_HOST` names if set (`scripts/test` points it at an engine started fresh for
 /// a second run of the data API tests), else the local one.
-fn docker_home(label: &str, image: &str) -> TestHome {
+pub(crate) fn docker_home(label: &str, image: &str) -> TestHome {
     let home = TestHome::new(label);
     if let Ok(host) = std::env::var("DOCKER_HOST") {
         let path = home.root().join("clusters.toml");
@@ -46,7 +46,7 @@ fn docker_home(label: &str, image: &str) -> TestHome {
 }
 
 /// Containers on an engine of this home's instance (and `label`, if given), running or not.
-fn containers(host: Option<&str>, home: &TestHome, label: &str) -> Vec<String> {
+pub(crate) fn containers(host: Option<&str>, home: &TestHome, label: &str) -> Vec<String> {
     let mut cmd = Command::new("docker");
     if let Some(h) = host {
         cmd.args(["-H", h]);

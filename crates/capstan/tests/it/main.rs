@@ -12,6 +12,7 @@ mod isolation;
 mod k8s;
 mod quickstart;
 mod spark;
+mod visual;
 
 /// Whether the daemon with `pid` has published its address for `root`.
 pub fn daemon_info_ready(root: &std::path::Path, pid: u32) -> bool {

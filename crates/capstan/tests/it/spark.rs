@@ -6,7 +6,7 @@ use crate::support::{
     wait_for,
 };
 
-fn java() -> bool {
+pub(crate) fn java() -> bool {
     let ok = std::process::Command::new("java")
         .arg("-version")
         .output()

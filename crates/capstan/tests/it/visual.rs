@@ -1,0 +1,257 @@
+//! Visual recipes through the daemon: the sample's prepare → group → join flow built on the
+//! built-in engine locally, then each recipe again in a container and on local Spark, with
+//! identical outputs; failures of formulas and of images as the user reads them.
+
+use crate::support::{TestHome, stderr, stdout};
+
+const FLOW: [(&str, &str); 3] = [
+    ("wine_prepare", "wine_prepared"),
+    ("wine_cultivar_stats", "wine_cultivar_stats"),
+    ("wine_scored", "wine_scored"),
+];
+
+/// Every row of `sample/NAME`, each as its JSON text, sorted (the recipes do not sort).
+fn rows(h: &TestHome, name: &str) -> Vec<String> {
+    let out = h
+        .capstan()
+        .args([
+            "dataset",
+            "head",
+            &format!("sample/{name}"),
+            "--json",
+            "-n",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut rows: Vec<String> = v["rows"]
+        .as_array()
+        .or_else(|| v.as_array())
+        .unwrap_or_else(|| panic!("no rows in {v}"))
+        .iter()
+        .map(|r| {
+            // Floats to 9 significant digits: engines may sum in different orders.
+            let mut r = r.clone();
+            if let Some(o) = r.as_object_mut() {
+                for (_, x) in o.iter_mut() {
+                    if let Some(f) = x.as_f64()
+                        && !x.is_i64()
+                        && !x.is_u64()
+                    {
+                        *x = serde_json::json!(format!("{f:.9e}"));
+                    }
+                }
+            }
+            r.to_string()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn import_wine(h: &TestHome) {
+    let out = h
+        .capstan()
+        .args(["dataset", "import", "sample/wine"])
+        .arg(h.root().join("projects/sample/data/wine.csv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Builds the sample's visual flow locally; the rows of each of its datasets.
+fn build_locally(h: &TestHome) -> Vec<Vec<String>> {
+    let out = h
+        .capstan()
+        .args(["build", "sample/wine_scored"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("3 succeeded"), "{text}");
+    let built: Vec<Vec<String>> = FLOW.iter().map(|(_, d)| rows(h, d)).collect();
+    assert_eq!(
+        built[0].len(),
+        178,
+        "every wine has magnesium within 70..170"
+    );
+    assert_eq!(built[1].len(), 3, "three cultivars");
+    assert_eq!(built[2].len(), 178);
+    built
+}
+
+/// Runs each recipe of the flow with `args` and checks it writes what the local build wrote.
+fn rerun_and_compare(h: &TestHome, args: &[&str], local: &[Vec<String>], on: &str) {
+    for ((recipe, dataset), want) in FLOW.iter().zip(local) {
+        let out = h
+            .capstan()
+            .args(["run", &format!("sample/{recipe}")])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = stdout(&out);
+        assert!(
+            out.status.success(),
+            "{recipe} {args:?}\n{text}\n{}",
+            stderr(&out)
+        );
+        assert!(
+            text.contains(on),
+            "{recipe} ran elsewhere than {on}:\n{text}"
+        );
+        assert_eq!(
+            &rows(h, dataset),
+            want,
+            "{recipe} on {on} differs from the built-in engine"
+        );
+    }
+}
+
+#[test]
+fn the_sample_visual_flow_builds_locally_and_runs_the_same_in_a_container() {
+    let Some(image) = crate::docker::image() else {
+        return;
+    };
+    let h = crate::docker::docker_home("visual-docker", &image);
+    import_wine(&h);
+    let _d = h.start();
+    let local = build_locally(&h);
+    // The build is up to date now.
+    let again = h
+        .capstan()
+        .args(["build", "sample/wine_scored"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&again).contains("nothing to run"),
+        "{}",
+        stdout(&again)
+    );
+    rerun_and_compare(&h, &["--exec-config", "small"], &local, "on docker");
+}
+
+#[test]
+fn the_sample_visual_flow_runs_the_same_on_local_spark() {
+    if !crate::spark::java() {
+        return;
+    }
+    let h = TestHome::new("visual-spark");
+    import_wine(&h);
+    let _d = h.start();
+    let local = build_locally(&h);
+    rerun_and_compare(&h, &["--spark-config", "local"], &local, "Spark");
+    // What ran is the PySpark that `recipe explain` shows.
+    let explain = h
+        .capstan()
+        .args([
+            "recipe",
+            "explain",
+            "sample/wine_prepare",
+            "--spark-config",
+            "local",
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&explain);
+    assert!(
+        text.contains("engine: Spark") && text.contains("capstan.spark.read(spark, \"wine\")"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_formula_that_fails_by_its_setting_is_the_jobs_diagnosis_and_writes_nothing() {
+    let h = TestHome::new("visual-fail");
+    import_wine(&h);
+    h.append("projects/sample/project.toml", "\n[dataset.ratios]\n");
+    std::fs::write(
+        h.root().join("projects/sample/recipes/ratios.toml"),
+        "kind = \"prepare\"\nexec_config = \"local\"\ninputs = [\"wine\"]\noutputs = [\"ratios\"]\n\n[prepare]\n\
+         [[prepare.steps]]\ntype = \"formula\"\ncolumn = \"r\"\nexpression = \"alcohol / (magnesium - 100)\"\n\n\
+         [[prepare.steps]]\ntype = \"formula\"\ncolumn = \"strict\"\nexpression = \"alcohol / (magnesium - 100)\"\non_error = \"fail\"\n",
+    )
+    .unwrap();
+    let _d = h.start();
+    let out = h.capstan().args(["run", "sample/ratios"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("the prepare recipe failed: steps[1] (formula): division by zero"),
+        "{text}"
+    );
+    let head = h
+        .capstan()
+        .args(["dataset", "head", "sample/ratios"])
+        .output()
+        .unwrap();
+    assert!(
+        !head.status.success(),
+        "a failed run leaves no data: {}",
+        stdout(&head)
+    );
+    // Without the strict step, rows with magnesium 100 get null.
+    let spec = h.root().join("projects/sample/recipes/ratios.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let cut = text
+        .find("\n[[prepare.steps]]\ntype = \"formula\"\ncolumn = \"strict\"")
+        .unwrap();
+    std::fs::write(&spec, &text[..cut]).unwrap();
+    let out = h.capstan().args(["run", "sample/ratios"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nulls = rows(&h, "ratios")
+        .iter()
+        .filter(|r| r.contains("\"magnesium\":100,") && r.contains("\"r\":null"))
+        .count();
+    assert!(nulls > 0, "rows with magnesium 100 have r null");
+}
+
+#[test]
+fn an_image_without_the_gnu_c_library_is_refused_before_the_run() {
+    if crate::docker::image().is_none() {
+        return;
+    }
+    // An image of one file: it can be created (not run), and has no C library at all.
+    let dir = crate::support::TempDir::new("nolibc");
+    std::fs::write(dir.path().join("hello"), "no libc here\n").unwrap();
+    let tar = dir.path().join("root.tar");
+    let ok = std::process::Command::new("tar")
+        .args(["-C"])
+        .arg(dir.path())
+        .args(["-cf"])
+        .arg(&tar)
+        .arg("hello")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut docker = std::process::Command::new("docker");
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        docker.args(["-H", &host]);
+    }
+    let ok = docker
+        .args(["import"])
+        .arg(&tar)
+        .arg("capstan-test-nolibc:1")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let h = crate::docker::docker_home("visual-nolibc", "capstan-test-nolibc:1");
+    import_wine(&h);
+    let _d = h.start();
+    let out = h
+        .capstan()
+        .args(["run", "sample/wine_prepare", "--exec-config", "small"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("image `capstan-test-nolibc:1` has no GNU C library"),
+        "{text}"
+    );
+    assert!(
+        crate::docker::containers(None, &h, "").is_empty(),
+        "no container outlives the refusal"
+    );
+}
