@@ -12,14 +12,17 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use capstan_core::visual::VisualSpec;
 use capstan_transform::{Limits, Source};
 
 fn spec(kind: &str, body: &str) -> VisualSpec {
     let table: toml::Table = toml::from_str(&format!("[{kind}]\n{body}")).unwrap();
-    serde_json::from_value(serde_json::json!({ kind: serde_json::to_value(&table[kind]).unwrap() })).unwrap()
+    serde_json::from_value(serde_json::json!({ kind: serde_json::to_value(&table[kind]).unwrap() }))
+        .unwrap()
 }
 
 fn generate(dir: &Path, rows: usize) -> (PathBuf, PathBuf, u64) {
@@ -30,7 +33,11 @@ fn generate(dir: &Path, rows: usize) -> (PathBuf, PathBuf, u64) {
         Field::new("k", DataType::Int64, false),
         Field::new("price", DataType::Float64, false),
         Field::new("customer", DataType::Utf8, false),
-        Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
     ]));
     let names: Vec<String> = (0..1000).map(|i| format!("customer-{i:04}")).collect();
     let mut arrow_bytes = 0u64;
@@ -43,10 +50,18 @@ fn generate(dir: &Path, rows: usize) -> (PathBuf, PathBuf, u64) {
         let ids: Vec<i64> = (start as i64..(start + n) as i64).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(ids.clone())),
-            Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| (i * 7919) % 1_000_000))),
-            Arc::new(Float64Array::from_iter_values(ids.iter().map(|i| (*i % 10_000) as f64 * 0.01))),
-            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| names[(*i % 1000) as usize].as_str()))),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(ids.iter().map(|i| 1_700_000_000_000_000 + i * 1_000_000))),
+            Arc::new(Int64Array::from_iter_values(
+                ids.iter().map(|i| (i * 7919) % 1_000_000),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                ids.iter().map(|i| (*i % 10_000) as f64 * 0.01),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|i| names[(*i % 1000) as usize].as_str()),
+            )),
+            Arc::new(TimestampMicrosecondArray::from_iter_values(
+                ids.iter().map(|i| 1_700_000_000_000_000 + i * 1_000_000),
+            )),
         ];
         let b = RecordBatch::try_new(schema.clone(), columns).unwrap();
         arrow_bytes += b.get_array_memory_size() as u64;
@@ -66,8 +81,12 @@ fn generate(dir: &Path, rows: usize) -> (PathBuf, PathBuf, u64) {
         dschema,
         vec![
             Arc::new(Int64Array::from(ks.clone())),
-            Arc::new(StringArray::from_iter_values(ks.iter().map(|k| format!("seg-{}", k % 37)))),
-            Arc::new(Float64Array::from_iter_values(ks.iter().map(|k| (*k % 100) as f64 / 10.0))),
+            Arc::new(StringArray::from_iter_values(
+                ks.iter().map(|k| format!("seg-{}", k % 37)),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                ks.iter().map(|k| (*k % 100) as f64 / 10.0),
+            )),
         ],
     )
     .unwrap();
@@ -177,10 +196,26 @@ fn python() -> Option<String> {
     let venv = Path::new("/var/cache/capstan/bench-venv");
     let py = venv.join("bin/python");
     if !py.exists() {
-        println!("making {} (pandas, pyarrow, duckdb, pyspark)…", venv.display());
-        let ok = Command::new("python3").arg("-m").arg("venv").arg(venv).status().ok()?.success()
+        println!(
+            "making {} (pandas, pyarrow, duckdb, pyspark)…",
+            venv.display()
+        );
+        let ok = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(venv)
+            .status()
+            .ok()?
+            .success()
             && Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "pandas==2.3.3", "pyarrow==26.0.1", "duckdb", "pyspark==4.3.0"])
+                .args([
+                    "install",
+                    "-q",
+                    "pandas==2.3.3",
+                    "pyarrow==26.0.1",
+                    "duckdb",
+                    "pyspark==4.3.0",
+                ])
                 .status()
                 .ok()?
                 .success();
@@ -204,7 +239,13 @@ fn others(py: &str, big: &Path, dim: &Path, out: &Path, which: &str) -> Vec<(Str
         .output()
         .unwrap();
     if !o.status.success() {
-        println!("{which} failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+        println!(
+            "{which} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
         return Vec::new();
     }
     String::from_utf8_lossy(&o.stdout)
@@ -217,7 +258,10 @@ fn others(py: &str, big: &Path, dim: &Path, out: &Path, which: &str) -> Vec<(Str
 }
 
 fn main() {
-    let rows: usize = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let rows: usize = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
     let dir = std::env::temp_dir().join("capstan-bench-visual");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -228,22 +272,41 @@ fn main() {
         arrow_bytes as f64 / 1e6,
         std::fs::metadata(&big).unwrap().len() as f64 / 1e6
     );
-    let group = spec("group", "keys = [\"k\"]\naggregates = [{ column = \"price\", functions = [\"sum\", \"avg\", \"max\"] }]");
-    let join = spec("join", "type = \"inner\"\non = [{ left = \"k\", right = \"k\" }]");
+    let group = spec(
+        "group",
+        "keys = [\"k\"]\naggregates = [{ column = \"price\", functions = [\"sum\", \"avg\", \"max\"] }]",
+    );
+    let join = spec(
+        "join",
+        "type = \"inner\"\non = [{ left = \"k\", right = \"k\" }]",
+    );
     let prepare = spec("prepare", PREPARE);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
     let ours = |s: &VisualSpec, inputs: Vec<(String, Source)>, limits: Limits, out: &str| -> f64 {
         let t = Instant::now();
         rt.block_on(async {
             let ctx = capstan_transform::session(&limits).unwrap();
-            capstan_transform::run(&ctx, s, &inputs, &[(out.to_string(), dir.join(format!("{out}.parquet")))]).await
+            capstan_transform::run(
+                &ctx,
+                s,
+                &inputs,
+                &[(out.to_string(), dir.join(format!("{out}.parquet")))],
+            )
+            .await
         })
         .unwrap();
         t.elapsed().as_secs_f64()
     };
     let b = || ("big".to_string(), Source::Parquet(big.clone()));
     let d = || ("dim".to_string(), Source::Parquet(dim.clone()));
-    let limits = || Limits { threads: Some(threads), ..Limits::default() };
+    let limits = || Limits {
+        threads: Some(threads),
+        ..Limits::default()
+    };
     let mut results: Vec<(String, f64)> = vec![
         ("group".into(), ours(&group, vec![b()], limits(), "cg")),
         ("join".into(), ours(&join, vec![b(), d()], limits(), "cj")),
@@ -255,7 +318,11 @@ fn main() {
     let limited = ours(
         &group,
         vec![b()],
-        Limits { memory_bytes: Some(quarter), spill_dir: Some(spill), threads: Some(threads) },
+        Limits {
+            memory_bytes: Some(quarter),
+            spill_dir: Some(spill),
+            threads: Some(threads),
+        },
         "cgl",
     );
     let py = python();

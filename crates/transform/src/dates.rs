@@ -52,7 +52,8 @@ pub fn add(ts: Expr, n: i64, unit: DateUnit) -> Expr {
         other => IntervalMonthDayNano::new(
             0,
             0,
-            n.saturating_mul(unit_micros(other).unwrap_or(1)).saturating_mul(1000),
+            n.saturating_mul(unit_micros(other).unwrap_or(1))
+                .saturating_mul(1000),
         ),
     };
     ts + lit(ScalarValue::IntervalMonthDayNano(Some(interval)))
@@ -157,9 +158,11 @@ pub fn java_to_chrono(pattern: &str) -> Result<String, String> {
 
 /// Whether a chrono pattern reads a time of day (else it reads a date, at midnight).
 fn has_time(chrono: &str) -> bool {
-    ["%H", "%-H", "%I", "%-I", "%M", "%-M", "%S", "%-S", "%p", "%f", "%3f", "%6f", "%9f"]
-        .iter()
-        .any(|p| chrono.contains(p))
+    [
+        "%H", "%-H", "%I", "%-I", "%M", "%-M", "%S", "%-S", "%p", "%f", "%3f", "%6f", "%9f",
+    ]
+    .iter()
+    .any(|p| chrono.contains(p))
 }
 
 /// Microseconds since 1970 of the first format that reads `text`.
@@ -168,7 +171,9 @@ pub fn parse(text: &str, formats: &[&str]) -> Option<i64> {
         let dt = if has_time(f) {
             NaiveDateTime::parse_from_str(text, f).ok()?
         } else {
-            NaiveDate::parse_from_str(text, f).ok()?.and_hms_opt(0, 0, 0)?
+            NaiveDate::parse_from_str(text, f)
+                .ok()?
+                .and_hms_opt(0, 0, 0)?
         };
         Some(dt.and_utc().timestamp_micros())
     })

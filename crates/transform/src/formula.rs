@@ -80,11 +80,7 @@ pub fn compile(
 
 /// A column of `schema` by name, or the problem naming the nearest one.
 pub fn column(schema: &DFSchema, name: &str) -> Result<Typed, (String, Option<String>)> {
-    match schema
-        .fields()
-        .iter()
-        .find(|f| f.name() == name)
-    {
+    match schema.fields().iter().find(|f| f.name() == name) {
         Some(f) => Ok(Typed {
             expr: ident(name),
             ty: f.data_type().clone(),
@@ -100,7 +96,11 @@ pub fn unknown_column(schema: &DFSchema, name: &str) -> (String, Option<String>)
         Some(best) => format!("did you mean `{best}`?"),
         None => format!(
             "the columns here are: {}",
-            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     (format!("no column `{name}`"), Some(help))
@@ -121,7 +121,9 @@ impl Compiler<'_> {
                 "a regular expression can only be an argument of replace, matches or regex_extract",
                 None,
             ),
-            ExprKind::Column(name) => column(self.schema, name).or_else(|(m, h)| problem(span, m, h)),
+            ExprKind::Column(name) => {
+                column(self.schema, name).or_else(|(m, h)| problem(span, m, h))
+            }
             ExprKind::Unary { op, expr } => {
                 let a = self.expr(expr)?;
                 match op {
@@ -129,8 +131,16 @@ impl Compiler<'_> {
                     UnaryOp::Not if is_bool(&a.ty) || is_null(&a.ty) => {
                         t(Expr::Not(Box::new(a.expr)), DataType::Boolean)
                     }
-                    UnaryOp::Neg => problem(span, format!("`-` needs a number, not {}", type_name(&a.ty)), None),
-                    UnaryOp::Not => problem(span, format!("`!` needs a boolean, not {}", type_name(&a.ty)), None),
+                    UnaryOp::Neg => problem(
+                        span,
+                        format!("`-` needs a number, not {}", type_name(&a.ty)),
+                        None,
+                    ),
+                    UnaryOp::Not => problem(
+                        span,
+                        format!("`!` needs a boolean, not {}", type_name(&a.ty)),
+                        None,
+                    ),
                 }
             }
             ExprKind::Binary { op, left, right } => {
@@ -186,12 +196,24 @@ impl Compiler<'_> {
                     if !(is_string(&x.ty) || is_int(&x.ty) || is_null(&x.ty)) {
                         return problem(
                             s,
-                            format!("`+` joins text with text or integers, and this is {}", type_name(&x.ty)),
-                            Some("format it first, e.g. with to_string(round(x, 2)) or format_date".into()),
+                            format!(
+                                "`+` joins text with text or integers, and this is {}",
+                                type_name(&x.ty)
+                            ),
+                            Some(
+                                "format it first, e.g. with to_string(round(x, 2)) or format_date"
+                                    .into(),
+                            ),
                         );
                     }
                 }
-                let s = |x: Typed| if is_string(&x.ty) { x.expr } else { cast(x.expr, DataType::Utf8) };
+                let s = |x: Typed| {
+                    if is_string(&x.ty) {
+                        x.expr
+                    } else {
+                        cast(x.expr, DataType::Utf8)
+                    }
+                };
                 Ok(Typed {
                     expr: datafusion::functions::string::expr_fn::concat(vec![s(a), s(b)])
                         .and_nulls_propagate(),
@@ -204,7 +226,11 @@ impl Compiler<'_> {
                     Sub => "-",
                     _ => "*",
                 })?;
-                let ty = if both_int { DataType::Int64 } else { DataType::Float64 };
+                let ty = if both_int {
+                    DataType::Int64
+                } else {
+                    DataType::Float64
+                };
                 let (x, y) = if both_int {
                     (conv(a, DataType::Int64), conv(b, DataType::Int64))
                 } else {
@@ -229,7 +255,9 @@ impl Compiler<'_> {
             IntDiv => {
                 need_numbers("//")?;
                 let d = conv(b, DataType::Float64);
-                let floored = datafusion::functions::math::expr_fn::floor(conv(a, DataType::Float64) / d.clone());
+                let floored = datafusion::functions::math::expr_fn::floor(
+                    conv(a, DataType::Float64) / d.clone(),
+                );
                 let (value, ty) = if both_int {
                     (cast(floored, DataType::Int64), DataType::Int64)
                 } else {
@@ -242,7 +270,11 @@ impl Compiler<'_> {
             }
             Mod => {
                 need_numbers("%")?;
-                let ty = if both_int { DataType::Int64 } else { DataType::Float64 };
+                let ty = if both_int {
+                    DataType::Int64
+                } else {
+                    DataType::Float64
+                };
                 let (x, y) = (conv(a, ty.clone()), conv(b, ty.clone()));
                 Ok(Typed {
                     expr: self.by_zero(&y, x % y.clone(), &ty),
@@ -278,7 +310,10 @@ impl Compiler<'_> {
                         );
                     }
                 }
-                let (x, y) = (cast(a.expr, DataType::Boolean), cast(b.expr, DataType::Boolean));
+                let (x, y) = (
+                    cast(a.expr, DataType::Boolean),
+                    cast(b.expr, DataType::Boolean),
+                );
                 Ok(Typed {
                     expr: if op == And { x.and(y) } else { x.or(y) },
                     ty: DataType::Boolean,
@@ -361,12 +396,16 @@ impl Compiler<'_> {
             } else {
                 problem(
                     &args[i].span,
-                    format!("{name}() needs {what} here, and this is {}", type_name(&a.ty)),
+                    format!(
+                        "{name}() needs {what} here, and this is {}",
+                        type_name(&a.ty)
+                    ),
                     None,
                 )
             }
         };
-        let num = |i: usize| need(i, is_numeric, "a number").map(|a| cast(a.expr, DataType::Float64));
+        let num =
+            |i: usize| need(i, is_numeric, "a number").map(|a| cast(a.expr, DataType::Float64));
         let int_lit = |i: usize| -> R<i64> {
             match &args[i].kind {
                 ExprKind::Int(n) => Ok(*n),
@@ -377,13 +416,21 @@ impl Compiler<'_> {
                     ExprKind::Int(n) => Ok(-n),
                     _ => unreachable!(),
                 },
-                _ => problem(&args[i].span, format!("{name}() takes a whole number here, written out"), None),
+                _ => problem(
+                    &args[i].span,
+                    format!("{name}() takes a whole number here, written out"),
+                    None,
+                ),
             }
         };
         let str_lit = |i: usize| -> R<String> {
             match &args[i].kind {
                 ExprKind::Str(s) => Ok(s.clone()),
-                _ => problem(&args[i].span, format!("{name}() takes text here, written out in quotes"), None),
+                _ => problem(
+                    &args[i].span,
+                    format!("{name}() takes text here, written out in quotes"),
+                    None,
+                ),
             }
         };
         let text = |i: usize| need(i, is_string, "text").map(|a| a.expr);
@@ -398,7 +445,11 @@ impl Compiler<'_> {
                     problem(
                         &args[i].span,
                         format!("unknown unit `{s}`"),
-                        Some(capstan_core::unknown_help(&s, &capstan_core::visual::DateUnit::NAMES, "unit")),
+                        Some(capstan_core::unknown_help(
+                            &s,
+                            &capstan_core::visual::DateUnit::NAMES,
+                            "unit",
+                        )),
                     )
                 },
                 Ok,
@@ -428,7 +479,12 @@ impl Compiler<'_> {
                 let refs: Vec<&Typed> = typed.iter().collect();
                 let ty = self.common(span, &refs)?;
                 t(
-                    fx::coalesce(typed.iter().map(|a| cast(a.expr.clone(), ty.clone())).collect()),
+                    fx::coalesce(
+                        typed
+                            .iter()
+                            .map(|a| cast(a.expr.clone(), ty.clone()))
+                            .collect(),
+                    ),
                     ty,
                 )
             }
@@ -446,7 +502,10 @@ impl Compiler<'_> {
             "null_if" => {
                 let (a, b) = (arg(0), arg(1));
                 let ty = self.common(span, &[&a, &b])?;
-                t(fx::nullif(cast(a.expr, ty.clone()), cast(b.expr, ty.clone())), ty)
+                t(
+                    fx::nullif(cast(a.expr, ty.clone()), cast(b.expr, ty.clone())),
+                    ty,
+                )
             }
             "abs" => {
                 let a = need(0, is_numeric, "a number")?;
@@ -458,16 +517,35 @@ impl Compiler<'_> {
             }
             "floor" => t(fx::floor(num(0)?), float),
             "ceil" => t(fx::ceil(num(0)?), float),
-            "sqrt" => t(self.nan_to_null(fx::sqrt(num(0)?)), float),
+            "sqrt" => {
+                // Of a negative number: null (Arrow's sqrt would fail the run).
+                let x = num(0)?;
+                t(
+                    when(x.clone().gt_eq(lit(0.0)), self.nan_to_null(fx::sqrt(x)))
+                        .otherwise(lit(ScalarValue::Float64(None)))
+                        .unwrap_or(lit(ScalarValue::Null)),
+                    float,
+                )
+            }
             "pow" => t(fx::power(num(0)?, num(1)?), float),
             "exp" => t(fx::exp(num(0)?), float),
             "ln" => {
                 let x = num(0)?;
-                t(when(x.clone().gt(lit(0.0)), fx::ln(x)).otherwise(lit(ScalarValue::Float64(None))).unwrap_or(lit(ScalarValue::Null)), float)
+                t(
+                    when(x.clone().gt(lit(0.0)), fx::ln(x))
+                        .otherwise(lit(ScalarValue::Float64(None)))
+                        .unwrap_or(lit(ScalarValue::Null)),
+                    float,
+                )
             }
             "log" => {
                 let x = num(0)?;
-                t(when(x.clone().gt(lit(0.0)), fx::log10(x)).otherwise(lit(ScalarValue::Float64(None))).unwrap_or(lit(ScalarValue::Null)), float)
+                t(
+                    when(x.clone().gt(lit(0.0)), fx::log10(x))
+                        .otherwise(lit(ScalarValue::Float64(None)))
+                        .unwrap_or(lit(ScalarValue::Null)),
+                    float,
+                )
             }
             "sign" => t(fx::signum(num(0)?), float),
             "min" | "max" => {
@@ -477,9 +555,16 @@ impl Compiler<'_> {
                     all_int &= is_int(&a.ty) || is_null(&a.ty);
                 }
                 let ty = if all_int { DataType::Int64 } else { float };
-                let xs = typed.iter().map(|a| cast(a.expr.clone(), ty.clone())).collect();
+                let xs = typed
+                    .iter()
+                    .map(|a| cast(a.expr.clone(), ty.clone()))
+                    .collect();
                 // Nulls are skipped (SQL's least and greatest, and Spark's).
-                let v = if name == "min" { fx::least(xs) } else { fx::greatest(xs) };
+                let v = if name == "min" {
+                    fx::least(xs)
+                } else {
+                    fx::greatest(xs)
+                };
                 t(v, ty)
             }
             "clip" => {
@@ -491,7 +576,10 @@ impl Compiler<'_> {
                     float,
                 )
             }
-            "length" => t(cast(fx::character_length(text(0)?), DataType::Int64), DataType::Int64),
+            "length" => t(
+                cast(fx::character_length(text(0)?), DataType::Int64),
+                DataType::Int64,
+            ),
             "upper" => t(fx::upper(text(0)?), DataType::Utf8),
             "lower" => t(fx::lower(text(0)?), DataType::Utf8),
             "trim" => t(fx::btrim(vec![text(0)?]), DataType::Utf8),
@@ -509,14 +597,19 @@ impl Compiler<'_> {
             }
             "left" => t(fx::left(text(0)?, lit(int_lit(1)?.max(0))), DataType::Utf8),
             "right" => t(fx::right(text(0)?, lit(int_lit(1)?.max(0))), DataType::Utf8),
-            "contains" => t(cast(fx::strpos(text(0)?, text(1)?), DataType::Int64).gt(lit(0i64)), DataType::Boolean),
+            "contains" => t(
+                cast(fx::strpos(text(0)?, text(1)?), DataType::Int64).gt(lit(0i64)),
+                DataType::Boolean,
+            ),
             "starts_with" => t(fx::starts_with(text(0)?, text(1)?), DataType::Boolean),
             "ends_with" => t(fx::ends_with(text(0)?, text(1)?), DataType::Boolean),
             "replace" => {
                 let s = text(0)?;
                 let r = lit(str_lit(2)?);
                 match regex_arg(1) {
-                    Some((pattern, ci)) => t(udf::regex_replace(s, &pattern, ci, r), DataType::Utf8),
+                    Some((pattern, ci)) => {
+                        t(udf::regex_replace(s, &pattern, ci, r), DataType::Utf8)
+                    }
                     None => t(fx::replace(s, text(1)?, r), DataType::Utf8),
                 }
             }
@@ -544,7 +637,13 @@ impl Compiler<'_> {
                 let parts = typed
                     .iter()
                     .map(|a| {
-                        let s = if is_string(&a.ty) { a.expr.clone() } else { cast(a.expr.clone(), DataType::Utf8) };
+                        let s = if is_string(&a.ty) {
+                            a.expr.clone()
+                        } else if is_float(&a.ty) {
+                            udf::float_to_string(cast(a.expr.clone(), DataType::Float64))
+                        } else {
+                            cast(a.expr.clone(), DataType::Utf8)
+                        };
                         fx::coalesce(vec![s, lit("")])
                     })
                     .collect();
@@ -584,7 +683,7 @@ impl Compiler<'_> {
                 let e = if is_string(&a.ty) {
                     udf::parse_int(fx::btrim(vec![a.expr]))
                 } else if is_float(&a.ty) {
-                    cast(fx::trunc(vec![cast(a.expr, float)]), DataType::Int64)
+                    udf::float_to_int(cast(a.expr, float))
                 } else {
                     cast(a.expr, DataType::Int64)
                 };
@@ -597,13 +696,19 @@ impl Compiler<'_> {
                 let p = str_lit(2)?;
                 // lpad truncates longer strings; the reference leaves them.
                 t(
-                    when(fx::character_length(s.clone()).gt_eq(lit(n as i32)), s.clone())
-                        .otherwise(fx::lpad(vec![s, lit(n), lit(p)]))
-                        .unwrap_or(lit(ScalarValue::Null)),
+                    when(
+                        fx::character_length(s.clone()).gt_eq(lit(n as i32)),
+                        s.clone(),
+                    )
+                    .otherwise(fx::lpad(vec![s, lit(n), lit(p)]))
+                    .unwrap_or(lit(ScalarValue::Null)),
                     DataType::Utf8,
                 )
             }
-            "now" => t(cast(fx::now(), DataType::Timestamp(TimeUnit::Microsecond, None)), DataType::Timestamp(TimeUnit::Microsecond, None)),
+            "now" => t(
+                cast(fx::now(), DataType::Timestamp(TimeUnit::Microsecond, None)),
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+            ),
             "year" | "month" | "day" | "hour" | "minute" | "second" | "day_of_week" => {
                 let d = date(0)?;
                 t(crate::dates::part(name, d), DataType::Int64)
@@ -615,7 +720,10 @@ impl Compiler<'_> {
                     Some(e) => t(e, DataType::Int64),
                     None => problem(
                         &args[2].span,
-                        format!("date_diff counts weeks, days, hours, minutes or seconds, not {}s", u.as_str()),
+                        format!(
+                            "date_diff counts weeks, days, hours, minutes or seconds, not {}s",
+                            u.as_str()
+                        ),
                         Some("for months or years, compare month(…) and year(…)".into()),
                     ),
                 }
@@ -624,12 +732,18 @@ impl Compiler<'_> {
                 let d = date(0)?;
                 let n = int_lit(1)?;
                 let u = unit(2)?;
-                t(crate::dates::add(d, n, u), DataType::Timestamp(TimeUnit::Microsecond, None))
+                t(
+                    crate::dates::add(d, n, u),
+                    DataType::Timestamp(TimeUnit::Microsecond, None),
+                )
             }
             "date_trunc" => {
                 let d = date(0)?;
                 let u = unit(1)?;
-                t(crate::dates::trunc(d, u), DataType::Timestamp(TimeUnit::Microsecond, None))
+                t(
+                    crate::dates::trunc(d, u),
+                    DataType::Timestamp(TimeUnit::Microsecond, None),
+                )
             }
             "parse_date" => {
                 let s = text(0)?;
@@ -637,9 +751,14 @@ impl Compiler<'_> {
                 let chrono = crate::dates::java_to_chrono(&fmt).map_err(|m| FormulaProblem {
                     span: args[1].span.clone(),
                     message: m,
-                    help: Some("patterns are Java-style: yyyy MM dd HH mm ss SSS, text in 'quotes'".into()),
+                    help: Some(
+                        "patterns are Java-style: yyyy MM dd HH mm ss SSS, text in 'quotes'".into(),
+                    ),
                 })?;
-                t(udf::parse_timestamp(s, vec![chrono]), DataType::Timestamp(TimeUnit::Microsecond, None))
+                t(
+                    udf::parse_timestamp(s, vec![chrono]),
+                    DataType::Timestamp(TimeUnit::Microsecond, None),
+                )
             }
             "format_date" => {
                 let d = date(0)?;
@@ -647,11 +766,17 @@ impl Compiler<'_> {
                 let chrono = crate::dates::java_to_chrono(&fmt).map_err(|m| FormulaProblem {
                     span: args[1].span.clone(),
                     message: m,
-                    help: Some("patterns are Java-style: yyyy MM dd HH mm ss SSS, text in 'quotes'".into()),
+                    help: Some(
+                        "patterns are Java-style: yyyy MM dd HH mm ss SSS, text in 'quotes'".into(),
+                    ),
                 })?;
                 t(fx::to_char(d, lit(chrono)), DataType::Utf8)
             }
-            other => problem(span, format!("{other}() is not available on the built-in engine"), None),
+            other => problem(
+                span,
+                format!("{other}() is not available on the built-in engine"),
+                None,
+            ),
         }
     }
 
@@ -680,11 +805,17 @@ impl Compiler<'_> {
                 (a, b) if is_numeric(a) && is_numeric(b) => DataType::Float64,
                 (a, b) if is_string(a) && is_string(b) => DataType::Utf8,
                 (a, b) if is_bool(a) && is_bool(b) => DataType::Boolean,
-                (a, b) if is_temporal(a) && is_temporal(b) => DataType::Timestamp(TimeUnit::Microsecond, None),
+                (a, b) if is_temporal(a) && is_temporal(b) => {
+                    DataType::Timestamp(TimeUnit::Microsecond, None)
+                }
                 (a, b) => {
                     return problem(
                         span,
-                        format!("the values here are {} and {}: they must be of one kind", type_name(a), type_name(b)),
+                        format!(
+                            "the values here are {} and {}: they must be of one kind",
+                            type_name(a),
+                            type_name(b)
+                        ),
                         None,
                     );
                 }

@@ -24,10 +24,10 @@ use arrow::datatypes::{Schema, SchemaRef};
 use capstan_core::visual::VisualSpec;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use futures_util::StreamExt;
 
@@ -53,7 +53,10 @@ pub fn session(limits: &Limits) -> datafusion::error::Result<SessionContext> {
     let mut config = SessionConfig::new()
         // Strings as Utf8, not views: outputs keep capstan's types, and the plans shown by
         // `recipe explain` read as their schemas say.
-        .set_bool("datafusion.execution.parquet.schema_force_view_types", false)
+        .set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        )
         .set_bool("datafusion.execution.parquet.binary_as_string", false);
     if let Some(t) = limits.threads {
         config = config.with_target_partitions(t.max(1));
@@ -65,10 +68,14 @@ pub fn session(limits: &Limits) -> datafusion::error::Result<SessionContext> {
     }
     if let Some(dir) = &limits.spill_dir {
         runtime = runtime.with_disk_manager_builder(
-            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
         );
     }
-    Ok(SessionContext::new_with_config_rt(config, runtime.build_arc()?))
+    Ok(SessionContext::new_with_config_rt(
+        config,
+        runtime.build_arc()?,
+    ))
 }
 
 /// Where an input's rows are.
@@ -82,7 +89,11 @@ pub enum Source {
 }
 
 /// The input `name` (registered under its dataset's name, which plans then show).
-pub async fn open(ctx: &SessionContext, name: &str, source: &Source) -> datafusion::error::Result<DataFrame> {
+pub async fn open(
+    ctx: &SessionContext,
+    name: &str,
+    source: &Source,
+) -> datafusion::error::Result<DataFrame> {
     use datafusion::common::TableReference;
     let table = TableReference::bare(name);
     if ctx.table_exist(table.clone())? {
@@ -90,15 +101,29 @@ pub async fn open(ctx: &SessionContext, name: &str, source: &Source) -> datafusi
     }
     match source {
         Source::Parquet(p) => {
-            ctx.register_parquet(table.clone(), path_str(p), ParquetReadOptions::default().file_extension(&extension(p)))
-                .await?
+            ctx.register_parquet(
+                table.clone(),
+                path_str(p),
+                ParquetReadOptions::default().file_extension(&extension(p)),
+            )
+            .await?
         }
         Source::ArrowIpc(p) => {
-            ctx.register_arrow(table.clone(), &path_str(p), ArrowReadOptions { file_extension: &extension(p), ..Default::default() })
-                .await?
+            ctx.register_arrow(
+                table.clone(),
+                &path_str(p),
+                ArrowReadOptions {
+                    file_extension: &extension(p),
+                    ..Default::default()
+                },
+            )
+            .await?
         }
         Source::Empty(schema) => {
-            ctx.register_table(table.clone(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
+            ctx.register_table(
+                table.clone(),
+                Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
+            )?;
         }
     }
     ctx.table(table).await
@@ -110,7 +135,9 @@ fn path_str(p: &Path) -> String {
 
 /// DataFusion filters listed files by extension; a file is read whatever it is called.
 fn extension(p: &Path) -> String {
-    p.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default()
+    p.extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default()
 }
 
 /// What checking a spec against its inputs' schemas found.
@@ -131,14 +158,22 @@ pub async fn check(
     let ctx = session(&Limits::default())?;
     let mut dfs = Vec::new();
     for (name, schema) in inputs {
-        dfs.push((name.clone(), open(&ctx, name, &Source::Empty(schema.clone())).await?));
+        dfs.push((
+            name.clone(),
+            open(&ctx, name, &Source::Empty(schema.clone())).await?,
+        ));
     }
     let planned = plan::plan(spec, dfs, outputs, Mode::Check).await?;
     Ok(Checked {
         outputs: planned
             .outputs
             .iter()
-            .map(|(n, df)| (n.clone(), Arc::new(Schema::from(df.schema().as_arrow().clone()))))
+            .map(|(n, df)| {
+                (
+                    n.clone(),
+                    Arc::new(Schema::from(df.schema().as_arrow().clone())),
+                )
+            })
             .collect(),
         dynamic: planned.dynamic,
     })
@@ -231,13 +266,16 @@ pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<u64, PlanError>
     let schema = Arc::new(Schema::from(df.schema().as_arrow().clone()));
     let mut stream = df.execute_stream().await?;
     let tmp = path.with_extension("parquet.partial");
-    let io = |e: std::io::Error| DataFusionError::Execution(format!("cannot write {}: {e}", tmp.display()));
+    let io = |e: std::io::Error| {
+        DataFusionError::Execution(format!("cannot write {}: {e}", tmp.display()))
+    };
     let file = std::fs::File::create(&tmp).map_err(io)?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(1 << 20))
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(DataFusionError::from)?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema, Some(props)).map_err(DataFusionError::from)?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch?;

@@ -40,7 +40,11 @@ pub enum PlanError {
 
 type R<T> = Result<T, PlanError>;
 
-pub(crate) fn at<T>(path: impl Into<String>, message: impl Into<String>, help: Option<String>) -> R<T> {
+pub(crate) fn at<T>(
+    path: impl Into<String>,
+    message: impl Into<String>,
+    help: Option<String>,
+) -> R<T> {
     Err(PlanError::Spec(Problem {
         path: path.into(),
         span: None,
@@ -118,7 +122,11 @@ fn stored(df: DataFrame) -> R<DataFrame> {
 }
 
 pub(crate) fn names(df: &DataFrame) -> Vec<String> {
-    df.schema().fields().iter().map(|f| f.name().clone()).collect()
+    df.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
 }
 
 pub(crate) fn typed(df: &DataFrame, path: &str, name: &str) -> R<Typed> {
@@ -199,7 +207,10 @@ pub(crate) fn condition_at(df: &DataFrame, path: &str, text: &str, what: &str) -
     if !(is_bool(&t.ty) || is_null(&t.ty)) {
         return at(
             path,
-            format!("this formula gives {}, and a condition must give true or false", type_name(&t.ty)),
+            format!(
+                "this formula gives {}, and a condition must give true or false",
+                type_name(&t.ty)
+            ),
             Some("compare it, e.g. `x > 0` or `is_not_null(x)`".into()),
         );
     }
@@ -215,10 +226,16 @@ pub(crate) fn literal_for(ty: &DataType, v: &Literal) -> Result<Expr, String> {
         (Literal::Int(i), t) if is_float(t) => lit(*i as f64),
         (Literal::Float(x), t) if is_float(t) => lit(*x),
         (Literal::Bool(b), DataType::Boolean) => lit(*b),
-        (Literal::Str(s), t) if is_temporal(t) => match crate::dates::parse(s, &["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]) {
-            Some(us) => cast(lit(ScalarValue::TimestampMicrosecond(Some(us), None)), ts),
-            None => return Err(format!("{s:?} is not an ISO date (yyyy-MM-dd, or yyyy-MM-ddTHH:mm:ss)")),
-        },
+        (Literal::Str(s), t) if is_temporal(t) => {
+            match crate::dates::parse(s, &["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]) {
+                Some(us) => cast(lit(ScalarValue::TimestampMicrosecond(Some(us), None)), ts),
+                None => {
+                    return Err(format!(
+                        "{s:?} is not an ISO date (yyyy-MM-dd, or yyyy-MM-ddTHH:mm:ss)"
+                    ));
+                }
+            }
+        }
         (v, t) => return Err(format!("{v} does not fit a {} column", type_name(t))),
     })
 }
@@ -286,7 +303,9 @@ fn aggregate(f: AggFn, t: &Typed, order: &[SortExpr]) -> Result<Expr, String> {
 /// A value as part of a column name (pivot and unfold).
 pub(crate) fn value_name(v: &ScalarValue) -> String {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s.clone(),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => s.clone(),
         ScalarValue::Float64(Some(x)) => udf::float_text(*x),
         ScalarValue::Boolean(Some(b)) => b.to_string(),
         other => other.to_string(),
@@ -316,7 +335,11 @@ impl Planner {
                     format!(
                         "a {} recipe reads {} input{}, and this one declares {}",
                         kind.as_str(),
-                        if n == 1 { "one".to_string() } else { format!("at least {n}") },
+                        if n == 1 {
+                            "one".to_string()
+                        } else {
+                            format!("at least {n}")
+                        },
                         if n == 1 { "" } else { "s" },
                         inputs.len()
                     ),
@@ -327,14 +350,26 @@ impl Planner {
         };
         let first_out = outputs.first().cloned().unwrap_or_default();
         if outputs.is_empty() {
-            return at("", format!("a {} recipe writes at least one output; declare it in `outputs`", kind.as_str()), None);
+            return at(
+                "",
+                format!(
+                    "a {} recipe writes at least one output; declare it in `outputs`",
+                    kind.as_str()
+                ),
+                None,
+            );
         }
-        let single = |df: DataFrame| -> R<Vec<(String, DataFrame)>> { Ok(vec![(first_out.clone(), df)]) };
+        let single =
+            |df: DataFrame| -> R<Vec<(String, DataFrame)>> { Ok(vec![(first_out.clone(), df)]) };
         // Outputs a spec names (unmatched rows, rest, split rules) must be the recipe's.
         let check_output = |path: &str, name: &str| -> R<()> {
             if !outputs.iter().any(|o| o == name) {
                 let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
-                return at(path, format!("`{name}` is not one of this recipe's outputs"), Some(capstan_core::unknown_help(name, &names, "output")));
+                return at(
+                    path,
+                    format!("`{name}` is not one of this recipe's outputs"),
+                    Some(capstan_core::unknown_help(name, &names, "output")),
+                );
             }
             Ok(())
         };
@@ -378,16 +413,30 @@ impl Planner {
             VisualSpec::Distinct(d) => {
                 want(1)?;
                 let df = one(&inputs);
-                let cols = if d.columns.is_empty() { names(&df) } else { d.columns.clone() };
+                let cols = if d.columns.is_empty() {
+                    names(&df)
+                } else {
+                    d.columns.clone()
+                };
                 need_columns(&df, "columns", &cols)?;
                 match &d.count_column {
                     Some(c) => {
                         if cols.contains(c) {
-                            return at("count_column", format!("column `{c}` exists already"), None);
+                            return at(
+                                "count_column",
+                                format!("column `{c}` exists already"),
+                                None,
+                            );
                         }
-                        single(df.aggregate(cols.iter().map(ident).collect::<Vec<Expr>>(), vec![agg::count(lit(1)).alias(c)])?)
+                        single(df.aggregate(
+                            cols.iter().map(ident).collect::<Vec<Expr>>(),
+                            vec![agg::count(lit(1)).alias(c)],
+                        )?)
                     }
-                    None => single(df.select(cols.iter().map(ident).collect::<Vec<Expr>>())?.distinct()?),
+                    None => single(
+                        df.select(cols.iter().map(ident).collect::<Vec<Expr>>())?
+                            .distinct()?,
+                    ),
                 }
             }
             VisualSpec::Group(g) => {
@@ -448,11 +497,17 @@ impl Planner {
                         .alias(rn),
                 ])?;
                 let cols: Vec<Expr> = names(&df).into_iter().map(ident).collect();
-                let top = ranked.clone().filter(ident(rn).lt_eq(lit(t.top)))?.select(cols.clone())?;
+                let top = ranked
+                    .clone()
+                    .filter(ident(rn).lt_eq(lit(t.top)))?
+                    .select(cols.clone())?;
                 let mut out = vec![(first_out.clone(), top)];
                 if let Some(rest) = &t.rest {
                     check_output("rest", rest)?;
-                    out.push((rest.clone(), ranked.filter(ident(rn).gt(lit(t.top)))?.select(cols)?));
+                    out.push((
+                        rest.clone(),
+                        ranked.filter(ident(rn).gt(lit(t.top)))?.select(cols)?,
+                    ));
                 }
                 Ok(out)
             }
@@ -463,7 +518,12 @@ impl Planner {
                 let mut out: Vec<(String, DataFrame)> = Vec::new();
                 for (i, r) in s.rules.iter().enumerate() {
                     check_output(&format!("rules[{i}].output"), &r.output)?;
-                    let cond = holds(condition_at(&df, &format!("rules[{i}].when"), &r.when, "split")?);
+                    let cond = holds(condition_at(
+                        &df,
+                        &format!("rules[{i}].when"),
+                        &r.when,
+                        "split",
+                    )?);
                     let mine = match &taken {
                         Some(t) => cond.clone().and(Expr::Not(Box::new(t.clone()))),
                         None => cond.clone(),
@@ -507,15 +567,27 @@ impl Planner {
                 want(2)?;
                 let (ln, left) = inputs[0].clone();
                 let (rn, right) = inputs[1].clone();
-                let mut out = vec![(first_out.clone(), self.join(&ln, left.clone(), &rn, right.clone(), j)?)];
+                let mut out = vec![(
+                    first_out.clone(),
+                    self.join(&ln, left.clone(), &rn, right.clone(), j)?,
+                )];
                 if let Some(u) = &j.unmatched_left {
                     check_output("unmatched_left", u)?;
-                    let anti = JoinSpec { join_type: JoinType::LeftAnti, ..j.clone() };
-                    out.push((u.clone(), self.join(&ln, left.clone(), &rn, right.clone(), &anti)?));
+                    let anti = JoinSpec {
+                        join_type: JoinType::LeftAnti,
+                        ..j.clone()
+                    };
+                    out.push((
+                        u.clone(),
+                        self.join(&ln, left.clone(), &rn, right.clone(), &anti)?,
+                    ));
                 }
                 if let Some(u) = &j.unmatched_right {
                     check_output("unmatched_right", u)?;
-                    let anti = JoinSpec { join_type: JoinType::RightAnti, ..j.clone() };
+                    let anti = JoinSpec {
+                        join_type: JoinType::RightAnti,
+                        ..j.clone()
+                    };
                     out.push((u.clone(), self.join(&ln, left, &rn, right, &anti)?));
                 }
                 Ok(out)
@@ -542,12 +614,23 @@ impl Planner {
         let column = |need: bool| -> R<Option<Typed>> {
             match &c.column {
                 Some(n) => typed(df, &format!("{path}.column"), n).map(Some),
-                None if need => at(path, format!("{} needs a `column`", c.function.as_str()), None),
+                None if need => at(
+                    path,
+                    format!("{} needs a `column`", c.function.as_str()),
+                    None,
+                ),
                 None => Ok(None),
             }
         };
         if c.function.is_ranking() && order.is_empty() {
-            return at(path, format!("{} numbers rows in an order: set `order_by`", c.function.as_str()), None);
+            return at(
+                path,
+                format!(
+                    "{} numbers rows in an order: set `order_by`",
+                    c.function.as_str()
+                ),
+                None,
+            );
         }
         let built = match c.function {
             WindowFn::RowNumber => wf::row_number(),
@@ -569,31 +652,58 @@ impl Planner {
                 let f64c = |e: Expr| cast(e, DataType::Float64);
                 let e = match agg_fn {
                     WindowFn::Sum | WindowFn::Avg if !numeric => {
-                        return at(format!("{path}.column"), format!("{} needs a numeric column", agg_fn.as_str()), None);
+                        return at(
+                            format!("{path}.column"),
+                            format!("{} needs a numeric column", agg_fn.as_str()),
+                            None,
+                        );
                     }
-                    WindowFn::Sum if t.as_ref().is_some_and(|t| is_int(&t.ty)) => agg::sum(cast(arg, DataType::Int64)),
+                    WindowFn::Sum if t.as_ref().is_some_and(|t| is_int(&t.ty)) => {
+                        agg::sum(cast(arg, DataType::Int64))
+                    }
                     WindowFn::Sum => agg::sum(f64c(arg)),
                     WindowFn::Avg => agg::avg(f64c(arg)),
                     WindowFn::Min => agg::min(arg),
                     WindowFn::Max => agg::max(arg),
                     WindowFn::Count => agg::count(arg),
                     WindowFn::First | WindowFn::Last if order.is_empty() => {
-                        return at(path, format!("{} needs an order: set `order_by`", agg_fn.as_str()), None);
+                        return at(
+                            path,
+                            format!("{} needs an order: set `order_by`", agg_fn.as_str()),
+                            None,
+                        );
                     }
-                    WindowFn::First => agg::first_value(arg, vec![]),
-                    _ => agg::last_value(arg, vec![]),
+                    // The window functions, not the aggregates: those cannot slide a frame.
+                    WindowFn::First | WindowFn::Last => {
+                        let w = if agg_fn == WindowFn::First {
+                            datafusion::functions_window::expr_fn::first_value(arg)
+                        } else {
+                            datafusion::functions_window::expr_fn::last_value(arg)
+                        };
+                        return Ok(w
+                            .partition_by(part.to_vec())
+                            .order_by(order.to_vec())
+                            .window_frame(frame(f))
+                            .build()?);
+                    }
+                    _ => unreachable!("ranking functions are handled above"),
                 };
                 let Expr::AggregateFunction(a) = e else {
                     return at(path, "internal: not an aggregate", None);
                 };
-                return Ok(Expr::from(WindowFunction::new(a.func.clone(), a.params.args.clone()))
-                    .partition_by(part.to_vec())
-                    .order_by(order.to_vec())
-                    .window_frame(frame(f))
-                    .build()?);
+                return Ok(
+                    Expr::from(WindowFunction::new(a.func.clone(), a.params.args.clone()))
+                        .partition_by(part.to_vec())
+                        .order_by(order.to_vec())
+                        .window_frame(frame(f))
+                        .build()?,
+                );
             }
         };
-        Ok(built.partition_by(part.to_vec()).order_by(order.to_vec()).build()?)
+        Ok(built
+            .partition_by(part.to_vec())
+            .order_by(order.to_vec())
+            .build()?)
     }
 
     fn stack(&self, inputs: Vec<(String, DataFrame)>, s: &StackSpec) -> R<DataFrame> {
@@ -605,7 +715,9 @@ impl Planner {
                 match columns.iter_mut().find(|(n, _)| n == f.name()) {
                     None => columns.push((f.name().clone(), t)),
                     Some((_, have)) if *have == t => {}
-                    Some((_, have)) if is_numeric(have) && is_numeric(&t) => *have = DataType::Float64,
+                    Some((_, have)) if is_numeric(have) && is_numeric(&t) => {
+                        *have = DataType::Float64
+                    }
                     Some((n, have)) => {
                         return at(
                             "",
@@ -615,7 +727,10 @@ impl Planner {
                                 type_name(&t),
                                 i + 1
                             ),
-                            Some("convert it in a prepare recipe first, so that every input agrees".into()),
+                            Some(
+                                "convert it in a prepare recipe first, so that every input agrees"
+                                    .into(),
+                            ),
                         );
                     }
                 }
@@ -624,7 +739,11 @@ impl Planner {
         if let Some(o) = &s.origin_column
             && columns.iter().any(|(n, _)| n == o)
         {
-            return at("origin_column", format!("column `{o}` exists already"), None);
+            return at(
+                "origin_column",
+                format!("column `{o}` exists already"),
+                None,
+            );
         }
         let mut out: Option<DataFrame> = None;
         for (input, df) in inputs {
@@ -648,10 +767,24 @@ impl Planner {
                 Some(o) => o.union(d)?,
             });
         }
-        out.ok_or_else(|| PlanError::Spec(Problem { path: String::new(), span: None, message: "no inputs".into(), help: None }))
+        out.ok_or_else(|| {
+            PlanError::Spec(Problem {
+                path: String::new(),
+                span: None,
+                message: "no inputs".into(),
+                help: None,
+            })
+        })
     }
 
-    fn join(&self, ln: &str, left: DataFrame, rn: &str, right: DataFrame, j: &JoinSpec) -> R<DataFrame> {
+    fn join(
+        &self,
+        ln: &str,
+        left: DataFrame,
+        rn: &str,
+        right: DataFrame,
+        j: &JoinSpec,
+    ) -> R<DataFrame> {
         let (lq, rq) = ("__capstan_left", "__capstan_right");
         let lcols = names(&left);
         let rcols = names(&right);
@@ -659,15 +792,41 @@ impl Planner {
             return at("on", "a cross join takes no `on` conditions", None);
         }
         if j.join_type != JoinType::Cross && j.on.is_empty() {
-            return at("on", "a join needs `on` conditions (or `type = \"cross\"`)", Some("e.g. on = [{ left = \"id\", right = \"customer_id\" }]".into()));
+            return at(
+                "on",
+                "a join needs `on` conditions (or `type = \"cross\"`)",
+                Some("e.g. on = [{ left = \"id\", right = \"customer_id\" }]".into()),
+            );
         }
         let mut on = Vec::new();
         for (i, k) in j.on.iter().enumerate() {
-            let a = typed(&left, &format!("on[{i}].left"), &k.left).map_err(|e| name_input(e, ln))?;
-            let b = typed(&right, &format!("on[{i}].right"), &k.right).map_err(|e| name_input(e, rn))?;
-            let class = |t: &DataType| if is_numeric(t) { "number" } else if is_string(t) { "string" } else if is_temporal(t) { "date" } else { "other" };
+            let a =
+                typed(&left, &format!("on[{i}].left"), &k.left).map_err(|e| name_input(e, ln))?;
+            let b = typed(&right, &format!("on[{i}].right"), &k.right)
+                .map_err(|e| name_input(e, rn))?;
+            let class = |t: &DataType| {
+                if is_numeric(t) {
+                    "number"
+                } else if is_string(t) {
+                    "string"
+                } else if is_temporal(t) {
+                    "date"
+                } else {
+                    "other"
+                }
+            };
             if class(&a.ty) != class(&b.ty) {
-                return at(format!("on[{i}]"), format!("`{}` is {} and `{}` is {}: keys must be of one kind", k.left, type_name(&a.ty), k.right, type_name(&b.ty)), None);
+                return at(
+                    format!("on[{i}]"),
+                    format!(
+                        "`{}` is {} and `{}` is {}: keys must be of one kind",
+                        k.left,
+                        type_name(&a.ty),
+                        k.right,
+                        type_name(&b.ty)
+                    ),
+                    None,
+                );
             }
             on.push((k.left.clone(), k.right.clone()));
         }
@@ -686,7 +845,10 @@ impl Planner {
         let joined = if j.join_type == JoinType::Cross {
             l.join_on(r, DJ::Inner, vec![lit(true)])?
         } else {
-            let conds: Vec<Expr> = on.iter().map(|(a, b)| qcol(lq, a).eq(qcol(rq, b))).collect();
+            let conds: Vec<Expr> = on
+                .iter()
+                .map(|(a, b)| qcol(lq, a).eq(qcol(rq, b)))
+                .collect();
             l.join_on(r, jt, conds)?
         };
         // The output's columns: the first input's, then the second's; a key of the same name
@@ -699,20 +861,29 @@ impl Planner {
             JoinType::RightAnti => exprs.extend(rcols.iter().map(|n| qcol(rq, n).alias(n))),
             _ => {
                 for n in &lcols {
-                    let e = if same_key(n) && matches!(j.join_type, JoinType::Right | JoinType::Full) {
-                        fx::coalesce(vec![qcol(lq, n), qcol(rq, n)])
-                    } else {
-                        qcol(lq, n)
-                    };
+                    let e =
+                        if same_key(n) && matches!(j.join_type, JoinType::Right | JoinType::Full) {
+                            fx::coalesce(vec![qcol(lq, n), qcol(rq, n)])
+                        } else {
+                            qcol(lq, n)
+                        };
                     exprs.push(e.alias(n));
                 }
                 for n in &rcols {
                     if same_key(n) {
                         continue;
                     }
-                    let out = if lcols.contains(n) { format!("{rn}_{n}") } else { n.clone() };
+                    let out = if lcols.contains(n) {
+                        format!("{rn}_{n}")
+                    } else {
+                        n.clone()
+                    };
                     if lcols.contains(&out) {
-                        return at("", format!("both inputs have a column `{n}`, and `{out}` exists too"), Some("rename one in a prepare recipe first".into()));
+                        return at(
+                            "",
+                            format!("both inputs have a column `{n}`, and `{out}` exists too"),
+                            Some("rename one in a prepare recipe first".into()),
+                        );
                     }
                     exprs.push(qcol(rq, n).alias(out));
                 }
@@ -721,7 +892,13 @@ impl Planner {
         Ok(joined.select(exprs)?)
     }
 
-    pub(crate) async fn distinct_values(&mut self, df: &DataFrame, column: &str, max: u32, path: &str) -> R<Option<Vec<ScalarValue>>> {
+    pub(crate) async fn distinct_values(
+        &mut self,
+        df: &DataFrame,
+        column: &str,
+        max: u32,
+        path: &str,
+    ) -> R<Option<Vec<ScalarValue>>> {
         if self.mode == Mode::Check {
             self.dynamic.get_or_insert_with(|| path.to_string());
             return Ok(None);
@@ -742,7 +919,13 @@ impl Planner {
             }
         }
         if values.len() > max as usize {
-            return at(path, format!("`{column}` has more than {max} distinct values, each of which would become a column"), Some("raise `max_columns`, or group the values first".into()));
+            return at(
+                path,
+                format!(
+                    "`{column}` has more than {max} distinct values, each of which would become a column"
+                ),
+                Some("raise `max_columns`, or group the values first".into()),
+            );
         }
         self.discovered.push(format!(
             "{path}: {} value{} of `{column}`: {}",
@@ -761,13 +944,21 @@ impl Planner {
             let t = typed(&df, &format!("aggregates[{i}].column"), &a.column)?;
             for (j, f) in a.functions.iter().enumerate() {
                 if matches!(f, AggFn::First | AggFn::Last) {
-                    return at(format!("aggregates[{i}].functions[{j}]"), "first and last have no order in a pivot", None);
+                    return at(
+                        format!("aggregates[{i}].functions[{j}]"),
+                        "first and last have no order in a pivot",
+                        None,
+                    );
                 }
-                aggregate(*f, &t, &[]).or_else(|m| at(format!("aggregates[{i}].functions[{j}]"), m, None))?;
+                aggregate(*f, &t, &[])
+                    .or_else(|m| at(format!("aggregates[{i}].functions[{j}]"), m, None))?;
                 measures.push((t.clone(), *f, a.column.clone()));
             }
         }
-        let Some(values) = self.distinct_values(&df, &p.column, p.max_columns.unwrap_or(100), "column").await? else {
+        let Some(values) = self
+            .distinct_values(&df, &p.column, p.max_columns.unwrap_or(100), "column")
+            .await?
+        else {
             // Checking: the index columns are all that is known.
             let keys: Vec<Expr> = p.index.iter().map(ident).collect();
             return Ok(df.aggregate(keys, vec![])?);
@@ -777,7 +968,9 @@ impl Planner {
             let is_v = pc.expr.clone().eq(lit(v.clone()));
             let vn = value_name(v);
             if measures.is_empty() {
-                aggs.push(agg::count(when(is_v.clone(), lit(1)).end()?).alias(format!("{vn}_count")));
+                aggs.push(
+                    agg::count(when(is_v.clone(), lit(1)).end()?).alias(format!("{vn}_count")),
+                );
             }
             for (t, f, c) in &measures {
                 let masked = Typed {
@@ -803,4 +996,3 @@ fn name_input(e: PlanError, input: &str) -> PlanError {
         other => other,
     }
 }
-

@@ -45,7 +45,10 @@ fn need_kind(path: &str, t: &Typed, name: &str, ok: fn(&DataType) -> bool, what:
     }
     at(
         path,
-        format!("`{name}` is {}, and this step needs {what}", type_name(&t.ty)),
+        format!(
+            "`{name}` is {}, and this step needs {what}",
+            type_name(&t.ty)
+        ),
         None,
     )
 }
@@ -60,7 +63,11 @@ impl Planner {
                 for (from, to) in columns {
                     typed(&df, &p(&format!("columns.{from}")), from)?;
                     if from != to && names(&df).contains(to) && !columns.contains_key(to) {
-                        return at(p(&format!("columns.{from}")), format!("column `{to}` exists already"), None);
+                        return at(
+                            p(&format!("columns.{from}")),
+                            format!("column `{to}` exists already"),
+                            None,
+                        );
                     }
                 }
                 let exprs: Vec<Expr> = names(&df)
@@ -78,13 +85,22 @@ impl Planner {
             }
             Step::Remove { columns } => {
                 need_columns(&df, &p("columns"), columns)?;
-                let kept: Vec<Expr> = names(&df).into_iter().filter(|n| !columns.contains(n)).map(ident).collect();
+                let kept: Vec<Expr> = names(&df)
+                    .into_iter()
+                    .filter(|n| !columns.contains(n))
+                    .map(ident)
+                    .collect();
                 Ok(df.select(kept)?)
             }
             Step::Reorder { columns } => {
                 need_columns(&df, &p("columns"), columns)?;
                 let mut exprs: Vec<Expr> = columns.iter().map(ident).collect();
-                exprs.extend(names(&df).into_iter().filter(|n| !columns.contains(n)).map(ident));
+                exprs.extend(
+                    names(&df)
+                        .into_iter()
+                        .filter(|n| !columns.contains(n))
+                        .map(ident),
+                );
                 Ok(df.select(exprs)?)
             }
             Step::Copy { column, to } => {
@@ -92,19 +108,37 @@ impl Planner {
                 fresh_name(&df, &p("to"), to)?;
                 set_column(df, to, t.expr)
             }
-            Step::Formula { column, expression, on_error } => {
+            Step::Formula {
+                column,
+                expression,
+                on_error,
+            } => {
                 let t = formula_at(&df, &p("expression"), expression, *on_error, &what)?;
-                let e = if is_null(&t.ty) { null_of(&DataType::Utf8) } else { t.expr };
+                let e = if is_null(&t.ty) {
+                    null_of(&DataType::Utf8)
+                } else {
+                    t.expr
+                };
                 set_column(df, column, e)
             }
-            Step::IfThenElse { to, rules, otherwise } => {
+            Step::IfThenElse {
+                to,
+                rules,
+                otherwise,
+            } => {
                 if rules.is_empty() {
                     return at(p("rules"), "if_then_else needs at least one rule", None);
                 }
                 let mut branches = Vec::new();
                 for (i, r) in rules.iter().enumerate() {
                     let c = condition_at(&df, &p(&format!("rules[{i}].when")), &r.when, &what)?;
-                    let v = formula_at(&df, &p(&format!("rules[{i}].then")), &r.then, OnError::Null, &what)?;
+                    let v = formula_at(
+                        &df,
+                        &p(&format!("rules[{i}].then")),
+                        &r.then,
+                        OnError::Null,
+                        &what,
+                    )?;
                     branches.push((c, v));
                 }
                 let other = match otherwise {
@@ -120,7 +154,15 @@ impl Planner {
                         (a, b) if is_numeric(a) && is_numeric(b) => DataType::Float64,
                         (a, b) if stored_type(a) == stored_type(b) => stored_type(a),
                         (a, b) => {
-                            return at(p("rules"), format!("the rules give {} and {}: they must give one kind of value", type_name(a), type_name(b)), None);
+                            return at(
+                                p("rules"),
+                                format!(
+                                    "the rules give {} and {}: they must give one kind of value",
+                                    type_name(a),
+                                    type_name(b)
+                                ),
+                                None,
+                            );
                         }
                     };
                 }
@@ -139,7 +181,13 @@ impl Planner {
                 })?;
                 set_column(df, to, e)
             }
-            Step::FilterValue { column, values, matching, action, flag_column } => {
+            Step::FilterValue {
+                column,
+                values,
+                matching,
+                action,
+                flag_column,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
                 if values.is_empty() {
                     return at(p("values"), "give at least one value", None);
@@ -148,17 +196,34 @@ impl Planner {
                 for (i, v) in values.iter().enumerate() {
                     let vp = p(&format!("values[{i}]"));
                     let c = match matching {
-                        Matching::Exact => literal_for(&t.ty, v).map(|l| t.expr.clone().eq(l)).or_else(|m| at(&vp, m, None))?,
+                        Matching::Exact => literal_for(&t.ty, v)
+                            .map(|l| t.expr.clone().eq(l))
+                            .or_else(|m| at(&vp, m, None))?,
                         Matching::Substring | Matching::Regex => {
-                            need_kind(&p("column"), &t, column, is_string, "text (for substring or regex matching)")?;
+                            need_kind(
+                                &p("column"),
+                                &t,
+                                column,
+                                is_string,
+                                "text (for substring or regex matching)",
+                            )?;
                             let Literal::Str(s) = v else {
-                                return at(&vp, "substring and regex matching take text values", None);
+                                return at(
+                                    &vp,
+                                    "substring and regex matching take text values",
+                                    None,
+                                );
                             };
                             if *matching == Matching::Substring {
-                                cast(fx::strpos(t.expr.clone(), lit(s.as_str())), DataType::Int64).gt(lit(0i64))
+                                cast(fx::strpos(t.expr.clone(), lit(s.as_str())), DataType::Int64)
+                                    .gt(lit(0i64))
                             } else {
                                 if let Err(e) = regex::Regex::new(s) {
-                                    return at(&vp, format!("not a valid regular expression: {e}"), None);
+                                    return at(
+                                        &vp,
+                                        format!("not a valid regular expression: {e}"),
+                                        None,
+                                    );
                                 }
                                 udf::regex_matches(t.expr.clone(), s, false)
                             }
@@ -166,10 +231,26 @@ impl Planner {
                     };
                     conds.push(c);
                 }
-                let cond = conds.into_iter().reduce(|a, b| a.or(b)).unwrap_or(lit(false));
-                self.act(df, path, cond, *action, Some(column), flag_column.as_deref())
+                let cond = conds
+                    .into_iter()
+                    .reduce(|a, b| a.or(b))
+                    .unwrap_or(lit(false));
+                self.act(
+                    df,
+                    path,
+                    cond,
+                    *action,
+                    Some(column),
+                    flag_column.as_deref(),
+                )
             }
-            Step::FilterRange { column, min, max, action, flag_column } => {
+            Step::FilterRange {
+                column,
+                min,
+                max,
+                action,
+                flag_column,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
                 need_kind(&p("column"), &t, column, is_numeric, "numbers")?;
                 if min.is_none() && max.is_none() {
@@ -183,11 +264,30 @@ impl Planner {
                 if let Some(hi) = max {
                     cond = cond.and(x.lt_eq(lit(*hi)));
                 }
-                self.act(df, path, cond, *action, Some(column), flag_column.as_deref())
+                self.act(
+                    df,
+                    path,
+                    cond,
+                    *action,
+                    Some(column),
+                    flag_column.as_deref(),
+                )
             }
-            Step::FilterDate { column, from, to, action, flag_column } => {
+            Step::FilterDate {
+                column,
+                from,
+                to,
+                action,
+                flag_column,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
-                need_kind(&p("column"), &t, column, is_temporal, "dates (parse text with parse_date first)")?;
+                need_kind(
+                    &p("column"),
+                    &t,
+                    column,
+                    is_temporal,
+                    "dates (parse text with parse_date first)",
+                )?;
                 if from.is_none() && to.is_none() {
                     return at(path, "give `from`, `to` or both", None);
                 }
@@ -195,19 +295,38 @@ impl Planner {
                 let mut cond = lit(true);
                 for (bound, field, lower) in [(from, "from", true), (to, "to", false)] {
                     if let Some(b) = bound {
-                        let l = literal_for(&ts(), &Literal::Str(b.clone())).or_else(|m| at(p(field), m, None))?;
-                        cond = cond.and(if lower { x.clone().gt_eq(l) } else { x.clone().lt_eq(l) });
+                        let l = literal_for(&ts(), &Literal::Str(b.clone()))
+                            .or_else(|m| at(p(field), m, None))?;
+                        cond = cond.and(if lower {
+                            x.clone().gt_eq(l)
+                        } else {
+                            x.clone().lt_eq(l)
+                        });
                     }
                 }
-                self.act(df, path, cond, *action, Some(column), flag_column.as_deref())
+                self.act(
+                    df,
+                    path,
+                    cond,
+                    *action,
+                    Some(column),
+                    flag_column.as_deref(),
+                )
             }
-            Step::FilterFormula { expression, action, flag_column } => {
+            Step::FilterFormula {
+                expression,
+                action,
+                flag_column,
+            } => {
                 let cond = condition_at(&df, &p("expression"), expression, &what)?;
                 self.act(df, path, cond, *action, None, flag_column.as_deref())
             }
             Step::RemoveEmpty { columns, how } => {
                 need_columns(&df, &p("columns"), columns)?;
-                let empties: Vec<Expr> = columns.iter().map(|c| empty(&typed(&df, "", c).unwrap_or_else(|_| unreachable!()))).collect();
+                let empties: Vec<Expr> = columns
+                    .iter()
+                    .map(|c| empty(&typed(&df, "", c).unwrap_or_else(|_| unreachable!())))
+                    .collect();
                 let cond = match how {
                     EmptyHow::Any => empties.into_iter().reduce(|a, b| a.or(b)),
                     EmptyHow::All => empties.into_iter().reduce(|a, b| a.and(b)),
@@ -220,22 +339,38 @@ impl Planner {
                 let mut df = df;
                 for c in columns {
                     let t = typed(&df, &p("columns"), c)?;
-                    let v = literal_for(&t.ty, value).or_else(|m| at(p("value"), format!("{m} (`{c}`)"), None))?;
-                    let e = case(empty(&t), cast(v, stored_type(&t.ty)), cast(t.expr.clone(), stored_type(&t.ty)));
+                    let v = literal_for(&t.ty, value)
+                        .or_else(|m| at(p("value"), format!("{m} (`{c}`)"), None))?;
+                    let e = case(
+                        empty(&t),
+                        cast(v, stored_type(&t.ty)),
+                        cast(t.expr.clone(), stored_type(&t.ty)),
+                    );
                     df = set_column(df, c, e)?;
                 }
                 Ok(df)
             }
-            Step::FindReplace { column, replacements, matching, to } => {
+            Step::FindReplace {
+                column,
+                replacements,
+                matching,
+                to,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
                 need_kind(&p("column"), &t, column, is_string, "text")?;
                 let mut e = t.expr.clone();
                 match matching {
                     Matching::Exact => {
                         if let Some((first, rest)) = replacements.split_first() {
-                            let mut b = when(t.expr.clone().eq(lit(first.find.as_str())), lit(first.replace.as_str()));
+                            let mut b = when(
+                                t.expr.clone().eq(lit(first.find.as_str())),
+                                lit(first.replace.as_str()),
+                            );
                             for r in rest {
-                                b = b.when(t.expr.clone().eq(lit(r.find.as_str())), lit(r.replace.as_str()));
+                                b = b.when(
+                                    t.expr.clone().eq(lit(r.find.as_str())),
+                                    lit(r.replace.as_str()),
+                                );
                             }
                             e = b.otherwise(t.expr.clone())?;
                         }
@@ -251,7 +386,11 @@ impl Planner {
                     Matching::Regex => {
                         for (i, r) in replacements.iter().enumerate() {
                             if let Err(err) = regex::Regex::new(&r.find) {
-                                return at(p(&format!("replacements[{i}].find")), format!("not a valid regular expression: {err}"), None);
+                                return at(
+                                    p(&format!("replacements[{i}].find")),
+                                    format!("not a valid regular expression: {err}"),
+                                    None,
+                                );
                             }
                             e = udf::regex_replace(e, &r.find, false, lit(r.replace.as_str()));
                         }
@@ -269,28 +408,60 @@ impl Planner {
                         StringMode::Upper => fx::upper(t.expr),
                         StringMode::Lower => fx::lower(t.expr),
                         StringMode::Trim => fx::btrim(vec![t.expr]),
-                        StringMode::NormalizeSpaces => fx::btrim(vec![udf::regex_replace(t.expr, "[ \\t\\n\\r]+", false, lit(" "))]),
+                        StringMode::NormalizeSpaces => fx::btrim(vec![udf::regex_replace(
+                            t.expr,
+                            "[ \\t\\n\\r]+",
+                            false,
+                            lit(" "),
+                        )]),
                     };
                     df = set_column(df, c, e)?;
                 }
                 Ok(df)
             }
-            Step::RegexExtract { column, pattern, to } => {
+            Step::RegexExtract {
+                column,
+                pattern,
+                to,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
                 need_kind(&p("column"), &t, column, is_string, "text")?;
-                let re = regex::Regex::new(pattern).or_else(|e| at(p("pattern"), format!("not a valid regular expression: {e}"), None))?;
+                let re = regex::Regex::new(pattern).or_else(|e| {
+                    at(
+                        p("pattern"),
+                        format!("not a valid regular expression: {e}"),
+                        None,
+                    )
+                })?;
                 let groups = re.captures_len() - 1;
                 if to.is_empty() || to.len() > groups.max(1) {
-                    return at(p("to"), format!("the pattern has {groups} group{}, and `to` names {} column{}", if groups == 1 { "" } else { "s" }, to.len(), if to.len() == 1 { "" } else { "s" }), Some("name one column per (group) of the pattern".into()));
+                    return at(
+                        p("to"),
+                        format!(
+                            "the pattern has {groups} group{}, and `to` names {} column{}",
+                            if groups == 1 { "" } else { "s" },
+                            to.len(),
+                            if to.len() == 1 { "" } else { "s" }
+                        ),
+                        Some("name one column per (group) of the pattern".into()),
+                    );
                 }
                 let mut df = df;
                 for (i, out) in to.iter().enumerate() {
                     let group = if groups == 0 { 0 } else { i as i64 + 1 };
-                    df = set_column(df, out, udf::regex_extract(t.expr.clone(), pattern, false, group))?;
+                    df = set_column(
+                        df,
+                        out,
+                        udf::regex_extract(t.expr.clone(), pattern, false, group),
+                    )?;
                 }
                 Ok(df)
             }
-            Step::SplitColumn { column, separator, to } => {
+            Step::SplitColumn {
+                column,
+                separator,
+                to,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
                 need_kind(&p("column"), &t, column, is_string, "text")?;
                 if separator.is_empty() {
@@ -298,16 +469,31 @@ impl Planner {
                 }
                 let mut df = df;
                 for (i, out) in to.iter().enumerate() {
-                    df = set_column(df, out, udf::split_part(t.expr.clone(), separator, i as i64 + 1))?;
+                    df = set_column(
+                        df,
+                        out,
+                        udf::split_part(t.expr.clone(), separator, i as i64 + 1),
+                    )?;
                 }
                 Ok(df)
             }
-            Step::Concat { columns, separator, to } => {
+            Step::Concat {
+                columns,
+                separator,
+                to,
+            } => {
                 need_columns(&df, &p("columns"), columns)?;
-                let parts = columns.iter().map(|c| text_of(&typed(&df, "", c).unwrap_or_else(|_| unreachable!()))).collect();
+                let parts = columns
+                    .iter()
+                    .map(|c| text_of(&typed(&df, "", c).unwrap_or_else(|_| unreachable!())))
+                    .collect();
                 set_column(df, to, fx::concat_ws(lit(separator.as_str()), parts))
             }
-            Step::Round { columns, digits, mode } => {
+            Step::Round {
+                columns,
+                digits,
+                mode,
+            } => {
                 need_columns(&df, &p("columns"), columns)?;
                 let mut df = df;
                 for c in columns {
@@ -346,9 +532,17 @@ impl Planner {
                     return at(p("width"), "the width must be a positive number", None);
                 }
                 let x = cast(t.expr, DataType::Float64);
-                set_column(df, to.as_deref().unwrap_or(column), fx::floor(x / lit(*width)) * lit(*width))
+                set_column(
+                    df,
+                    to.as_deref().unwrap_or(column),
+                    fx::floor(x / lit(*width)) * lit(*width),
+                )
             }
-            Step::Convert { column, to, on_error } => {
+            Step::Convert {
+                column,
+                to,
+                on_error,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
                 let target = arrow_type(*to);
                 let e = self.convert(&t, *to, &p("to"))?;
@@ -356,7 +550,13 @@ impl Planner {
                     OnError::Null => e,
                     OnError::Fail => case(
                         t.expr.clone().is_not_null().and(e.clone().is_null()),
-                        cast(udf::fail(format!("{what}: a value of `{column}` is not a valid {}", to.as_str())), target.clone()),
+                        cast(
+                            udf::fail(format!(
+                                "{what}: a value of `{column}` is not a valid {}",
+                                to.as_str()
+                            )),
+                            target.clone(),
+                        ),
                         e,
                     ),
                 };
@@ -371,23 +571,43 @@ impl Planner {
                 }
                 Ok(df)
             }
-            Step::ParseDate { column, formats, to } => {
+            Step::ParseDate {
+                column,
+                formats,
+                to,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
                 need_kind(&p("column"), &t, column, is_string, "text")?;
                 if formats.is_empty() {
-                    return at(p("formats"), "give at least one format, e.g. \"yyyy-MM-dd\"", None);
+                    return at(
+                        p("formats"),
+                        "give at least one format, e.g. \"yyyy-MM-dd\"",
+                        None,
+                    );
                 }
                 let mut chrono = Vec::new();
                 for (i, f) in formats.iter().enumerate() {
-                    chrono.push(crate::dates::java_to_chrono(f).or_else(|m| at(p(&format!("formats[{i}]")), m, None))?);
+                    chrono.push(
+                        crate::dates::java_to_chrono(f)
+                            .or_else(|m| at(p(&format!("formats[{i}]")), m, None))?,
+                    );
                 }
-                set_column(df, to.as_deref().unwrap_or(column), udf::parse_timestamp(t.expr, chrono))
+                set_column(
+                    df,
+                    to.as_deref().unwrap_or(column),
+                    udf::parse_timestamp(t.expr, chrono),
+                )
             }
             Step::FormatDate { column, format, to } => {
                 let t = typed(&df, &p("column"), column)?;
                 need_kind(&p("column"), &t, column, is_temporal, "dates")?;
-                let f = crate::dates::java_to_chrono(format).or_else(|m| at(p("format"), m, None))?;
-                set_column(df, to.as_deref().unwrap_or(column), fx::to_char(cast(t.expr, ts()), lit(f)))
+                let f =
+                    crate::dates::java_to_chrono(format).or_else(|m| at(p("format"), m, None))?;
+                set_column(
+                    df,
+                    to.as_deref().unwrap_or(column),
+                    fx::to_char(cast(t.expr, ts()), lit(f)),
+                )
             }
             Step::DatePart { column, parts } => {
                 let t = typed(&df, &p("column"), column)?;
@@ -397,29 +617,47 @@ impl Planner {
                     let out = format!("{column}_{}", part.as_str());
                     fresh_name(&df, &p("parts"), &out)?;
                     let e = match part {
-                        DatePart::Quarter => {
-                            cast(fx::date_part(lit("quarter"), cast(t.expr.clone(), ts())), DataType::Int64)
-                        }
+                        DatePart::Quarter => cast(
+                            fx::date_part(lit("quarter"), cast(t.expr.clone(), ts())),
+                            DataType::Int64,
+                        ),
                         other => crate::dates::part(other.as_str(), cast(t.expr.clone(), ts())),
                     };
                     df = set_column(df, &out, e)?;
                 }
                 Ok(df)
             }
-            Step::DateDiff { column, other, unit, to } => {
+            Step::DateDiff {
+                column,
+                other,
+                unit,
+                to,
+            } => {
                 let a = typed(&df, &p("column"), column)?;
                 let b = typed(&df, &p("other"), other)?;
                 need_kind(&p("column"), &a, column, is_temporal, "dates")?;
                 need_kind(&p("other"), &b, other, is_temporal, "dates")?;
-                let Some(e) = crate::dates::diff(cast(a.expr, ts()), cast(b.expr, ts()), *unit) else {
-                    return at(p("unit"), format!("date_diff counts weeks, days, hours, minutes or seconds, not {}s", unit.as_str()), None);
+                let Some(e) = crate::dates::diff(cast(a.expr, ts()), cast(b.expr, ts()), *unit)
+                else {
+                    return at(
+                        p("unit"),
+                        format!(
+                            "date_diff counts weeks, days, hours, minutes or seconds, not {}s",
+                            unit.as_str()
+                        ),
+                        None,
+                    );
                 };
                 set_column(df, to, e)
             }
             Step::DateTrunc { column, unit, to } => {
                 let t = typed(&df, &p("column"), column)?;
                 need_kind(&p("column"), &t, column, is_temporal, "dates")?;
-                set_column(df, to.as_deref().unwrap_or(column), crate::dates::trunc(cast(t.expr, ts()), *unit))
+                set_column(
+                    df,
+                    to.as_deref().unwrap_or(column),
+                    crate::dates::trunc(cast(t.expr, ts()), *unit),
+                )
             }
             Step::UnixTime { column, unit, to } => {
                 let t = typed(&df, &p("column"), column)?;
@@ -431,28 +669,41 @@ impl Planner {
                 let micros = if is_int(&t.ty) {
                     cast(t.expr, DataType::Int64) * lit(per)
                 } else {
-                    cast(cast(t.expr, DataType::Float64) * lit(per as f64), DataType::Int64)
+                    udf::float_to_int(cast(t.expr, DataType::Float64) * lit(per as f64))
                 };
                 set_column(df, to.as_deref().unwrap_or(column), cast(micros, ts()))
             }
-            Step::Fold { columns, key_column, value_column } => {
+            Step::Fold {
+                columns,
+                key_column,
+                value_column,
+            } => {
                 need_columns(&df, &p("columns"), columns)?;
                 if columns.is_empty() {
                     return at(p("columns"), "give the columns to fold", None);
                 }
-                let kept: Vec<String> = names(&df).into_iter().filter(|n| !columns.contains(n)).collect();
+                let kept: Vec<String> = names(&df)
+                    .into_iter()
+                    .filter(|n| !columns.contains(n))
+                    .collect();
                 for (f, n) in [("key_column", key_column), ("value_column", value_column)] {
                     if kept.contains(n) {
                         return at(p(f), format!("column `{n}` exists already"), None);
                     }
                 }
-                let types: Vec<Typed> = columns.iter().map(|c| typed(&df, "", c).unwrap_or_else(|_| unreachable!())).collect();
+                let types: Vec<Typed> = columns
+                    .iter()
+                    .map(|c| typed(&df, "", c).unwrap_or_else(|_| unreachable!()))
+                    .collect();
                 let all = |f: fn(&DataType) -> bool| types.iter().all(|t| f(&t.ty));
                 let vt = if all(is_int) {
                     Some(DataType::Int64)
                 } else if all(is_numeric) {
                     Some(DataType::Float64)
-                } else if types.iter().all(|t| stored_type(&t.ty) == stored_type(&types[0].ty)) {
+                } else if types
+                    .iter()
+                    .all(|t| stored_type(&t.ty) == stored_type(&types[0].ty))
+                {
                     Some(stored_type(&types[0].ty))
                 } else {
                     None
@@ -477,13 +728,21 @@ impl Planner {
                 }
                 Ok(out.unwrap_or(df))
             }
-            Step::Unfold { column, value_column, prefix, max_columns } => {
+            Step::Unfold {
+                column,
+                value_column,
+                prefix,
+                max_columns,
+            } => {
                 let t = typed(&df, &p("column"), column)?;
                 let v = match value_column {
                     Some(v) => Some(typed(&df, &p("value_column"), v)?),
                     None => None,
                 };
-                let Some(values) = self.distinct_values(&df, column, max_columns.unwrap_or(100), path).await? else {
+                let Some(values) = self
+                    .distinct_values(&df, column, max_columns.unwrap_or(100), path)
+                    .await?
+                else {
                     return Ok(df);
                 };
                 let prefix = prefix.clone().unwrap_or_else(|| format!("{column}_"));
@@ -503,22 +762,42 @@ impl Planner {
     }
 
     /// A filter's action on the rows where `cond` holds.
-    fn act(&self, df: DataFrame, path: &str, cond: Expr, action: RowAction, column: Option<&str>, flag: Option<&str>) -> R<DataFrame> {
+    fn act(
+        &self,
+        df: DataFrame,
+        path: &str,
+        cond: Expr,
+        action: RowAction,
+        column: Option<&str>,
+        flag: Option<&str>,
+    ) -> R<DataFrame> {
         match action {
             RowAction::Keep => Ok(df.filter(holds(cond))?),
             RowAction::Remove => Ok(df.filter(Expr::Not(Box::new(holds(cond))))?),
             RowAction::Flag => {
                 let Some(f) = flag else {
-                    return at(path, "action = \"flag\" needs `flag_column`, the column that says whether a row matched", None);
+                    return at(
+                        path,
+                        "action = \"flag\" needs `flag_column`, the column that says whether a row matched",
+                        None,
+                    );
                 };
                 set_column(df, f, holds(cond))
             }
             RowAction::Clear => {
                 let Some(c) = column else {
-                    return at(path, "action = \"clear\" clears the cells of one column; a formula filter has none", Some("use `keep`, `remove` or `flag`".into()));
+                    return at(
+                        path,
+                        "action = \"clear\" clears the cells of one column; a formula filter has none",
+                        Some("use `keep`, `remove` or `flag`".into()),
+                    );
                 };
                 let t = typed(&df, &format!("{path}.column"), c)?;
-                let e = case(holds(cond), null_of(&stored_type(&t.ty)), cast(t.expr, stored_type(&t.ty)));
+                let e = case(
+                    holds(cond),
+                    null_of(&stored_type(&t.ty)),
+                    cast(t.expr, stored_type(&t.ty)),
+                );
                 set_column(df, c, e)
             }
         }
@@ -530,25 +809,50 @@ impl Planner {
         Ok(match to {
             ColumnType::String => text_of(t),
             ColumnType::Int64 if is_string(from) => udf::parse_int(fx::btrim(vec![e])),
-            ColumnType::Int64 if is_float(from) => cast(fx::trunc(vec![cast(e, DataType::Float64)]), DataType::Int64),
+            ColumnType::Int64 if is_float(from) => udf::float_to_int(cast(e, DataType::Float64)),
             ColumnType::Int64 if is_int(from) || is_bool(from) => cast(e, DataType::Int64),
             ColumnType::Float64 if is_string(from) => udf::parse_float(fx::btrim(vec![e])),
             ColumnType::Float64 if is_numeric(from) => cast(e, DataType::Float64),
             ColumnType::Bool if is_string(from) => {
                 let l = fx::lower(fx::btrim(vec![e]));
-                case(l.clone().eq(lit("true")), lit(true), case(l.eq(lit("false")), lit(false), null_of(&DataType::Boolean)))
+                case(
+                    l.clone().eq(lit("true")),
+                    lit(true),
+                    case(l.eq(lit("false")), lit(false), null_of(&DataType::Boolean)),
+                )
             }
             ColumnType::Bool if is_numeric(from) => cast(e, DataType::Float64).not_eq(lit(0.0)),
             ColumnType::Bool if is_bool(from) => e,
             ColumnType::Date | ColumnType::Timestamp if is_string(from) => {
-                let formats = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
-                let parsed = udf::parse_timestamp(fx::btrim(vec![e]), formats.iter().map(|s| s.to_string()).collect());
-                if to == ColumnType::Date { cast(parsed, DataType::Date32) } else { parsed }
+                let formats = [
+                    "%Y-%m-%d",
+                    "%Y-%m-%dT%H:%M:%S",
+                    "%Y-%m-%d %H:%M:%S",
+                    "%Y-%m-%dT%H:%M:%S%.f",
+                    "%Y-%m-%d %H:%M:%S%.f",
+                ];
+                let parsed = udf::parse_timestamp(
+                    fx::btrim(vec![e]),
+                    formats.iter().map(|s| s.to_string()).collect(),
+                );
+                if to == ColumnType::Date {
+                    cast(parsed, DataType::Date32)
+                } else {
+                    parsed
+                }
             }
             ColumnType::Date if is_temporal(from) => cast(e, DataType::Date32),
             ColumnType::Timestamp if is_temporal(from) => cast(e, ts()),
             other => {
-                return at(path, format!("a {} column does not convert to {}", type_name(from), other.as_str()), None);
+                return at(
+                    path,
+                    format!(
+                        "a {} column does not convert to {}",
+                        type_name(from),
+                        other.as_str()
+                    ),
+                    None,
+                );
             }
         })
     }

@@ -20,7 +20,10 @@ pub fn is_numeric(t: &DataType) -> bool {
 }
 
 pub fn is_temporal(t: &DataType) -> bool {
-    matches!(t, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..))
+    matches!(
+        t,
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+    )
 }
 
 pub fn is_bool(t: &DataType) -> bool {

@@ -18,12 +18,10 @@ use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, creat
 
 /// The arguments as arrays of one length, and whether they were all scalars.
 fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, bool)> {
-    let n = args
-        .iter()
-        .find_map(|a| match a {
-            ColumnarValue::Array(a) => Some(a.len()),
-            ColumnarValue::Scalar(_) => None,
-        });
+    let n = args.iter().find_map(|a| match a {
+        ColumnarValue::Array(a) => Some(a.len()),
+        ColumnarValue::Scalar(_) => None,
+    });
     let scalar = n.is_none();
     let n = n.unwrap_or(1);
     let out = args
@@ -35,7 +33,9 @@ fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, bool)> {
 
 fn done(array: ArrayRef, scalar: bool) -> Result<ColumnarValue> {
     if scalar {
-        Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?))
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+            &array, 0,
+        )?))
     } else {
         Ok(ColumnarValue::Array(array))
     }
@@ -48,9 +48,9 @@ fn strings(a: &ArrayRef) -> Result<&StringArray> {
 }
 
 fn floats(a: &ArrayRef) -> Result<&Float64Array> {
-    a.as_any()
-        .downcast_ref::<Float64Array>()
-        .ok_or_else(|| DataFusionError::Internal(format!("expected float64, got {}", a.data_type())))
+    a.as_any().downcast_ref::<Float64Array>().ok_or_else(|| {
+        DataFusionError::Internal(format!("expected float64, got {}", a.data_type()))
+    })
 }
 
 fn ints(a: &ArrayRef) -> Result<&Int64Array> {
@@ -71,7 +71,13 @@ fn udf(
     output: DataType,
     f: impl Fn(&[ColumnarValue]) -> Result<ColumnarValue> + Send + Sync + 'static,
 ) -> Arc<ScalarUDF> {
-    Arc::new(create_udf(name, inputs, output, Volatility::Immutable, Arc::new(f)))
+    Arc::new(create_udf(
+        name,
+        inputs,
+        output,
+        Volatility::Immutable,
+        Arc::new(f),
+    ))
 }
 
 /// The first string argument as a scalar (a pattern, a format).
@@ -99,7 +105,11 @@ pub fn round_half_up(x: f64, digits: i64) -> f64 {
     let s = format!("{:e}", x.abs());
     let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
     let exp: i64 = exp.parse().unwrap_or(0);
-    let mut ds: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
+    let mut ds: Vec<u8> = mantissa
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .collect();
     // ds[0] is the digit of 10^exp; keep the digits down to 10^-digits.
     let keep = exp + 1 + digits;
     if keep < 0 {
@@ -140,7 +150,9 @@ static ROUND: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
             let (a, scalar) = arrays(args)?;
             let (x, d) = (floats(&a[0])?, ints(&a[1])?);
             let out: Float64Array = (0..x.len())
-                .map(|i| (!x.is_null(i) && !d.is_null(i)).then(|| round_half_up(x.value(i), d.value(i))))
+                .map(|i| {
+                    (!x.is_null(i) && !d.is_null(i)).then(|| round_half_up(x.value(i), d.value(i)))
+                })
                 .collect();
             done(Arc::new(out), scalar)
         },
@@ -152,15 +164,20 @@ pub fn round(x: Expr, digits: i64) -> Expr {
 }
 
 static FAIL: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
-    udf("capstan_fail", vec![DataType::Utf8], DataType::Null, |args| {
-        let (a, _) = arrays(args)?;
-        // Only evaluated for the rows that fail (it is a CASE branch): any row is a failure.
-        if a[0].is_empty() {
-            return Ok(ColumnarValue::Scalar(ScalarValue::Null));
-        }
-        let why = scalar_str(&a[0], 0).unwrap_or_default();
-        exec_err!("{why}")
-    })
+    udf(
+        "capstan_fail",
+        vec![DataType::Utf8],
+        DataType::Null,
+        |args| {
+            let (a, _) = arrays(args)?;
+            // Only evaluated for the rows that fail (it is a CASE branch): any row is a failure.
+            if a[0].is_empty() {
+                return Ok(ColumnarValue::Scalar(ScalarValue::Null));
+            }
+            let why = scalar_str(&a[0], 0).unwrap_or_default();
+            exec_err!("{why}")
+        },
+    )
 });
 
 /// An expression that fails the run with `why` when a row reaches it.
@@ -193,7 +210,12 @@ pub fn regex_matches(s: Expr, pattern: &str, case_insensitive: bool) -> Expr {
 static REGEX_EXTRACT: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
     udf(
         "capstan_regex_extract",
-        vec![DataType::Utf8, DataType::Utf8, DataType::Boolean, DataType::Int64],
+        vec![
+            DataType::Utf8,
+            DataType::Utf8,
+            DataType::Boolean,
+            DataType::Int64,
+        ],
         DataType::Utf8,
         |args| {
             let (a, scalar) = arrays(args)?;
@@ -223,7 +245,12 @@ pub fn regex_extract(s: Expr, pattern: &str, case_insensitive: bool, group: i64)
 static REGEX_REPLACE: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
     udf(
         "capstan_regex_replace",
-        vec![DataType::Utf8, DataType::Utf8, DataType::Boolean, DataType::Utf8],
+        vec![
+            DataType::Utf8,
+            DataType::Utf8,
+            DataType::Boolean,
+            DataType::Utf8,
+        ],
         DataType::Utf8,
         |args| {
             let (a, scalar) = arrays(args)?;
@@ -281,22 +308,28 @@ pub fn split_part(s: Expr, sep: &str, part: i64) -> Expr {
 }
 
 static PARSE_FLOAT: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
-    udf("capstan_parse_float", vec![DataType::Utf8], DataType::Float64, |args| {
-        let (a, scalar) = arrays(args)?;
-        let s = strings(&a[0])?;
-        let mut out = Float64Builder::with_capacity(s.len());
-        for v in s.iter() {
-            out.append_option(v.and_then(|v| parse_number(v.trim())));
-        }
-        done(Arc::new(out.finish()), scalar)
-    })
+    udf(
+        "capstan_parse_float",
+        vec![DataType::Utf8],
+        DataType::Float64,
+        |args| {
+            let (a, scalar) = arrays(args)?;
+            let s = strings(&a[0])?;
+            let mut out = Float64Builder::with_capacity(s.len());
+            for v in s.iter() {
+                out.append_option(v.and_then(|v| parse_number(v.trim())));
+            }
+            done(Arc::new(out.finish()), scalar)
+        },
+    )
 });
 
 /// A decimal number as people write it: digits, one point, an exponent; not `inf`, `nan` or
 /// hexadecimal, which Rust's parser would take and Spark's would not.
 fn parse_number(s: &str) -> Option<f64> {
     let ok = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
         && s.bytes().any(|b| b.is_ascii_digit());
     if ok { s.parse().ok() } else { None }
 }
@@ -306,28 +339,65 @@ pub fn parse_float(s: Expr) -> Expr {
 }
 
 static PARSE_INT: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
-    udf("capstan_parse_int", vec![DataType::Utf8], DataType::Int64, |args| {
-        let (a, scalar) = arrays(args)?;
-        let s = strings(&a[0])?;
-        let mut out = Int64Builder::with_capacity(s.len());
-        for v in s.iter() {
-            out.append_option(v.and_then(|v| v.trim().parse::<i64>().ok()));
-        }
-        done(Arc::new(out.finish()), scalar)
-    })
+    udf(
+        "capstan_parse_int",
+        vec![DataType::Utf8],
+        DataType::Int64,
+        |args| {
+            let (a, scalar) = arrays(args)?;
+            let s = strings(&a[0])?;
+            let mut out = Int64Builder::with_capacity(s.len());
+            for v in s.iter() {
+                out.append_option(v.and_then(|v| v.trim().parse::<i64>().ok()));
+            }
+            done(Arc::new(out.finish()), scalar)
+        },
+    )
 });
 
 pub fn parse_int(s: Expr) -> Expr {
     PARSE_INT.call(vec![s])
 }
 
+static FLOAT_TO_INT: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
+    udf(
+        "capstan_float_to_int",
+        vec![DataType::Float64],
+        DataType::Int64,
+        |args| {
+            let (a, scalar) = arrays(args)?;
+            let x = floats(&a[0])?;
+            let mut out = Int64Builder::with_capacity(x.len());
+            for v in x.iter() {
+                // Within i64 (2^63 is not): truncated toward zero; NaN, infinities, the rest: null.
+                let fits = |v: &f64| {
+                    v.is_finite() && *v >= -9.223372036854775808e18 && *v < 9.223372036854775808e18
+                };
+                out.append_option(v.filter(fits).map(|v| v.trunc() as i64));
+            }
+            done(Arc::new(out.finish()), scalar)
+        },
+    )
+});
+
+/// A float truncated toward zero to an integer; null where it has none (NaN, infinities,
+/// beyond 64 bits), where Arrow's cast would fail the run.
+pub fn float_to_int(x: Expr) -> Expr {
+    FLOAT_TO_INT.call(vec![x])
+}
+
 static FLOAT_TO_STRING: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
-    udf("capstan_float_to_string", vec![DataType::Float64], DataType::Utf8, |args| {
-        let (a, scalar) = arrays(args)?;
-        let x = floats(&a[0])?;
-        let out: StringArray = x.iter().map(|v| v.map(float_text)).collect();
-        done(Arc::new(out), scalar)
-    })
+    udf(
+        "capstan_float_to_string",
+        vec![DataType::Float64],
+        DataType::Utf8,
+        |args| {
+            let (a, scalar) = arrays(args)?;
+            let x = floats(&a[0])?;
+            let out: StringArray = x.iter().map(|v| v.map(float_text)).collect();
+            done(Arc::new(out), scalar)
+        },
+    )
 });
 
 /// A float as text the way Spark casts it for |x| in [1e-3, 1e7): `1.0`, `2.5`; outside that
@@ -337,7 +407,11 @@ pub fn float_text(x: f64) -> String {
         return "NaN".into();
     }
     if x.is_infinite() {
-        return if x > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let a = x.abs();
     if a == 0.0 || (1e-3..1e7).contains(&a) {
@@ -346,7 +420,11 @@ pub fn float_text(x: f64) -> String {
     } else {
         let s = format!("{x:e}");
         let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
-        let m = if m.contains('.') { m.to_string() } else { format!("{m}.0") };
+        let m = if m.contains('.') {
+            m.to_string()
+        } else {
+            format!("{m}.0")
+        };
         format!("{m}E{e}")
     }
 }
@@ -381,15 +459,22 @@ pub fn parse_timestamp(s: Expr, formats: Vec<String>) -> Expr {
 }
 
 static HAS_TEXT: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
-    udf("capstan_is_blank", vec![DataType::Utf8], DataType::Boolean, |args| {
-        let (a, scalar) = arrays(args)?;
-        let s = strings(&a[0])?;
-        let mut out = BooleanBuilder::with_capacity(s.len());
-        for v in s.iter() {
-            out.append_value(v.is_none_or(|v| v.trim_matches([' ', '\t', '\n', '\r']).is_empty()));
-        }
-        done(Arc::new(out.finish()), scalar)
-    })
+    udf(
+        "capstan_is_blank",
+        vec![DataType::Utf8],
+        DataType::Boolean,
+        |args| {
+            let (a, scalar) = arrays(args)?;
+            let s = strings(&a[0])?;
+            let mut out = BooleanBuilder::with_capacity(s.len());
+            for v in s.iter() {
+                out.append_value(
+                    v.is_none_or(|v| v.trim_matches([' ', '\t', '\n', '\r']).is_empty()),
+                );
+            }
+            done(Arc::new(out.finish()), scalar)
+        },
+    )
 });
 
 /// Null, or only spaces, tabs and line breaks (what Spark's regex `^[ \t\n\r]*$` sees).

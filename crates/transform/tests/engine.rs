@@ -39,11 +39,46 @@ fn people() -> RecordBatch {
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6])),
-        Arc::new(StringArray::from(vec![Some("Ada"), Some(" bob "), None, Some("Cy"), Some("Dee"), Some("")])),
-        Arc::new(StringArray::from(vec![Some("eng"), Some("eng"), Some("ops"), None, Some("ops"), Some("eng")])),
-        Arc::new(Int64Array::from(vec![Some(100), Some(80), None, Some(50), Some(80), Some(0)])),
-        Arc::new(Float64Array::from(vec![Some(2.675), None, Some(1.5), Some(-2.5), Some(0.0), Some(10.0)])),
-        Arc::new(BooleanArray::from(vec![Some(true), Some(false), None, Some(true), Some(true), Some(false)])),
+        Arc::new(StringArray::from(vec![
+            Some("Ada"),
+            Some(" bob "),
+            None,
+            Some("Cy"),
+            Some("Dee"),
+            Some(""),
+        ])),
+        Arc::new(StringArray::from(vec![
+            Some("eng"),
+            Some("eng"),
+            Some("ops"),
+            None,
+            Some("ops"),
+            Some("eng"),
+        ])),
+        Arc::new(Int64Array::from(vec![
+            Some(100),
+            Some(80),
+            None,
+            Some(50),
+            Some(80),
+            Some(0),
+        ])),
+        Arc::new(Float64Array::from(vec![
+            Some(2.675),
+            None,
+            Some(1.5),
+            Some(-2.5),
+            Some(0.0),
+            Some(10.0),
+        ])),
+        Arc::new(BooleanArray::from(vec![
+            Some(true),
+            Some(false),
+            None,
+            Some(true),
+            Some(true),
+            Some(false),
+        ])),
     ];
     RecordBatch::try_new(schema, cols).unwrap()
 }
@@ -110,7 +145,18 @@ fn run_with(
         let mut rows = Vec::new();
         for b in reader {
             let b = b.unwrap();
-            columns = b.schema().fields().iter().map(|f| format!("{}:{}", f.name(), capstan_transform::types::type_name(f.data_type()))).collect();
+            columns = b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}:{}",
+                        f.name(),
+                        capstan_transform::types::type_name(f.data_type())
+                    )
+                })
+                .collect();
             for r in 0..b.num_rows() {
                 rows.push(
                     b.columns()
@@ -132,12 +178,21 @@ fn run_with(
     Ok(result)
 }
 
-fn run(label: &str, spec: &VisualSpec, inputs: &[&str], outputs: &[&str]) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
+fn run(
+    label: &str,
+    spec: &VisualSpec,
+    inputs: &[&str],
+    outputs: &[&str],
+) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
     run_with(label, spec, inputs, outputs, Limits::default()).unwrap()
 }
 
 fn column(out: &(String, Vec<String>, Vec<Vec<String>>), name: &str) -> Vec<String> {
-    let i = out.1.iter().position(|c| c.split(':').next() == Some(name)).unwrap_or_else(|| panic!("no column {name} in {:?}", out.1));
+    let i = out
+        .1
+        .iter()
+        .position(|c| c.split(':').next() == Some(name))
+        .unwrap_or_else(|| panic!("no column {name} in {:?}", out.1));
     out.2.iter().map(|r| r[i].clone()).collect()
 }
 
@@ -186,18 +241,36 @@ expression = 'regex_extract(name, "([A-Z])[a-z]+")'
     );
     let out = &run("formulas", &s, &["people"], &["out"])[0];
     // Division by zero (salary 80) gives null; a null salary gives null.
-    assert_eq!(column(out, "ratio"), ["5.0", "∅", "∅", "-1.6666666666666667", "∅", "-0.0"]);
+    assert_eq!(
+        column(out, "ratio"),
+        ["5.0", "∅", "∅", "-1.6666666666666667", "∅", "-0.0"]
+    );
     // Floor division rounds down: -100 // 30 = -4; it stays an integer.
     assert_eq!(column(out, "floor_div"), ["-4", "-3", "∅", "-2", "-3", "0"]);
     assert!(out.1.contains(&"floor_div:int64".to_string()));
     // Half away from zero on the shortest decimal: 2.675 → 2.68, -2.5 → -2.5.
-    assert_eq!(column(out, "rounded"), ["2.68", "∅", "1.5", "-2.5", "0.0", "10.0"]);
+    assert_eq!(
+        column(out, "rounded"),
+        ["2.68", "∅", "1.5", "-2.5", "0.0", "10.0"]
+    );
     // `+` on text propagates nulls; concat takes them as empty.
-    assert_eq!(column(out, "label"), ["ADA-eng", "BOB-eng", "∅", "∅", "DEE-ops", "-eng"]);
-    assert_eq!(column(out, "joined"), ["Ada/eng", " bob /eng", "/ops", "Cy/", "Dee/ops", "/eng"]);
-    assert_eq!(column(out, "blank"), ["false", "false", "true", "false", "false", "true"]);
+    assert_eq!(
+        column(out, "label"),
+        ["ADA-eng", "BOB-eng", "∅", "∅", "DEE-ops", "-eng"]
+    );
+    assert_eq!(
+        column(out, "joined"),
+        ["Ada/eng", " bob /eng", "/ops", "Cy/", "Dee/ops", "/eng"]
+    );
+    assert_eq!(
+        column(out, "blank"),
+        ["false", "false", "true", "false", "false", "true"]
+    );
     // min and max skip nulls.
-    assert_eq!(column(out, "biggest"), ["100", "90", "90", "90", "90", "90"]);
+    assert_eq!(
+        column(out, "biggest"),
+        ["100", "90", "90", "90", "90", "90"]
+    );
     // A null condition takes the else branch.
     assert_eq!(column(out, "rich"), ["yes", "no", "no", "no", "yes", "no"]);
     // No match: null.
@@ -221,7 +294,10 @@ on_error = "fail"
     );
     let e = run_with("fail", &s, &["people"], &["out"], Limits::default()).unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("steps[1] (formula): division by zero"), "{text}");
+    assert!(
+        text.contains("steps[1] (formula): division by zero"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -266,14 +342,27 @@ fn group_join_top_n_and_pivot_shape_their_outputs() {
 aggregates = [{ column = "salary", functions = ["sum", "avg", "max", "count"] }]"#,
     );
     let out = &run("group", &g, &["people"], &["out"])[0];
-    assert_eq!(out.1, ["dept:string", "count:int64", "salary_sum:int64", "salary_avg:float64", "salary_max:int64", "salary_count:int64"]);
+    assert_eq!(
+        out.1,
+        [
+            "dept:string",
+            "count:int64",
+            "salary_sum:int64",
+            "salary_avg:float64",
+            "salary_max:int64",
+            "salary_count:int64"
+        ]
+    );
     let mut rows = out.2.clone();
     rows.sort();
-    assert_eq!(rows, [
-        vec!["eng", "3", "180", "60.0", "100", "3"],
-        vec!["ops", "2", "80", "80.0", "80", "1"],
-        vec!["∅", "1", "50", "50.0", "50", "1"],
-    ]);
+    assert_eq!(
+        rows,
+        [
+            vec!["eng", "3", "180", "60.0", "100", "3"],
+            vec!["ops", "2", "80", "80.0", "80", "1"],
+            vec!["∅", "1", "50", "50.0", "50", "1"],
+        ]
+    );
 
     let j = spec(
         "join",
@@ -282,7 +371,10 @@ on = [{ left = "dept", right = "dept" }]
 unmatched_left = "lonely""#,
     );
     let outs = run("join", &j, &["people", "depts"], &["joined", "lonely"]);
-    let mut pairs: Vec<(String, String)> = column(&outs[0], "id").into_iter().zip(column(&outs[0], "floor")).collect();
+    let mut pairs: Vec<(String, String)> = column(&outs[0], "id")
+        .into_iter()
+        .zip(column(&outs[0], "floor"))
+        .collect();
     pairs.sort();
     let floors: Vec<&str> = pairs.iter().map(|(_, f)| f.as_str()).collect();
     assert_eq!(floors, ["3", "3", "∅", "∅", "∅", "3"]);
@@ -313,14 +405,33 @@ column = "dept"
 aggregates = [{ column = "salary", functions = ["sum"] }]"#,
     );
     let out = &run("pivot", &p, &["people"], &["out"])[0];
-    assert_eq!(out.1, ["active:bool", "eng_salary_sum:int64", "ops_salary_sum:int64"]);
+    assert_eq!(
+        out.1,
+        [
+            "active:bool",
+            "eng_salary_sum:int64",
+            "ops_salary_sum:int64"
+        ]
+    );
 }
 
 #[test]
 fn stack_and_split_route_rows_by_name_and_rule() {
     let s = spec("stack", r#"origin_column = "from""#);
     let out = &run("stack", &s, &["people", "depts"], &["out"])[0];
-    assert_eq!(out.1, ["id:int64", "name:string", "dept:string", "salary:int64", "bonus:float64", "active:bool", "floor:int64", "from:string"]);
+    assert_eq!(
+        out.1,
+        [
+            "id:int64",
+            "name:string",
+            "dept:string",
+            "salary:int64",
+            "bonus:float64",
+            "active:bool",
+            "floor:int64",
+            "from:string"
+        ]
+    );
     assert_eq!(out.2.len(), 8);
     let s = spec(
         "split",
@@ -355,7 +466,11 @@ fn a_group_by_larger_than_its_memory_budget_spills_and_completes() {
             let vs: Vec<f64> = ks.iter().map(|k| *k as f64 * 0.5).collect();
             let b = RecordBatch::try_new(
                 schema.clone(),
-                vec![Arc::new(Int64Array::from(ks)), Arc::new(StringArray::from(ss)), Arc::new(Float64Array::from(vs))],
+                vec![
+                    Arc::new(Int64Array::from(ks)),
+                    Arc::new(StringArray::from(ss)),
+                    Arc::new(Float64Array::from(vs)),
+                ],
             )
             .unwrap();
             w.write(&b).unwrap();
@@ -375,11 +490,21 @@ aggregates = [{ column = "v", functions = ["sum", "max"] }]"#,
         spill_dir: Some(spill.clone()),
         threads: Some(2),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let report = rt
         .block_on(async {
             let ctx = capstan_transform::session(&limits)?;
-            capstan_transform::run(&ctx, &g, &[("big".into(), Source::Parquet(input.clone()))], &[("out".into(), out.clone())]).await
+            capstan_transform::run(
+                &ctx,
+                &g,
+                &[("big".into(), Source::Parquet(input.clone()))],
+                &[("out".into(), out.clone())],
+            )
+            .await
         })
         .expect("the group-by completes within its budget by spilling");
     assert_eq!(report.rows, [("out".to_string(), n as u64)]);
@@ -401,13 +526,22 @@ expression = "salary * 2"
 "#,
     );
     let schema = people().schema();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let e = rt
-        .block_on(capstan_transform::check(&s, &[("people".into(), schema)], &["out".into()]))
+        .block_on(capstan_transform::check(
+            &s,
+            &[("people".into(), schema)],
+            &["out".into()],
+        ))
         .unwrap_err();
     let PlanError::Spec(p) = e else { panic!("{e}") };
     assert_eq!(p.path, "steps[1].expression");
     assert_eq!(p.span, Some(0..6));
     assert_eq!(p.message, "no column `salary`");
-    assert_eq!(p.help.as_deref(), Some("the columns here are: `id`, `name`, `dept`, `pay`, `bonus`, `active`"));
+    assert_eq!(
+        p.help.as_deref(),
+        Some("the columns here are: `id`, `name`, `dept`, `pay`, `bonus`, `active`")
+    );
 }
