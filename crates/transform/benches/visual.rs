@@ -169,7 +169,7 @@ elif which == "duckdb":
     print("join", time.perf_counter() - t, flush=True)
     t = time.perf_counter()
     con.execute(f"""COPY (SELECT id, k, price AS amount, round(price * 1.2, 1) AS gross, upper(customer) AS customer,
-        upper(customer) || '/' || CAST(k AS VARCHAR) AS label, year(at) AS at_year, month(at) AS at_month,
+        upper(customer) || '/' || CAST(k AS VARCHAR) AS label, year("at") AS at_year, month("at") AS at_month,
         CASE WHEN price >= 50 THEN 'high' ELSE 'low' END AS band, price / (k + 1) AS share
         FROM '{big}' WHERE price >= 1) TO '{out}/dd-prepare.parquet'""")
     print("prepare", time.perf_counter() - t, flush=True)
