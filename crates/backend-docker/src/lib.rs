@@ -725,35 +725,6 @@ impl Backend for DockerBackend {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// bollard's default API version (1.53) is newer than Debian's engine (1.41): the client
-    /// must negotiate down, or every call fails with "client version is too new".
-    #[tokio::test]
-    async fn the_api_version_is_negotiated_down_to_the_engines() {
-        if std::env::var("CAPSTAN_TEST_IMAGE").is_err() {
-            eprintln!("skipped: needs the Docker engine that scripts/test starts");
-            return;
-        }
-        let backend = DockerBackend::new(Path::new("/tmp/capstan-version-test"));
-        let docker = backend.engine(None).await.unwrap();
-        let server = docker.version().await.unwrap();
-        let server_api = server.api_version.unwrap();
-        let parse = |v: &str| -> (u32, u32) {
-            let (a, b) = v.split_once('.').unwrap();
-            (a.parse().unwrap(), b.parse().unwrap())
-        };
-        let client = docker.client_version();
-        let client = (client.major_version as u32, client.minor_version as u32);
-        assert!(
-            client <= parse(&server_api),
-            "client API {client:?} is newer than the engine's {server_api}"
-        );
-    }
-}
-
 /// The C library an image has, for the built-in engine (the capstan binary, linked against
 /// the GNU C library it was built with): `Ok` when it can run there, else why not, before
 /// anything starts.
@@ -868,4 +839,33 @@ fn needed_glibc() -> Option<u32> {
         }
         best
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bollard's default API version (1.53) is newer than Debian's engine (1.41): the client
+    /// must negotiate down, or every call fails with "client version is too new".
+    #[tokio::test]
+    async fn the_api_version_is_negotiated_down_to_the_engines() {
+        if std::env::var("CAPSTAN_TEST_IMAGE").is_err() {
+            eprintln!("skipped: needs the Docker engine that scripts/test starts");
+            return;
+        }
+        let backend = DockerBackend::new(Path::new("/tmp/capstan-version-test"));
+        let docker = backend.engine(None).await.unwrap();
+        let server = docker.version().await.unwrap();
+        let server_api = server.api_version.unwrap();
+        let parse = |v: &str| -> (u32, u32) {
+            let (a, b) = v.split_once('.').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        };
+        let client = docker.client_version();
+        let client = (client.major_version as u32, client.minor_version as u32);
+        assert!(
+            client <= parse(&server_api),
+            "client API {client:?} is newer than the engine's {server_api}"
+        );
+    }
 }

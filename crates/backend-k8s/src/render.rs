@@ -123,6 +123,12 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
             spec.config_phrase()
         )
     })?;
+    if spec.recipe_kind.is_visual() {
+        return Err(format!(
+            "{} recipes do not run on Kubernetes yet (capstan's built-in engine is not in pods): run it locally or in Docker (`--exec-config`), or on Spark (`--spark-config`)",
+            spec.recipe_kind.as_str()
+        ));
+    }
     let mut files = code_files(spec)?;
     let code_file = files
         .first()

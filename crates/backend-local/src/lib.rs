@@ -178,6 +178,8 @@ impl LocalBackend {
         let managed_spark =
             (spec.recipe_kind.is_spark() && spec.code_env.is_none()).then(spark_env);
         let python = match spec.code_env.as_ref().or(managed_spark.as_ref()) {
+            // The built-in engine is this binary: no interpreter, no environment to build.
+            _ if matches!(spec.workload, Workload::Transform { .. }) => PathBuf::new(),
             Some(ce) => {
                 let (envs, home, ce) = (self.envs_dir.clone(), spec.home_root.clone(), ce.clone());
                 tokio::task::spawn_blocking(move || venv::ensure(&envs, &home, &ce))
@@ -429,7 +431,9 @@ impl LocalBackend {
         };
         // What a local Spark recipe wrote, taken into the store's staging, where the data plane
         // commits it if the job succeeds.
-        if outcome.state == JobState::Succeeded && writes_files(spec) {
+        // Taken whatever the spec says now: a daemon restarted after the recipe was edited
+        // rebuilds the spec from the current home, and the files are what the run wrote.
+        if outcome.state == JobState::Succeeded {
             for d in &spec.outputs {
                 if let Err(e) = private::take_file(&private.output(d), &staged_file(spec, d)) {
                     outcome = ActivityOutcome::failed(format!(
@@ -578,11 +582,6 @@ fn link_files(spec: &ActivitySpec, private: &Private) -> Result<(String, String)
         serde_json::Value::Object(inputs).to_string(),
         serde_json::Value::Object(outputs).to_string(),
     ))
-}
-
-/// Whether the recipe's outputs are files in its private folder, taken when it ends.
-fn writes_files(spec: &ActivitySpec) -> bool {
-    spec.recipe_kind.is_spark() || matches!(spec.workload, Workload::Transform { .. })
 }
 
 /// The file of a dataset's current version in the home's dataset store.

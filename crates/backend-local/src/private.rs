@@ -123,13 +123,13 @@ impl Private {
         Ok(())
     }
 
-    /// Writes a file the recipe's user may read (and, with `writable`, change), and no one else.
     /// A folder in the private folder, the recipe's user's.
     pub fn make_dir(&self, path: &Path, who: Option<&RunAs>) -> std::io::Result<()> {
         std::fs::create_dir_all(path)?;
         give(path, who)
     }
 
+    /// Writes a file the recipe's user may read (and, with `writable`, change), and no one else.
     pub fn write(&self, path: &Path, bytes: &[u8], who: Option<&RunAs>) -> std::io::Result<()> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

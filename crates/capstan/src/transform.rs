@@ -33,7 +33,10 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
         std::env::var("CAPSTAN_TRANSFORM_INPUTS").is_ok_and(|v| v.trim_start().starts_with('['));
     let (inputs, outputs) = if api {
         // Somewhere writable whoever the container runs as.
-        let work = std::env::temp_dir().join("capstan-transform");
+        let work = std::env::temp_dir().join(format!(
+            "capstan-transform-{}",
+            std::env::var("CAPSTAN_ACTIVITY_ID").unwrap_or_default()
+        ));
         (
             names_from_env("CAPSTAN_TRANSFORM_INPUTS")?
                 .into_iter()
@@ -60,17 +63,27 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
         memory_bytes: args.memory_limit.or_else(cgroup_memory_limit),
         spill_dir: std::env::var_os("CAPSTAN_TRANSFORM_SPILL")
             .map(PathBuf::from)
-            .or_else(|| api.then(|| std::env::temp_dir().join("capstan-transform").join("spill"))),
+            .or_else(|| {
+                api.then(|| {
+                    std::env::temp_dir()
+                        .join(format!(
+                            "capstan-transform-{}",
+                            std::env::var("CAPSTAN_ACTIVITY_ID").unwrap_or_default()
+                        ))
+                        .join("spill")
+                })
+            }),
         threads: args.threads.or_else(cgroup_cpus),
     };
     if let Some(dir) = &limits.spill_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the spill folder {}", dir.display()))?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(limits.threads.unwrap_or(2).max(1))
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = limits.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let rt = rt.enable_all().build()?;
     let kind = spec.kind().as_str();
     println!(
         "capstan's built-in engine (DataFusion): {kind} recipe, {} input{}, memory budget {}",
@@ -345,10 +358,12 @@ impl DataApi {
             .send()
             .await
             .with_context(|| format!("cannot reach the capstan data API at {}", self.base))?;
-        producer.await??;
+        // The API's answer first: a refusal stops it reading, which the producer sees only as
+        // a stopped upload.
         if !resp.status().is_success() {
             return Err(self.refused(&format!("write `{dataset}`"), resp).await);
         }
+        producer.await??;
         Ok(())
     }
 }
@@ -434,11 +449,15 @@ pub struct Schemas {
 pub async fn project_schemas(root: &Path, home: &Home, project: &Project) -> Schemas {
     let store = capstan_data::ParquetStore::new(root);
     let mut known = BTreeMap::new();
+    // What the data has, else what the dataset declares (a declared schema may name only
+    // some of the columns).
+    let mut stored = BTreeMap::new();
     for name in project.datasets.keys() {
-        if let Some(s) = declared_schema(project, name) {
-            known.insert(name.clone(), s);
-        } else if let Ok(Some(info)) = store.info(&project.key, name) {
+        if let Ok(Some(info)) = store.info(&project.key, name) {
+            stored.insert(name.clone(), info.schema.clone());
             known.insert(name.clone(), info.schema);
+        } else if let Some(s) = declared_schema(project, name) {
+            known.insert(name.clone(), s);
         }
     }
     let mut out = Schemas {
@@ -478,6 +497,9 @@ pub async fn project_schemas(root: &Path, home: &Home, project: &Project) -> Sch
                 for (name, schema) in checked.outputs {
                     if checked.dynamic.is_none() {
                         out.known.insert(name, schema);
+                    } else if let Some(s) = stored.get(&name) {
+                        // Columns from the data: what the last run wrote.
+                        out.known.insert(name, s.clone());
                     } else {
                         out.known.remove(&name);
                     }

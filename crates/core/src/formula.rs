@@ -627,7 +627,7 @@ pub const FUNCTIONS: &[Function] = &[
         3,
         Some(3),
         "date_diff(d1, d2, unit)",
-        "`d1` - `d2` in `unit`s (such as \"days\")",
+        "`d1` - `d2` in whole `unit`s: \"week\", \"day\", \"hour\", \"minute\" or \"second\"",
     ),
     f(
         "date_add",
@@ -635,7 +635,7 @@ pub const FUNCTIONS: &[Function] = &[
         3,
         Some(3),
         "date_add(d, n, unit)",
-        "`d` plus `n` `unit`s (such as \"days\")",
+        "`d` plus `n` `unit`s: \"year\", \"quarter\", \"month\", \"week\", \"day\", \"hour\", \"minute\" or \"second\"",
     ),
     f(
         "date_trunc",

@@ -113,7 +113,6 @@ pub struct Resolution {
     pub env: BTreeMap<String, Setting<String>>,
 }
 
-/// Why a run cannot be resolved.
 impl Resolution {
     /// Whether the recipe runs on Spark: a Spark recipe always, a visual recipe where a Spark
     /// configuration was chosen for it.
@@ -123,6 +122,7 @@ impl Resolution {
     }
 }
 
+/// Why a run cannot be resolved.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
     #[error("unknown project `{name}`")]

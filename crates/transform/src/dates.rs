@@ -60,11 +60,10 @@ pub fn add(ts: Expr, n: i64, unit: DateUnit) -> Expr {
 }
 
 pub fn trunc(ts: Expr, unit: DateUnit) -> Expr {
-    let t = cast(
+    cast(
         datafusion::functions::expr_fn::date_trunc(lit(unit.as_str()), ts),
         DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
-    );
-    t
+    )
 }
 
 /// A Java-style date pattern (`yyyy-MM-dd HH:mm:ss`) as chrono's (`%Y-%m-%d %H:%M:%S`).

@@ -608,6 +608,7 @@ impl Compiler<'_> {
                 let r = lit(str_lit(2)?);
                 match regex_arg(1) {
                     Some((pattern, ci)) => {
+                        self.check_regex(&args[1].span, &pattern)?;
                         t(udf::regex_replace(s, &pattern, ci, r), DataType::Utf8)
                     }
                     None => t(fx::replace(s, text(1)?, r), DataType::Utf8),

@@ -20,7 +20,7 @@ mod udf;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use capstan_core::visual::VisualSpec;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
@@ -168,12 +168,7 @@ pub async fn check(
         outputs: planned
             .outputs
             .iter()
-            .map(|(n, df)| {
-                (
-                    n.clone(),
-                    Arc::new(Schema::from(df.schema().as_arrow().clone())),
-                )
-            })
+            .map(|(n, df)| (n.clone(), Arc::new(df.schema().as_arrow().clone())))
             .collect(),
         dynamic: planned.dynamic,
     })
@@ -206,7 +201,7 @@ pub async fn explain(
     let planned = plan::plan(spec, dfs, outputs, mode).await?;
     let mut out = Vec::new();
     for (name, df) in planned.outputs {
-        let schema = Arc::new(Schema::from(df.schema().as_arrow().clone()));
+        let schema = Arc::new(df.schema().as_arrow().clone());
         let logical = df.logical_plan().display_indent().to_string();
         let optimized = df.into_optimized_plan()?.display_indent().to_string();
         out.push(Explained {
@@ -256,6 +251,9 @@ pub async fn run(
     Ok(report)
 }
 
+/// The most an output's writer buffers before it closes a row group.
+const WRITER_BUFFER: usize = 64 << 20;
+
 /// Streams a plan's batches into a Parquet file, as capstan's store writes them (snappy, one
 /// row group per 1M rows).
 pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<u64, PlanError> {
@@ -263,7 +261,7 @@ pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<u64, PlanError>
     use parquet::arrow::ArrowWriter;
     use parquet::basic::Compression;
     use parquet::file::properties::WriterProperties;
-    let schema = Arc::new(Schema::from(df.schema().as_arrow().clone()));
+    let schema = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await?;
     let tmp = path.with_extension("parquet.partial");
     let io = |e: std::io::Error| {
@@ -281,6 +279,11 @@ pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<u64, PlanError>
         let batch = batch?;
         rows += batch.num_rows() as u64;
         writer.write(&batch).map_err(DataFusionError::from)?;
+        // A row group is buffered whole until written, outside DataFusion's pool: close it
+        // early rather than hold more than this.
+        if writer.in_progress_size() > WRITER_BUFFER {
+            writer.flush().map_err(DataFusionError::from)?;
+        }
     }
     let file = writer.into_inner().map_err(DataFusionError::from)?;
     file.sync_all().map_err(io)?;

@@ -92,6 +92,25 @@ pub async fn plan(
         discovered: Vec::new(),
     };
     let outs = p.spec(spec, inputs, outputs).await?;
+    // Each declared output gets exactly one plan: one named twice (`unmatched_left` the same
+    // as the main output, say) would have one overwrite the other, and one named nowhere
+    // would never be written.
+    for (i, (name, _)) in outs.iter().enumerate() {
+        if outs[..i].iter().any(|(n, _)| n == name) {
+            return at(
+                "",
+                format!("output `{name}` is given two sets of rows: each output receives one"),
+                Some("name a different output for the unmatched or remaining rows".into()),
+            );
+        }
+    }
+    if let Some(missing) = outputs.iter().find(|o| !outs.iter().any(|(n, _)| n == *o)) {
+        return at(
+            "",
+            format!("output `{missing}` is declared, and nothing in the spec writes to it"),
+            Some("name it in the spec (unmatched_left, unmatched_right, rest, a split rule), or remove it from `outputs`".into()),
+        );
+    }
     let mut out = Vec::with_capacity(outs.len());
     for (name, df) in outs {
         out.push((name, stored(df)?));
@@ -328,17 +347,19 @@ impl Planner {
         outputs: &[String],
     ) -> R<Vec<(String, DataFrame)>> {
         let kind = spec.kind();
+        // Inputs: exactly one, exactly two (join), or two or more (stack).
         let want = |n: usize| -> R<()> {
-            if inputs.len() < n {
+            let exact = kind != capstan_core::model::RecipeKind::Stack;
+            if inputs.len() < n || (exact && inputs.len() > n) {
                 return at(
                     "",
                     format!(
                         "a {} recipe reads {} input{}, and this one declares {}",
                         kind.as_str(),
-                        if n == 1 {
-                            "one".to_string()
-                        } else {
-                            format!("at least {n}")
+                        match (n, exact) {
+                            (1, _) => "one".to_string(),
+                            (n, true) => n.to_string(),
+                            (n, false) => format!("at least {n}"),
                         },
                         if n == 1 { "" } else { "s" },
                         inputs.len()

@@ -17,6 +17,7 @@ use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, create_udf, lit};
 
 /// The arguments as arrays of one length, and whether they were all scalars.
+/// (A batch of no rows never reaches the functions: see [`udf`].)
 fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, bool)> {
     let n = args.iter().find_map(|a| match a {
         ColumnarValue::Array(a) => Some(a.len()),
@@ -71,12 +72,26 @@ fn udf(
     output: DataType,
     f: impl Fn(&[ColumnarValue]) -> Result<ColumnarValue> + Send + Sync + 'static,
 ) -> Arc<ScalarUDF> {
+    let empty_type = output.clone();
+    // The functions read their literal parameters at row 0: a batch of no rows gets its
+    // (empty) answer here.
+    let guarded = move |args: &[ColumnarValue]| -> Result<ColumnarValue> {
+        let no_rows = args
+            .iter()
+            .any(|a| matches!(a, ColumnarValue::Array(a) if a.is_empty()));
+        if no_rows {
+            return Ok(ColumnarValue::Array(arrow::array::new_empty_array(
+                &empty_type,
+            )));
+        }
+        f(args)
+    };
     Arc::new(create_udf(
         name,
         inputs,
         output,
         Volatility::Immutable,
-        Arc::new(f),
+        Arc::new(guarded),
     ))
 }
 
@@ -370,9 +385,7 @@ static FLOAT_TO_INT: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
             let mut out = Int64Builder::with_capacity(x.len());
             for v in x.iter() {
                 // Within i64 (2^63 is not): truncated toward zero; NaN, infinities, the rest: null.
-                let fits = |v: &f64| {
-                    v.is_finite() && *v >= -9.223372036854775808e18 && *v < 9.223372036854775808e18
-                };
+                let fits = |v: &f64| v.is_finite() && *v >= -(2f64.powi(63)) && *v < 2f64.powi(63);
                 out.append_option(v.filter(fits).map(|v| v.trunc() as i64));
             }
             done(Arc::new(out.finish()), scalar)

@@ -13,6 +13,9 @@ use arrow::util::display::array_value_to_string;
 use capstan_core::visual::VisualSpec;
 use capstan_transform::{Limits, PlanError, Source};
 
+/// Each output: its name, its columns (`name:type`), its rows as text.
+type Outputs = Vec<(String, Vec<String>, Vec<Vec<String>>)>;
+
 fn dir(label: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("capstan-transform-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -113,7 +116,7 @@ fn run_with(
     inputs: &[&str],
     outputs: &[&str],
     limits: Limits,
-) -> Result<Vec<(String, Vec<String>, Vec<Vec<String>>)>, PlanError> {
+) -> Result<Outputs, PlanError> {
     let d = dir(label);
     let mut sources = Vec::new();
     for i in inputs {
@@ -178,12 +181,7 @@ fn run_with(
     Ok(result)
 }
 
-fn run(
-    label: &str,
-    spec: &VisualSpec,
-    inputs: &[&str],
-    outputs: &[&str],
-) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
+fn run(label: &str, spec: &VisualSpec, inputs: &[&str], outputs: &[&str]) -> Outputs {
     run_with(label, spec, inputs, outputs, Limits::default()).unwrap()
 }
 
