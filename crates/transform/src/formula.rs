@@ -345,7 +345,10 @@ impl Compiler<'_> {
             ("number", "number") => Ok((conv(a, DataType::Float64), conv(b, DataType::Float64))),
             (x, y) if x == y && x != "other" && x != "date" => Ok((a.expr, b.expr)),
             ("null", _) | (_, "null") => Ok((a.expr, b.expr)),
-            ("date", "date") | ("date", "string") | ("string", "date") => {
+            ("date", "date") => Ok((cast(a.expr, ts.clone()), cast(b.expr, ts))),
+            ("date", "string") | ("string", "date") => {
+                let text = if ca == "string" { &a.expr } else { &b.expr };
+                date_literal(span, text)?;
                 Ok((cast(a.expr, ts.clone()), cast(b.expr, ts)))
             }
             _ => problem(
@@ -823,6 +826,35 @@ impl Compiler<'_> {
             };
         }
         Ok(ty)
+    }
+}
+
+/// Text compared with a date must be a literal that reads as one (checked now, not at run
+/// time): text computed per row is read differently by each engine.
+fn date_literal(span: &Range<usize>, text: &Expr) -> R<()> {
+    let Expr::Literal(ScalarValue::Utf8(Some(s)), _) = text else {
+        return problem(
+            span,
+            "a date compared with text computed for each row",
+            Some("parse the text first with parse_date(…), or compare with a literal ISO date such as \"2024-01-31\"".into()),
+        );
+    };
+    let one = arrow::array::StringArray::from(vec![s.as_str()]);
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    match arrow::compute::cast_with_options(
+        &one,
+        &DataType::Timestamp(TimeUnit::Microsecond, None),
+        &options,
+    ) {
+        Ok(_) => Ok(()),
+        Err(_) => problem(
+            span,
+            format!("{s:?} is not a date"),
+            Some("write it as ISO 8601: \"2024-01-31\" or \"2024-01-31T10:00:00\"".into()),
+        ),
     }
 }
 

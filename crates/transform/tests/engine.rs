@@ -510,6 +510,42 @@ aggregates = [{ column = "v", functions = ["sum", "max"] }]"#,
 }
 
 #[test]
+fn a_date_compares_with_a_literal_iso_date_and_nothing_computed() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("d", DataType::Date32, true),
+        Field::new("s", DataType::Utf8, true),
+    ]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for (expression, want) in [
+        (
+            "d < s",
+            Err("a date compared with text computed for each row"),
+        ),
+        ("d < \"31/01/2024\"", Err("\"31/01/2024\" is not a date")),
+        ("d < \"2024-01-31\"", Ok(())),
+        ("\"2024-01-31T10:00:00\" >= d", Ok(())),
+    ] {
+        let s = spec(
+            "prepare",
+            &format!(
+                "[[prepare.steps]]\ntype = \"formula\"\ncolumn = \"x\"\nexpression = '{expression}'\n"
+            ),
+        );
+        let got = rt
+            .block_on(capstan_transform::check(
+                &s,
+                &[("t".into(), schema.clone())],
+                &["out".into()],
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(got, want.map_err(str::to_string), "{expression}");
+    }
+}
+
+#[test]
 fn checking_finds_a_misspelt_column_with_its_place_and_the_nearest_name() {
     let s = spec(
         "prepare",

@@ -525,7 +525,6 @@ async fn what_spark_cannot_mirror_is_refused_naming_its_place() {
         ("regex_extract(s, /(a)|(b)/, 2)", "group 2 may take no part"),
         ("matches(s, /(?i)abc/)", "inline flags"),
         ("matches(s, /[[:alpha:]]/)", "POSIX classes"),
-        ("d < s", "comparing a date with computed text"),
         ("parse_date(s, 'yy-MM-dd')", "two-digit years"),
         ("format_date(ts, 'yyyy-MM-dd Z')", "time zone offsets"),
         ("to_int(d)", "to_int of a date"),
