@@ -805,6 +805,11 @@ fn glibc_at<'a>(
 fn glibc_version(bytes: &[u8]) -> Option<u32> {
     let marker = b"release version 2.";
     let at = bytes.windows(marker.len()).position(|w| w == marker)? + marker.len();
+    number_at(bytes, at)
+}
+
+/// The decimal number at `at`.
+fn number_at(bytes: &[u8], at: usize) -> Option<u32> {
     let digits: String = bytes[at..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
@@ -827,14 +832,7 @@ fn needed_glibc() -> Option<u32> {
         let mut i = 0;
         while let Some(p) = bytes[i..].windows(marker.len()).position(|w| w == marker) {
             let at = i + p + marker.len();
-            let digits: String = bytes[at..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .map(|b| *b as char)
-                .collect();
-            if let Ok(n) = digits.parse::<u32>() {
-                best = best.max(Some(n));
-            }
+            best = best.max(number_at(&bytes, at));
             i = at;
         }
         best

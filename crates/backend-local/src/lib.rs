@@ -174,20 +174,6 @@ impl LocalBackend {
             env.push(("CAPSTAN_API_URL".into(), access.api_url.clone()));
         }
 
-        // Spark recipes need pyspark: their code environment's, else a managed one.
-        let managed_spark =
-            (spec.recipe_kind.is_spark() && spec.code_env.is_none()).then(spark_env);
-        let python = match spec.code_env.as_ref().or(managed_spark.as_ref()) {
-            // The built-in engine is this binary: no interpreter, no environment to build.
-            _ if matches!(spec.workload, Workload::Transform { .. }) => PathBuf::new(),
-            Some(ce) => {
-                let (envs, home, ce) = (self.envs_dir.clone(), spec.home_root.clone(), ce.clone());
-                tokio::task::spawn_blocking(move || venv::ensure(&envs, &home, &ce))
-                    .await
-                    .map_err(|e| format!("building the code environment failed: {e}"))??
-            }
-            None => venv::interpreter(),
-        };
         if let Workload::Transform { .. } = &spec.workload {
             // The built-in engine is this binary: `capstan transform run`, reading the inputs
             // linked into the private folder and writing its outputs there, as Spark does.
@@ -215,6 +201,18 @@ impl LocalBackend {
                 gid: who.as_ref().map(|w| w.gid),
             });
         }
+        // Spark recipes need pyspark: their code environment's, else a managed one.
+        let managed_spark =
+            (spec.recipe_kind.is_spark() && spec.code_env.is_none()).then(spark_env);
+        let python = match spec.code_env.as_ref().or(managed_spark.as_ref()) {
+            Some(ce) => {
+                let (envs, home, ce) = (self.envs_dir.clone(), spec.home_root.clone(), ce.clone());
+                tokio::task::spawn_blocking(move || venv::ensure(&envs, &home, &ce))
+                    .await
+                    .map_err(|e| format!("building the code environment failed: {e}"))??
+            }
+            None => venv::interpreter(),
+        };
         let Some(code) = code else {
             return Err(format!(
                 "{} recipes do not run as local processes",

@@ -245,7 +245,7 @@ pub enum TransformCommand {
 pub struct TransformRunArgs {
     /// The spec, as JSON.
     pub spec: PathBuf,
-    /// The activity's memory limit in bytes (default: its cgroup's).
+    /// The activity's memory limit in bytes (default: none).
     #[arg(long, value_name = "BYTES")]
     pub memory_limit: Option<u64>,
     /// Threads to use (default: the activity's CPU limit, else the machine's cores).

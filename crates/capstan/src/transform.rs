@@ -21,7 +21,7 @@ use crate::cli::{RecipeExplainArgs, TransformRunArgs};
 
 /// `capstan transform run SPEC`: one visual recipe's activity. Inputs and outputs are files
 /// named by `CAPSTAN_TRANSFORM_INPUTS` and `_OUTPUTS` (JSON maps, in the recipe's order); the
-/// memory and CPU budget is the activity's own cgroup's.
+/// memory and CPU budget is the activity's limits, which its backend passes as arguments.
 pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
     let text = std::fs::read_to_string(&args.spec)
         .with_context(|| format!("cannot read the recipe's spec {}", args.spec.display()))?;
@@ -60,7 +60,7 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
         )
     };
     let limits = Limits {
-        memory_bytes: args.memory_limit.or_else(cgroup_memory_limit),
+        memory_bytes: args.memory_limit,
         spill_dir: std::env::var_os("CAPSTAN_TRANSFORM_SPILL")
             .map(PathBuf::from)
             .or_else(|| {
@@ -73,7 +73,7 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
                         .join("spill")
                 })
             }),
-        threads: args.threads.or_else(cgroup_cpus),
+        threads: args.threads,
     };
     if let Some(dir) = &limits.spill_dir {
         std::fs::create_dir_all(dir)
@@ -92,8 +92,8 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
         match limits.memory_bytes {
             Some(b) => format!(
                 "{} of the {} limit, spilling to disk beyond",
-                human_bytes((b as f64 * capstan_transform::POOL_SHARE) as u64),
-                human_bytes(b)
+                crate::jobs::human_bytes((b as f64 * capstan_transform::POOL_SHARE) as u64),
+                crate::jobs::human_bytes(b)
             ),
             None => "unlimited".into(),
         }
@@ -374,45 +374,6 @@ fn tokio_stream(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// This process's cgroup (v2) file `name`, as the kernel shows it.
-fn own_cgroup_file(name: &str) -> Option<String> {
-    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let path = Path::new("/sys/fs/cgroup")
-        .join(rel.trim_start_matches('/'))
-        .join(name);
-    std::fs::read_to_string(path)
-        .or_else(|_| std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(name)))
-        .ok()
-}
-
-fn cgroup_memory_limit() -> Option<u64> {
-    own_cgroup_file("memory.max")?.trim().parse().ok()
-}
-
-fn cgroup_cpus() -> Option<usize> {
-    let max = own_cgroup_file("cpu.max")?;
-    let mut parts = max.split_whitespace();
-    let quota: u64 = parts.next()?.parse().ok()?;
-    let period: u64 = parts.next()?.parse().ok()?;
-    Some(quota.div_ceil(period.max(1)) as usize)
-}
-
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 // --- Schemas of a project's datasets ---------------------------------------------------------
 
 /// The Arrow schema a dataset declares in project.toml, if it declares one.
@@ -441,6 +402,8 @@ fn declared_schema(project: &Project, dataset: &str) -> Option<SchemaRef> {
 /// derived through visual recipes in flow order. With the problems visual recipes have.
 pub struct Schemas {
     pub known: BTreeMap<String, SchemaRef>,
+    /// The datasets that have data (their stored schema).
+    pub stored: BTreeMap<String, SchemaRef>,
     pub problems: Vec<Diagnostic>,
     /// Visual recipes not checked, and why (an input of unknown schema).
     pub unchecked: Vec<(String, String)>,
@@ -462,6 +425,7 @@ pub async fn project_schemas(root: &Path, home: &Home, project: &Project) -> Sch
     }
     let mut out = Schemas {
         known,
+        stored: stored.clone(),
         problems: Vec::new(),
         unchecked: Vec::new(),
     };
@@ -647,14 +611,13 @@ pub fn explain(root: &Path, args: &RecipeExplainArgs) -> anyhow::Result<u8> {
         let schemas = project_schemas(root, &home, project).await;
         let inputs: Vec<String> = recipe.inputs.iter().map(|i| i.value.clone()).collect();
         let outputs: Vec<String> = recipe.outputs.iter().map(|o| o.value.clone()).collect();
-        let store = capstan_data::ParquetStore::new(root);
         // With data where there is some (two-pass steps then read it), else on the schemas.
         let mut sources = Vec::new();
         for i in &inputs {
             let file = root.join("data").join(&r.project).join(i).join("data.parquet");
-            match (store.info(&r.project, i), schemas.known.get(i)) {
-                (Ok(Some(_)), _) => sources.push((i.clone(), Source::Parquet(file))),
-                (_, Some(s)) => sources.push((i.clone(), Source::Empty(s.clone()))),
+            match (schemas.stored.contains_key(i), schemas.known.get(i)) {
+                (true, _) => sources.push((i.clone(), Source::Parquet(file))),
+                (false, Some(s)) => sources.push((i.clone(), Source::Empty(s.clone()))),
                 _ => bail!(
                     "input `{i}` has no data and declares no schema, so its columns are unknown: build it first, or declare its schema in project.toml"
                 ),
