@@ -25,20 +25,6 @@ pub fn engine_is_local(spec: &ActivitySpec) -> bool {
     crate::usage::is_local(spec.docker_host.as_deref())
 }
 
-/// This binary, to mount or copy into a container; not one replaced since it started (an
-/// upgrade), which the engine would mount as an empty folder.
-fn engine_binary() -> Result<std::path::PathBuf, String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find capstan's own binary: {e}"))?;
-    if exe.to_string_lossy().ends_with(" (deleted)") {
-        return Err(format!(
-            "capstan's binary {} was replaced since the daemon started: restart the daemon so that containers get the new one",
-            exe.display()
-        ));
-    }
-    Ok(exe)
-}
-
 pub const LABEL_INSTANCE: &str = "capstan.instance";
 pub const LABEL_JOB: &str = "capstan.job";
 pub const LABEL_ACTIVITY: &str = "capstan.activity";
@@ -199,7 +185,7 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
             // The built-in engine is this very binary; on an engine on this machine it is
             // mounted, read-only, rather than copied into every container.
             if runs_engine(spec) && engine_is_local(spec) {
-                let exe = engine_binary()?;
+                let exe = capstan_engine::engine_image::binary()?;
                 binds.push(format!("{}:{ENGINE_PATH}:ro", exe.display()));
             }
             (!binds.is_empty()).then_some(binds)
@@ -253,7 +239,7 @@ pub fn code_archive(spec: &ActivitySpec) -> std::io::Result<Vec<u8>> {
     }
     if runs_engine(spec) && !engine_is_local(spec) {
         // An engine elsewhere gets the binary in the archive.
-        let exe = engine_binary().map_err(std::io::Error::other)?;
+        let exe = capstan_engine::engine_image::binary().map_err(std::io::Error::other)?;
         let bytes = std::fs::read(&exe)?;
         dir_entry(&mut tar, "capstan/bin")?;
         let mut h = tar::Header::new_gnu();
@@ -353,6 +339,7 @@ mod tests {
             data: None,
             spark: None,
             workload: Default::default(),
+            engine_image: None,
         }
     }
 

@@ -280,6 +280,9 @@ impl K8sBackend {
         if let Err(e) = self.ensure_namespace(&client, spec, &ns).await {
             return (ActivityOutcome::failed(e), None);
         }
+        if let Err(e) = engine_is_current(spec) {
+            return (ActivityOutcome::failed(e), None);
+        }
         let rendered = match render::render(spec, &self.instance, &ns) {
             Ok(r) => r,
             Err(e) => return (ActivityOutcome::failed(e), None),
@@ -1020,4 +1023,19 @@ fn executor_logs(spec: &ActivitySpec) -> Vec<(String, String)> {
         .collect();
     logs.sort();
     logs
+}
+
+/// A visual recipe's pod must copy the daemon's own engine: an engine image built by an
+/// earlier binary would run other code than `capstan check` and `recipe explain` planned.
+fn engine_is_current(spec: &ActivitySpec) -> Result<(), String> {
+    let Some(image) = &spec.engine_image else {
+        return Ok(());
+    };
+    let tag = capstan_engine::engine_image::tag()?;
+    if image.ends_with(&format!(":{tag}")) {
+        return Ok(());
+    }
+    Err(format!(
+        "the engine image {image} was built by another capstan binary than this daemon's ({tag}): run `capstan image build-engine`"
+    ))
 }

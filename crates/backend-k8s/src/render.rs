@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use capstan_engine::backend::ActivitySpec;
+use capstan_engine::backend::{ActivitySpec, TRANSFORM_SPEC, Workload};
+use capstan_engine::engine_image;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
@@ -123,17 +124,22 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
             spec.config_phrase()
         )
     })?;
-    if spec.recipe_kind.is_visual() {
-        return Err(format!(
-            "{} recipes do not run on Kubernetes yet (capstan's built-in engine is not in pods): run it locally or in Docker (`--exec-config`), or on Spark (`--spark-config`)",
-            spec.recipe_kind.as_str()
-        ));
-    }
+    // A visual recipe runs capstan's built-in engine, copied into the pod from the engine
+    // image by an init container (see `capstan_engine::engine_image`).
+    let engine_image = match &spec.workload {
+        Workload::Transform { .. } => Some(spec.engine_image.clone().ok_or_else(|| {
+            format!(
+                "{} recipes on Kubernetes copy capstan's built-in engine from its engine image, which is not built: run `capstan image build-engine`",
+                spec.recipe_kind.as_str()
+            )
+        })?),
+        _ => None,
+    };
     let mut files = code_files(spec)?;
     let code_file = files
         .first()
         .map(|(n, _)| n.clone())
-        .filter(|_| spec.code_file.is_some())
+        .filter(|_| spec.code_file.is_some() || engine_image.is_some())
         .ok_or_else(|| format!("{} recipes have no code to run", spec.recipe_kind.as_str()))?;
     // A Spark recipe runs spark-submit: as the driver of a Spark configuration on Kubernetes
     // (placed, and allowed to start executors, as that configuration says), or in local mode
@@ -143,7 +149,12 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         .spark
         .as_ref()
         .filter(|s| is_spark && s.master.value == capstan_core::model::SparkMaster::Kubernetes);
-    let command = if is_spark {
+    let command = if engine_image.is_some() {
+        engine_image::command(
+            engine_image::DIR,
+            spec.transform_args(&format!("{WORK_DIR}/{TRANSFORM_SPEC}")),
+        )
+    } else if is_spark {
         let submission = capstan_spark::container_command(spec, WORK_DIR, &code_file)?;
         files.extend(submission.files);
         fits(&files)?;
@@ -202,6 +213,19 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
                     }),
                     ..EnvVarSource::default()
                 }),
+            });
+        }
+    }
+    if engine_image.is_some() {
+        // Names, not paths: the engine reads and writes them through the data API.
+        for (k, names) in [
+            ("CAPSTAN_TRANSFORM_INPUTS", &spec.inputs),
+            ("CAPSTAN_TRANSFORM_OUTPUTS", &spec.outputs),
+        ] {
+            env.push(EnvVar {
+                name: k.into(),
+                value: Some(serde_json::to_string(names).unwrap_or_default()),
+                value_from: None,
             });
         }
     }
@@ -296,6 +320,39 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         });
     }
 
+    let resources = ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..ResourceRequirements::default()
+    };
+    let init_containers = engine_image.map(|image| {
+        mounts.push(VolumeMount {
+            name: "engine".into(),
+            mount_path: engine_image::DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "engine".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        vec![Container {
+            name: "engine".into(),
+            image: Some(image),
+            command: Some(engine_image::install_command()),
+            // The recipe's own: a namespace whose LimitRange wants limits on every container
+            // admits it, and the pod asks for no more than its recipe.
+            resources: Some(resources.clone()),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "engine".into(),
+                mount_path: engine_image::COPY_DIR.into(),
+                ..VolumeMount::default()
+            }]),
+            ..Container::default()
+        }]
+    });
+
     let container = Container {
         name: "recipe".into(),
         image: Some(image),
@@ -304,11 +361,7 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         // read-only code folder.
         working_dir: Some(if is_spark { "/tmp" } else { WORK_DIR }.into()),
         env: Some(env),
-        resources: Some(ResourceRequirements {
-            requests: (!requests.is_empty()).then_some(requests),
-            limits: (!limits.is_empty()).then_some(limits),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources),
         volume_mounts: Some(mounts),
         ..Container::default()
     };
@@ -344,6 +397,7 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
     })
     .collect();
     let mut pod_spec = PodSpec {
+        init_containers,
         containers: vec![container],
         restart_policy: Some("Never".into()),
         active_deadline_seconds: spec.timeout.map(|t| t.secs() as i64),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use capstan_backend_k8s::render::{render, to_yaml};
 use capstan_core::load::{HomeFiles, load};
 use capstan_core::model::{ExecKind, RecipeKind};
-use capstan_engine::backend::{ActivitySpec, DataAccess};
+use capstan_engine::backend::{ActivitySpec, DataAccess, Workload};
 
 /// The Kubernetes version the objects are validated against.
 const K8S_VERSION: &str = "1.33.0";
@@ -52,7 +52,8 @@ fn spec_for(config_toml: &str, dir: &Path) -> ActivitySpec {
         };
     }
     let exec = home.exec_configs["c"].clone();
-    ActivitySpec {
+    let visual = config_toml.starts_with("# visual recipe");
+    let spec = ActivitySpec {
         project: "sales".into(),
         recipe: "totals".into(),
         recipe_kind: RecipeKind::Python,
@@ -82,6 +83,21 @@ fn spec_for(config_toml: &str, dir: &Path) -> ActivitySpec {
             "/h".into(),
             ExecKind::Kubernetes,
         )
+    };
+    if !visual {
+        return spec;
+    }
+    // A visual recipe: no code, its spec, and the engine image its pod copies capstan from.
+    ActivitySpec {
+        recipe_kind: RecipeKind::Prepare,
+        code_file: None,
+        lib_dir: None,
+        workload: Workload::Transform {
+            spec: r#"{"prepare":{"steps":[{"type":"rename","renames":{"amount":"total"}}]}}"#
+                .into(),
+        },
+        engine_image: Some("registry.example.com/capstan/capstan-engine:0.1.0-0123456789ab".into()),
+        ..spec
     }
 }
 

@@ -239,6 +239,15 @@ pub struct RecipeExplainArgs {
 pub enum TransformCommand {
     /// Run a visual recipe's spec (inputs and outputs from the activity's environment).
     Run(TransformRunArgs),
+    /// Copy the engine's files (this binary, its loader and libraries) from FROM to TO: what
+    /// the init container of a visual recipe's pod runs, in an image with no `cp`.
+    Install(TransformInstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TransformInstallArgs {
+    pub from: PathBuf,
+    pub to: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +356,10 @@ pub enum ImageCommand {
     /// Build a base image from its spec in images.toml (and push it where configurations on
     /// it name a registry).
     BuildBase(BuildBaseArgs),
+    /// Build capstan's engine image (this binary, its loader and libraries), from which visual
+    /// recipes' pods on Kubernetes copy the built-in engine, and push it to the Kubernetes
+    /// configurations' registries.
+    BuildEngine(BuildEngineArgs),
     /// Base images: tag, size, age, state, and the configurations that use each.
     List(ImageListArgs),
 }
@@ -354,6 +367,16 @@ pub enum ImageCommand {
 #[derive(Debug, Args)]
 pub struct BuildBaseArgs {
     pub name: String,
+    /// Build only; do not push to the configurations' registries.
+    #[arg(long)]
+    pub no_push: bool,
+    /// Build on the engine of this Docker cluster (default: the local engine).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildEngineArgs {
     /// Build only; do not push to the configurations' registries.
     #[arg(long)]
     pub no_push: bool,

@@ -11,7 +11,7 @@ use capstan_images::{Builder, Built, ImageRow, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::{BuildBaseArgs, EnvBuildArgs, ImageListArgs};
+use crate::cli::{BuildBaseArgs, BuildEngineArgs, EnvBuildArgs, ImageListArgs};
 use crate::exit;
 use crate::home::load_valid;
 use crate::jobs::human_bytes;
@@ -138,18 +138,32 @@ pub async fn build_base(root: &Path, args: &BuildBaseArgs) -> anyhow::Result<u8>
     let mut display = Display::new();
     let result = builder.build_base(&args.name, &mut display).await;
     display.done();
-    let built = result?;
+    print_built(&format!("base image {}", args.name), &result?, started);
+    Ok(exit::OK)
+}
+
+/// `base image NAME: built REF (SIZE), pushed in 1.23s`.
+fn print_built(what: &str, built: &Built, started: Instant) {
     let pushed = if built.record().pushed {
         ", pushed"
     } else {
         ""
     };
     println!(
-        "base image {}: {}{pushed} in {:.2}s",
-        args.name,
-        describe(&built),
+        "{what}: {}{pushed} in {:.2}s",
+        describe(built),
         started.elapsed().as_secs_f64()
     );
+}
+
+pub async fn build_engine(root: &Path, args: &BuildEngineArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let home = load_valid(root)?;
+    let builder = builder(root, &home, args.cluster.as_deref(), args.no_push).await?;
+    let mut display = Display::new();
+    let result = builder.build_engine(&mut display).await;
+    display.done();
+    print_built("engine image", &result?, started);
     Ok(exit::OK)
 }
 

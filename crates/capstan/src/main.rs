@@ -145,6 +145,9 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         Command::Image(ImageCommand::BuildBase(a)) => {
             runtime()?.block_on(images::build_base(&home::locate(home)?, a))
         }
+        Command::Image(ImageCommand::BuildEngine(a)) => {
+            runtime()?.block_on(images::build_engine(&home::locate(home)?, a))
+        }
         Command::Image(ImageCommand::List(a)) => {
             runtime()?.block_on(images::list(&home::locate(home)?, a, false))
         }
@@ -177,6 +180,7 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         }
         Command::Recipe(RecipeCommand::Explain(a)) => transform::explain(&home::locate(home)?, a),
         Command::Transform(TransformCommand::Run(a)) => transform::run(a),
+        Command::Transform(TransformCommand::Install(a)) => transform::install(a),
         Command::Shim(_) => unreachable!("handled in main"),
     }
 }

@@ -17,7 +17,7 @@ use capstan_data::arrow::datatypes::{Field, Schema, SchemaRef};
 use capstan_engine::backend::ActivitySpec;
 use capstan_transform::{Limits, PlanError, Problem, Source};
 
-use crate::cli::{RecipeExplainArgs, TransformRunArgs};
+use crate::cli::{RecipeExplainArgs, TransformInstallArgs, TransformRunArgs};
 
 /// `capstan transform run SPEC`: one visual recipe's activity. Inputs and outputs are files
 /// named by `CAPSTAN_TRANSFORM_INPUTS` and `_OUTPUTS` (JSON maps, in the recipe's order); the
@@ -41,7 +41,7 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
             names_from_env("CAPSTAN_TRANSFORM_INPUTS")?
                 .into_iter()
                 .map(|n| {
-                    let p = work.join("inputs").join(format!("{n}.arrow"));
+                    let p = work.join("inputs").join(format!("{n}.parquet"));
                     (n, p)
                 })
                 .collect::<Vec<_>>(),
@@ -125,14 +125,7 @@ pub fn run(args: &TransformRunArgs) -> anyhow::Result<u8> {
         let ctx = capstan_transform::session(&limits)?;
         let inputs: Vec<(String, Source)> = inputs
             .into_iter()
-            .map(|(n, p)| {
-                let source = if api {
-                    Source::ArrowIpc(p)
-                } else {
-                    Source::Parquet(p)
-                };
-                (n, source)
-            })
+            .map(|(n, p)| (n, Source::Parquet(p)))
             .collect();
         capstan_transform::run(&ctx, &spec, &inputs, &outputs).await
     });
@@ -219,6 +212,40 @@ fn names_from_env(var: &str) -> anyhow::Result<Vec<String>> {
     serde_json::from_str(&raw).with_context(|| format!("{var} is not a JSON list of dataset names"))
 }
 
+/// `capstan transform install FROM TO`: copies the engine's files, keeping their modes, so that
+/// the pod's main container can run them from the `emptyDir` the init container fills.
+pub fn install(args: &TransformInstallArgs) -> anyhow::Result<u8> {
+    fn copy(from: &Path, to: &Path) -> anyhow::Result<u64> {
+        std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+        let mut bytes = 0;
+        for entry in
+            std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+        {
+            let entry = entry?;
+            let target = to.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                bytes += copy(&entry.path(), &target)?;
+            } else {
+                bytes += std::fs::copy(entry.path(), &target).with_context(|| {
+                    format!(
+                        "cannot copy {} to {}",
+                        entry.path().display(),
+                        target.display()
+                    )
+                })?;
+            }
+        }
+        Ok(bytes)
+    }
+    let bytes = copy(&args.from, &args.to)?;
+    println!(
+        "capstan's engine copied to {} ({})",
+        args.to.display(),
+        crate::jobs::human_bytes(bytes)
+    );
+    Ok(crate::exit::OK)
+}
+
 /// The data API, as an activity in a container or pod reaches it: its address and token from
 /// the environment, the datasets of its own project.
 struct DataApi {
@@ -231,12 +258,15 @@ struct DataApi {
 impl DataApi {
     fn from_env() -> anyhow::Result<DataApi> {
         let base = std::env::var("CAPSTAN_API_URL").context("CAPSTAN_API_URL is not set")?;
-        let token_file =
-            std::env::var("CAPSTAN_TOKEN_FILE").context("CAPSTAN_TOKEN_FILE is not set")?;
-        let token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("cannot read the activity's token {token_file}"))?
-            .trim()
-            .to_string();
+        // A file in Docker containers; a variable from the activity's Secret in pods.
+        let token = match std::env::var("CAPSTAN_TOKEN_FILE") {
+            Ok(file) => std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the activity's token {file}"))?,
+            Err(_) => std::env::var("CAPSTAN_TOKEN")
+                .context("neither CAPSTAN_TOKEN_FILE nor CAPSTAN_TOKEN is set")?,
+        }
+        .trim()
+        .to_string();
         Ok(DataApi {
             http: reqwest::Client::new(),
             base: base.trim_end_matches('/').to_string(),
@@ -262,14 +292,13 @@ impl DataApi {
         anyhow::anyhow!("the data API refused to {what}: {status}: {message}")
     }
 
-    /// Spools an input's Arrow stream into an Arrow IPC file, which DataFusion reads.
+    /// Downloads an input's stored Parquet file as it is (no decoding on either side), which
+    /// DataFusion then reads with its projection and on every thread; returns its rows.
     async fn fetch(&self, dataset: &str, path: &Path) -> anyhow::Result<u64> {
-        use capstan_data::arrow::ipc::reader::StreamReader;
-        use capstan_data::arrow::ipc::writer::FileWriter;
         use futures_util::StreamExt;
         let resp = self
             .http
-            .get(format!("{}?format=arrow", self.url(dataset)))
+            .get(format!("{}?format=parquet", self.url(dataset)))
             .bearer_auth(&self.token)
             .send()
             .await
@@ -280,34 +309,23 @@ impl DataApi {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let stream_path = path.with_extension("stream");
-        let mut file = tokio::fs::File::create(&stream_path).await?;
+        let mut file = tokio::fs::File::create(path).await?;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?).await?;
         }
         tokio::io::AsyncWriteExt::flush(&mut file).await?;
         drop(file);
-        let (from, to) = (stream_path.clone(), path.to_path_buf());
-        let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-            let reader =
-                StreamReader::try_new(std::io::BufReader::new(std::fs::File::open(&from)?), None)?;
-            let mut writer = FileWriter::try_new(
-                std::io::BufWriter::new(std::fs::File::create(&to)?),
-                &reader.schema(),
-            )?;
-            let mut rows = 0u64;
-            for batch in reader {
-                let batch = batch?;
-                rows += batch.num_rows() as u64;
-                writer.write(&batch)?;
-            }
-            writer.finish()?;
-            std::fs::remove_file(&from)?;
-            Ok(rows)
-        })
-        .await??;
-        Ok(rows)
+        let file = std::fs::File::open(path)?;
+        let rows =
+            capstan_data::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                file,
+            )
+            .with_context(|| format!("the data API sent `{dataset}` as no valid Parquet file"))?
+            .metadata()
+            .file_metadata()
+            .num_rows();
+        Ok(rows.max(0) as u64)
     }
 
     /// Streams an output's Parquet file to the API as Arrow IPC.

@@ -737,6 +737,14 @@ impl Home {
             .get(&("base".to_string(), name.to_string(), None))
     }
 
+    /// The last build of capstan's engine image (`capstan image build-engine`), which visual
+    /// recipes' pods copy the built-in engine from.
+    pub fn engine_image_record(&self) -> Option<&ImageRecord> {
+        self.images
+            .get(&("engine".to_string(), "capstan".to_string(), None))
+            .filter(|r| !r.image_id.is_empty())
+    }
+
     pub fn env_image_record(&self, env: &str, exec_config: &str) -> Option<&ImageRecord> {
         self.images.get(&(
             "env".to_string(),

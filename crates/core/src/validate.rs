@@ -498,21 +498,6 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
             // configuration/cluster pairs, missing namespaces and overrides above limits.
             let resolved = resolve(home, &p.key, &r.name, &RunRequest::default());
             if let Ok(res) = &resolved
-                && r.kind.value.is_visual()
-                && !res.on_spark()
-                && res.kind.value == ExecKind::Kubernetes
-            {
-                v.error(
-                    r.kind.loc,
-                    "kind",
-                    format!(
-                        "visual recipe `{}` resolves to Kubernetes, where capstan's built-in engine does not run yet",
-                        r.name
-                    ),
-                    Some("run it locally or in Docker (set `exec_config`), or on Spark (set `spark_config`)".into()),
-                );
-            }
-            if let Ok(res) = &resolved
                 && res.on_spark()
             {
                 spark_placement(&mut v, home, r, res);

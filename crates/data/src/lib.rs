@@ -100,6 +100,13 @@ pub trait DatasetStore: Send + Sync {
         columns: Option<&[String]>,
         limit: Option<usize>,
     ) -> Result<Box<dyn RecordBatchReader + Send>>;
+    /// The stored data as one Parquet file, opened (a reader keeps the version it opened whole
+    /// across a commit), with its length and row count: what the data API serves as it is, with
+    /// no decoding. `None` for a store that keeps no such file.
+    fn parquet_file(&self, project: &str, name: &str) -> Result<Option<StoredFile>> {
+        let _ = (project, name);
+        Ok(None)
+    }
     /// A writer whose output becomes the dataset only when [`DatasetStore::commit`]ted.
     fn stage(
         &self,
@@ -120,6 +127,13 @@ pub trait DatasetStore: Send + Sync {
     /// The dataset's current version, with its provenance.
     fn state(&self, project: &str, name: &str) -> DatasetState;
     fn discard(&self, project: &str, name: &str, stage: &str);
+}
+
+/// A dataset's stored Parquet file, open.
+pub struct StoredFile {
+    pub file: File,
+    pub len: u64,
+    pub rows: u64,
 }
 
 /// The embedded default: `data/PROJECT/NAME/data.parquet` under the home, and next to it
@@ -227,6 +241,32 @@ impl DatasetStore for ParquetStore {
             builder = builder.with_limit(n);
         }
         Ok(Box::new(builder.build()?))
+    }
+
+    fn parquet_file(&self, project: &str, name: &str) -> Result<Option<StoredFile>> {
+        let path = self.current(project, name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DataError::Empty {
+                    project: project.into(),
+                    name: name.into(),
+                });
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let len = file.metadata().map_err(io(&path))?.len();
+        let rows = ParquetRecordBatchReaderBuilder::try_new(file.try_clone().map_err(io(&path))?)?
+            .metadata()
+            .file_metadata()
+            .num_rows()
+            .max(0) as u64;
+        // The clone shares the offset, which reading the footer moved.
+        use std::io::Seek;
+        (&file)
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(io(&path))?;
+        Ok(Some(StoredFile { file, len, rows }))
     }
 
     fn stage(

@@ -64,6 +64,9 @@ pub struct ActivitySpec {
     pub spark: Option<SparkConfig>,
     /// What runs: the recipe's code, a visual recipe's spec, or code generated for it.
     pub workload: Workload,
+    /// A visual recipe on Kubernetes: the engine image its pod copies capstan from (see
+    /// [`crate::engine_image`]); `None` when it was never built.
+    pub engine_image: Option<String>,
 }
 
 /// What an activity runs.
@@ -163,6 +166,7 @@ impl ActivitySpec {
             data: None,
             spark: None,
             workload: Workload::Code,
+            engine_image: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod build;
 pub mod diagnose;
 mod drive;
+pub mod engine_image;
 mod home_cache;
 pub mod record;
 mod scheduler;
@@ -525,8 +526,30 @@ pub fn spec_from(
             },
             None => backend::Workload::Code,
         },
+        engine_image: engine_image_for(home, r, recipe),
         ..ActivitySpec::bare(job_id, attempt, dir, root.to_path_buf(), r.kind.value)
     }
+}
+
+/// A visual recipe's pod on Kubernetes copies the built-in engine from capstan's engine image,
+/// in the registry its configuration pushes to.
+fn engine_image_for(
+    home: &Home,
+    r: &Resolution,
+    recipe: &capstan_core::model::Recipe,
+) -> Option<String> {
+    if recipe.visual.is_none() || r.kind.value != capstan_core::model::ExecKind::Kubernetes {
+        return None;
+    }
+    let registry = r
+        .exec_config
+        .value
+        .as_ref()
+        .and_then(|n| home.exec_configs.get(n))
+        .and_then(|c| c.registry.as_ref())
+        .map(|r| r.value.as_str());
+    home.engine_image_record()
+        .map(|rec| engine_image::reference(registry, &rec.tag))
 }
 
 /// Compiles a visual recipe's spec to PySpark, for visual recipes on a Spark configuration.

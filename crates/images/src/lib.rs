@@ -9,6 +9,7 @@
 //! unchanged spec is found built and nothing runs again.
 
 pub mod dockerfile;
+pub mod engine;
 pub mod rootfs;
 
 use std::collections::HashMap;
@@ -406,6 +407,40 @@ impl Builder<'_> {
             .await
     }
 
+    /// Builds capstan's engine image for this binary (or finds it built) and pushes it to the
+    /// registries of the Kubernetes configurations, whose visual recipes' pods copy the
+    /// built-in engine from it.
+    pub async fn build_engine(&self, progress: &mut dyn Progress) -> Result<Built, ImageError> {
+        use capstan_engine::engine_image;
+        let tag = engine_image::tag().map_err(ImageError::Bootstrap)?;
+        let previous = self.home.engine_image_record().cloned();
+        let files = engine::context(
+            &engine_image::binary().map_err(ImageError::Bootstrap)?,
+            &tag,
+        )?;
+        let built = self
+            .build_tagged(
+                "engine",
+                "capstan",
+                None,
+                engine_image::REPOSITORY,
+                &tag,
+                files,
+                None,
+                previous,
+                progress,
+            )
+            .await?;
+        let registries = self
+            .home
+            .exec_configs
+            .values()
+            .filter(|c| c.kind.value == ExecKind::Kubernetes)
+            .filter_map(registry_of)
+            .collect();
+        self.push_for(built, registries, progress).await
+    }
+
     /// Builds the images of code environment `env` for every configuration it is built for.
     pub async fn build_env(
         &self,
@@ -739,7 +774,12 @@ fn tar_context(files: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
     for (path, bytes) in files {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
+        // Executables and shared objects (the engine image's) keep their execute bit.
+        h.set_mode(if bytes.starts_with(b"\x7fELF") {
+            0o755
+        } else {
+            0o644
+        });
         h.set_size(bytes.len() as u64);
         tar.append_data(&mut h, path, bytes.as_slice())?;
     }

@@ -607,9 +607,10 @@ pub async fn read_data(
     let csv = match q.format.as_deref() {
         None | Some("arrow") => false,
         Some("csv") => true,
+        Some("parquet") => return stored_parquet(&s, counted, &project, &dataset, &q),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "unknown format `{other}` (expected arrow or csv)"
+                "unknown format `{other}` (expected arrow, parquet or csv)"
             )));
         }
     };
@@ -674,6 +675,53 @@ pub async fn read_data(
     headers.insert(header::CONTENT_TYPE, ct.parse().expect("static header"));
     let stream = tokio_stream(rx);
     Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+/// `format=parquet`: the stored Parquet file as it is, with no decoding and no copy in
+/// memory, which a client decodes with all its cores; the fastest way to read a whole dataset.
+/// A projection or a limit needs decoding: those are for `arrow`.
+fn stored_parquet(
+    s: &AppState,
+    counted: Option<ActivityId>,
+    project: &str,
+    dataset: &str,
+    q: &ReadQuery,
+) -> Result<Response, ApiError> {
+    if q.columns.is_some() || q.limit.is_some() {
+        return Err(ApiError::bad_request(
+            "format=parquet serves the stored file whole: for `columns` or `limit`, read format=arrow",
+        ));
+    }
+    let Some(stored) = s
+        .data
+        .store
+        .parquet_file(project, dataset)
+        .map_err(ApiError::from)?
+    else {
+        return Err(ApiError::bad_request(
+            "this dataset's store keeps no Parquet file to serve: read format=arrow",
+        ));
+    };
+    let file = tokio::fs::File::from_std(stored.file);
+    let data = s.clone();
+    let dataset = dataset.to_string();
+    // The rows count as read once the whole file went out.
+    let done = futures_util::stream::once(async move {
+        if let Some(id) = counted {
+            data.data.count(id, &dataset, stored.rows, true);
+        }
+        Ok::<_, std::io::Error>(Bytes::new())
+    });
+    let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).chain(done);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/vnd.apache.parquet"
+            .parse()
+            .expect("static header"),
+    );
+    headers.insert(header::CONTENT_LENGTH, stored.len.into());
+    Ok((headers, Body::from_stream(body)).into_response())
 }
 
 fn tokio_stream(

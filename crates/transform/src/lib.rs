@@ -24,7 +24,6 @@ use arrow::datatypes::SchemaRef;
 use capstan_core::visual::VisualSpec;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
-use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -81,9 +80,8 @@ pub fn session(limits: &Limits) -> datafusion::error::Result<SessionContext> {
 /// Where an input's rows are.
 #[derive(Clone, Debug)]
 pub enum Source {
+    /// A Parquet file: a local dataset's, or one the data API sent as it is stored.
     Parquet(PathBuf),
-    /// An Arrow IPC file (what the data API's stream is spooled into).
-    ArrowIpc(PathBuf),
     /// No rows, only a schema (checking).
     Empty(SchemaRef),
 }
@@ -105,17 +103,6 @@ pub async fn open(
                 table.clone(),
                 path_str(p),
                 ParquetReadOptions::default().file_extension(&extension(p)),
-            )
-            .await?
-        }
-        Source::ArrowIpc(p) => {
-            ctx.register_arrow(
-                table.clone(),
-                &path_str(p),
-                ArrowReadOptions {
-                    file_extension: &extension(p),
-                    ..Default::default()
-                },
             )
             .await?
         }

@@ -209,12 +209,24 @@ fn a_formula_that_fails_by_its_setting_is_the_jobs_diagnosis_and_writes_nothing(
     assert!(nulls > 0, "rows with magnesium 100 have r null");
 }
 
-#[test]
-fn an_image_without_the_gnu_c_library_is_refused_before_the_run() {
-    if crate::docker::image().is_none() {
-        return;
+/// `docker`, on the engine the tests use.
+fn docker() -> std::process::Command {
+    let mut docker = std::process::Command::new("docker");
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        docker.args(["-H", &host]);
     }
-    // An image of one file: it can be created (not run), and has no C library at all.
+    docker
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker().args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// An image of one file: it can be created (not run), and has no C library at all.
+fn image_without_a_c_library() -> &'static str {
+    const IMAGE: &str = "capstan-test-nolibc:1";
     let dir = crate::support::TempDir::new("nolibc");
     std::fs::write(dir.path().join("hello"), "no libc here\n").unwrap();
     let tar = dir.path().join("root.tar");
@@ -227,18 +239,16 @@ fn an_image_without_the_gnu_c_library_is_refused_before_the_run() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let mut docker = std::process::Command::new("docker");
-    if let Ok(host) = std::env::var("DOCKER_HOST") {
-        docker.args(["-H", &host]);
+    docker_ok(&["import", &tar.to_string_lossy(), IMAGE]);
+    IMAGE
+}
+
+#[test]
+fn an_image_without_the_gnu_c_library_is_refused_before_the_run() {
+    if crate::docker::image().is_none() {
+        return;
     }
-    let ok = docker
-        .args(["import"])
-        .arg(&tar)
-        .arg("capstan-test-nolibc:1")
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let h = crate::docker::docker_home("visual-nolibc", "capstan-test-nolibc:1");
+    let h = crate::docker::docker_home("visual-nolibc", image_without_a_c_library());
     import_wine(&h);
     let _d = h.start();
     let out = h
@@ -256,4 +266,195 @@ fn an_image_without_the_gnu_c_library_is_refused_before_the_run() {
         crate::docker::containers(None, &h, "").is_empty(),
         "no container outlives the refusal"
     );
+}
+
+/// What a kubelet does with a visual recipe's pod, done with Docker on the objects `capstan k8s
+/// render` prints: the engine image pulled from the registry `capstan image build-engine`
+/// pushed it to, its init container filling an `emptyDir`, then the main container, on an image
+/// with no C library at all, running the copied engine on the spec from the ConfigMap. (Its
+/// data comes as files here; through the data API it is the Docker backend's path, tested
+/// there.)
+#[test]
+fn a_visual_recipes_pod_copies_the_engine_and_runs_it_on_an_image_without_a_c_library() {
+    if crate::docker::image().is_none() {
+        return;
+    }
+    let Ok(registry) = std::env::var("CAPSTAN_TEST_REGISTRY") else {
+        crate::support::skip("CAPSTAN_TEST_REGISTRY (scripts/test runs one on 127.0.0.1:5000)");
+        return;
+    };
+    let image = image_without_a_c_library();
+    let h = crate::support::TestHome::new("visual-k8s");
+    // The sample's Kubernetes configuration pushes to a registry that does not exist.
+    let exec = std::fs::read_to_string(h.root().join("exec-configs.toml")).unwrap();
+    std::fs::write(
+        h.root().join("exec-configs.toml"),
+        exec.replace("registry = \"registry.example.com/capstan\"\n", ""),
+    )
+    .unwrap();
+    h.append(
+        "exec-configs.toml",
+        &format!(
+            "\n[exec_config.kube]\nkind = \"kubernetes\"\nimage = \"{image}\"\nregistry = \"{registry}/capstan-it\"\n\
+             namespace = \"capstan-it\"\ncpu_limit = 1\nmemory_limit = \"512Mi\"\n"
+        ),
+    );
+    import_wine(&h);
+    let render = [
+        "k8s",
+        "render",
+        "sample/wine_prepare",
+        "--exec-config",
+        "kube",
+        "--cluster",
+        "prod-k8s",
+        "--user",
+        "admin",
+    ];
+    crate::support::fails(&h, &render, 1, "run `capstan image build-engine`");
+
+    let build = h
+        .capstan()
+        .args(["image", "build-engine"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&build), stderr(&build));
+    assert!(build.status.success(), "{text}");
+    assert!(
+        text.contains("engine image: ") && text.contains(", pushed"),
+        "{text}"
+    );
+    let again = h
+        .capstan()
+        .args(["image", "build-engine"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&again).contains("up to date"),
+        "{}{}",
+        stdout(&again),
+        stderr(&again)
+    );
+
+    let out = h.capstan().args(render).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&stdout(&out))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let pod = &docs[0]["spec"];
+    let init = &pod["initContainers"][0];
+    let main = &pod["containers"][0];
+    let engine = init["image"].as_str().unwrap().to_string();
+    assert!(
+        engine.starts_with(&format!("{registry}/capstan-it/capstan-engine:")),
+        "{engine}"
+    );
+    assert_eq!(main["image"], image);
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mount = |c: &serde_json::Value, volume: &str| -> String {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == volume)
+            .unwrap_or_else(|| panic!("no {volume} mount in {c}"))["mountPath"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // As a node would: the image from the registry.
+    docker_ok(&["rmi", &engine]);
+    docker_ok(&["pull", &engine]);
+    let volume = format!("capstan-it-engine-{}", std::process::id());
+    docker_ok(&["volume", "create", &volume]);
+    let work = crate::support::TempDir::new("visual-k8s-work");
+    for (key, value) in docs[1]["binaryData"].as_object().unwrap() {
+        let mut decode = std::process::Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        decode
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_str().unwrap().as_bytes())
+            .unwrap();
+        let bytes = decode.wait_with_output().unwrap().stdout;
+        std::fs::write(work.path().join(key), bytes).unwrap();
+    }
+    let out_dir = crate::support::TempDir::new("visual-k8s-out");
+    let run = |args: Vec<String>| {
+        let out = docker().args(&args).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", stdout(&out), stderr(&out)),
+        )
+    };
+    let (ok, text) = run([
+        vec![
+            "run".into(),
+            "--rm".into(),
+            "-v".into(),
+            format!("{volume}:{}", mount(init, "engine")),
+            "--entrypoint".into(),
+            strings(&init["command"])[0].clone(),
+            engine.clone(),
+        ],
+        strings(&init["command"])[1..].to_vec(),
+    ]
+    .concat());
+    assert!(ok, "the init container failed: {text}");
+    assert!(text.contains("capstan's engine copied to"), "{text}");
+    let data = h.root().join("data/sample/wine");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--rm".into(),
+        "-v".into(),
+        format!("{volume}:{}:ro", mount(main, "engine")),
+        "-v".into(),
+        format!("{}:{}:ro", work.path().display(), mount(main, "code")),
+        "-v".into(),
+        format!("{}:/in:ro", data.display()),
+        "-v".into(),
+        format!("{}:/out", out_dir.path().display()),
+        "-e".into(),
+        "CAPSTAN_TRANSFORM_INPUTS={\"wine\":\"/in/data.parquet\"}".into(),
+        "-e".into(),
+        "CAPSTAN_TRANSFORM_OUTPUTS={\"wine_prepared\":\"/out/wine_prepared.parquet\"}".into(),
+        "-e".into(),
+        "CAPSTAN_TRANSFORM_SPILL=/out/spill".into(),
+        "--workdir".into(),
+        main["workingDir"].as_str().unwrap().into(),
+        "--entrypoint".into(),
+        strings(&main["command"])[0].clone(),
+        image.into(),
+    ];
+    args.extend(strings(&main["command"])[1..].iter().cloned());
+    let (ok, text) = run(args);
+    let _ = docker().args(["volume", "rm", "-f", &volume]).output();
+    // Each build of capstan has an engine image of its own: not kept by the tests.
+    let local = format!(
+        "capstan-engine:{}",
+        engine.rsplit_once(':').map_or("", |(_, t)| t)
+    );
+    let _ = docker().args(["rmi", &engine, &local]).output();
+    assert!(ok, "the engine failed in the pod's image: {text}");
+    let file = std::fs::File::open(out_dir.path().join("wine_prepared.parquet")).unwrap();
+    let rows =
+        capstan_data::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .metadata()
+            .file_metadata()
+            .num_rows();
+    assert_eq!(rows, 178, "every wine has magnesium within 70..170: {text}");
 }
