@@ -729,6 +729,17 @@ impl Backend for DockerBackend {
 /// the GNU C library it was built with): `Ok` when it can run there, else why not, before
 /// anything starts.
 async fn engine_can_run(docker: &Docker, id: &str, image: &str) -> Result<(), String> {
+    // The binary is this machine's: an engine on a machine of another architecture (a remote
+    // one) cannot run it, whatever the image.
+    if let Ok(info) = docker.info().await
+        && let Some(arch) = info.architecture.as_deref()
+        && !same_arch(arch, std::env::consts::ARCH)
+    {
+        return Err(format!(
+            "the Docker engine runs on {arch}, and capstan's built-in engine is this machine's {} binary: run visual recipes on an engine of the same architecture, or locally",
+            std::env::consts::ARCH
+        ));
+    }
     let needed = needed_glibc();
     let mut found = None;
     for path in [
@@ -755,6 +766,20 @@ async fn engine_can_run(docker: &Docker, id: &str, image: &str) -> Result<(), St
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether Docker's name of an architecture (the kernel's `uname -m`, or Go's on some
+/// engines) is Rust's `std::env::consts::ARCH`.
+fn same_arch(docker: &str, rust: &str) -> bool {
+    let canonical = |a: &str| {
+        match a {
+            "amd64" | "x86_64" => "x86_64",
+            "arm64" | "aarch64" => "aarch64",
+            other => other,
+        }
+        .to_string()
+    };
+    canonical(docker) == canonical(rust)
 }
 
 /// The GNU C library version (its minor: 36 for 2.36) of the file at `path` in the
@@ -842,6 +867,15 @@ fn needed_glibc() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_and_rust_names_of_an_architecture_compare_equal() {
+        assert!(same_arch("x86_64", "x86_64"));
+        assert!(same_arch("amd64", "x86_64"));
+        assert!(same_arch("arm64", "aarch64"));
+        assert!(!same_arch("aarch64", "x86_64"));
+        assert!(same_arch("riscv64", "riscv64"));
+    }
 
     /// bollard's default API version (1.53) is newer than Debian's engine (1.41): the client
     /// must negotiate down, or every call fails with "client version is too new".

@@ -135,6 +135,7 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         })?),
         _ => None,
     };
+    let runs_engine = engine_image.is_some();
     let mut files = code_files(spec)?;
     let code_file = files
         .first()
@@ -381,11 +382,16 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
             toleration_seconds: t.value.toleration_seconds.map(i64::from),
         })
         .collect();
-    let node_selector: BTreeMap<String, String> = node_selector
+    let mut node_selector: BTreeMap<String, String> = node_selector
         .into_iter()
         .flatten()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
+    if runs_engine {
+        node_selector
+            .entry("kubernetes.io/arch".into())
+            .or_insert_with(|| engine_image::KUBE_ARCH.into());
+    }
     let pull_secrets: Vec<LocalObjectReference> = match (spark, exec) {
         (Some(s), _) => &s.image_pull_secrets[..],
         (None, Some(e)) => &e.image_pull_secrets[..],

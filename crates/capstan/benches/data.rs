@@ -87,20 +87,43 @@ fn generate(home: &Path, rows: usize) {
 }
 
 const RECIPE: &str = r#"
-import os, time, capstan, pandas, pyarrow.parquet as pq
+import os, subprocess, sys, time, statistics, capstan, pandas
 
-t0 = time.perf_counter()
+# Each read in a fresh process, as a recipe reads its input, five of each in rotating order,
+# and the median of each: in one process, whichever read follows another pays for memory the
+# other gave back, which is no property of either path.
+READ = """
+import os, sys, time
+import capstan, pandas, pyarrow.parquet
+which = sys.argv[1]
+t = time.perf_counter()
+if which == "direct":
+    df = pandas.read_parquet("/bench/data.parquet")
+elif which == "api":
+    df = capstan.Dataset("big").to_pandas()
+else:
+    # With a projection (of every column): decoded by the API, streamed as Arrow IPC.
+    df = capstan.Dataset("big").to_pandas(columns=["id", "price", "customer", "at"])
+print(time.perf_counter() - t, len(df))
+"""
+reads = {"api": [], "direct": [], "projected": []}
+order = list(reads)
+for i in range(7):
+    for name in order[i % 3:] + order[:i % 3]:
+        out = subprocess.run([sys.executable, "-c", READ, name], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        secs, rows = out.stdout.split()
+        reads[name].append(float(secs))
 df = capstan.Dataset("big").to_pandas()
-t1 = time.perf_counter()
-direct = pandas.read_parquet("/bench/data.parquet")
-t2 = time.perf_counter()
-assert len(df) == len(direct)
+assert len(df) == int(rows)
 mb = df.memory_usage(deep=True).sum() / 1e6
+t2 = time.perf_counter()
 capstan.Output("copy").write(df)
 t3 = time.perf_counter()
 df.to_parquet("/tmp/direct.parquet")
 t4 = time.perf_counter()
-print(f"RESULT rows={len(df)} mb={mb:.1f} api_read={t1-t0:.3f} direct_read={t2-t1:.3f} api_write={t3-t2:.3f} direct_write={t4-t3:.3f}")
+med = statistics.median
+print(f"RESULT rows={len(df)} mb={mb:.1f} api_read={med(reads['api']):.3f} projected_read={med(reads['projected']):.3f} direct_read={med(reads['direct']):.3f} api_write={t3-t2:.3f} direct_write={t4-t3:.3f}")
 "#;
 
 fn main() {
@@ -122,6 +145,9 @@ fn main() {
     run(Command::new(env!("CARGO_BIN_EXE_capstan"))
         .arg("init")
         .arg(&home));
+    // Only the benchmark's own project and configurations: not the sample's.
+    std::fs::remove_dir_all(home.join("projects/sample")).unwrap();
+    std::fs::write(home.join("spark-configs.toml"), "").unwrap();
     std::fs::create_dir_all(home.join("projects/bench/recipes")).unwrap();
     std::fs::write(
         home.join("projects/bench/project.toml"),
@@ -195,18 +221,22 @@ fn main() {
     };
     let mb = get("mb");
     println!(
-        "{rows} rows (int, float, string, timestamp; {mb:.0} MB in pandas), in a Docker container"
+        "{rows} rows (int, float, string, timestamp; {mb:.0} MB in pandas), in a Docker container; each read in a fresh process, the median of 7"
     );
     for (what, api, direct) in [
         ("read", get("api_read"), get("direct_read")),
+        ("read*", get("projected_read"), get("direct_read")),
         ("write", get("api_write"), get("direct_write")),
     ] {
         println!(
-            "  {what:<5}  data API {api:6.2} s ({:6.0} MB/s)   direct Parquet {direct:6.2} s ({:6.0} MB/s)   ratio {:.2} of direct throughput (aim ≥ 0.5)",
+            "  {what:<5}  data API {api:6.2} s ({:6.0} MB/s)   direct Parquet {direct:6.2} s ({:6.0} MB/s)   ratio {:.2} of direct throughput (aim ≥ 0.9)",
             mb / api,
             mb / direct,
             direct / api
         );
     }
+    println!(
+        "  (read: the stored Parquet row groups streamed, each decoded while the next arrives; read*: with a projection, decoded by the API and streamed as Arrow IPC)"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

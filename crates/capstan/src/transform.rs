@@ -657,6 +657,13 @@ pub fn explain(root: &Path, args: &RecipeExplainArgs) -> anyhow::Result<u8> {
                     "no Spark configuration is chosen; it runs {}",
                     match r.kind.value {
                         capstan_core::model::ExecKind::Local => "as a local process".to_string(),
+                        capstan_core::model::ExecKind::Kubernetes => format!(
+                            "in a Kubernetes pod, copied from the engine image ({})",
+                            home.engine_image_record().map_or(
+                                "not built yet: run `capstan image build-engine`".to_string(),
+                                |rec| format!("capstan-engine:{}", rec.tag)
+                            )
+                        ),
                         other => format!("in a {other} container"),
                     }
                 ),

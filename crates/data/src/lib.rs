@@ -7,6 +7,7 @@
 
 pub mod csv_import;
 pub mod display;
+pub mod row_groups;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -25,6 +25,16 @@ pub const BINARY: &str = "capstan";
 pub const LIB_DIR: &str = "lib";
 pub const LOADER: &str = "lib/ld.so";
 
+/// This binary's architecture as Kubernetes names it (the `kubernetes.io/arch` node label): a
+/// visual recipe's pod goes to a node that can run the engine it copies.
+pub const KUBE_ARCH: &str = if cfg!(target_arch = "x86_64") {
+    "amd64"
+} else if cfg!(target_arch = "aarch64") {
+    "arm64"
+} else {
+    std::env::consts::ARCH
+};
+
 /// The command that runs capstan with `args` from the engine's files in `dir`: through the
 /// loader copied with it, on the libraries copied with it, whatever the image holds.
 pub fn command(dir: &str, args: impl IntoIterator<Item = String>) -> Vec<String> {

@@ -790,7 +790,8 @@ fn tar_context(files: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageState {
     Ok,
-    /// Built on a base image that has been rebuilt since.
+    /// Built on a base image that has been rebuilt since (the engine image: by another capstan
+    /// binary than this one).
     Stale,
     /// The last build failed (the image shown, if any, is the previous one).
     Failed,
@@ -843,6 +844,33 @@ pub async fn list_bases(home: &Home, engine: Option<&Engine>) -> Vec<ImageRow> {
             state,
             used_by,
             pins: b.with_spark.then(capstan_core::pins::spark_pins),
+        });
+    }
+    // The engine image, where visual recipes can run on Kubernetes: stale when built by
+    // another binary than this one (the daemon refuses it then).
+    let kubernetes: Vec<String> = home
+        .exec_configs
+        .values()
+        .filter(|c| c.kind.value == ExecKind::Kubernetes)
+        .map(|c| c.name.clone())
+        .collect();
+    let record = home.engine_image_record().cloned();
+    if !kubernetes.is_empty() || record.is_some() {
+        let mut state = state_of(record.as_ref(), None, engine).await;
+        if state == ImageState::Ok
+            && let (Some(r), Ok(now)) = (&record, capstan_engine::engine_image::tag())
+            && r.tag != now
+        {
+            state = ImageState::Stale;
+        }
+        rows.push(ImageRow {
+            kind: "engine",
+            name: "engine".into(),
+            exec_config: None,
+            record,
+            state,
+            used_by: kubernetes,
+            pins: None,
         });
     }
     rows

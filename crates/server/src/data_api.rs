@@ -607,10 +607,13 @@ pub async fn read_data(
     let csv = match q.format.as_deref() {
         None | Some("arrow") => false,
         Some("csv") => true,
-        Some("parquet") => return stored_parquet(&s, counted, &project, &dataset, &q),
+        Some("parquet") => return stored_parquet(&s, counted, &project, &dataset, &q, false),
+        Some("parquet-stream") => {
+            return stored_parquet(&s, counted, &project, &dataset, &q, true);
+        }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "unknown format `{other}` (expected arrow, parquet or csv)"
+                "unknown format `{other}` (expected arrow, parquet, parquet-stream or csv)"
             )));
         }
     };
@@ -678,18 +681,22 @@ pub async fn read_data(
 }
 
 /// `format=parquet`: the stored Parquet file as it is, with no decoding and no copy in
-/// memory, which a client decodes with all its cores; the fastest way to read a whole dataset.
-/// A projection or a limit needs decoding: those are for `arrow`.
+/// memory. `format=parquet-stream`: the same column chunks as one small Parquet file per row
+/// group (after one with the schema alone), each preceded by its length as 8 bytes little-endian,
+/// and a length of 0 at the end; a client decodes each row group while the next one is on its
+/// way, which is the fastest way to read a whole dataset. A projection or a limit needs
+/// decoding: those are for `arrow`.
 fn stored_parquet(
     s: &AppState,
     counted: Option<ActivityId>,
     project: &str,
     dataset: &str,
     q: &ReadQuery,
+    stream: bool,
 ) -> Result<Response, ApiError> {
     if q.columns.is_some() || q.limit.is_some() {
         return Err(ApiError::bad_request(
-            "format=parquet serves the stored file whole: for `columns` or `limit`, read format=arrow",
+            "format=parquet and parquet-stream serve the stored file whole: for `columns` or `limit`, read format=arrow",
         ));
     }
     let Some(stored) = s
@@ -702,26 +709,55 @@ fn stored_parquet(
             "this dataset's store keeps no Parquet file to serve: read format=arrow",
         ));
     };
-    let file = tokio::fs::File::from_std(stored.file);
     let data = s.clone();
     let dataset = dataset.to_string();
+    let rows = stored.rows;
     // The rows count as read once the whole file went out.
     let done = futures_util::stream::once(async move {
         if let Some(id) = counted {
-            data.data.count(id, &dataset, stored.rows, true);
+            data.data.count(id, &dataset, rows, true);
         }
         Ok::<_, std::io::Error>(Bytes::new())
     });
-    let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).chain(done);
     let mut headers = HeaderMap::new();
+    if !stream {
+        let file = tokio::fs::File::from_std(stored.file);
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).chain(done);
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/vnd.apache.parquet"
+                .parse()
+                .expect("static header"),
+        );
+        headers.insert(header::CONTENT_LENGTH, stored.len.into());
+        return Ok((headers, Body::from_stream(body)).into_response());
+    }
+    let files =
+        capstan_data::row_groups::RowGroupFiles::new(stored.file).map_err(ApiError::from)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        for file in files {
+            let frame = match file {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            let len = Bytes::copy_from_slice(&(frame.len() as u64).to_le_bytes());
+            if tx.blocking_send(Ok(len)).is_err() || tx.blocking_send(Ok(frame.into())).is_err() {
+                return; // the client went away
+            }
+        }
+        let _ = tx.blocking_send(Ok(Bytes::copy_from_slice(&0u64.to_le_bytes())));
+    });
     headers.insert(
         header::CONTENT_TYPE,
-        "application/vnd.apache.parquet"
+        "application/vnd.capstan.parquet-stream"
             .parse()
             .expect("static header"),
     );
-    headers.insert(header::CONTENT_LENGTH, stored.len.into());
-    Ok((headers, Body::from_stream(body)).into_response())
+    Ok((headers, Body::from_stream(tokio_stream(rx).chain(done))).into_response())
 }
 
 fn tokio_stream(

@@ -16,6 +16,7 @@ mod prepare;
 pub mod pyspark;
 pub mod types;
 mod udf;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +29,6 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use futures_util::StreamExt;
 
 pub use plan::{Mode, PlanError, Planned, Problem};
 
@@ -238,43 +238,11 @@ pub async fn run(
     Ok(report)
 }
 
-/// The most an output's writer buffers before it closes a row group.
-const WRITER_BUFFER: usize = 64 << 20;
-
 /// Streams a plan's batches into a Parquet file, as capstan's store writes them (snappy, one
-/// row group per 1M rows).
+/// row group per 1M rows), its columns encoded on the session's threads.
 pub async fn write_parquet(df: DataFrame, path: &Path) -> Result<u64, PlanError> {
-    use datafusion::error::DataFusionError;
-    use parquet::arrow::ArrowWriter;
-    use parquet::basic::Compression;
-    use parquet::file::properties::WriterProperties;
     let schema = Arc::new(df.schema().as_arrow().clone());
-    let mut stream = df.execute_stream().await?;
-    let tmp = path.with_extension("parquet.partial");
-    let io = |e: std::io::Error| {
-        DataFusionError::Execution(format!("cannot write {}: {e}", tmp.display()))
-    };
-    let file = std::fs::File::create(&tmp).map_err(io)?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(1 << 20))
-        .build();
-    let mut writer =
-        ArrowWriter::try_new(file, schema, Some(props)).map_err(DataFusionError::from)?;
-    let mut rows = 0u64;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        rows += batch.num_rows() as u64;
-        writer.write(&batch).map_err(DataFusionError::from)?;
-        // A row group is buffered whole until written, outside DataFusion's pool: close it
-        // early rather than hold more than this.
-        if writer.in_progress_size() > WRITER_BUFFER {
-            writer.flush().map_err(DataFusionError::from)?;
-        }
-    }
-    let file = writer.into_inner().map_err(DataFusionError::from)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(rows)
+    let threads = df.task_ctx().session_config().target_partitions();
+    let stream = df.execute_stream().await?;
+    Ok(writer::write(stream, schema, path, threads).await?)
 }

@@ -506,6 +506,39 @@ aggregates = [{ column = "v", functions = ["sum", "max"] }]"#,
         })
         .expect("the group-by completes within its budget by spilling");
     assert_eq!(report.rows, [("out".to_string(), n as u64)]);
+    // The parallel writer: bounded row groups, every key once, the Arrow types kept.
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&out).unwrap(),
+    )
+    .unwrap();
+    // Closed at 1M rows or 64 MiB of Arrow data, whichever comes first.
+    let groups: Vec<i64> = reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .collect();
+    assert!(
+        groups.len() >= 2 && groups.iter().all(|r| *r <= 1 << 20),
+        "{groups:?}"
+    );
+    assert_eq!(
+        reader.schema().field_with_name("k").unwrap().data_type(),
+        &DataType::Int64
+    );
+    let (mut sum, mut rows) = (0i64, 0usize);
+    for b in reader.build().unwrap() {
+        let b = b.unwrap();
+        rows += b.num_rows();
+        let k = b
+            .column_by_name("k")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        sum += k.iter().flatten().sum::<i64>();
+    }
+    assert_eq!((rows, sum), (n as usize, n * (n - 1) / 2));
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -97,20 +97,34 @@ def _project(project):
     return p
 
 
-def _read_body(resp):
-    """An HTTP answer's body in one buffer of its announced length (no copy while joining)."""
-    length = resp.getheader("Content-Length")
-    if length is None:
-        return resp.read()
-    buf = bytearray(int(length))
+def _read_exact(resp, n):
+    """Exactly `n` bytes of an HTTP answer's body, in one buffer (no copy while joining)."""
+    buf = bytearray(n)
     view = memoryview(buf)
     got = 0
-    while got < len(buf):
-        n = resp.readinto(view[got:])
-        if not n:
-            raise CapstanError(f"the data API's answer ended after {got} of {len(buf)} bytes")
-        got += n
+    while got < n:
+        k = resp.readinto(view[got:])
+        if not k:
+            raise CapstanError(f"the data API's answer ended early ({got} of {n} bytes)")
+        got += k
     return buf
+
+
+def _row_groups(resp, pa, pq):
+    """A `parquet-stream` answer as one Table: each row group decoded while the next arrives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    decode = lambda buf: pq.read_table(pa.BufferReader(pa.py_buffer(buf)))
+    with ThreadPoolExecutor(2) as pool:
+        parts = []
+        while True:
+            n = int.from_bytes(_read_exact(resp, 8), "little")
+            if n == 0:
+                break
+            parts.append(pool.submit(decode, _read_exact(resp, n)))
+        tables = [p.result() for p in parts]
+    # The first holds the schema alone: a dataset without rows keeps its columns.
+    return pa.concat_tables(tables)
 
 
 class Dataset:
@@ -147,20 +161,21 @@ class Dataset:
                 yield batch
 
     def to_arrow(self, columns=None, limit=None):
-        """The dataset as a pyarrow Table. Whole, it comes as the stored Parquet file, which
-        pyarrow decodes on every core; with columns or a limit, as an Arrow stream."""
-        pa = _pyarrow()
+        """The dataset as a pyarrow Table. Whole, it comes as its stored Parquet row groups,
+        each decoded (on every core) while the next one arrives; with columns or a limit, as
+        an Arrow stream the API decodes."""
         if not columns and limit is None:
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:  # a pyarrow built without Parquet
-                pq = None
-            if pq is not None:
-                with self._open(fmt="parquet") as resp:
-                    body = _read_body(resp)
-                return pq.read_table(pa.BufferReader(pa.py_buffer(body)))
+            # The API first: its refusals come before a missing pyarrow.
+            with self._open(fmt="parquet-stream") as resp:
+                pa = _pyarrow()
+                try:
+                    import pyarrow.parquet as pq
+                except ImportError:  # a pyarrow built without Parquet
+                    pq = None
+                if pq is not None:
+                    return _row_groups(resp, pa, pq)
         with self._open(columns, limit) as resp:
-            return pa.ipc.open_stream(resp).read_all()
+            return _pyarrow().ipc.open_stream(resp).read_all()
 
     def to_pandas(self, columns=None, limit=None):
         """The dataset as a pandas DataFrame."""
