@@ -169,6 +169,19 @@ impl ParquetStore {
         serde_json::from_slice(&text).ok()
     }
 
+    /// The current data file, open; a dataset without one is [`DataError::Empty`].
+    fn open_current(&self, project: &str, name: &str) -> Result<(File, PathBuf)> {
+        let path = self.current(project, name);
+        match File::open(&path) {
+            Ok(f) => Ok((f, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DataError::Empty {
+                project: project.into(),
+                name: name.into(),
+            }),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
     fn staged(&self, project: &str, name: &str, stage: &str) -> PathBuf {
         self.dir(project, name)
             .join(".staging")
@@ -201,17 +214,7 @@ impl DatasetStore for ParquetStore {
         columns: Option<&[String]>,
         limit: Option<usize>,
     ) -> Result<Box<dyn RecordBatchReader + Send>> {
-        let path = self.current(project, name);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DataError::Empty {
-                    project: project.into(),
-                    name: name.into(),
-                });
-            }
-            Err(e) => return Err(io(&path)(e)),
-        };
+        let (file, _) = self.open_current(project, name)?;
         let mut builder =
             ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(64 * 1024);
         if let Some(cols) = columns {
@@ -245,17 +248,7 @@ impl DatasetStore for ParquetStore {
     }
 
     fn parquet_file(&self, project: &str, name: &str) -> Result<Option<StoredFile>> {
-        let path = self.current(project, name);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DataError::Empty {
-                    project: project.into(),
-                    name: name.into(),
-                });
-            }
-            Err(e) => return Err(io(&path)(e)),
-        };
+        let (file, path) = self.open_current(project, name)?;
         let len = file.metadata().map_err(io(&path))?.len();
         let rows = ParquetRecordBatchReaderBuilder::try_new(file.try_clone().map_err(io(&path))?)?
             .metadata()
