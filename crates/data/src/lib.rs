@@ -102,9 +102,9 @@ pub trait DatasetStore: Send + Sync {
         limit: Option<usize>,
     ) -> Result<Box<dyn RecordBatchReader + Send>>;
     /// The stored data as one Parquet file, opened (a reader keeps the version it opened whole
-    /// across a commit), with its length and row count: what the data API serves as it is, with
-    /// no decoding. `None` for a store that keeps no such file.
-    fn parquet_file(&self, project: &str, name: &str) -> Result<Option<StoredFile>> {
+    /// across a commit): what the data API serves as it is, with no decoding. `None` for a
+    /// store that keeps no such file.
+    fn parquet_file(&self, project: &str, name: &str) -> Result<Option<File>> {
         let _ = (project, name);
         Ok(None)
     }
@@ -128,13 +128,6 @@ pub trait DatasetStore: Send + Sync {
     /// The dataset's current version, with its provenance.
     fn state(&self, project: &str, name: &str) -> DatasetState;
     fn discard(&self, project: &str, name: &str, stage: &str);
-}
-
-/// A dataset's stored Parquet file, open.
-pub struct StoredFile {
-    pub file: File,
-    pub len: u64,
-    pub rows: u64,
 }
 
 /// The embedded default: `data/PROJECT/NAME/data.parquet` under the home, and next to it
@@ -247,20 +240,8 @@ impl DatasetStore for ParquetStore {
         Ok(Box::new(builder.build()?))
     }
 
-    fn parquet_file(&self, project: &str, name: &str) -> Result<Option<StoredFile>> {
-        let (file, path) = self.open_current(project, name)?;
-        let len = file.metadata().map_err(io(&path))?.len();
-        let rows = ParquetRecordBatchReaderBuilder::try_new(file.try_clone().map_err(io(&path))?)?
-            .metadata()
-            .file_metadata()
-            .num_rows()
-            .max(0) as u64;
-        // The clone shares the offset, which reading the footer moved.
-        use std::io::Seek;
-        (&file)
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(io(&path))?;
-        Ok(Some(StoredFile { file, len, rows }))
+    fn parquet_file(&self, project: &str, name: &str) -> Result<Option<File>> {
+        Ok(Some(self.open_current(project, name)?.0))
     }
 
     fn stage(

@@ -42,6 +42,16 @@ impl RowGroupFiles {
         self.metadata.file_metadata().num_rows().max(0) as u64
     }
 
+    /// The file itself, from its start, and its length: to serve whole.
+    pub fn into_file(self) -> std::io::Result<(File, u64)> {
+        use std::io::Seek;
+        let mut file = self.file;
+        // Reading the footer moved the offset.
+        let len = file.seek(std::io::SeekFrom::End(0))?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        Ok((file, len))
+    }
+
     fn file_of(&self, row_group: Option<usize>) -> Result<Vec<u8>> {
         let schema = self.metadata.file_metadata().schema_descr_ptr();
         let mut out = Vec::new();

@@ -699,7 +699,7 @@ fn stored_parquet(
             "format=parquet and parquet-stream serve the stored file whole: for `columns` or `limit`, read format=arrow",
         ));
     }
-    let Some(stored) = s
+    let Some(file) = s
         .data
         .store
         .parquet_file(project, dataset)
@@ -709,9 +709,11 @@ fn stored_parquet(
             "this dataset's store keeps no Parquet file to serve: read format=arrow",
         ));
     };
+    // The footer, read once: the rows to count, and the row groups to stream.
+    let files = capstan_data::row_groups::RowGroupFiles::new(file).map_err(ApiError::from)?;
     let data = s.clone();
     let dataset = dataset.to_string();
-    let rows = stored.rows;
+    let rows = files.rows();
     // The rows count as read once the whole file went out.
     let done = futures_util::stream::once(async move {
         if let Some(id) = counted {
@@ -721,7 +723,10 @@ fn stored_parquet(
     });
     let mut headers = HeaderMap::new();
     if !stream {
-        let file = tokio::fs::File::from_std(stored.file);
+        let (file, len) = files
+            .into_file()
+            .map_err(|e| ApiError::internal("cannot read the stored data", &e))?;
+        let file = tokio::fs::File::from_std(file);
         let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).chain(done);
         headers.insert(
             header::CONTENT_TYPE,
@@ -729,11 +734,9 @@ fn stored_parquet(
                 .parse()
                 .expect("static header"),
         );
-        headers.insert(header::CONTENT_LENGTH, stored.len.into());
+        headers.insert(header::CONTENT_LENGTH, len.into());
         return Ok((headers, Body::from_stream(body)).into_response());
     }
-    let files =
-        capstan_data::row_groups::RowGroupFiles::new(stored.file).map_err(ApiError::from)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     tokio::task::spawn_blocking(move || {
         for file in files {
