@@ -617,12 +617,7 @@ pub async fn read_data(
             )));
         }
     };
-    let columns: Option<Vec<String>> = q.columns.map(|c| {
-        c.split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
+    let columns: Option<Vec<String>> = q.columns.as_deref().map(split_columns);
     // Opened before answering, so a missing dataset or column is an error status, not a
     // broken stream.
     let reader = s
@@ -680,12 +675,21 @@ pub async fn read_data(
     Ok((headers, Body::from_stream(stream)).into_response())
 }
 
+/// `columns=a,b` as names.
+fn split_columns(columns: &str) -> Vec<String> {
+    columns
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// `format=parquet`: the stored Parquet file as it is, with no decoding and no copy in
 /// memory. `format=parquet-stream`: the same column chunks as one small Parquet file per row
 /// group (after one with the schema alone), each preceded by its length as 8 bytes little-endian,
 /// and a length of 0 at the end; a client decodes each row group while the next one is on its
-/// way, which is the fastest way to read a whole dataset. A projection or a limit needs
-/// decoding: those are for `arrow`.
+/// way, which is the fastest way to read a dataset. With `columns`, only those columns' chunks
+/// (a projection costs nothing). A limit needs decoding: that is for `arrow`.
 fn stored_parquet(
     s: &AppState,
     counted: Option<ActivityId>,
@@ -694,10 +698,12 @@ fn stored_parquet(
     q: &ReadQuery,
     stream: bool,
 ) -> Result<Response, ApiError> {
-    if q.columns.is_some() || q.limit.is_some() {
-        return Err(ApiError::bad_request(
-            "format=parquet and parquet-stream serve the stored file whole: for `columns` or `limit`, read format=arrow",
-        ));
+    if q.limit.is_some() || (q.columns.is_some() && !stream) {
+        return Err(ApiError::bad_request(if stream {
+            "format=parquet-stream serves whole row groups: for `limit`, read format=arrow"
+        } else {
+            "format=parquet serves the stored file whole: for `columns`, read format=parquet-stream or arrow; for `limit`, format=arrow"
+        }));
     }
     let Some(file) = s
         .data
@@ -710,7 +716,12 @@ fn stored_parquet(
         ));
     };
     // The footer, read once: the rows to count, and the row groups to stream.
-    let files = capstan_data::row_groups::RowGroupFiles::new(file).map_err(ApiError::from)?;
+    let mut files = capstan_data::row_groups::RowGroupFiles::new(file).map_err(ApiError::from)?;
+    if let Some(columns) = q.columns.as_deref() {
+        files = files
+            .select(&split_columns(columns), project, dataset)
+            .map_err(ApiError::from)?;
+    }
     let data = s.clone();
     let dataset = dataset.to_string();
     let rows = files.rows();
@@ -737,19 +748,22 @@ fn stored_parquet(
         headers.insert(header::CONTENT_LENGTH, len.into());
         return Ok((headers, Body::from_stream(body)).into_response());
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::task::spawn_blocking(move || {
         for file in files {
-            let frame = match file {
+            let parts = match file {
                 Ok(f) => f,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
                     return;
                 }
             };
-            let len = Bytes::copy_from_slice(&(frame.len() as u64).to_le_bytes());
-            if tx.blocking_send(Ok(len)).is_err() || tx.blocking_send(Ok(frame.into())).is_err() {
-                return; // the client went away
+            let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+            let len = Bytes::copy_from_slice(&len.to_le_bytes());
+            for part in std::iter::once(len).chain(parts) {
+                if tx.blocking_send(Ok(part)).is_err() {
+                    return; // the client went away
+                }
             }
         }
         let _ = tx.blocking_send(Ok(Bytes::copy_from_slice(&0u64.to_le_bytes())));

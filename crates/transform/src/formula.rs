@@ -252,20 +252,32 @@ impl Compiler<'_> {
                     ty: DataType::Float64,
                 })
             }
+            IntDiv if both_int => {
+                let (x, d) = (conv(a, DataType::Int64), conv(b, DataType::Int64));
+                // Exact on every 64-bit integer (no detour through floats): the truncated
+                // quotient, one less where it was rounded up, i.e. where the division leaves a
+                // remainder and the operands' signs differ.
+                let q = x.clone() / d.clone();
+                let rounded_up = (x.clone() % d.clone())
+                    .not_eq(lit(0i64))
+                    .and(x.lt(lit(0i64)).not_eq(d.clone().lt(lit(0i64))));
+                let value = when(rounded_up, q.clone() - lit(1i64))
+                    .otherwise(q)
+                    .unwrap_or_else(|_| lit(ScalarValue::Null));
+                Ok(Typed {
+                    expr: self.by_zero(&d, value, &DataType::Int64),
+                    ty: DataType::Int64,
+                })
+            }
             IntDiv => {
                 need_numbers("//")?;
                 let d = conv(b, DataType::Float64);
                 let floored = datafusion::functions::math::expr_fn::floor(
                     conv(a, DataType::Float64) / d.clone(),
                 );
-                let (value, ty) = if both_int {
-                    (cast(floored, DataType::Int64), DataType::Int64)
-                } else {
-                    (floored, DataType::Float64)
-                };
                 Ok(Typed {
-                    expr: self.by_zero(&d, value, &ty),
-                    ty,
+                    expr: self.by_zero(&d, floored, &DataType::Float64),
+                    ty: DataType::Float64,
                 })
             }
             Mod => {

@@ -40,6 +40,44 @@ pub enum PlanError {
 
 type R<T> = Result<T, PlanError>;
 
+impl PlanError {
+    /// An error met while planning `path` (a step, or "" for the whole spec): DataFusion's
+    /// refusals that a spec causes become a problem at that place, in the spec's terms; a
+    /// spec problem keeps its own place, and anything else stays the engine's.
+    pub(crate) fn within(self, path: &str) -> PlanError {
+        use datafusion::common::SchemaError;
+        use datafusion::error::DataFusionError;
+        let PlanError::Engine(e) = self else {
+            return self;
+        };
+        let name = match e.find_root() {
+            DataFusionError::SchemaError(s, _) => match s.as_ref() {
+                SchemaError::DuplicateUnqualifiedField { name }
+                | SchemaError::DuplicateQualifiedField { name, .. } => name.clone(),
+                _ => return PlanError::Engine(e),
+            },
+            // A projection naming one column twice: `… the expression "people.dept" at
+            // position 0 and "people.dept" at position 1 have the same name …`.
+            DataFusionError::Plan(m) if m.contains("require unique expression names") => {
+                match m.split('"').nth(1) {
+                    Some(q) => q.rsplit_once('.').map_or(q, |(_, n)| n).to_string(),
+                    None => return PlanError::Engine(e),
+                }
+            }
+            _ => return PlanError::Engine(e),
+        };
+        PlanError::Spec(Problem {
+            path: path.into(),
+            span: None,
+            message: format!("two columns would be named `{name}`"),
+            help: Some(
+                "give one of them another name (a rename step before, or another output name here)"
+                    .into(),
+            ),
+        })
+    }
+}
+
 pub(crate) fn at<T>(
     path: impl Into<String>,
     message: impl Into<String>,
@@ -91,7 +129,10 @@ pub async fn plan(
         dynamic: None,
         discovered: Vec::new(),
     };
-    let outs = p.spec(spec, inputs, outputs).await?;
+    let outs = p
+        .spec(spec, inputs, outputs)
+        .await
+        .map_err(|e| e.within(""))?;
     // Each declared output gets exactly one plan: one named twice (`unmatched_left` the same
     // as the main output, say) would have one overwrite the other, and one named nowhere
     // would never be written.
@@ -400,7 +441,11 @@ impl Planner {
                 want(1)?;
                 let mut df = one(&inputs);
                 for (i, step) in p.steps.iter().enumerate() {
-                    df = self.step(df, &format!("steps[{i}]"), step).await?;
+                    let path = format!("steps[{i}]");
+                    df = self
+                        .step(df, &path, step)
+                        .await
+                        .map_err(|e| e.within(&path))?;
                 }
                 single(df)
             }

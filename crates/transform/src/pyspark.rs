@@ -871,17 +871,25 @@ impl Formula<'_> {
                 let value = binop(&x, "/", &d, St::Double);
                 self.by_zero(&d, value)
             }
+            IntDiv if both_int => {
+                let (x, d) = numeric_pair(a, b, &num_ty);
+                // As the built-in engine: Spark's `div` truncates, exactly; one less where it
+                // rounded up (a remainder, and operands of different signs).
+                let value = py(
+                    format!(
+                        "(F.call_function('div', {x}, {d}) - F.when(({x} % {d} != F.lit(0)) & (({x} < F.lit(0)) != ({d} < F.lit(0))), F.lit(1)).otherwise(F.lit(0)))",
+                        x = x.code,
+                        d = d.code
+                    ),
+                    St::Long,
+                );
+                self.by_zero(&d, value)
+            }
             IntDiv => {
                 let (x, d) = numeric_pair(a, b, &float);
                 let q = binop(&x, "/", &d, St::Double);
-                // Spark's floor of a double is a long: for integers that is the cast; for
-                // floats, `_floor` keeps a double.
-                let value = if both_int {
-                    py(format!("F.floor({})", q.code), St::Long)
-                } else {
-                    py(format!("_floor({})", q.code), St::Double)
-                };
-                self.by_zero(&d, value)
+                // `_floor` keeps a double (Spark's floor of a double is a long).
+                self.by_zero(&d, py(format!("_floor({})", q.code), St::Double))
             }
             Mod => {
                 let (x, y) = numeric_pair(a, b, &num_ty);

@@ -209,6 +209,10 @@ column = "floor_div"
 expression = "(0 - salary) // 30"
 [[prepare.steps]]
 type = "formula"
+column = "big_div"
+expression = "(salary * 0 - 9007199254740993) // 2"
+[[prepare.steps]]
+type = "formula"
 column = "rounded"
 expression = "round(bonus, 2)"
 [[prepare.steps]]
@@ -246,6 +250,18 @@ expression = 'regex_extract(name, "([A-Z])[a-z]+")'
     // Floor division rounds down: -100 // 30 = -4; it stays an integer.
     assert_eq!(column(out, "floor_div"), ["-4", "-3", "∅", "-2", "-3", "0"]);
     assert!(out.1.contains(&"floor_div:int64".to_string()));
+    // Exact beyond 2^53, where a float would have made it -4503599627370496.
+    assert_eq!(
+        column(out, "big_div"),
+        [
+            "-4503599627370497",
+            "-4503599627370497",
+            "∅",
+            "-4503599627370497",
+            "-4503599627370497",
+            "-4503599627370497"
+        ]
+    );
     // Half away from zero on the shortest decimal: 2.675 → 2.68, -2.5 → -2.5.
     assert_eq!(
         column(out, "rounded"),
@@ -610,5 +626,64 @@ expression = "salary * 2"
     assert_eq!(
         p.help.as_deref(),
         Some("the columns here are: `id`, `name`, `dept`, `pay`, `bonus`, `active`")
+    );
+}
+
+#[test]
+fn a_step_that_would_make_two_columns_of_one_name_is_a_problem_at_that_step() {
+    let schema = people().schema();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let check = |s: &VisualSpec| match rt
+        .block_on(capstan_transform::check(
+            s,
+            &[("people".into(), schema.clone())],
+            &["out".into()],
+        ))
+        .unwrap_err()
+    {
+        PlanError::Spec(p) => (p.path, p.message),
+        e => panic!("not a spec problem: {e}"),
+    };
+    // Renamed onto a column that stays.
+    let renamed = spec(
+        "prepare",
+        r#"
+[[prepare.steps]]
+type = "formula"
+column = "x"
+expression = "salary * 2"
+[[prepare.steps]]
+type = "rename"
+columns = { name = "dept" }
+"#,
+    );
+    assert_eq!(
+        check(&renamed),
+        (
+            "steps[1].columns.name".into(),
+            "column `dept` exists already".into()
+        )
+    );
+    // Caught by DataFusion, said at the place in the spec.
+    let kept = spec(
+        "prepare",
+        "[[prepare.steps]]\ntype = \"remove\"\ncolumns = [\"id\"]\n[[prepare.steps]]\ntype = \"keep\"\ncolumns = [\"dept\", \"dept\"]",
+    );
+    assert_eq!(
+        check(&kept),
+        (
+            "steps[1]".into(),
+            "two columns would be named `dept`".into()
+        )
+    );
+    let twice = spec(
+        "group",
+        "keys = [\"dept\"]\naggregates = [{ column = \"salary\", functions = [\"sum\", \"sum\"] }]",
+    );
+    assert_eq!(
+        check(&twice),
+        ("".into(), "two columns would be named `salary_sum`".into())
     );
 }

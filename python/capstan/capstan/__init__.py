@@ -161,12 +161,12 @@ class Dataset:
                 yield batch
 
     def to_arrow(self, columns=None, limit=None):
-        """The dataset as a pyarrow Table. Whole, it comes as its stored Parquet row groups,
-        each decoded (on every core) while the next one arrives; with columns or a limit, as
-        an Arrow stream the API decodes."""
-        if not columns and limit is None:
+        """The dataset as a pyarrow Table (its columns in the stored order). It comes as its
+        stored Parquet row groups, only the columns asked for, each decoded (on every core)
+        while the next one arrives; with a limit, as an Arrow stream the API decodes."""
+        if limit is None:
             # The API first: its refusals come before a missing pyarrow.
-            with self._open(fmt="parquet-stream") as resp:
+            with self._open(columns, fmt="parquet-stream") as resp:
                 pa = _pyarrow()
                 try:
                     import pyarrow.parquet as pq

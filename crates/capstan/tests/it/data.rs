@@ -103,7 +103,8 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         "python",
         "py",
         "import capstan\n\
-         orders = capstan.Dataset('orders').to_pandas()\n\
+         orders = capstan.Dataset('orders').to_pandas(columns=['customer', 'amount'])\n\
+         assert list(orders.columns) == ['customer', 'amount'], orders.columns\n\
          totals = orders.groupby('customer', as_index=False)['amount'].sum()\n\
          print('wrote', capstan.Output('order_totals').write(totals))\n",
         &recipe_toml(&["orders"], &["order_totals"]),
@@ -321,6 +322,22 @@ fn recipes_read_inputs_and_write_outputs_with_least_privilege_and_atomic_commits
         ),
     ]);
     assert_eq!(csv, "customer,amount\nalice,10.5\nbob,3.0\n");
+    // A projection of the stored row groups names an unknown column as any read does.
+    let refused = curl(&[
+        "-sS",
+        "-H",
+        &format!("Authorization: Bearer {}", d.token),
+        &format!(
+            "{}/api/v1/projects/sample/datasets/orders/data?format=parquet-stream&columns=customer,amont",
+            d.url
+        ),
+    ]);
+    assert!(
+        refused.contains(
+            "unknown column `amont` in `sample/orders` (columns: id, customer, amount, day)"
+        ),
+        "{refused}"
+    );
 
     // An activity's token outlives a daemon restart: the recipe writes with it afterwards.
     let release = h.shared().join("release");
