@@ -268,41 +268,45 @@ mod tests {
 
     use super::RowGroupFiles;
 
-    #[test]
-    fn each_row_group_reads_back_as_a_file_of_its_own_with_the_schema_first() {
-        let dir = std::env::temp_dir().join(format!("capstan-row-groups-{}", std::process::id()));
+    /// `batch` written to `name` in a fresh folder, in row groups of `rows`.
+    fn stored(name: &str, batch: &RecordBatch, rows: usize) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("capstan-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("data.parquet");
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(rows))
+            .build();
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+        path
+    }
+
+    #[test]
+    fn each_row_group_reads_back_as_a_file_of_its_own_with_the_schema_first() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, false),
             Field::new("s", DataType::Utf8, true),
         ]));
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(1000))
-            .build();
-        let mut w = ArrowWriter::try_new(
-            std::fs::File::create(&path).unwrap(),
-            schema.clone(),
-            Some(props),
-        )
-        .unwrap();
         let n: Vec<i64> = (0..2500).collect();
         let s: Vec<Option<String>> = n
             .iter()
             .map(|i| (i % 7 != 0).then(|| format!("v{}", i % 13)))
             .collect();
-        w.write(
-            &RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from(n)),
-                    Arc::new(StringArray::from(s)),
-                ],
-            )
-            .unwrap(),
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(n)),
+                Arc::new(StringArray::from(s)),
+            ],
         )
         .unwrap();
-        w.close().unwrap();
+        let path = stored("row-groups", &batch, 1000);
 
         let files = RowGroupFiles::new(std::fs::File::open(&path).unwrap()).unwrap();
         assert_eq!(files.rows(), 2500);
@@ -324,50 +328,32 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..2500).collect::<Vec<i64>>());
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
     fn a_selection_sends_only_its_columns_with_their_arrow_types() {
         use arrow::array::TimestampMillisecondArray;
         use arrow::datatypes::TimeUnit;
-        let dir =
-            std::env::temp_dir().join(format!("capstan-row-groups-sel-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("data.parquet");
         let at = DataType::Timestamp(TimeUnit::Millisecond, Some("Europe/Paris".into()));
         let schema = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, false),
             Field::new("s", DataType::Utf8, true),
             Field::new("at", at.clone(), true),
         ]));
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(100))
-            .build();
-        let mut w = ArrowWriter::try_new(
-            std::fs::File::create(&path).unwrap(),
-            schema.clone(),
-            Some(props),
-        )
-        .unwrap();
         let n: Vec<i64> = (0..250).collect();
-        w.write(
-            &RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from(n.clone())),
-                    Arc::new(StringArray::from_iter_values(
-                        n.iter().map(|i| format!("v{i}")),
-                    )),
-                    Arc::new(
-                        TimestampMillisecondArray::from(n.clone()).with_timezone("Europe/Paris"),
-                    ),
-                ],
-            )
-            .unwrap(),
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(n.clone())),
+                Arc::new(StringArray::from_iter_values(
+                    n.iter().map(|i| format!("v{i}")),
+                )),
+                Arc::new(TimestampMillisecondArray::from(n.clone()).with_timezone("Europe/Paris")),
+            ],
         )
         .unwrap();
-        w.close().unwrap();
+        let path = stored("row-groups-sel", &batch, 100);
 
         let open = || RowGroupFiles::new(std::fs::File::open(&path).unwrap()).unwrap();
         // Asked in another order, served in the stored one.
@@ -402,6 +388,6 @@ mod tests {
             err.to_string(),
             "unknown column `m` in `p/d` (columns: n, s, at)"
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
