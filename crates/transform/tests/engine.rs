@@ -594,6 +594,24 @@ fn a_date_compares_with_a_literal_iso_date_and_nothing_computed() {
     }
 }
 
+/// What `capstan check` finds wrong with `spec` on the people table (there must be something).
+fn problem(spec: &VisualSpec) -> capstan_transform::Problem {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    match rt
+        .block_on(capstan_transform::check(
+            spec,
+            &[("people".into(), people().schema())],
+            &["out".into()],
+        ))
+        .unwrap_err()
+    {
+        PlanError::Spec(p) => p,
+        e => panic!("not a problem of the spec: {e}"),
+    }
+}
+
 #[test]
 fn checking_finds_a_misspelt_column_with_its_place_and_the_nearest_name() {
     let s = spec(
@@ -608,18 +626,7 @@ column = "x"
 expression = "salary * 2"
 "#,
     );
-    let schema = people().schema();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let e = rt
-        .block_on(capstan_transform::check(
-            &s,
-            &[("people".into(), schema)],
-            &["out".into()],
-        ))
-        .unwrap_err();
-    let PlanError::Spec(p) = e else { panic!("{e}") };
+    let p = problem(&s);
     assert_eq!(p.path, "steps[1].expression");
     assert_eq!(p.span, Some(0..6));
     assert_eq!(p.message, "no column `salary`");
@@ -631,20 +638,9 @@ expression = "salary * 2"
 
 #[test]
 fn a_step_that_would_make_two_columns_of_one_name_is_a_problem_at_that_step() {
-    let schema = people().schema();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let check = |s: &VisualSpec| match rt
-        .block_on(capstan_transform::check(
-            s,
-            &[("people".into(), schema.clone())],
-            &["out".into()],
-        ))
-        .unwrap_err()
-    {
-        PlanError::Spec(p) => (p.path, p.message),
-        e => panic!("not a spec problem: {e}"),
+    let check = |s: &VisualSpec| {
+        let p = problem(s);
+        (p.path, p.message)
     };
     // Renamed onto a column that stays.
     let renamed = spec(
