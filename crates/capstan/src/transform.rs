@@ -448,6 +448,11 @@ pub async fn project_schemas(root: &Path, home: &Home, project: &Project) -> Sch
         unchecked: Vec::new(),
     };
     for recipe in flow::order(project) {
+        if let Some(ml) = &recipe.ml {
+            out.problems
+                .extend(ml_problems(home, project, recipe, ml, &out.known));
+            continue;
+        }
         let Some(visual) = &recipe.visual else {
             continue;
         };
@@ -499,6 +504,78 @@ pub async fn project_schemas(root: &Path, home: &Home, project: &Project) -> Sch
                     out.known.remove(o);
                 }
             }
+        }
+    }
+    out
+}
+
+/// What an ML recipe's spec says of its input's columns (the first input is the data: a
+/// training's target and features must be its columns), and of a saved model it does not
+/// name among its inputs or outputs, or that the project does not declare.
+fn ml_problems(
+    home: &Home,
+    project: &Project,
+    recipe: &Recipe,
+    ml: &capstan_core::ml::MlRecipe,
+    known: &BTreeMap<String, SchemaRef>,
+) -> Vec<Diagnostic> {
+    use capstan_core::ml::MlSpec;
+    let file = home.sources.path(recipe.kind.loc.file).to_path_buf();
+    let at = |path: &str, message: String, help: Option<String>| {
+        let loc = ml.locs.loc(path);
+        Diagnostic {
+            severity: Severity::Error,
+            file: file.clone(),
+            line: loc.line,
+            col: loc.col,
+            field: ml.locs.field(path),
+            message,
+            help,
+        }
+    };
+    let mut out = Vec::new();
+    let (model, path) = match &ml.spec {
+        MlSpec::Train(_) => (
+            recipe
+                .outputs
+                .iter()
+                .find(|o| project.models.contains_key(&o.value)),
+            "outputs",
+        ),
+        MlSpec::Score(a) | MlSpec::Evaluate(a) => {
+            (recipe.inputs.iter().find(|i| i.value == a.model), "inputs")
+        }
+    };
+    match (&ml.spec, model) {
+        (MlSpec::Train(_), None) => out.push(at(
+            "",
+            format!("a training writes a saved model: none of its {path} is one"),
+            Some("declare it as [model.NAME] in project.toml and list it in `outputs`".into()),
+        )),
+        (MlSpec::Score(a) | MlSpec::Evaluate(a), _) if !project.models.contains_key(&a.model) => {
+            out.push(at(
+                "model",
+                format!("no saved model `{}` in project `{}`", a.model, project.key),
+                Some(format!("declare it as [model.{}] in project.toml", a.model)),
+            ))
+        }
+        (MlSpec::Score(a) | MlSpec::Evaluate(a), None) => out.push(at(
+            "model",
+            format!("the model `{}` is not one of the recipe's {path}", a.model),
+            Some(format!("add \"{}\" to `inputs`", a.model)),
+        )),
+        _ => {}
+    }
+    let data = recipe
+        .inputs
+        .iter()
+        .find(|i| !project.models.contains_key(&i.value));
+    if let (MlSpec::Train(t), Some(input)) = (&ml.spec, data)
+        && let Some(schema) = known.get(&input.value)
+    {
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        for (path, message, help) in capstan_core::ml::schema_problems(t, &input.value, &columns) {
+            out.push(at(&path, message, help));
         }
     }
     out
@@ -558,7 +635,11 @@ pub fn check_flows(root: &Path, home: &Home) -> Vec<Diagnostic> {
     rt.block_on(async {
         let mut out = Vec::new();
         for project in home.projects.values() {
-            if project.recipes.values().any(|r| r.visual.is_some()) {
+            if project
+                .recipes
+                .values()
+                .any(|r| r.visual.is_some() || r.ml.is_some())
+            {
                 out.extend(project_schemas(root, home, project).await.problems);
             }
         }

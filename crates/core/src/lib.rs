@@ -13,6 +13,7 @@ pub mod formula;
 pub mod job;
 pub mod limits;
 pub mod load;
+pub mod ml;
 pub mod model;
 pub mod pins;
 pub mod quantity;

@@ -1065,6 +1065,7 @@ fn decode_project(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, files: &Hom
         lib_dir: None,
         permissions: Vec::new(),
         schedules: BTreeMap::new(),
+        models: BTreeMap::new(),
     };
     if let Some(mut p) = t.sub_table(cx, "project") {
         project.name = p.str(cx, "name").map(|s| s.value);
@@ -1109,6 +1110,20 @@ fn decode_project(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, key: &str, files: &Hom
             }
         },
     );
+    named_tables(cx, t, "model", &mut project.models, |cx, t, name, loc| {
+        let activation = choice(cx, t, "activation", &crate::ml::Activation::NAMES, |s| {
+            crate::ml::Activation::parse(s)
+        });
+        SavedModel {
+            name: name.to_string(),
+            loc,
+            description: description(cx, t),
+            activation: activation.unwrap_or(Sourced {
+                value: crate::ml::Activation::Always,
+                loc,
+            }),
+        }
+    });
     let mut schedules = BTreeMap::new();
     named_tables(cx, t, "schedule", &mut schedules, decode_schedule);
     project.schedules = schedules
@@ -1291,7 +1306,12 @@ fn decode_recipe(
         .as_ref()
         .filter(|k| k.value.is_visual())
         .and_then(|k| decode_visual(cx, t, k));
+    let ml = kind
+        .as_ref()
+        .filter(|k| k.value.is_ml())
+        .and_then(|k| decode_ml(cx, t, k));
     Recipe {
+        ml,
         name: name.to_string(),
         loc,
         visual,
@@ -1304,6 +1324,28 @@ fn decode_recipe(
         inputs: datasets(cx, t, "inputs"),
         outputs: datasets(cx, t, "outputs"),
         settings: decode_layer(cx, t),
+    }
+}
+
+/// An ML recipe's spec, from the table named after its kind (`[ml_train]`…).
+fn decode_ml(
+    cx: &mut Cx<'_>,
+    t: &mut Table<'_, '_>,
+    kind: &Sourced<RecipeKind>,
+) -> Option<crate::ml::MlRecipe> {
+    let name = kind.value.as_str();
+    let table = t.raw(name);
+    let text = &cx.sources.get(cx.file).text;
+    match crate::ml::read_spec(kind.value, text, table, cx.sources, cx.file) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            let loc = match &e.span {
+                Some(span) => cx.loc(span),
+                None => kind.loc,
+            };
+            cx.diags.error_at(cx.sources, loc, name, e.message, e.help);
+            None
+        }
     }
 }
 

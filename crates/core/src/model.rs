@@ -572,6 +572,17 @@ impl RecipeKind {
         Self::NAMES[i]
     }
 
+    /// ML recipes: a spec in the recipe's TOML (`[ml_train]`…), no code file.
+    pub fn is_ml(self) -> bool {
+        matches!(
+            self,
+            RecipeKind::MlTrain
+                | RecipeKind::MlRetrain
+                | RecipeKind::MlScore
+                | RecipeKind::MlEvaluate
+        )
+    }
+
     /// Visual recipes: a spec in the recipe's TOML, no code file.
     pub fn is_visual(self) -> bool {
         matches!(
@@ -621,6 +632,8 @@ pub struct Recipe {
     pub settings: LayerSettings,
     /// Visual recipes: the spec, and where each part of it was written.
     pub visual: Option<crate::visual::VisualRecipe>,
+    /// ML recipes: the model task (or what is applied), and where each part was written.
+    pub ml: Option<crate::ml::MlRecipe>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -653,6 +666,18 @@ pub struct Project {
     pub permissions: Vec<Grant>,
     /// Build schedules (`[schedule.NAME]`), by name.
     pub schedules: BTreeMap<String, Schedule>,
+    /// Saved models (`[model.NAME]`), by name: what ML recipes train, score and evaluate.
+    pub models: BTreeMap<String, SavedModel>,
+}
+
+/// `[model.NAME]` in a project.toml: a saved model, whose versions its training recipe writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedModel {
+    pub name: String,
+    pub loc: Loc,
+    pub description: Option<String>,
+    /// When a new version becomes the active one (default `always`).
+    pub activation: Sourced<crate::ml::Activation>,
 }
 
 /// `[schedule.NAME]` in a project.toml: build some of the project's datasets on a cron

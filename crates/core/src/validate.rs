@@ -469,12 +469,27 @@ pub(crate) fn validate(home: &Home, files: &HomeFiles, diags: &mut Diagnostics) 
     }
 
     for p in home.projects.values() {
+        for m in p.models.values() {
+            if let Some(d) = p.datasets.get(&m.name) {
+                v.error(
+                    m.loc,
+                    "model",
+                    format!(
+                        "`{}` is both a dataset (line {}) and a saved model of project `{}`",
+                        m.name, d.loc.line, p.key
+                    ),
+                    Some("give the saved model a name of its own".into()),
+                );
+            }
+        }
         for g in &p.permissions {
             v.reference(&g.group, "project.permissions", &home.groups, "group");
         }
         for r in p.recipes.values() {
             for d in r.inputs.iter().chain(&r.outputs) {
-                if !p.datasets.contains_key(&d.value) {
+                // ML recipes read and write saved models too.
+                let model = r.kind.value.is_ml() && p.models.contains_key(&d.value);
+                if !p.datasets.contains_key(&d.value) && !model {
                     let names: Vec<&str> = p.datasets.keys().map(String::as_str).collect();
                     v.error(
                         d.loc,

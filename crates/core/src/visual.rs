@@ -1015,6 +1015,14 @@ pub struct SpecLocs {
 }
 
 impl SpecLocs {
+    /// No locations yet, for the spec table `table`.
+    pub(crate) fn named(table: &str) -> SpecLocs {
+        SpecLocs {
+            table: table.to_string(),
+            ..SpecLocs::default()
+        }
+    }
+
     /// The location of `path`, or of the nearest enclosing part that has one.
     pub fn loc(&self, path: &str) -> Loc {
         let mut p = path;
@@ -1053,7 +1061,7 @@ impl SpecLocs {
         }
     }
 
-    fn record(
+    pub(crate) fn record(
         &mut self,
         sources: &SourceMap,
         file: FileId,
@@ -1192,7 +1200,7 @@ fn decode(kind: RecipeKind, text: &str) -> Result<VisualSpec, toml::de::Error> {
 
 /// serde's "unknown variant `x`, expected one of `a`, `b`" and "unknown field" messages, as
 /// (what, the name, the nearest valid name or the list of valid ones).
-fn unknown_name(message: &str) -> Option<(&'static str, String, String)> {
+pub(crate) fn unknown_name(message: &str) -> Option<(&'static str, String, String)> {
     let (what, rest) = [("unknown variant `", "value"), ("unknown field `", "key")]
         .iter()
         .find_map(|(p, what)| message.split_once(p).map(|(_, r)| (*what, r)))?;

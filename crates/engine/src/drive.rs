@@ -371,6 +371,14 @@ impl Engine {
             // what we know.
             Err(_) => (self.minimal_spec(job, act, dir.clone(), kind_of()), None),
         };
+        if spec.recipe_kind.is_ml() && !resume {
+            // Their specs and saved models are read and checked (`capstan check`); the
+            // runner that trains, scores and evaluates is not in this version yet.
+            return Ran::Early(ActivityOutcome::failed(format!(
+                "{} recipes are checked but not run by this version of capstan: `capstan check` validates the spec against its input, no activity trains or scores yet",
+                spec.recipe_kind.as_str()
+            )));
+        }
         let kind = spec.kind;
         let Some(backend) = self.backend(kind) else {
             return Ran::Early(ActivityOutcome::failed(format!(
