@@ -1336,17 +1336,19 @@ fn decode_ml(
     let name = kind.value.as_str();
     let table = t.raw(name);
     let text = &cx.sources.get(cx.file).text;
-    match crate::ml::read_spec(kind.value, text, table, cx.sources, cx.file) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            let loc = match &e.span {
-                Some(span) => cx.loc(span),
-                None => kind.loc,
-            };
-            cx.diags.error_at(cx.sources, loc, name, e.message, e.help);
-            None
-        }
-    }
+    crate::ml::read_spec(kind.value, text, table, cx.sources, cx.file)
+        .map_err(|e| spec_error(cx, kind, e))
+        .ok()
+}
+
+/// Reports a spec's refusal at the part it concerns, else at the recipe's `kind`.
+fn spec_error(cx: &mut Cx<'_>, kind: &Sourced<RecipeKind>, e: crate::visual::SpecError) {
+    let loc = match &e.span {
+        Some(span) => cx.loc(span),
+        None => kind.loc,
+    };
+    cx.diags
+        .error_at(cx.sources, loc, kind.value.as_str(), e.message, e.help);
 }
 
 /// A visual recipe's spec, from the table named after its kind. Its errors point into the spec;
@@ -1374,11 +1376,7 @@ fn decode_visual(
             Some(v)
         }
         Err(e) => {
-            let loc = match &e.span {
-                Some(span) => cx.loc(span),
-                None => kind.loc,
-            };
-            cx.diags.error_at(cx.sources, loc, name, e.message, e.help);
+            spec_error(cx, kind, e);
             None
         }
     }

@@ -300,21 +300,7 @@ pub fn read_spec(
             help: Some("see the ML recipes reference (docs/ml.md)".into()),
         });
     };
-    let spec = decode(kind, text).map_err(|e| {
-        let message = e.message().trim().to_string();
-        match crate::visual::unknown_name(&message) {
-            Some((what, name, help)) => SpecError {
-                span: e.span(),
-                message: format!("unknown {what} `{name}`"),
-                help: Some(help),
-            },
-            None => SpecError {
-                span: e.span(),
-                message,
-                help: None,
-            },
-        }
-    })?;
+    let spec = decode(kind, text).map_err(|e| SpecError::from_toml(&e))?;
     let mut locs = SpecLocs::named(name);
     locs.record(sources, file, text, String::new(), table);
     let version = match &spec {

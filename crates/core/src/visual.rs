@@ -1110,6 +1110,26 @@ pub struct SpecError {
     pub help: Option<String>,
 }
 
+impl SpecError {
+    /// serde's refusal of a spec, with an unknown key or value named as `check` names them
+    /// (and the nearest valid one).
+    pub(crate) fn from_toml(e: &toml::de::Error) -> SpecError {
+        let message = e.message().trim().to_string();
+        match unknown_name(&message) {
+            Some((what, name, help)) => SpecError {
+                span: e.span(),
+                message: format!("unknown {what} `{name}`"),
+                help: Some(help),
+            },
+            None => SpecError {
+                span: e.span(),
+                message,
+                help: None,
+            },
+        }
+    }
+}
+
 /// Reads the spec of a visual recipe of `kind` from its file's text, with where each part was
 /// written. `table` is the spec's table in the parsed document, if the file has one.
 pub fn read_spec(
@@ -1131,21 +1151,7 @@ pub fn read_spec(
     };
     // serde decodes the whole file, so that its errors carry the file's own byte spans; the
     // other tables and keys are the recipe's and ignored here.
-    let spec = decode(kind, text).map_err(|e| {
-        let message = e.message().trim().to_string();
-        match unknown_name(&message) {
-            Some((what, name, help)) => SpecError {
-                span: e.span(),
-                message: format!("unknown {what} `{name}`"),
-                help: Some(help),
-            },
-            None => SpecError {
-                span: e.span(),
-                message,
-                help: None,
-            },
-        }
-    })?;
+    let spec = decode(kind, text).map_err(|e| SpecError::from_toml(&e))?;
     if spec.version() != SPEC_VERSION {
         let span = match table.get_ref() {
             DeValue::Table(t) => t.get("version").map(|v| v.span()),
@@ -1200,7 +1206,7 @@ fn decode(kind: RecipeKind, text: &str) -> Result<VisualSpec, toml::de::Error> {
 
 /// serde's "unknown variant `x`, expected one of `a`, `b`" and "unknown field" messages, as
 /// (what, the name, the nearest valid name or the list of valid ones).
-pub(crate) fn unknown_name(message: &str) -> Option<(&'static str, String, String)> {
+fn unknown_name(message: &str) -> Option<(&'static str, String, String)> {
     let (what, rest) = [("unknown variant `", "value"), ("unknown field `", "key")]
         .iter()
         .find_map(|(p, what)| message.split_once(p).map(|(_, r)| (*what, r)))?;
