@@ -321,6 +321,14 @@ pub fn read_spec(
             Some(format!("this capstan reads version {SPEC_VERSION}")),
         ));
     }
+    if let MlSpec::Evaluate(a) = &spec
+        && a.probabilities.is_some()
+    {
+        return Err(at("probabilities")(
+            "an evaluation writes metrics, not probabilities".into(),
+            Some("`probabilities` belongs to an ml_score recipe".into()),
+        ));
+    }
     if let MlSpec::Train(t) = &spec
         && let Some((path, message, help)) = train_problem(t)
     {
