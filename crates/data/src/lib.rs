@@ -7,6 +7,7 @@
 
 pub mod csv_import;
 pub mod display;
+pub mod models;
 pub mod row_groups;
 
 use std::fs::File;
