@@ -340,6 +340,9 @@ mod tests {
             spark: None,
             workload: Default::default(),
             engine_image: None,
+            models: Vec::new(),
+            ml: None,
+            activation: capstan_core::ml::Activation::Always,
         }
     }
 

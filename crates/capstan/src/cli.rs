@@ -50,6 +50,9 @@ pub enum Command {
     Dataset(DatasetCommand),
     /// List every declared dataset with its rows and size.
     Datasets(DatasetsArgs),
+    /// Saved models: their versions, metrics and evaluations; which version is active.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Kubernetes: the objects a run would create.
     #[command(subcommand)]
     K8s(K8sCommand),
@@ -457,6 +460,52 @@ pub struct DatasetSchemaArgs {
 
 #[derive(Debug, Args)]
 pub struct DatasetsArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Every saved model with its versions, the active one and its score.
+    List(ModelListArgs),
+    /// A saved model's versions with their metrics; with --version, one version in full.
+    Show(ModelShowArgs),
+    /// Make version N the active one (what scoring and evaluation apply by default).
+    Activate(ModelActivateArgs),
+    /// The model's evaluation store: one row per evaluation, oldest first.
+    Evaluations(ModelEvaluationsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelListArgs {
+    /// Only this project's saved models.
+    pub project: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelShowArgs {
+    /// The saved model, as PROJECT/NAME (or NAME when one project declares it).
+    pub target: String,
+    /// One version in full: metrics, hyperparameters, data, image, libraries, files.
+    #[arg(long, value_name = "N")]
+    pub version: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelActivateArgs {
+    /// The saved model, as PROJECT/NAME (or NAME when one project declares it).
+    pub target: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelEvaluationsArgs {
+    /// The saved model, as PROJECT/NAME (or NAME when one project declares it).
+    pub target: String,
     #[arg(long)]
     pub json: bool,
 }

@@ -34,6 +34,7 @@ mod images;
 mod init;
 mod jobs;
 mod k8s;
+mod models;
 mod quickstart;
 mod spark;
 mod token;
@@ -111,7 +112,8 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
     use capstan_core::model::Permission;
     use cli::{
         ClusterCommand, Command, ConfigCommand, DatasetCommand, EnvCommand, ImageCommand,
-        JobCommand, K8sCommand, RecipeCommand, SparkCommand, TokenCommand, TransformCommand,
+        JobCommand, K8sCommand, ModelCommand, RecipeCommand, SparkCommand, TokenCommand,
+        TransformCommand,
     };
     let home = args.home.as_deref();
     let connect = || client::Client::connect(home, args.server.as_deref(), args.token.as_deref());
@@ -173,6 +175,18 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
             datasets::schema(&root, a)
         }
         Command::Datasets(a) => datasets::list(&home::locate(home)?, a, args.token.as_deref()),
+        Command::Model(ModelCommand::List(a)) => {
+            models::list(&home::locate(home)?, a, args.token.as_deref())
+        }
+        Command::Model(ModelCommand::Show(a)) => {
+            models::show(&home::locate(home)?, a, args.token.as_deref())
+        }
+        Command::Model(ModelCommand::Activate(a)) => {
+            models::activate(&home::locate(home)?, a, args.token.as_deref())
+        }
+        Command::Model(ModelCommand::Evaluations(a)) => {
+            models::evaluations(&home::locate(home)?, a, args.token.as_deref())
+        }
         Command::K8s(K8sCommand::Render(a)) => k8s::render(&home::locate(home)?, a),
         Command::Spark(SparkCommand::Render(a)) => spark::render(&home::locate(home)?, a),
         Command::Cluster(ClusterCommand::Test(a)) => {

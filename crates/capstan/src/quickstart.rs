@@ -369,7 +369,11 @@ async fn build_project(
         let recipe = a["recipe"].as_str().unwrap_or("");
         if let Some(r) = p.recipes.get(recipe) {
             for o in &r.outputs {
-                show_result(store, &p.key, &o.value);
+                if p.models.contains_key(&o.value) {
+                    show_model(root, &p.key, &o.value);
+                } else {
+                    show_result(store, &p.key, &o.value);
+                }
             }
         }
     }
@@ -380,6 +384,34 @@ async fn build_project(
         );
     }
     Ok((acts.len(), failed))
+}
+
+/// The version of a saved model a training wrote, and whether it became the active one.
+fn show_model(root: &Path, project: &str, model: &str) {
+    let models = capstan_data::models::ModelStore::new(root);
+    let active = models.active(project, model);
+    match models
+        .latest(project, model)
+        .map(|n| models.version(project, model, n))
+    {
+        Some(Ok(Some(v))) => println!(
+            "  {project}/{model}: saved model v{}{}, {} {}, {} {:.4} on {} (`capstan --home {} model show {project}/{model}`)",
+            v.version,
+            if active == Some(v.version) {
+                " (active)"
+            } else {
+                ""
+            },
+            v.train_info["algorithm"].as_str().unwrap_or("?"),
+            v.train_info["params"],
+            v.metrics["metric"].as_str().unwrap_or("?"),
+            v.metrics["score"].as_f64().unwrap_or(f64::NAN),
+            v.metrics["evaluation"].as_str().unwrap_or("?"),
+            root.display(),
+        ),
+        Some(Err(e)) => println!("  {project}/{model}: cannot read its versions: {e}"),
+        _ => println!("  {project}/{model}: no version saved"),
+    }
 }
 
 /// A few rows of a dataset a recipe wrote.

@@ -62,6 +62,11 @@ pub const PYTHON_RUNTIME: &str = include_str!("../../../python/capstan/capstan/_
 /// capstan's Spark helpers (`capstan.spark`), next to the runtime.
 pub const PYTHON_RUNTIME_SPARK: &str = include_str!("../../../python/capstan/capstan/spark.py");
 
+/// The runner of ML recipes (`capstan.ml`): trains, scores and evaluates saved models. An ML
+/// activity runs this source followed by a call with its spec, so it needs nothing staged
+/// beyond the runtime.
+pub const PYTHON_ML_RUNNER: &str = include_str!("../../../python/capstan/capstan/ml.py");
+
 /// capstan's R client (`r/capstan.R`), loaded into R recipes through `R_PROFILE_USER`.
 pub const R_RUNTIME: &str = include_str!("../../../r/capstan.R");
 

@@ -28,7 +28,7 @@ use crate::schedule::{CRON_HELP, CatchUp, Cron, Tz};
 use crate::toml_read::{Cx, Table, Value, check_name, type_name, unknown_help};
 
 /// Folders of a home that hold state or data, not configuration; never scanned.
-pub const NON_CONFIG_DIRS: [&str; 4] = ["state", "data", ".git", "target"];
+pub const NON_CONFIG_DIRS: [&str; 5] = ["state", "data", "models", ".git", "target"];
 
 /// The files of a home, read into memory: TOML files with their bytes, others by path only.
 ///

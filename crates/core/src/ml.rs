@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::de::DeValue;
 
 use crate::diag::{FileId, SourceMap};
@@ -54,7 +54,7 @@ pub enum MlSpec {
     Evaluate(ApplySpec),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PredictionType {
     Binary,
@@ -88,7 +88,7 @@ impl PredictionType {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
     #[serde(default = "default_version")]
@@ -111,7 +111,7 @@ pub struct TrainSpec {
     pub activation: Option<Activation>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     Always,
@@ -121,6 +121,14 @@ pub enum Activation {
 
 impl Activation {
     pub const NAMES: [&'static str; 3] = ["always", "if_better", "manual"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activation::Always => "always",
+            Activation::IfBetter => "if_better",
+            Activation::Manual => "manual",
+        }
+    }
 
     pub fn parse(s: &str) -> Option<Activation> {
         match s {
@@ -132,7 +140,7 @@ impl Activation {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Features {
     /// Only these columns (absent: every column but the target).
@@ -146,7 +154,7 @@ pub struct Features {
     pub handling: BTreeMap<String, Handling>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Handling {
     /// Numbers: missing values replaced by the median, then standardised.
@@ -159,7 +167,7 @@ pub enum Handling {
     Drop,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Algorithm {
     pub name: String,
@@ -168,7 +176,7 @@ pub struct Algorithm {
     pub grid: BTreeMap<String, toml::Value>,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Split {
     /// The share of rows held out for the test (absent with `folds`: K-fold instead).
@@ -190,7 +198,7 @@ impl Default for Split {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Search {
     /// At most this many grid points per algorithm (absent: the whole grid).
@@ -198,7 +206,7 @@ pub struct Search {
     pub max_points: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApplySpec {
     #[serde(default = "default_version")]

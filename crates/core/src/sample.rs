@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// The files of the sample home, relative to its root, with the two users' token digests
 /// filled in.
 pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(PathBuf, String)> {
-    let files: [(&str, &str); 23] = [
+    let files: [(&str, &str); 26] = [
         ("capstan.toml", include_str!("sample/capstan.toml")),
         (
             "exec-configs.toml",
@@ -72,8 +72,20 @@ pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(Pa
             include_str!("sample/projects/sample/recipes/wine_cultivar_stats.toml"),
         ),
         (
+            "projects/sample/recipes/wine_enriched.toml",
+            include_str!("sample/projects/sample/recipes/wine_enriched.toml"),
+        ),
+        (
+            "projects/sample/recipes/wine_model.toml",
+            include_str!("sample/projects/sample/recipes/wine_model.toml"),
+        ),
+        (
             "projects/sample/recipes/wine_scored.toml",
             include_str!("sample/projects/sample/recipes/wine_scored.toml"),
+        ),
+        (
+            "projects/sample/recipes/wine_eval.toml",
+            include_str!("sample/projects/sample/recipes/wine_eval.toml"),
         ),
         (
             "projects/sample/data/wine.csv",
@@ -83,7 +95,7 @@ pub fn sample_home(admin_token_sha256: &str, user_token_sha256: &str) -> Vec<(Pa
             "projects/sample/data/README.md",
             include_str!("sample/projects/sample/data/README.md"),
         ),
-        (".gitignore", "/state/\n/data/\n"),
+        (".gitignore", "/state/\n/data/\n/models/\n"),
     ];
     files
         .iter()

@@ -99,7 +99,8 @@ impl ModelStore {
         self.root.join(project).join(name)
     }
 
-    fn version_dir(&self, project: &str, name: &str, version: u64) -> PathBuf {
+    /// The folder of one version (what `mlflow.pyfunc.load_model` opens).
+    pub fn version_dir(&self, project: &str, name: &str, version: u64) -> PathBuf {
         self.dir(project, name).join(format!("v{version}"))
     }
 

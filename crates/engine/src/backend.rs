@@ -67,6 +67,14 @@ pub struct ActivitySpec {
     /// A visual recipe on Kubernetes: the engine image its pod copies capstan from (see
     /// [`crate::engine_image`]); `None` when it was never built.
     pub engine_image: Option<String>,
+    /// The recipe's saved models among its inputs and outputs (the others are datasets): a
+    /// training stages a version of its output model, an evaluation an evaluation of its input
+    /// model, both committed with the activity.
+    pub models: Vec<String>,
+    /// ML recipes: what the runner trains, scores or evaluates.
+    pub ml: Option<capstan_core::ml::MlSpec>,
+    /// A training's policy for whether its version becomes the active one.
+    pub activation: capstan_core::ml::Activation,
 }
 
 /// What an activity runs.
@@ -78,8 +86,8 @@ pub enum Workload {
     /// A visual recipe's spec (JSON), run by capstan's built-in engine: `capstan transform
     /// run` reads it from [`TRANSFORM_SPEC`] in the activity's working folder.
     Transform { spec: String },
-    /// Code capstan generated for the recipe (a visual recipe's PySpark), staged as `name`
-    /// in place of a code file.
+    /// Code capstan generated for the recipe (a visual recipe's PySpark, an ML recipe's
+    /// runner), staged as `name` in place of a code file.
     Generated { name: String, source: String },
 }
 
@@ -167,6 +175,9 @@ impl ActivitySpec {
             spark: None,
             workload: Workload::Code,
             engine_image: None,
+            models: Vec::new(),
+            ml: None,
+            activation: capstan_core::ml::Activation::Always,
         }
     }
 

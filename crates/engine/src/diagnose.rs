@@ -14,7 +14,18 @@ pub fn missing_input(home: &Home, project: &str, dataset: &str) -> String {
         .projects
         .get(project)
         .and_then(|p| capstan_core::flow::producer(p, dataset));
+    let is_model = home
+        .projects
+        .get(project)
+        .is_some_and(|p| p.models.contains_key(dataset));
     match producer {
+        Some(r) if is_model => format!(
+            "saved model `{dataset}` has no version yet: recipe `{project}/{}` trains it (`capstan run {project}/{}`)",
+            r.name, r.name
+        ),
+        None if is_model => format!(
+            "saved model `{dataset}` has no version yet, and no recipe of project `{project}` trains it: add an ml_train recipe with `outputs = [\"{dataset}\"]`"
+        ),
         Some(r) => format!(
             "input dataset `{dataset}` has no data yet: recipe `{project}/{}` builds it (`capstan run {project}/{}`)",
             r.name, r.name

@@ -283,6 +283,10 @@ impl Engine {
         };
         match dp.end(spec, outcome.state == JobState::Succeeded, &provenance) {
             Ok(io) => {
+                for line in &io.notes {
+                    tracing::info!(job_id = at.job_id, recipe = %spec.recipe, "{line}");
+                    note(spec, line);
+                }
                 let json = record::io_json(&io).to_string();
                 let mut store = self.store();
                 let saved = if at.build {
@@ -371,14 +375,6 @@ impl Engine {
             // what we know.
             Err(_) => (self.minimal_spec(job, act, dir.clone(), kind_of()), None),
         };
-        if spec.recipe_kind.is_ml() && !resume {
-            // Their specs and saved models are read and checked (`capstan check`); the
-            // runner that trains, scores and evaluates is not in this version yet.
-            return Ran::Early(ActivityOutcome::failed(format!(
-                "{} recipes are checked but not run by this version of capstan: `capstan check` validates the spec against its input, no activity trains or scores yet",
-                spec.recipe_kind.as_str()
-            )));
-        }
         let kind = spec.kind;
         let Some(backend) = self.backend(kind) else {
             return Ran::Early(ActivityOutcome::failed(format!(
@@ -416,6 +412,23 @@ impl Engine {
         }
         if let Err(why) = self.on_spark(&mut spec, resume).await {
             return Ran::Early(ActivityOutcome::failed(why));
+        }
+        if spec.recipe_kind.is_ml() {
+            if resume {
+                crate::ml::resumed(&mut spec);
+            } else {
+                let Some(dp) = &self.inner.data_plane else {
+                    return Ran::Early(ActivityOutcome::failed(
+                        "ML recipes need the data plane, which this daemon runs without",
+                    ));
+                };
+                match crate::ml::prepare(&mut spec, dp.as_ref()) {
+                    // The runner prints the version it applies in the job's log; a backend
+                    // starts the log afresh, so nothing is written there before it runs.
+                    Ok(said) => tracing::info!(job_id, recipe = %spec.recipe, "{said}"),
+                    Err(why) => return Ran::Early(ActivityOutcome::failed(why)),
+                }
+            }
         }
         let spec = Arc::new(spec);
         if !resume {
@@ -616,5 +629,25 @@ fn store_outcome(outcome: &ActivityOutcome) -> Outcome {
         diagnosis: outcome.diagnosis.clone(),
         peak_memory_bytes: outcome.peak_memory_bytes.map(|b| b as i64),
         cpu_time_ms: outcome.cpu_time_ms.map(|c| c as i64),
+    }
+}
+
+/// Appends one of capstan's own lines to an activity's log, after what the recipe printed.
+fn note(spec: &ActivitySpec, line: &str) {
+    use std::io::Write;
+    let path = spec.log_path();
+    let written = std::fs::create_dir_all(&spec.dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| {
+                // In the log's own format (stamp, stream, text), so readers show it in place.
+                let stamp = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+                writeln!(f, "{stamp} o [capstan] {line}")
+            })
+    });
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "cannot add a line to an activity's log");
     }
 }

@@ -13,6 +13,7 @@ pub mod diagnose;
 mod drive;
 pub mod engine_image;
 mod home_cache;
+mod ml;
 pub mod record;
 mod scheduler;
 pub mod schedules;
@@ -231,14 +232,12 @@ impl Engine {
         recipe: &str,
         mut request: RunRequest,
     ) -> Result<JobRow, EngineError> {
-        let mut home = self.inner.home.fresh();
+        // Looked at now, not within the last look's interval: a recipe saved a moment ago
+        // runs as saved, not as it was.
+        let home = self.inner.home.fresh_now();
         if !caller.admin {
             capstan_core::access::check(&home, project, &caller.name, false, Permission::Run)
                 .map_err(|d| EngineError::Denied(d.message))?;
-        }
-        if home.recipe(project, recipe).is_none() {
-            // Saved within the last look's interval: look again before calling it unknown.
-            home = self.inner.home.fresh_now();
         }
         request.user = caller.in_home.then(|| caller.name.clone());
         let resolution = resolve(&home, project, recipe, &request).map_err(resolve_error)?;
@@ -527,6 +526,15 @@ pub fn spec_from(
             None => backend::Workload::Code,
         },
         engine_image: engine_image_for(home, r, recipe),
+        models: recipe
+            .inputs
+            .iter()
+            .chain(&recipe.outputs)
+            .filter(|n| project.models.contains_key(&n.value))
+            .map(|n| n.value.clone())
+            .collect(),
+        ml: recipe.ml.as_ref().map(|m| m.spec.clone()),
+        activation: ml::activation(project, recipe),
         ..ActivitySpec::bare(job_id, attempt, dir, root.to_path_buf(), r.kind.value)
     }
 }
@@ -650,6 +658,9 @@ fn resolve_error(errors: Vec<ResolveError>) -> EngineError {
 pub struct IoSummary {
     pub read: std::collections::BTreeMap<String, u64>,
     pub written: std::collections::BTreeMap<String, u64>,
+    /// What committing said, for the job's log (a saved model's new version and whether it
+    /// became the active one).
+    pub notes: Vec<String>,
 }
 
 /// The data plane, as the engine sees it: credentials for an activity before it starts, and
@@ -668,8 +679,18 @@ pub trait DataPlane: Send + Sync {
     fn has_data(&self, project: &str, dataset: &str) -> bool {
         self.state(project, dataset) != capstan_core::flow::DatasetState::Missing
     }
+    /// The version of a saved model an activity applies, `pinned` or else the active one,
+    /// with its `train_info.json`; or why there is none, in the user's terms.
+    fn model_version(
+        &self,
+        project: &str,
+        model: &str,
+        pinned: Option<u64>,
+    ) -> Result<(u64, serde_json::Value), String>;
     /// Commits the activity's staged outputs, each with `provenance`, when it succeeded,
-    /// discards them otherwise, and returns the rows it read and wrote.
+    /// discards them otherwise, and returns the rows it read and wrote. A training's saved
+    /// model gets a version, activated by the activity's policy, and an evaluation's row
+    /// joins its model's evaluations.
     fn end(
         &self,
         spec: &ActivitySpec,

@@ -24,6 +24,7 @@ use capstan_core::model::Permission;
 use capstan_data::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use capstan_data::arrow::ipc::reader::StreamReader;
 use capstan_data::arrow::ipc::writer::StreamWriter;
+use capstan_data::models::ModelStore;
 use capstan_data::{DataError, DatasetStore, ParquetStore};
 use capstan_engine::backend::{ActivitySpec, DataAccess};
 use capstan_engine::{Caller, DataPlane, IoSummary};
@@ -46,7 +47,7 @@ pub struct ActivityId {
 }
 
 impl ActivityId {
-    fn stage(&self) -> String {
+    pub(crate) fn stage(&self) -> String {
         format!("{}-{}-{}", self.job, self.idx, self.attempt)
     }
 }
@@ -85,6 +86,7 @@ pub trait ContainerRoutes: Send + Sync {
 /// The data plane of one daemon: the store, the token secret, and what activities read and wrote.
 pub struct DataPlaneImpl {
     pub store: ParquetStore,
+    pub models: ModelStore,
     secret: Vec<u8>,
     api_url: RwLock<String>,
     /// Where containers and pods reach the API, which only the daemon knows (it listens).
@@ -114,6 +116,7 @@ impl DataPlaneImpl {
         };
         Ok(DataPlaneImpl {
             store: ParquetStore::new(root),
+            models: ModelStore::new(root),
             secret,
             api_url: RwLock::new(String::new()),
             routes: RwLock::new(None),
@@ -234,7 +237,62 @@ impl DataPlane for DataPlaneImpl {
     }
 
     fn state(&self, project: &str, dataset: &str) -> capstan_data::DatasetState {
-        self.store.state(project, dataset)
+        // A project's saved models and datasets never share a name (`capstan check`).
+        match self.store.state(project, dataset) {
+            capstan_data::DatasetState::Missing => self.models.state(project, dataset),
+            state => state,
+        }
+    }
+
+    fn model_version(
+        &self,
+        project: &str,
+        model: &str,
+        pinned: Option<u64>,
+    ) -> Result<(u64, Value), String> {
+        let numbers = || {
+            let v: Vec<String> = self
+                .models
+                .versions(project, model)
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.version.to_string())
+                .collect();
+            v.join(", ")
+        };
+        let version = match pinned {
+            Some(v) => v,
+            None => match (
+                self.models.active(project, model),
+                self.models.latest(project, model),
+            ) {
+                (Some(v), _) => v,
+                (None, None) => {
+                    return Err(format!(
+                        "saved model `{model}` has no version yet: build its training recipe first"
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "saved model `{model}` has no active version (its versions: {}): activate one with `capstan model activate {project}/{model} N`, or pin `model_version` in the recipe",
+                        numbers()
+                    ));
+                }
+            },
+        };
+        match self.models.version(project, model, version) {
+            Ok(Some(v)) => Ok((version, v.train_info)),
+            Ok(None) => Err(match self.models.latest(project, model) {
+                None => format!(
+                    "saved model `{model}` has no version yet, so not version {version}: build its training recipe first"
+                ),
+                Some(_) => format!(
+                    "saved model `{model}` has no version {version} (its versions: {})",
+                    numbers()
+                ),
+            }),
+            Err(e) => Err(format!("saved model `{model}`: {e}")),
+        }
     }
 
     fn end(
@@ -248,7 +306,33 @@ impl DataPlane for DataPlaneImpl {
             idx: spec.idx,
             attempt: spec.attempt,
         };
-        for output in &spec.outputs {
+        let stage = id.stage();
+        let mut notes = Vec::new();
+        for model in &spec.models {
+            if !succeeded {
+                self.models.discard(&spec.project, model, &stage);
+            } else if spec.outputs.contains(model) {
+                let committed = self
+                    .models
+                    .commit(&spec.project, model, &stage, provenance, spec.activation)
+                    .map_err(|e| format!("saved model `{model}`: {e}"))?;
+                match committed {
+                    Some(c) => notes.push(format!("saved model `{model}`: {}", c.why)),
+                    None => {
+                        return Err(format!(
+                            "saved model `{model}`: the training uploaded no version"
+                        ));
+                    }
+                }
+            } else if self
+                .models
+                .commit_evaluation(&spec.project, model, &stage)
+                .map_err(|e| format!("saved model `{model}`: {e}"))?
+            {
+                notes.push(format!("saved model `{model}`: evaluation recorded"));
+            }
+        }
+        for output in spec.outputs.iter().filter(|o| !spec.models.contains(o)) {
             if succeeded {
                 self.store
                     .commit(&spec.project, output, &id.stage(), provenance)
@@ -257,12 +341,14 @@ impl DataPlane for DataPlaneImpl {
                 self.store.discard(&spec.project, output, &id.stage());
             }
         }
-        Ok(self
+        let mut io = self
             .io
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id)
-            .unwrap_or_default())
+            .unwrap_or_default();
+        io.notes = notes;
+        Ok(io)
     }
 }
 
@@ -376,6 +462,19 @@ impl Principal {
         dataset: &str,
         write: bool,
     ) -> Result<Option<ActivityId>, ApiError> {
+        self.allow_named(state, project, "dataset", dataset, write)
+    }
+
+    /// [`Principal::allow`] for a dataset or a saved model (`what`), which a recipe declares
+    /// alike.
+    pub(crate) fn allow_named(
+        &self,
+        state: &AppState,
+        project: &str,
+        what: &str,
+        dataset: &str,
+        write: bool,
+    ) -> Result<Option<ActivityId>, ApiError> {
         match self {
             // The project's permissions, before any lookup: 403 whether the names exist or not.
             Principal::User(c) => {
@@ -401,7 +500,7 @@ impl Principal {
                 };
                 if p != project || !declared.iter().any(|d| d == dataset) {
                     return Err(ApiError::forbidden(format!(
-                        "recipe `{p}/{recipe}` may not {verb} dataset `{}/{}`: it declares {kind} {}",
+                        "recipe `{p}/{recipe}` may not {verb} {what} `{}/{}`: it declares {kind} {}",
                         project.escape_debug(),
                         dataset.escape_debug(),
                         list_or_none(declared)
@@ -571,9 +670,9 @@ pub struct ReadQuery {
 }
 
 /// Bytes into an HTTP body from a blocking writer.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buf: Vec<u8>,
+pub(crate) struct ChannelWriter {
+    pub(crate) tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    pub(crate) buf: Vec<u8>,
 }
 
 impl Write for ChannelWriter {
@@ -777,16 +876,16 @@ fn stored_parquet(
     Ok((headers, Body::from_stream(tokio_stream(rx).chain(done))).into_response())
 }
 
-fn tokio_stream(
+pub(crate) fn tokio_stream(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// A blocking reader over an HTTP body's chunks.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
-    current: Bytes,
+pub(crate) struct ChannelReader {
+    pub(crate) rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    pub(crate) current: Bytes,
 }
 
 impl Read for ChannelReader {

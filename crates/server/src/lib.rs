@@ -13,6 +13,7 @@
 //! 422; a wrong content type is 415.
 
 pub mod data_api;
+mod models_api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +107,21 @@ fn endpoints() -> Vec<Endpoint> {
             Method::PUT,
             "/api/v1/projects/{project}/datasets/{dataset}/data",
             data_api::write_data,
+        ),
+        at(
+            Method::PUT,
+            "/api/v1/projects/{project}/models/{model}/staged",
+            models_api::stage_version,
+        ),
+        at(
+            Method::GET,
+            "/api/v1/projects/{project}/models/{model}/versions/{version}",
+            models_api::download_version,
+        ),
+        at(
+            Method::POST,
+            "/api/v1/projects/{project}/models/{model}/evaluations",
+            models_api::stage_evaluation,
         ),
     ]
 }

@@ -639,3 +639,114 @@ impl Drop for Containers {
             .output();
     }
 }
+
+#[test]
+fn the_ml_flow_trains_in_a_container_and_scores_in_the_image_it_trained_in() {
+    if !ready() {
+        return;
+    }
+    let pins: Vec<String> = crate::ml::PINS
+        .lines()
+        .map(|l| format!("{:?}", l.trim()))
+        .collect();
+    // LightGBM links the system's OpenMP runtime: the base image installs it.
+    let h = home(
+        "images-ml",
+        "[exec_config.mlbox]\nkind = \"docker\"\nbase_image = \"mlbase\"\nmemory_limit = \"1Gi\"\ncpu_limit = 1.5\n",
+        &format!(
+            "[base_image.mlbase]\nsystem_packages = [\"libgomp1\"]\ndockerfile_append = \"LABEL capstan.test=images-ml\"\n\n\
+             [code_env.ml]\nlanguage = \"python\"\npackages = [{}]\nbuild_for = [\"mlbox\"]\n",
+            pins.join(", ")
+        ),
+    );
+    for recipe in ["wine_model", "wine_scored", "wine_eval"] {
+        let path = h
+            .root()
+            .join(format!("projects/sample/recipes/{recipe}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace(
+                "code_env = \"ml\"",
+                "code_env = \"ml\"\nexec_config = \"mlbox\"",
+            ),
+        )
+        .unwrap();
+    }
+    ok(&h, &["image", "build-base", "mlbase"]);
+    let out = ok(&h, &["env", "build", "ml"]);
+    assert!(
+        out.contains("ml for mlbox: built capstan-env-ml-mlbox:"),
+        "{out}"
+    );
+    let csv = h.root().join("projects/sample/data/wine.csv");
+    ok(
+        &h,
+        &["dataset", "import", "sample/wine", csv.to_str().unwrap()],
+    );
+    let _d = h.start();
+    let out = h
+        .capstan()
+        .args(["build", "sample/wine_scored", "sample/wine_eval"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for recipe in ["wine_model", "wine_scored", "wine_eval"] {
+        assert!(
+            text.contains(&format!("sample/{recipe}: succeeded")),
+            "{text}"
+        );
+    }
+    let show: serde_json::Value = serde_json::from_str(&ok(
+        &h,
+        &[
+            "model",
+            "show",
+            "sample/wine_model",
+            "--version",
+            "1",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let info = &show["train_info"];
+    assert_eq!(info["kind"], "docker", "{info}");
+    assert_eq!(info["exec_config"], "mlbox", "{info}");
+    assert_eq!(info["cpu_limit"], "1500m", "{info}");
+    let image = info["image"].as_str().unwrap().to_string();
+    assert!(image.starts_with("capstan-env-ml-mlbox:"), "{info}");
+    assert!(
+        (0.85..=1.0).contains(&show["score"].as_f64().unwrap()),
+        "{show}"
+    );
+    // The same search as on the local venv: the same best point.
+    let log = ok(&h, &["logs", "1", "--activity", "wine_model"]);
+    assert!(
+        log.contains("  lightgbm {n_estimators=100, num_leaves=15}: accuracy"),
+        "{log}"
+    );
+    let scored = ok(
+        &h,
+        &[
+            "dataset",
+            "head",
+            "sample/wine_scored",
+            "-n",
+            "500",
+            "--json",
+        ],
+    );
+    let rows: serde_json::Value = serde_json::from_str(&scored).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 178);
+    let right = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["prediction"] == r["cultivar"])
+        .count();
+    assert!(right >= 160, "{right} of 178 right");
+    let eval = head_json(&h, "wine_eval");
+    assert_eq!(eval[0]["model_version"], 1, "{eval}");
+    assert!(eval[0]["accuracy"].as_f64().unwrap() > 0.9, "{eval}");
+}

@@ -30,8 +30,8 @@ fn quickstart_on_a_fresh_home_imports_the_data_runs_the_flow_in_order_and_shows_
     assert!(at("sample/wine_sql: running") < at("sample/wine_sql: succeeded"));
     // The visual flow, on the built-in engine: prepare, then group, then the join of both.
     assert!(at("sample/wine_prepare: succeeded") < at("sample/wine_cultivar_stats: running"));
-    assert!(at("sample/wine_cultivar_stats: succeeded") < at("sample/wine_scored: running"));
-    assert!(text.contains("sample/wine_scored:"), "{text}");
+    assert!(at("sample/wine_cultivar_stats: succeeded") < at("sample/wine_enriched: running"));
+    assert!(text.contains("sample/wine_enriched:"), "{text}");
     assert!(!text.contains("error:"), "{text}");
     assert!(text.contains("sample/wine_by_cultivar_sql:"), "{text}");
     for cultivar in ["class_0", "class_1", "class_2"] {
@@ -49,7 +49,14 @@ fn quickstart_on_a_fresh_home_imports_the_data_runs_the_flow_in_order_and_shows_
             .any(|l| l.contains(" INFO ") || l.contains(" WARN ")),
         "{text}"
     );
-    assert!(text.contains("6 recipe(s) succeeded"), "{text}");
+    // The ML flow: the training, then the score and the evaluation of the version it saved.
+    assert!(at("sample/wine_model: succeeded") < at("sample/wine_scored: running"));
+    assert!(at("sample/wine_model: succeeded") < at("sample/wine_eval: running"));
+    assert!(
+        text.contains("sample/wine_model: saved model v1 (active)"),
+        "{text}"
+    );
+    assert!(text.contains("9 recipe(s) succeeded"), "{text}");
     // A second run uses the home it made, and the data it imported.
     let again = capstan()
         .current_dir(dir.path())
@@ -64,7 +71,7 @@ fn quickstart_on_a_fresh_home_imports_the_data_runs_the_flow_in_order_and_shows_
     );
     // Built already: the build runs nothing.
     assert!(
-        text.contains("4 up to date") && text.contains("everything is up to date"),
+        text.contains("7 up to date") && text.contains("everything is up to date"),
         "{text}"
     );
 }

@@ -212,6 +212,11 @@ impl Drop for TestHome {
 }
 
 /// A `capstan serve` child process on an ephemeral port.
+/// Where a test daemon of the home at `root` logs.
+fn daemon_log(root: &Path) -> PathBuf {
+    root.with_extension("daemon.log")
+}
+
 pub struct TestDaemon {
     pub child: std::process::Child,
     pub url: String,
@@ -234,11 +239,13 @@ impl TestDaemon {
     pub fn start_command(root: &Path, mut cmd: Command) -> TestDaemon {
         let info = root.join("state/daemon.json");
         let _ = std::fs::remove_file(&info);
-        let log = std::fs::File::create(root.join("daemon.log")).unwrap();
+        // Beside the home, not in it: a log in the home would change its files on every line,
+        // and the daemon reloads a home whose files change.
+        let daemon_log = daemon_log(root);
+        let log = std::fs::File::create(&daemon_log).unwrap();
         let child = cmd.stderr(log).spawn().unwrap();
         let pid = child.id();
         let mut parsed = None;
-        let daemon_log = root.join("daemon.log");
         let what = format!(
             "the daemon to publish state/daemon.json (its log: {})",
             daemon_log.display()
@@ -307,7 +314,7 @@ impl TestDaemon {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+        std::fs::read_to_string(daemon_log(&self.root)).unwrap_or_default()
     }
 }
 

@@ -7,7 +7,7 @@ use crate::support::{TestHome, stderr, stdout};
 const FLOW: [(&str, &str); 3] = [
     ("wine_prepare", "wine_prepared"),
     ("wine_cultivar_stats", "wine_cultivar_stats"),
-    ("wine_scored", "wine_scored"),
+    ("wine_enriched", "wine_enriched"),
 ];
 
 /// Every row of `sample/NAME`, each as its JSON text, sorted (the recipes do not sort).
@@ -65,7 +65,7 @@ fn import_wine(h: &TestHome) {
 fn build_locally(h: &TestHome) -> Vec<Vec<String>> {
     let out = h
         .capstan()
-        .args(["build", "sample/wine_scored"])
+        .args(["build", "sample/wine_enriched"])
         .output()
         .unwrap();
     let text = format!("{}{}", stdout(&out), stderr(&out));
@@ -117,7 +117,7 @@ fn the_sample_visual_flow_builds_locally_and_runs_the_same_in_a_container() {
     // The build is up to date now.
     let again = h
         .capstan()
-        .args(["build", "sample/wine_scored"])
+        .args(["build", "sample/wine_enriched"])
         .output()
         .unwrap();
     assert!(
