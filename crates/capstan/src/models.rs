@@ -159,6 +159,24 @@ pub fn list(root: &Path, args: &ModelListArgs, token: Option<&str>) -> anyhow::R
     Ok(exit::OK)
 }
 
+/// Says that `project/model` has no version `n`, with the versions it has; exits 1.
+fn no_such_version(store: &ModelStore, project: &str, model: &str, n: u64) -> anyhow::Result<u8> {
+    let have: Vec<String> = store
+        .versions(project, model)?
+        .iter()
+        .map(|v| v.version.to_string())
+        .collect();
+    eprintln!(
+        "error: saved model {project}/{model} has no version {n} ({})",
+        if have.is_empty() {
+            "it has none yet".to_string()
+        } else {
+            format!("its versions: {}", have.join(", "))
+        }
+    );
+    Err(Exit(exit::FAILURE).into())
+}
+
 pub fn show(root: &Path, args: &ModelShowArgs, token: Option<&str>) -> anyhow::Result<u8> {
     let home = load_valid(root)?;
     let (project, model) = resolve(&home, &args.target)?;
@@ -168,20 +186,7 @@ pub fn show(root: &Path, args: &ModelShowArgs, token: Option<&str>) -> anyhow::R
     let declared = &home.projects[&project].models[&model];
     if let Some(n) = args.version {
         let Some(v) = store.version(&project, &model, n)? else {
-            let have: Vec<String> = store
-                .versions(&project, &model)?
-                .iter()
-                .map(|v| v.version.to_string())
-                .collect();
-            eprintln!(
-                "error: saved model {project}/{model} has no version {n} ({})",
-                if have.is_empty() {
-                    "it has none yet".to_string()
-                } else {
-                    format!("its versions: {}", have.join(", "))
-                }
-            );
-            return Err(Exit(exit::FAILURE).into());
+            return no_such_version(&store, &project, &model, n);
         };
         let j = version_json(&store, &project, &model, &v, active);
         if args.json {
@@ -304,21 +309,7 @@ pub fn activate(root: &Path, args: &ModelActivateArgs, token: Option<&str>) -> a
     acting_user_may(root, token, &project, Permission::Write)?;
     let store = ModelStore::new(root);
     if store.version(&project, &model, args.version)?.is_none() {
-        let have: Vec<String> = store
-            .versions(&project, &model)?
-            .iter()
-            .map(|v| v.version.to_string())
-            .collect();
-        eprintln!(
-            "error: saved model {project}/{model} has no version {} ({})",
-            args.version,
-            if have.is_empty() {
-                "it has none yet".to_string()
-            } else {
-                format!("its versions: {}", have.join(", "))
-            }
-        );
-        return Err(Exit(exit::FAILURE).into());
+        return no_such_version(&store, &project, &model, args.version);
     }
     let before = store.active(&project, &model);
     store.activate(&project, &model, args.version)?;

@@ -64,19 +64,17 @@ fn ml_home(label: &str) -> TestHome {
         &images[end..]
     );
     std::fs::write(h.root().join("images.toml"), pinned).unwrap();
-    ok(
-        &h,
-        &[
-            "dataset",
-            "import",
-            "sample/wine",
-            h.root()
-                .join("projects/sample/data/wine.csv")
-                .to_str()
-                .unwrap(),
-        ],
-    );
+    import_wine(&h);
     h
+}
+
+/// Imports the wine data the sample ships as `sample/wine`.
+fn import_wine(h: &TestHome) {
+    let csv = h.root().join("projects/sample/data/wine.csv");
+    ok(
+        h,
+        &["dataset", "import", "sample/wine", csv.to_str().unwrap()],
+    );
 }
 
 /// Runs `script` with the test's MLflow Python; its standard output.
@@ -237,6 +235,19 @@ fn the_sample_trains_scores_and_evaluates_wine_model_and_mlflow_opens_its_versio
     let list = json(&h, &["model", "list", "--json"]);
     assert_eq!(list[0]["versions"], 2, "{list}");
     assert_eq!(list[0]["active"], 2, "{list}");
+    // A version that is not there is named with those that are, and exits 1.
+    crate::support::fails(
+        &h,
+        &["model", "activate", "sample/wine_model", "9"],
+        1,
+        "saved model sample/wine_model has no version 9 (its versions: 1, 2)",
+    );
+    crate::support::fails(
+        &h,
+        &["model", "show", "wine_modle"],
+        1,
+        "no project declares a saved model `wine_modle`",
+    );
 }
 
 #[test]
@@ -344,18 +355,7 @@ fn a_regression_trains_with_folds_and_a_failing_hyperparameter_is_named_and_save
 #[test]
 fn only_a_training_uploads_versions_and_an_activity_reaches_only_its_declared_models() {
     let h = TestHome::new("ml-api");
-    ok(
-        &h,
-        &[
-            "dataset",
-            "import",
-            "sample/wine",
-            h.root()
-                .join("projects/sample/data/wine.csv")
-                .to_str()
-                .unwrap(),
-        ],
-    );
+    import_wine(&h);
     h.append("projects/sample/project.toml", "\n[dataset.wine_copy]\n");
     // A Python recipe that reads wine and writes wine_copy, and tries the models' endpoints.
     h.recipe(
