@@ -36,6 +36,13 @@ fn home_with(
     for f in ["wine_stats.toml", "wine_stats_r.toml"] {
         std::fs::remove_file(h.root().join("projects/sample/recipes").join(f)).unwrap();
     }
+    // The sample's ML recipes need its `ml` code environment, which these images replace
+    // unless they define one.
+    if !images.contains("[code_env.ml]") {
+        for f in ["wine_model.toml", "wine_scored.toml", "wine_eval.toml"] {
+            std::fs::remove_file(h.root().join("projects/sample/recipes").join(f)).unwrap();
+        }
+    }
     prepare(&h);
     std::fs::write(
         h.root().join("exec-configs.toml"),
