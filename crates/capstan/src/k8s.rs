@@ -21,7 +21,9 @@ pub fn render(root: &Path, args: &K8sRenderArgs) -> anyhow::Result<u8> {
         );
     }
     // Job 0: what a run would look like, before it has a number.
-    let spec = capstan_engine::spec_from(&home, root, &r, 0, 0, root.join("state/jobs/0/a0-0"));
+    let mut spec = capstan_engine::spec_from(&home, root, &r, 0, 0, root.join("state/jobs/0/a0-0"));
+    // An ML recipe runs capstan's ML runner, staged as its code when it starts.
+    capstan_engine::stage_ml_for_render(&mut spec);
     let namespace = spec.namespace.clone().unwrap_or_default();
     let objects =
         capstan_backend_k8s::render::render(&spec, &capstan_core::instance_id(root), &namespace)

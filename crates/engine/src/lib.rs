@@ -14,6 +14,7 @@ mod drive;
 pub mod engine_image;
 mod home_cache;
 mod ml;
+pub use ml::stage_for_render as stage_ml_for_render;
 pub mod record;
 mod scheduler;
 pub mod schedules;

@@ -182,6 +182,30 @@ fn stage_runner(spec: &mut ActivitySpec, program: &Value) {
     spec.recipe_kind = RecipeKind::Python;
 }
 
+/// What a render (`capstan k8s render`) shows of an ML activity: the runner with its spec as it
+/// would start, without a data plane: a score's pinned version is named, an active one is
+/// resolved only when the activity starts (`model_version` null here).
+pub fn stage_for_render(spec: &mut ActivitySpec) {
+    let Some(ml) = spec.ml.clone() else {
+        return;
+    };
+    let input = spec
+        .inputs
+        .iter()
+        .find(|i| !spec.models.contains(i))
+        .cloned();
+    let pinned = match &ml {
+        MlSpec::Train(_) => None,
+        MlSpec::Score(a) | MlSpec::Evaluate(a) => a.model_version.map(|v| Applied {
+            model: a.model.clone(),
+            version: u64::from(v),
+            train_info: Value::Null,
+        }),
+    };
+    let program = runner_spec(spec, &ml, input.as_deref(), None, pinned.as_ref());
+    stage_runner(spec, &program);
+}
+
 /// Re-attaching to a running ML activity: only its kind changes, the program is running.
 pub(crate) fn resumed(spec: &mut ActivitySpec) {
     let name = format!("{}.py", spec.recipe);

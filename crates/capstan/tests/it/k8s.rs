@@ -57,6 +57,31 @@ fn k8s_render_of_the_sample_passes_the_official_schema_and_holds_no_token() {
             eprintln!("skipped the schema check: pip install kubernetes-validate");
         }
     }
+    // An ML recipe's pod runs capstan's ML runner, staged in the ConfigMap as its code.
+    let out = h
+        .capstan()
+        .args([
+            "k8s",
+            "render",
+            "sample/wine_model",
+            "--exec-config",
+            "k8s-medium",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ml = stdout(&out);
+    assert!(ml.contains("- /capstan/work/wine_model.py"), "{ml}");
+    assert!(ml.contains("key: wine_model.py"), "{ml}");
+    let file = h.dir.path().join("ml-objects.yaml");
+    std::fs::write(&file, &ml).unwrap();
+    if let Ok(o) = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .output()
+    {
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    }
     // A recipe on another kind of configuration is not rendered as if it were.
     fails(
         &h,
