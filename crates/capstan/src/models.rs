@@ -109,14 +109,19 @@ pub fn list(root: &Path, args: &ModelListArgs, token: Option<&str>) -> anyhow::R
             continue;
         }
         for m in p.models.values() {
-            let versions = store.versions(&p.key, &m.name)?;
+            // Only the active version's files are read: the others are counted.
+            let numbers = store.numbers(&p.key, &m.name);
             let active = store.active(&p.key, &m.name);
-            let shown = active.and_then(|a| versions.iter().find(|v| v.version == a));
+            let shown = match active {
+                Some(a) => store.version(&p.key, &m.name, a)?,
+                None => None,
+            };
+            let shown = shown.as_ref();
             rows.push(json!({
                 "project": p.key,
                 "name": m.name,
-                "versions": versions.len(),
-                "latest": versions.last().map(|v| v.version),
+                "versions": numbers.len(),
+                "latest": numbers.last(),
                 "active": active,
                 "metric": shown.map(|v| v.metrics["metric"].clone()),
                 "score": shown.map(|v| v.metrics["score"].clone()),
@@ -162,9 +167,9 @@ pub fn list(root: &Path, args: &ModelListArgs, token: Option<&str>) -> anyhow::R
 /// Says that `project/model` has no version `n`, with the versions it has; exits 1.
 fn no_such_version(store: &ModelStore, project: &str, model: &str, n: u64) -> anyhow::Result<u8> {
     let have: Vec<String> = store
-        .versions(project, model)?
+        .numbers(project, model)
         .iter()
-        .map(|v| v.version.to_string())
+        .map(u64::to_string)
         .collect();
     eprintln!(
         "error: saved model {project}/{model} has no version {n} ({})",

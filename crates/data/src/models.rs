@@ -246,7 +246,8 @@ impl ModelStore {
         self.numbers(project, name).into_iter().max()
     }
 
-    fn numbers(&self, project: &str, name: &str) -> Vec<u64> {
+    /// The version numbers, lowest first (no version's files are read).
+    pub fn numbers(&self, project: &str, name: &str) -> Vec<u64> {
         let mut v: Vec<u64> = std::fs::read_dir(self.dir(project, name))
             .into_iter()
             .flatten()

@@ -82,7 +82,9 @@ impl HomeCache {
     }
 }
 
-/// A hash of the home's file names, sizes and modification times.
+/// A hash of the home's file names, and of its TOML files' sizes and modification times: the
+/// loader reads TOML files and knows other files by path only (a recipe's code is read when it
+/// runs), so a log growing in the home (`nohup.out`) is no change to reload for.
 fn fingerprint(root: &Path) -> u64 {
     let mut h = DefaultHasher::new();
     walk(root, root, 0, &mut h);
@@ -105,11 +107,46 @@ fn walk(root: &Path, dir: &Path, depth: usize, h: &mut DefaultHasher) {
             continue;
         }
         let Ok(meta) = e.metadata() else { continue };
-        e.path().strip_prefix(root).ok().hash(h);
-        meta.len().hash(h);
-        meta.modified().ok().hash(h);
+        let path = e.path();
+        path.strip_prefix(root).ok().hash(h);
+        if meta.is_file() && path.extension().is_some_and(|x| x == "toml") {
+            meta.len().hash(h);
+            meta.modified().ok().hash(h);
+        }
         if meta.is_dir() && depth < 8 {
             walk(root, &e.path(), depth + 1, h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn a_toml_edit_changes_the_fingerprint_and_a_growing_log_does_not() {
+        let root = std::env::temp_dir().join(format!("capstan-home-print-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("projects/p/recipes")).unwrap();
+        std::fs::write(root.join("capstan.toml"), "[instance]\n").unwrap();
+        std::fs::write(root.join("projects/p/recipes/r.py"), "print(1)\n").unwrap();
+        let first = fingerprint(&root);
+        std::fs::write(root.join("nohup.out"), "a line of the daemon's log\n").unwrap();
+        let with_log = fingerprint(&root);
+        assert_ne!(first, with_log, "a new file is a new path");
+        std::fs::write(root.join("nohup.out"), "a line\nand another, longer one\n").unwrap();
+        std::fs::write(root.join("projects/p/recipes/r.py"), "print(2, 3)\n").unwrap();
+        assert_eq!(
+            fingerprint(&root),
+            with_log,
+            "contents of non-TOML files are not configuration"
+        );
+        std::fs::write(root.join("capstan.toml"), "[instance]\nname = \"x\"\n").unwrap();
+        assert_ne!(fingerprint(&root), with_log);
+        std::fs::create_dir_all(root.join("state/images")).unwrap();
+        let before = fingerprint(&root);
+        std::fs::write(root.join("state/images/default.toml"), "tag = \"a\"\n").unwrap();
+        assert_ne!(fingerprint(&root), before, "image records are seen");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

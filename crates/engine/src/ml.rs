@@ -67,11 +67,7 @@ pub(crate) fn prepare(spec: &mut ActivitySpec, dp: &dyn DataPlane) -> Result<Str
             })
         }
     };
-    let input = spec
-        .inputs
-        .iter()
-        .find(|i| !spec.models.contains(i))
-        .cloned();
+    let input = dataset_input(spec);
     let input_version = input
         .as_ref()
         .and_then(|i| match dp.state(&spec.project, i) {
@@ -94,6 +90,14 @@ pub(crate) fn prepare(spec: &mut ActivitySpec, dp: &dyn DataPlane) -> Result<Str
     let program = runner_spec(spec, &ml, input.as_deref(), input_version, applied.as_ref());
     stage_runner(spec, &program);
     Ok(said)
+}
+
+/// The dataset an ML activity reads (its other input, if any, is the saved model).
+fn dataset_input(spec: &ActivitySpec) -> Option<String> {
+    spec.inputs
+        .iter()
+        .find(|i| !spec.models.contains(i))
+        .cloned()
 }
 
 /// The image a version was trained in, where scoring can use it: the same kind of placement
@@ -189,11 +193,7 @@ pub fn stage_for_render(spec: &mut ActivitySpec) {
     let Some(ml) = spec.ml.clone() else {
         return;
     };
-    let input = spec
-        .inputs
-        .iter()
-        .find(|i| !spec.models.contains(i))
-        .cloned();
+    let input = dataset_input(spec);
     let pinned = match &ml {
         MlSpec::Train(_) => None,
         MlSpec::Score(a) | MlSpec::Evaluate(a) => a.model_version.map(|v| Applied {

@@ -253,10 +253,9 @@ impl DataPlane for DataPlaneImpl {
         let numbers = || {
             let v: Vec<String> = self
                 .models
-                .versions(project, model)
-                .unwrap_or_default()
+                .numbers(project, model)
                 .iter()
-                .map(|v| v.version.to_string())
+                .map(u64::to_string)
                 .collect();
             v.join(", ")
         };

@@ -61,10 +61,11 @@ METRICS = {
     "regression": ["r2", "rmse", "mae"],
 }
 
-# The libraries an algorithm needs, as PyPI names them (the first one installed is recorded).
+# The distributions an algorithm needs beyond scikit-learn's, as PyPI names them (those installed
+# are recorded).
 LIBRARIES = {
-    "xgboost": [("xgboost", "xgboost"), ("xgboost", "xgboost-cpu")],
-    "lightgbm": [("lightgbm", "lightgbm")],
+    "xgboost": ["xgboost", "xgboost-cpu"],
+    "lightgbm": ["lightgbm"],
 }
 ALWAYS = ["scikit-learn", "numpy", "scipy", "pandas", "pyarrow", "joblib"]
 
@@ -550,7 +551,7 @@ def _libraries(algorithm):
     from importlib import metadata
 
     found = {}
-    names = list(ALWAYS) + [dist for _, dist in LIBRARIES.get(algorithm, [])]
+    names = ALWAYS + LIBRARIES.get(algorithm, [])
     for dist in names:
         try:
             found[dist] = metadata.version(dist)
@@ -731,7 +732,6 @@ def score(spec):
 
 
 def evaluate(spec):
-    import numpy as np
     import pandas as pd
 
     frame = _read_input(spec).to_pandas()
