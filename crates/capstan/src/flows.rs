@@ -174,7 +174,7 @@ pub(crate) async fn watch(
                 continue;
             }
             seen.insert(idx, state.clone());
-            let name = format!("{project}/{}", a["recipe"].as_str().unwrap_or(""));
+            let name = format!("{project}/{}", crate::jobs::activity_name(a));
             match state.as_str() {
                 "running" => print(format!("  {name}: running on {}", placement(a))),
                 "succeeded" | "failed" | "cancelled" | "timed_out" | "skipped" => {

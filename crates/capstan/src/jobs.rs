@@ -181,8 +181,18 @@ pub async fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
         j
     } else {
         eprintln!("job {id} queued: {}", args.target);
-        let j = follow(client, id, "").await?;
-        eprintln!("{}", summary(&j));
+        let j = if job["build"].is_null() {
+            follow(client, id, "").await?
+        } else {
+            // A training whose search is split over several activities: each part's start
+            // and end (their logs: `capstan logs ID`).
+            crate::flows::watch(client, id, |line| eprintln!("{line}")).await?
+        };
+        if j["build"].is_null() {
+            eprintln!("{}", summary(&j));
+        } else {
+            eprintln!("{}", crate::flows::build_summary(&j));
+        }
         if let Some(d) = j["diagnosis"].as_str()
             && j["state"] != "succeeded"
         {
@@ -370,12 +380,21 @@ pub async fn show(client: &Client, args: &JobShowArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// How the job names an activity: its recipe, or `RECIPE:N` for part N of a distributed
+/// search (what `logs --activity` takes).
+pub(crate) fn activity_name(a: &Value) -> &str {
+    a["name"]
+        .as_str()
+        .or_else(|| a["recipe"].as_str())
+        .unwrap_or("")
+}
+
 /// A build's activities: state, where each ran, how long, rows and diagnosis.
 fn build_activities(j: &Value) -> anyhow::Result<()> {
     let project = j["project"].as_str().unwrap_or("");
     say!("  activities");
     for a in j["activities"].as_array().into_iter().flatten() {
-        let name = format!("{project}/{}", a["recipe"].as_str().unwrap_or(""));
+        let name = format!("{project}/{}", activity_name(a));
         let mut line = format!(
             "    {name:<28} {:<10} {}",
             a["state"].as_str().unwrap_or(""),
@@ -417,7 +436,7 @@ pub async fn logs(client: &Client, args: &LogsArgs) -> anyhow::Result<u8> {
     // A build: each activity's log in turn, under its name (with --follow, each until it ends).
     let project = job["project"].as_str().unwrap_or("");
     for a in job["activities"].as_array().into_iter().flatten() {
-        let recipe = a["recipe"].as_str().unwrap_or("");
+        let recipe = activity_name(a);
         say!(
             "==> {project}/{recipe} ({}) <==",
             a["state"].as_str().unwrap_or("")

@@ -71,6 +71,8 @@ fn version_json(
         "score": v.metrics["score"],
         "evaluation": v.metrics["evaluation"],
         "metrics": v.metrics["metrics"],
+        // Every point the search tried, with its cross-validated score.
+        "search": v.metrics["search"],
         "algorithm": v.train_info["algorithm"],
         "params": v.train_info["params"],
         "written_by": written_by,

@@ -366,6 +366,10 @@ async fn build_project(
             failed += 1;
             continue;
         }
+        // A distributed search's parts made one version: shown once.
+        if a["part"].as_u64().is_some_and(|n| n > 1) {
+            continue;
+        }
         let recipe = a["recipe"].as_str().unwrap_or("");
         if let Some(r) = p.recipes.get(recipe) {
             for o in &r.outputs {

@@ -97,6 +97,20 @@ impl fmt::Display for JobState {
     }
 }
 
+/// One activity's share of a search split over several: part `index` of `count` (from 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::fmt::Display for Part {
+    /// As people count: "part 2/3".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "part {}/{}", self.index + 1, self.count)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -204,6 +204,42 @@ pub struct Search {
     /// At most this many grid points per algorithm (absent: the whole grid).
     #[serde(default)]
     pub max_points: Option<u32>,
+    /// Split the points over this many activities of the job, each in a container (or pod,
+    /// or process) of its own on the recipe's configuration; absent or 1: one searches all.
+    #[serde(default)]
+    pub containers: Option<u32>,
+}
+
+/// The most activities one search may be split over.
+pub const MAX_SEARCH_CONTAINERS: u32 = 64;
+
+impl TrainSpec {
+    /// How many activities the search is split over (1: not split).
+    pub fn parts(&self) -> u32 {
+        self.search.containers.unwrap_or(1).max(1)
+    }
+
+    /// How many points the search tries: per algorithm, its grid's size, or `max_points` where
+    /// the grid is larger (the runner samples that many, without repeats).
+    pub fn points(&self) -> u64 {
+        self.algorithms
+            .iter()
+            .map(|a| {
+                let every = a
+                    .grid
+                    .values()
+                    .map(|v| match v {
+                        toml::Value::Array(a) => a.len() as u64,
+                        _ => 1,
+                    })
+                    .fold(1u64, u64::saturating_mul);
+                match self.search.max_points {
+                    Some(m) => every.min(u64::from(m)),
+                    None => every,
+                }
+            })
+            .sum()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -471,6 +507,26 @@ fn train_problem(t: &TrainSpec) -> Option<(String, String, Option<String>)> {
             None,
         ));
     }
+    if let Some(n) = t.search.containers {
+        if !(1..=MAX_SEARCH_CONTAINERS).contains(&n) {
+            return Some((
+                "search.containers".into(),
+                format!("{n} containers: expected 1 to {MAX_SEARCH_CONTAINERS}"),
+                None,
+            ));
+        }
+        let points = t.points();
+        if u64::from(n) > points {
+            return Some((
+                "search.containers".into(),
+                format!(
+                    "{n} containers for {points} point{}: some would have nothing to try",
+                    if points == 1 { "" } else { "s" }
+                ),
+                Some(format!("at most {points}, one point each")),
+            ));
+        }
+    }
     if let Some(m) = &t.metric {
         let known: Vec<&str> = match t.prediction_type {
             Some(ty) => ty.metrics().to_vec(),
@@ -677,6 +733,18 @@ mod tests {
                 "unknown value `ordinal`",
                 4,
             ),
+            (
+                "target = \"cultivar\"",
+                "target = \"cultivar\"\nsearch = { containers = 3 }",
+                "3 containers for 2 points: some would have nothing to try",
+                0,
+            ),
+            (
+                "target = \"cultivar\"",
+                "target = \"cultivar\"\nsearch = { containers = 0 }",
+                "0 containers: expected 1 to 64",
+                0,
+            ),
         ];
         for (from, to, message, line) in cases {
             let text = GOOD.replace(from, to);
@@ -708,6 +776,21 @@ mod tests {
             got,
             "an ml_train recipe needs its spec in an [ml_train] table"
         );
+    }
+
+    #[test]
+    fn a_search_counts_its_points_as_the_runner_tries_them() {
+        let text = GOOD
+            .replace("max_depth = 4", "max_depth = [2, 4, 8]")
+            .replace("target = \"cultivar\"", "target = \"cultivar\"\nsearch = { containers = 2 }");
+        let MlSpec::Train(mut t) = read(RecipeKind::MlTrain, &text).unwrap().spec else {
+            panic!()
+        };
+        assert_eq!((t.points(), t.parts()), (6, 2));
+        t.search.max_points = Some(4);
+        assert_eq!(t.points(), 4);
+        t.search.containers = None;
+        assert_eq!(t.parts(), 1);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// A saved model's files do not say what capstan needs of them.
+    #[error("{0}")]
+    Model(String),
     #[error("{0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("{0}")]

@@ -78,6 +78,14 @@ impl ModelVersion {
     }
 }
 
+/// What the merge of a distributed search did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Merged {
+    pub committed: Committed,
+    /// Which point won, from which part, in words for the job's log.
+    pub said: String,
+}
+
 /// What a commit did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Committed {
@@ -210,6 +218,100 @@ impl ModelStore {
             activated: activate,
             why,
         }))
+    }
+
+    /// Whether the stage uploaded a version.
+    pub fn is_staged(&self, project: &str, name: &str, stage: &str) -> bool {
+        self.staged(project, name, stage).is_dir()
+    }
+
+    /// Commits the best of a distributed search's candidates (one stage per part, each the
+    /// best of its share of the points, refit) as the next version, with every part's points
+    /// in its `metrics.json`, and drops the others. The best point is chosen as one search over
+    /// all the points chooses: the best cross-validation score, the first point among equals.
+    pub fn merge(
+        &self,
+        project: &str,
+        name: &str,
+        stages: &[String],
+        provenance: &Provenance,
+        policy: Activation,
+    ) -> Result<Merged> {
+        let bad = |m: String| DataError::Model(m);
+        let read = |stage: &str, file: &str| -> Result<Value> {
+            let path = self.staged(project, name, stage).join(file);
+            let bytes = std::fs::read(&path).map_err(|e| {
+                bad(format!(
+                    "the candidate of part {stage} has no {file} ({e}): did its training upload one?"
+                ))
+            })?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| bad(format!("the candidate of part {stage}: {file}: {e}")))
+        };
+        let mut candidates = Vec::new();
+        for stage in stages {
+            candidates.push((read(stage, "metrics.json")?, read(stage, "train_info.json")?));
+        }
+        let Some((first, _)) = candidates.first() else {
+            return Err(bad("a search with no parts".into()));
+        };
+        let greater = first["greater_is_better"].as_bool().unwrap_or(true);
+        let mut points: Vec<Value> = candidates
+            .iter()
+            .flat_map(|(m, _)| m["search"].as_array().cloned().unwrap_or_default())
+            .collect();
+        points.sort_by_key(|p| p["point"].as_u64().unwrap_or(u64::MAX));
+        let score = |p: &Value| p["cv_score"].as_f64().filter(|s| !s.is_nan());
+        let mut best: Option<&Value> = None;
+        for p in &points {
+            let Some(s) = score(p) else { continue };
+            let better = match best.and_then(score) {
+                None => true,
+                Some(b) if greater => s > b,
+                Some(b) => s < b,
+            };
+            if better {
+                best = Some(p);
+            }
+        }
+        let Some(best) = best.cloned() else {
+            return Err(bad("no point of the search has a score".into()));
+        };
+        let Some(winner) = candidates
+            .iter()
+            .position(|(_, info)| info["point"] == best["point"])
+        else {
+            return Err(bad(format!(
+                "no part's candidate is the best point ({})",
+                best["point"]
+            )));
+        };
+        let n = stages.len();
+        let (mut metrics, mut info) = candidates.swap_remove(winner);
+        metrics["search"] = Value::Array(points.clone());
+        info["search"] = json!({"parts": n, "points": points.len(), "part": winner + 1});
+        let dir = self.staged(project, name, &stages[winner]);
+        let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
+        write_synced(&dir.join("metrics.json"), pretty(&metrics).as_bytes())?;
+        write_synced(&dir.join("train_info.json"), pretty(&info).as_bytes())?;
+        let committed = self
+            .commit(project, name, &stages[winner], provenance, policy)?
+            .ok_or_else(|| bad("the best candidate vanished before its commit".into()))?;
+        for (i, stage) in stages.iter().enumerate() {
+            if i != winner {
+                self.discard(project, name, stage);
+            }
+        }
+        let said = format!(
+            "best of {} points over {n} parts: {} {} from part {}/{n}, cross-validated {} {:.4}",
+            points.len(),
+            best["algorithm"].as_str().unwrap_or("?"),
+            best["params"],
+            winner + 1,
+            metrics["metric"].as_str().unwrap_or("score"),
+            score(&best).unwrap_or(f64::NAN),
+        );
+        Ok(Merged { committed, said })
     }
 
     /// Appends the stage's evaluation, if it staged one, to the model's evaluation store.
@@ -665,5 +767,58 @@ mod tests {
             .unwrap();
         assert!(store.commit_evaluation("p", "m", "3-0-0").unwrap());
         assert_eq!(store.evaluations("p", "m"), [json!({"accuracy": 0.95})]);
+    }
+
+    /// Stages a part's candidate: its best point, refit, with its share of the points.
+    fn candidate(store: &ModelStore, stage: &str, points: &[(u64, f64)], best: u64) {
+        let search: Vec<Value> = points
+            .iter()
+            .map(|(p, s)| json!({"point": p, "algorithm": "ridge", "params": {"alpha": p}, "cv_score": s}))
+            .collect();
+        let metrics = json!({"metric": "r2", "score": 0.5, "greater_is_better": true, "search": search});
+        let info = json!({"algorithm": "ridge", "point": best});
+        let files = upload(&[
+            ("MLmodel", stage),
+            ("metrics.json", &metrics.to_string()),
+            ("train_info.json", &info.to_string()),
+        ]);
+        store.stage_tar("p", "m", stage, &files[..]).unwrap();
+    }
+
+    #[test]
+    fn a_search_merges_into_its_best_candidate_and_drops_the_others() {
+        let home = home();
+        let store = ModelStore::new(home.path());
+        // Points 1 and 4 tie for the best score: the first wins, as in one search.
+        candidate(&store, "7-0-0", &[(0, 0.2), (3, 0.1)], 0);
+        candidate(&store, "7-1-0", &[(1, 0.4), (4, 0.4)], 1);
+        candidate(&store, "7-2-0", &[(2, 0.3), (5, 0.35)], 5);
+        let stages: Vec<String> = ["7-0-0", "7-1-0", "7-2-0"].map(String::from).to_vec();
+        let m = store
+            .merge("p", "m", &stages, &provenance(7), Activation::Always)
+            .unwrap();
+        assert_eq!((m.committed.version, m.committed.activated), (1, true));
+        assert!(m.said.starts_with("best of 6 points over 3 parts: ridge {\"alpha\":1} from part 2/3"), "{}", m.said);
+        let dir = store.version_dir("p", "m", 1);
+        assert_eq!(std::fs::read_to_string(dir.join("MLmodel")).unwrap(), "7-1-0");
+        let v = store.version("p", "m", 1).unwrap().unwrap();
+        let order: Vec<u64> = v.metrics["search"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["point"].as_u64().unwrap())
+            .collect();
+        assert_eq!(order, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(v.train_info["search"], json!({"parts": 3, "points": 6, "part": 2}));
+        assert!(!home.path().join("models/p/m/.staging/7-0-0").exists());
+        assert!(!home.path().join("models/p/m/.staging/7-2-0").exists());
+
+        // A part without its candidate: nothing is committed, and the error says why.
+        candidate(&store, "8-0-0", &[(0, 0.2)], 0);
+        let err = store
+            .merge("p", "m", &["8-0-0".into(), "8-1-0".into()], &provenance(8), Activation::Always)
+            .unwrap_err();
+        assert!(err.to_string().contains("8-1-0 has no metrics.json"), "{err}");
+        assert_eq!(store.latest("p", "m"), Some(1));
     }
 }

@@ -75,6 +75,8 @@ pub struct ActivitySpec {
     pub ml: Option<capstan_core::ml::MlSpec>,
     /// A training's policy for whether its version becomes the active one.
     pub activation: capstan_core::ml::Activation,
+    /// Its share of a distributed search (`None`: the activity is whole).
+    pub part: Option<capstan_core::job::Part>,
 }
 
 /// What an activity runs.
@@ -178,6 +180,7 @@ impl ActivitySpec {
             models: Vec::new(),
             ml: None,
             activation: capstan_core::ml::Activation::Always,
+            part: None,
         }
     }
 

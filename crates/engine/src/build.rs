@@ -16,7 +16,7 @@ use capstan_core::flow::{BuildMode, DatasetState, Plan};
 use capstan_core::job::JobState;
 use capstan_core::model::{ExecKind, Permission};
 use capstan_core::resolve::{Resolution, RunRequest, resolve};
-use capstan_store::{ActivityRow, JobRow, NewActivity, NewJob, Outcome};
+use capstan_store::{ActivityRow, JobRow, NewActivity, NewJob, Outcome, Part};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -109,8 +109,9 @@ impl Engine {
         // Who the activities run as, and the backends that agreed to it: asked once each.
         let identity = capstan_core::access::local_identity(&home, request.user.as_deref());
         let mut admitted: HashSet<ExecKind> = HashSet::new();
-        // Plan step index -> activity index, for those that run.
-        let mut idx_of: HashMap<usize, i64> = HashMap::new();
+        // Plan step index -> its activities' indices (several for a distributed search), for
+        // those that run.
+        let mut idx_of: HashMap<usize, Vec<i64>> = HashMap::new();
         for (i, step) in plan.steps.iter().enumerate() {
             let needs = step
                 .needs
@@ -145,21 +146,32 @@ impl Engine {
                     steps.push(planned);
                     continue;
                 }
-                idx_of.insert(i, activities.len() as i64);
-                activities.push(NewActivity {
-                    recipe: step.recipe.clone(),
-                    resolution_json: record::resolution_json(&r).to_string(),
-                    exec_config: r.exec_config.value.clone(),
-                    cluster: r.cluster.value.clone(),
-                    kind: kind.as_str().to_string(),
-                    // Only what runs is waited for: an up-to-date input is there already.
-                    needs: step
-                        .needs
-                        .iter()
-                        .filter_map(|n| idx_of.get(n).copied())
-                        .collect(),
-                    why_json: serde_json::json!(step.why).to_string(),
-                });
+                // Only what runs is waited for: an up-to-date input is there already.
+                let needs: Vec<i64> = step
+                    .needs
+                    .iter()
+                    .filter_map(|n| idx_of.get(n))
+                    .flatten()
+                    .copied()
+                    .collect();
+                let parts = search_parts(&home, project, &step.recipe);
+                let first = activities.len() as i64;
+                idx_of.insert(i, (first..first + i64::from(parts)).collect());
+                for index in 0..parts {
+                    activities.push(NewActivity {
+                        recipe: step.recipe.clone(),
+                        resolution_json: record::resolution_json(&r).to_string(),
+                        exec_config: r.exec_config.value.clone(),
+                        cluster: r.cluster.value.clone(),
+                        kind: kind.as_str().to_string(),
+                        needs: needs.clone(),
+                        why_json: serde_json::json!(step.why).to_string(),
+                        part: (parts > 1).then_some(Part {
+                            index,
+                            count: parts,
+                        }),
+                    });
+                }
             }
             steps.push(planned);
         }
@@ -225,7 +237,7 @@ impl Engine {
             let acts = self.store().activities(job_id).unwrap_or_default();
             let mut state: HashMap<i64, (JobState, String, Option<String>)> = acts
                 .iter()
-                .map(|a| (a.idx, (a.state, a.recipe.clone(), a.diagnosis.clone())))
+                .map(|a| (a.idx, (a.state, a.name(), a.diagnosis.clone())))
                 .collect();
             for a in acts.iter().filter(|a| a.state == JobState::Queued) {
                 if in_flight.contains(&a.idx) {
@@ -249,7 +261,7 @@ impl Engine {
                         build: true,
                     };
                     self.skip_activity(at, &why);
-                    state.insert(a.idx, (JobState::Skipped, a.recipe.clone(), Some(why)));
+                    state.insert(a.idx, (JobState::Skipped, a.name(), Some(why)));
                     continue;
                 }
                 let ready = a
@@ -282,6 +294,7 @@ impl Engine {
                 return;
             }
         };
+        self.sweep_searches(job_id, &acts);
         let (outcome, io) = build_outcome(&job.project, &acts);
         if let Err(error) = self
             .store()
@@ -359,11 +372,20 @@ impl Engine {
                     return;
                 }
             }
+            let part = act.part.is_some();
             match self.run_activity(job, &act, at, resume, cancel).await {
+                Ran::Early(outcome) if part => self.finish_part(at, &act.recipe, None, outcome),
                 Ran::Early(outcome) => self.finish_activity(at, &outcome),
                 Ran::Ended { outcome, spec } => {
                     let outcome = self.commit_outputs(at, &spec, outcome);
-                    self.finish_activity(at, &outcome);
+                    if part {
+                        self.finish_part(at, &act.recipe, Some(&spec), outcome);
+                    } else {
+                        self.finish_activity(at, &outcome);
+                    }
+                }
+                Ran::Requeue if cancel.is_cancelled() && part => {
+                    self.finish_part(at, &act.recipe, None, ActivityOutcome::cancelled())
                 }
                 Ran::Requeue if cancel.is_cancelled() => {
                     self.finish_activity(at, &ActivityOutcome::cancelled())
@@ -445,6 +467,17 @@ impl Engine {
     }
 }
 
+/// How many activities a recipe runs as: its training's `search.containers`, else one.
+pub(crate) fn search_parts(home: &capstan_core::model::Home, project: &str, recipe: &str) -> u32 {
+    match home
+        .recipe(project, recipe)
+        .and_then(|(_, r)| r.ml.as_ref().map(|m| &m.spec))
+    {
+        Some(capstan_core::ml::MlSpec::Train(t)) => t.parts(),
+        _ => 1,
+    }
+}
+
 /// A build's end from its activities': failed if any failed (naming them and what they
 /// skipped), cancelled if any was cancelled, else succeeded; with the largest peak memory, the
 /// total CPU time and every dataset's rows.
@@ -461,7 +494,7 @@ fn build_outcome(project: &str, acts: &[ActivityRow]) -> (ActivityOutcome, crate
     let skipped = named(&[JobState::Skipped]);
     let list = |v: &[&ActivityRow]| {
         v.iter()
-            .map(|a| format!("{project}/{}", a.recipe))
+            .map(|a| format!("{project}/{}", a.name()))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -469,12 +502,12 @@ fn build_outcome(project: &str, acts: &[ActivityRow]) -> (ActivityOutcome, crate
         let first = failed[0];
         let why = first.diagnosis.as_deref().and_then(|d| d.lines().next());
         let mut d = match (failed.len(), why) {
-            (1, Some(why)) => format!("{project}/{} failed: {why}", first.recipe),
-            (1, None) => format!("{project}/{} failed", first.recipe),
+            (1, Some(why)) => format!("{project}/{} failed: {why}", first.name()),
+            (1, None) => format!("{project}/{} failed", first.name()),
             (n, why) => {
                 let mut d = format!("{n} of {} activities failed: {}", acts.len(), list(&failed));
                 if let Some(why) = why {
-                    d += &format!(" ({project}/{}: {why})", first.recipe);
+                    d += &format!(" ({project}/{}: {why})", first.name());
                 }
                 d
             }

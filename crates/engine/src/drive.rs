@@ -65,6 +65,7 @@ impl Engine {
         let mut spec = spec_from(&home, &self.inner.root, &r, job.id, act.attempt, dir);
         spec.idx = act.idx;
         spec.user = job.user.clone();
+        spec.part = act.part;
         Ok((spec, r))
     }
 
@@ -264,23 +265,7 @@ impl Engine {
         let Some(dp) = &self.inner.data_plane else {
             return outcome;
         };
-        let provenance = self
-            .store()
-            .activities(at.job_id)
-            .ok()
-            .and_then(|a| a.into_iter().find(|a| a.idx == at.idx))
-            .and_then(|a| a.provenance_json)
-            .map(|p| record::provenance_from_json(&p))
-            .unwrap_or_default();
-        let provenance = Provenance {
-            written_by: WrittenBy::Activity {
-                job: at.job_id,
-                idx: at.idx,
-                recipe: spec.recipe.clone(),
-            },
-            inputs: provenance.0,
-            definition: provenance.1,
-        };
+        let provenance = self.provenance_of(at, &spec.recipe);
         match dp.end(spec, outcome.state == JobState::Succeeded, &provenance) {
             Ok(io) => {
                 for line in &io.notes {
@@ -302,6 +287,28 @@ impl Engine {
             Err(why) => ActivityOutcome::failed(format!(
                 "the recipe succeeded, but its outputs could not be committed: {why}"
             )),
+        }
+    }
+
+    /// What an activity's outputs record as having written them: the activity, and the input
+    /// versions and definition fixed when it started.
+    pub(crate) fn provenance_of(&self, at: At, recipe: &str) -> Provenance {
+        let (inputs, definition) = self
+            .store()
+            .activities(at.job_id)
+            .ok()
+            .and_then(|a| a.into_iter().find(|a| a.idx == at.idx))
+            .and_then(|a| a.provenance_json)
+            .map(|p| record::provenance_from_json(&p))
+            .unwrap_or_default();
+        Provenance {
+            written_by: WrittenBy::Activity {
+                job: at.job_id,
+                idx: at.idx,
+                recipe: recipe.to_string(),
+            },
+            inputs,
+            definition,
         }
     }
 
@@ -581,6 +588,7 @@ impl Engine {
             ..ActivitySpec::bare(job.id, act.attempt, dir, self.inner.root.clone(), kind)
         };
         spec.idx = act.idx;
+        spec.part = act.part;
         spec
     }
 
@@ -633,7 +641,7 @@ fn store_outcome(outcome: &ActivityOutcome) -> Outcome {
 }
 
 /// Appends one of capstan's own lines to an activity's log, after what the recipe printed.
-fn note(spec: &ActivitySpec, line: &str) {
+pub(crate) fn note(spec: &ActivitySpec, line: &str) {
     use std::io::Write;
     let path = spec.log_path();
     let written = std::fs::create_dir_all(&spec.dir).and_then(|()| {

@@ -17,6 +17,7 @@ mod ml;
 pub use ml::stage_for_render as stage_ml_for_render;
 pub mod record;
 mod scheduler;
+mod search;
 pub mod schedules;
 
 use std::collections::HashMap;
@@ -124,6 +125,9 @@ struct Inner {
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Visual recipes on Spark: their PySpark (see [`Engine::set_spark_codegen`]).
     codegen: std::sync::OnceLock<Arc<dyn SparkCodegen>>,
+    /// Held while a part of a distributed search ends: the last part to end sees every other
+    /// one's final state, and merges (see `search.rs`).
+    search_ends: Mutex<()>,
 }
 
 /// The engine of one instance. Cheap to clone.
@@ -164,6 +168,7 @@ impl Engine {
                 data_plane,
                 sched: tx,
                 running: Mutex::new(HashMap::new()),
+                search_ends: Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 changes,
@@ -240,6 +245,9 @@ impl Engine {
             capstan_core::access::check(&home, project, &caller.name, false, Permission::Run)
                 .map_err(|d| EngineError::Denied(d.message))?;
         }
+        if build::search_parts(&home, project, recipe) > 1 {
+            return self.submit_split(caller, project, recipe, request);
+        }
         request.user = caller.in_home.then(|| caller.name.clone());
         let resolution = resolve(&home, project, recipe, &request).map_err(resolve_error)?;
         let kind = resolution.kind.value;
@@ -264,6 +272,36 @@ impl Engine {
         tracing::info!(job_id = job.id, project, recipe, user = %caller.name, "job queued");
         let _ = self.inner.sched.send(SchedMsg::Queued(Slot::of(&job)));
         Ok(job)
+    }
+
+    /// The run of a training whose search is split over several activities: a job with one
+    /// activity per part, as a forced build of the recipe's outputs queues it.
+    fn submit_split(
+        &self,
+        caller: &Caller,
+        project: &str,
+        recipe: &str,
+        request: RunRequest,
+    ) -> Result<JobRow, EngineError> {
+        let home = self.inner.home.current();
+        let targets = home
+            .recipe(project, recipe)
+            .map(|(_, r)| r.outputs.iter().map(|o| o.value.clone()).collect())
+            .unwrap_or_default();
+        let answer = self.build(
+            caller,
+            project,
+            build::BuildRequest {
+                targets,
+                mode: capstan_core::flow::BuildMode::Force,
+                dry_run: false,
+                request,
+            },
+        )?;
+        answer.job.ok_or_else(|| EngineError::Invalid {
+            message: format!("recipe `{recipe}` has nothing to run"),
+            details: Vec::new(),
+        })
     }
 
     pub fn job(&self, caller: &Caller, id: i64) -> Result<JobRow, EngineError> {
@@ -344,8 +382,9 @@ impl Engine {
         let acts = self.store().activities(id)?;
         let act = match recipe {
             None => acts.first(),
-            Some(r) => Some(acts.iter().find(|a| a.recipe == r).ok_or_else(|| {
-                let names: Vec<&str> = acts.iter().map(|a| a.recipe.as_str()).collect();
+            // By name, or by recipe (a distributed search's first part).
+            Some(r) => Some(acts.iter().find(|a| a.name() == r || a.recipe == r).ok_or_else(|| {
+                let names: Vec<String> = acts.iter().map(|a| a.name()).collect();
                 EngineError::NotFound(format!(
                     "job {id} has no activity `{r}` (its activities: {})",
                     names.join(", ")
@@ -698,6 +737,26 @@ pub trait DataPlane: Send + Sync {
         succeeded: bool,
         provenance: &capstan_core::flow::Provenance,
     ) -> Result<IoSummary, String>;
+    /// A distributed search once all its parts have ended (a part's own `end` keeps what it
+    /// staged): when every part succeeded, the best of the versions they staged becomes the
+    /// saved model's one new version, with every part's points in its metrics; otherwise what
+    /// they staged goes. Returns lines for the job's log.
+    fn end_search(&self, search: &SearchEnd<'_>) -> Result<Vec<String>, String>;
+}
+
+/// What [`DataPlane::end_search`] settles.
+#[derive(Clone, Debug)]
+pub struct SearchEnd<'a> {
+    pub project: &'a str,
+    /// The saved model the search trains.
+    pub model: &'a str,
+    pub activation: capstan_core::ml::Activation,
+    pub job_id: i64,
+    /// Each part's activity index and attempt (what its stage is named by).
+    pub parts: Vec<(i64, i64)>,
+    /// Whether every part succeeded: merge and commit; else discard.
+    pub succeeded: bool,
+    pub provenance: &'a capstan_core::flow::Provenance,
 }
 
 /// Returned by [`Engine::open`]; starting it recovers the previous daemon's jobs and runs the

@@ -152,6 +152,8 @@ pub(crate) fn runner_spec(
         "train": train,
         "probabilities": probabilities,
         "gpus": spec.gpus,
+        // A distributed search's part tries every `count`th point from `index`.
+        "part": spec.part.map(|p| json!({"index": p.index, "count": p.count})),
         "train_info": {
             "job": spec.job_id,
             "recipe": spec.recipe,

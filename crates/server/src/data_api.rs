@@ -310,6 +310,15 @@ impl DataPlane for DataPlaneImpl {
         for model in &spec.models {
             if !succeeded {
                 self.models.discard(&spec.project, model, &stage);
+            } else if spec.part.is_some() && spec.outputs.contains(model) {
+                // A part of a distributed search: its candidate waits for the others
+                // (`end_search`).
+                if !self.models.is_staged(&spec.project, model, &stage) {
+                    return Err(format!(
+                        "saved model `{model}`: the search's {} uploaded no candidate",
+                        spec.part.map(|p| p.to_string()).unwrap_or_default()
+                    ));
+                }
             } else if spec.outputs.contains(model) {
                 let committed = self
                     .models
@@ -348,6 +357,42 @@ impl DataPlane for DataPlaneImpl {
             .unwrap_or_default();
         io.notes = notes;
         Ok(io)
+    }
+
+    fn end_search(&self, search: &capstan_engine::SearchEnd<'_>) -> Result<Vec<String>, String> {
+        let stages: Vec<String> = search
+            .parts
+            .iter()
+            .map(|&(idx, attempt)| {
+                ActivityId {
+                    job: search.job_id,
+                    idx,
+                    attempt,
+                }
+                .stage()
+            })
+            .collect();
+        let model = search.model;
+        if !search.succeeded {
+            for stage in &stages {
+                self.models.discard(search.project, model, stage);
+            }
+            return Ok(Vec::new());
+        }
+        let merged = self
+            .models
+            .merge(
+                search.project,
+                model,
+                &stages,
+                search.provenance,
+                search.activation,
+            )
+            .map_err(|e| format!("saved model `{model}`: {e}"))?;
+        Ok(vec![
+            format!("saved model `{model}`: {}", merged.said),
+            format!("saved model `{model}`: {}", merged.committed.why),
+        ])
     }
 }
 
@@ -518,7 +563,7 @@ impl From<DataError> for ApiError {
             DataError::Empty { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             // A well-formed request naming a column the data does not have.
             DataError::UnknownColumn { .. } => ApiError::invalid(m),
-            DataError::Schema { .. } => ApiError::invalid(m),
+            DataError::Schema { .. } | DataError::Model(_) => ApiError::invalid(m),
             DataError::Arrow(_) => {
                 ApiError::bad_request(format!("the data is not a valid Arrow stream: {m}"))
             }

@@ -916,16 +916,11 @@ fn detail_json(d: &JobDetail) -> Value {
                 "at": ms_to_rfc3339(Some(e.at)),
                 "state": e.state.as_str(),
                 "message": e.message,
-                "activity": e.activity.and_then(|i| d.activities.iter().find(|a| a.idx == i)).map(|a| a.recipe.clone()),
+                "activity": e.activity.and_then(|i| d.activities.iter().find(|a| a.idx == i)).map(|a| a.name()),
             })
         })
         .collect();
-    let recipe_of = |i: &i64| {
-        d.activities
-            .iter()
-            .find(|a| a.idx == *i)
-            .map(|a| a.recipe.clone())
-    };
+    let name_of = |i: &i64| d.activities.iter().find(|a| a.idx == *i).map(|a| a.name());
     v["activities"] = d
         .activities
         .iter()
@@ -933,6 +928,9 @@ fn detail_json(d: &JobDetail) -> Value {
             json!({
                 "index": a.idx,
                 "recipe": a.recipe,
+                "name": a.name(),
+                "part": a.part.map(|p| p.index + 1),
+                "parts": a.part.map(|p| p.count),
                 "state": a.state.as_str(),
                 "attempt": a.attempt,
                 "dir": a.dir,
@@ -951,7 +949,7 @@ fn detail_json(d: &JobDetail) -> Value {
                 "kind": a.kind.clone().unwrap_or_else(|| d.job.kind.clone()),
                 "exec_config": if d.job.is_build() { a.exec_config.clone() } else { d.job.exec_config.clone() },
                 "cluster": if d.job.is_build() { a.cluster.clone() } else { d.job.cluster.clone() },
-                "needs": a.needs.iter().filter_map(recipe_of).collect::<Vec<_>>(),
+                "needs": a.needs.iter().filter_map(name_of).collect::<Vec<_>>(),
                 "why": a.why_json.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()),
                 "io": if d.job.is_build() { a.io_json.as_deref() } else { d.job.io_json.as_deref() }
                     .and_then(|t| serde_json::from_str::<Value>(t).ok()),
@@ -1076,7 +1074,8 @@ async fn cancel(
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     follow: Option<bool>,
-    /// In a build: the recipe whose activity's log to read (default: the first activity).
+    /// In a build: the activity whose log to read, by name (its recipe, or `RECIPE:N` for part
+    /// N of a distributed search; default: the first activity).
     activity: Option<String>,
 }
 

@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use capstan_core::job::Part;
 use capstan_core::job::JobState;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
@@ -22,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_io.sql"),
     include_str!("../migrations/0003_cancel.sql"),
     include_str!("../migrations/0004_builds.sql"),
+    include_str!("../migrations/0005_search_parts.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +81,10 @@ pub struct NewActivity {
     pub needs: Vec<i64>,
     /// Why the plan runs it, as a JSON list.
     pub why_json: String,
+    /// Its share of a distributed search.
+    pub part: Option<Part>,
 }
+
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobRow {
@@ -148,6 +153,19 @@ pub struct ActivityRow {
     pub io_json: Option<String>,
     /// The input versions and definition its outputs record, fixed when it started.
     pub provenance_json: Option<String>,
+    /// Its share of a distributed search.
+    pub part: Option<Part>,
+}
+
+impl ActivityRow {
+    /// How people and the API name it: its recipe, and for a part of a distributed search,
+    /// `RECIPE:N` counting from 1.
+    pub fn name(&self) -> String {
+        match self.part {
+            Some(p) => format!("{}:{}", self.recipe, p.index + 1),
+            None => self.recipe.clone(),
+        }
+    }
 }
 
 /// Fields set together with a state change (each `Some` overwrites).
@@ -189,7 +207,7 @@ pub struct Store {
 }
 
 const JOB_COLUMNS: &str = "id, project, recipe, user, request, resolution, exec_config, cluster, kind, state, created_at, started_at, finished_at, exit_code, diagnosis, peak_memory_bytes, cpu_time_ms, io, build";
-const ACTIVITY_COLUMNS: &str = "job_id, idx, recipe, state, attempt, dir, backend_ref, exit_code, signal, diagnosis, peak_memory_bytes, cpu_time_ms, started_at, finished_at, resolution, exec_config, cluster, kind, needs, why, io, provenance";
+const ACTIVITY_COLUMNS: &str = "job_id, idx, recipe, state, attempt, dir, backend_ref, exit_code, signal, diagnosis, peak_memory_bytes, cpu_time_ms, started_at, finished_at, resolution, exec_config, cluster, kind, needs, why, io, provenance, part, parts";
 
 fn state_of(id: i64, s: String) -> Result<JobState> {
     JobState::parse(&s).ok_or(StoreError::BadState(id, s))
@@ -315,6 +333,10 @@ fn activity_row(row: &Row<'_>) -> rusqlite::Result<(ActivityRow, String)> {
             why_json: row.get(19)?,
             io_json: row.get(20)?,
             provenance_json: row.get(21)?,
+            part: match (row.get::<_, Option<u32>>(22)?, row.get::<_, Option<u32>>(23)?) {
+                (Some(index), Some(count)) => Some(Part { index, count }),
+                _ => None,
+            },
         },
         row.get(3)?,
     ))
@@ -416,8 +438,8 @@ impl Store {
             Some((_, activities)) => {
                 for (idx, a) in activities.iter().enumerate() {
                     tx.execute(
-                        "INSERT INTO activities (job_id, idx, recipe, state, resolution, exec_config, cluster, kind, needs, why)
-                         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9)",
+                        "INSERT INTO activities (job_id, idx, recipe, state, resolution, exec_config, cluster, kind, needs, why, part, parts)
+                         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                         params![
                             id,
                             idx as i64,
@@ -427,7 +449,9 @@ impl Store {
                             a.cluster,
                             a.kind,
                             needs_json(&a.needs),
-                            a.why_json
+                            a.why_json,
+                            a.part.map(|p| p.index),
+                            a.part.map(|p| p.count),
                         ],
                     )?;
                 }
@@ -935,12 +959,20 @@ mod tests {
             kind: "local".into(),
             needs,
             why_json: "[\"never built\"]".into(),
+            part: None,
         };
         let j = s
             .insert_job(&NewJob {
                 build: Some((
                     "{}".into(),
-                    vec![act("a", vec![]), act("b", vec![0]), act("c", vec![0, 1])],
+                    vec![
+                        act("a", vec![]),
+                        act("b", vec![0]),
+                        NewActivity {
+                            part: Some(Part { index: 1, count: 3 }),
+                            ..act("c", vec![0, 1])
+                        },
+                    ],
                 )),
                 ..new_job("a, b, c")
             })
@@ -959,6 +991,10 @@ mod tests {
         let acts = s.activities(j.id).unwrap();
         assert!(acts.iter().all(|a| a.state == JobState::Queued));
         assert_eq!(acts[2].needs, [0, 1]);
+        assert_eq!(acts[2].part, Some(Part { index: 1, count: 3 }));
+        assert_eq!(acts[2].part.unwrap().to_string(), "part 2/3");
+        assert_eq!((acts[2].name().as_str(), acts[1].name().as_str()), ("c:2", "b"));
+        assert_eq!(acts[1].part, None);
         for to in [JobState::Preparing, JobState::Starting, JobState::Running] {
             let from = [JobState::Queued, JobState::Preparing, JobState::Starting];
             assert!(

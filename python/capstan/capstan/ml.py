@@ -203,16 +203,24 @@ def train(spec):
         cv = 3
         evaluation = f"{len(test_rows)} test rows"
 
-    points = _points(t, seed)
-    say(
-        f"searching {len(points)} point{'s' if len(points) != 1 else ''} on {metric} "
-        f"({cv}-fold cross-validation on {len(train_rows)} rows)"
-    )
+    points = list(enumerate(_points(t, seed)))
+    part = spec.get("part")
+    plural = "s" if len(points) != 1 else ""
+    what = f"searching {len(points)} point{plural}"
+    if part:
+        # A distributed search: this part tries every count-th point from its index, on the
+        # same split and folds as every other part (the seed fixes them).
+        mine = [p for p in points if p[0] % part["count"] == part["index"]]
+        what = f"part {part['index'] + 1}/{part['count']} of the search: {len(mine)} of {len(points)} points"
+        points = mine
+    if not points:
+        raise TrainingError("this part of the search has no point to try")
+    say(f"{what} on {metric} ({cv}-fold cross-validation on {len(train_rows)} rows)")
     gpus = int(spec.get("gpus") or 0)
     cpus = _cpus()
     preprocess = (numeric, categorical, t.get("features", {}).get("handling", {}))
     results = []
-    for name, params in points:
+    for point, (name, params) in points:
         scores = []
         for fit_rows, check_rows in _folds(y[train_rows], cv, seed, classes is not None):
             rows_fit, rows_check = train_rows[fit_rows], train_rows[check_rows]
@@ -221,9 +229,10 @@ def train(spec):
                 _metrics(ptype, model, X.iloc[rows_check], y[rows_check], classes, only=metric)[metric]
             )
         cv_score = float(np.mean(scores))
-        results.append({"algorithm": name, "params": params, "cv_score": cv_score})
+        results.append({"point": point, "algorithm": name, "params": params, "cv_score": cv_score})
         say(f"  {name} {_show_params(params)}: {metric} {cv_score:.4f}")
     greater = metric not in LOWER_IS_BETTER
+    # The first of equals wins, here and where capstan merges a distributed search's parts.
     best = (max if greater else min)(results, key=lambda r: r["cv_score"])
 
     name, params = best["algorithm"], best["params"]
@@ -271,6 +280,7 @@ def train(spec):
         {
             "algorithm": name,
             "params": params,
+            "point": best["point"],
             "seed": seed,
             "split": {"test_ratio": ratio, "folds": folds},
             "target": target,
@@ -285,10 +295,8 @@ def train(spec):
     tar = _pack_version(fitted, classes, X, frame[target], version, libraries)
     _upload(spec, tar)
     on = f"on {evaluation}" if test_rows is not None else f"by {evaluation}"
-    say(
-        f"trained {spec['model']}: {name} {_show_params(params)}, {metric} {chosen:.4f} {on} "
-        f"({seconds:.1f} s)"
-    )
+    who = f"the best of part {part['index'] + 1}/{part['count']}" if part else f"trained {spec['model']}"
+    say(f"{who}: {name} {_show_params(params)}, {metric} {chosen:.4f} {on} ({seconds:.1f} s)")
 
 
 def _prediction_type(y, given):

@@ -250,6 +250,123 @@ fn the_sample_trains_scores_and_evaluates_wine_model_and_mlflow_opens_its_versio
     );
 }
 
+/// The search's TOML line for `containers` parts in the sample's wine_model recipe.
+fn split_search(h: &TestHome, containers: u32) {
+    let path = h.root().join("projects/sample/recipes/wine_model.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = match text.find("\nsearch = ") {
+        Some(at) => {
+            let end = at + 1 + text[at + 1..].find('\n').unwrap();
+            format!("{}{}", &text[..at], &text[end..])
+        }
+        None => text,
+    };
+    let text = text.replace(
+        "metric = \"accuracy\"",
+        &format!("metric = \"accuracy\"\nsearch = {{ containers = {containers} }}"),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// A version's file as JSON.
+fn version_file(show: &Value, file: &str) -> Value {
+    let dir = std::path::Path::new(show["path"].as_str().unwrap());
+    serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap()
+}
+
+#[test]
+fn a_search_split_over_three_activities_saves_the_model_one_search_saves_and_a_cancel_saves_nothing()
+{
+    let Some(mlflow) = mlflow() else {
+        return;
+    };
+    let h = ml_home("ml-split");
+    // One local slot: the parts run one after another, so the cancel below finds one done.
+    let configs = std::fs::read_to_string(h.root().join("exec-configs.toml")).unwrap();
+    std::fs::write(
+        h.root().join("exec-configs.toml"),
+        configs.replacen("max_concurrent = 2", "max_concurrent = 1", 1),
+    )
+    .unwrap();
+    let _d = h.start();
+    ok(&h, &["run", "sample/wine_model"]);
+    split_search(&h, 3);
+    let out = ok(&h, &["run", "sample/wine_model"]);
+    for part in 1..=3 {
+        assert!(
+            out.contains(&format!("sample/wine_model:{part}: succeeded")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("build job 2 succeeded"), "{out}");
+    let log = ok(&h, &["logs", "2", "--activity", "wine_model:2"]);
+    assert!(
+        log.contains("part 2/3 of the search: 2 of 6 points on accuracy"),
+        "{log}"
+    );
+    let log = ok(&h, &["logs", "2", "--activity", "wine_model:3"]);
+    assert!(log.contains("best of 6 points over 3 parts: "), "{log}");
+
+    let show = json(&h, &["model", "show", "sample/wine_model", "--json"]);
+    let (one, split) = (&show["versions"][0], &show["versions"][1]);
+    assert_eq!(split["written_by"]["job"], 2, "{split}");
+    // The same point wins, with the same scores, and every point is there with its own.
+    for key in ["algorithm", "params", "score", "metrics", "search"] {
+        assert_eq!(one[key], split[key], "{key}: {one} against {split}");
+    }
+    assert_eq!(split["search"].as_array().unwrap().len(), 6, "{split}");
+    assert_eq!(one["train_info"]["point"], split["train_info"]["point"]);
+    assert_eq!(
+        split["train_info"]["search"]["parts"], 3,
+        "{}",
+        split["train_info"]
+    );
+    assert_eq!(
+        version_file(one, "features.json"),
+        version_file(split, "features.json")
+    );
+    // And the two models predict alike, row for row, as MLflow opens them.
+    let csv = h.root().join("projects/sample/data/wine.csv");
+    let predicted = python(
+        &mlflow,
+        "import json, sys, mlflow.pyfunc, pandas as pd\n\
+         rows = pd.read_csv(sys.argv[3]).drop(columns=['cultivar'])\n\
+         for d in sys.argv[1:3]: print(json.dumps([str(p) for p in mlflow.pyfunc.load_model(d).predict(rows)]))\n",
+        &[
+            one["path"].as_str().unwrap(),
+            split["path"].as_str().unwrap(),
+            csv.to_str().unwrap(),
+        ],
+    );
+    let lines: Vec<&str> = predicted.lines().collect();
+    assert_eq!(lines.len(), 2, "{predicted}");
+    assert_eq!(lines[0], lines[1]);
+    let staging = h.root().join("models/sample/wine_model/.staging");
+    let left = || {
+        std::fs::read_dir(&staging)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(left(), 0, "the parts' candidates are gone");
+
+    // Cancelled after its first part: no version, and no part's candidate stays.
+    let (out, _) = succeeds(&h, &["run", "--detach", "--json", "sample/wine_model"]);
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    crate::support::wait_for("the search's first part to succeed", 300, || {
+        let j = json(&h, &["job", "show", &id, "--json"]);
+        j["activities"][0]["state"] == "succeeded"
+    });
+    ok(&h, &["cancel", &id]);
+    let j = json(&h, &["job", "show", &id, "--json"]);
+    assert_eq!(j["state"], "cancelled", "{j}");
+    let show = json(&h, &["model", "show", "sample/wine_model", "--json"]);
+    assert_eq!(show["versions"].as_array().unwrap().len(), 2, "{show}");
+    assert_eq!(left(), 0, "a cancelled search leaves no candidate");
+}
+
 #[test]
 fn a_regression_trains_with_folds_and_a_failing_hyperparameter_is_named_and_saves_nothing() {
     let Some(mlflow) = mlflow() else {
