@@ -27,6 +27,15 @@ pub fn spark_pins() -> String {
     format!("pyspark=={PYSPARK} pandas=={PANDAS} pyarrow=={PYARROW}")
 }
 
+/// TensorBoard, which `capstan tensorboard` serves a job's event files with (a CPU venv on the
+/// machine it runs on).
+pub const TENSORBOARD: &str = "2.21.0";
+
+/// The pip requirement of `capstan tensorboard`'s environment, pinned.
+pub fn tensorboard_packages() -> [String; 1] {
+    [format!("tensorboard=={TENSORBOARD}")]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

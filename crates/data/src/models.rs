@@ -151,7 +151,7 @@ impl ModelStore {
             std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
         }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let unpacked = unpack(&dir, upload);
+        let unpacked = unpack_tar(&dir, upload);
         if unpacked.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -534,7 +534,10 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn unpack(dir: &Path, upload: impl Read) -> Result<usize> {
+/// Unpacks an uploaded tar into `dir`: only plain files and folders with relative, downward
+/// paths, at most `MAX_FILES` files and `MAX_BYTES` bytes; a link, a device or a `..` is
+/// refused. Returns the number of files.
+pub fn unpack_tar(dir: &Path, upload: impl Read) -> Result<usize> {
     let refuse = |why: String| DataError::Io {
         path: dir.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),

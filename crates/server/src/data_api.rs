@@ -739,6 +739,25 @@ impl Write for ChannelWriter {
     }
 }
 
+/// An HTTP body that `write` fills from a blocking thread (a tar being packed, say); a failure
+/// midway ends the body with an error, so the client sees a broken transfer, not a short one.
+pub(crate) fn blocking_body(
+    write: impl FnOnce(&mut ChannelWriter) -> Result<(), String> + Send + 'static,
+) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::new(),
+        };
+        let written = write(&mut out).and_then(|()| out.flush().map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        }
+    });
+    Body::from_stream(tokio_stream(rx))
+}
+
 pub async fn read_data(
     State(s): State<AppState>,
     principal: Principal,

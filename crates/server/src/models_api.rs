@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::data_api::{ChannelReader, ChannelWriter, Principal, tokio_stream};
+use crate::data_api::{ChannelReader, Principal, blocking_body};
 use crate::{ApiError, ApiPath, AppState, StrictJson};
 
 const TAR: &str = "application/x-tar";
@@ -161,22 +161,12 @@ pub async fn download_version(
             "saved model `{model}` has no version {number}"
         )));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let data = s.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::new(),
-        };
-        let packed = data
-            .data
+    let body = blocking_body(move |out| {
+        data.data
             .models
-            .pack(&project, &model, number, &mut out)
+            .pack(&project, &model, number, out)
             .map_err(|e| e.to_string())
-            .and_then(|()| std::io::Write::flush(&mut out).map_err(|e| e.to_string()));
-        if let Err(e) = packed {
-            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
-        }
     });
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, TAR.parse().expect("static header"));
@@ -184,7 +174,7 @@ pub async fn download_version(
         "x-capstan-model-version",
         number.to_string().parse().expect("a number"),
     );
-    Ok((headers, Body::from_stream(tokio_stream(rx))).into_response())
+    Ok((headers, body).into_response())
 }
 
 pub async fn stage_evaluation(

@@ -756,4 +756,32 @@ fn the_ml_flow_trains_in_a_container_and_scores_in_the_image_it_trained_in() {
     let eval = head_json(&h, "wine_eval");
     assert_eq!(eval[0]["model_version"], 1, "{eval}");
     assert!(eval[0]["accuracy"].as_f64().unwrap() > 0.9, "{eval}");
+
+    // The same search split over 3 containers saves the model the one container saved.
+    crate::ml::split_search(&h, 3);
+    let run = h
+        .capstan()
+        .args(["run", "sample/wine_model"])
+        .output()
+        .unwrap();
+    let out = format!("{}{}", stdout(&run), stderr(&run));
+    assert_eq!(run.status.code(), Some(0), "{out}");
+    for part in 1..=3 {
+        assert!(
+            out.contains(&format!("sample/wine_model:{part}: succeeded")),
+            "{out}"
+        );
+    }
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&h, &["model", "show", "sample/wine_model", "--json"])).unwrap();
+    let (one, split) = (&show["versions"][0], &show["versions"][1]);
+    for key in ["algorithm", "params", "score", "metrics", "search"] {
+        assert_eq!(one[key], split[key], "{key}: {one} against {split}");
+    }
+    assert_eq!(split["train_info"]["kind"], "docker", "{split}");
+    assert_eq!(split["train_info"]["search"]["parts"], 3, "{split}");
+    assert!(
+        crate::docker::containers(None, &h, "").is_empty(),
+        "no part's container outlives the search"
+    );
 }

@@ -251,7 +251,7 @@ fn the_sample_trains_scores_and_evaluates_wine_model_and_mlflow_opens_its_versio
 }
 
 /// The search's TOML line for `containers` parts in the sample's wine_model recipe.
-fn split_search(h: &TestHome, containers: u32) {
+pub(crate) fn split_search(h: &TestHome, containers: u32) {
     let path = h.root().join("projects/sample/recipes/wine_model.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let text = match text.find("\nsearch = ") {
