@@ -530,34 +530,13 @@ fn kill_leftovers(dir: &Path) {
 
 /// The code environment Spark recipes get when they name none: pyspark, with pandas and pyarrow.
 fn spark_env() -> capstan_core::model::CodeEnv {
-    use capstan_core::diag::Loc;
-    use capstan_core::model::{BuildFor, CodeEnv, EnvLanguage, Sourced};
-    CodeEnv {
-        name: "spark".into(),
-        loc: Loc::NOWHERE,
-        description: Some("pyspark, for Spark recipes without a code environment".into()),
-        language: Sourced {
-            value: EnvLanguage::Python,
-            loc: Loc::NOWHERE,
-        },
-        // `sql`: pandas and pyarrow, for datasets that travel through the data API; all three
-        // at the versions capstan's tests ran with, as in base images.
-        packages: capstan_core::pins::spark_packages()
-            .into_iter()
-            .map(|p| Sourced {
-                value: p,
-                loc: Loc::NOWHERE,
-            })
-            .collect(),
-        requirements_file: None,
-        constraints_file: None,
-        system_packages: Vec::new(),
-        build_for: Sourced {
-            value: BuildFor::None,
-            loc: Loc::NOWHERE,
-        },
-        build_for_spark: Vec::new(),
-    }
+    // `sql`: pandas and pyarrow, for datasets that travel through the data API; all three at
+    // the versions capstan's tests ran with, as in base images.
+    capstan_core::model::CodeEnv::managed(
+        "spark",
+        "pyspark, for Spark recipes without a code environment",
+        capstan_core::pins::spark_packages(),
+    )
 }
 
 /// Spark and the built-in engine read their inputs as files: exactly the declared ones are

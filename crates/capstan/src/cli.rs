@@ -88,6 +88,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Cancel a job: its processes are stopped.
     Cancel(CancelArgs),
+    /// Serve a job's TensorBoard event files (what its recipes wrote to
+    /// `capstan.tensorboard_dir()`) with TensorBoard on this machine, until Ctrl-C.
+    Tensorboard(TensorboardArgs),
     /// Visual recipes: the engine each runs on, its plans, its output schema.
     #[command(subcommand)]
     Recipe(RecipeCommand),
@@ -202,9 +205,25 @@ pub struct LogsArgs {
     /// Keep printing new lines until the job ends.
     #[arg(long, short)]
     pub follow: bool,
-    /// In a build: only the activity of this recipe (default: every activity, in order).
-    #[arg(long, value_name = "RECIPE")]
+    /// In a build: only this activity, by name: its recipe, or RECIPE:N for part N of a
+    /// distributed search (default: every activity, in order).
+    #[arg(long, value_name = "NAME")]
     pub activity: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TensorboardArgs {
+    /// The job whose TensorBoard event files to serve.
+    pub id: i64,
+    /// The address TensorBoard listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 6006)]
+    pub port: u16,
+    /// A Python that has TensorBoard installed (default: a venv capstan makes with the
+    /// TensorBoard version it was tested with, in its cache).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

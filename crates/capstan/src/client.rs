@@ -126,6 +126,18 @@ impl Client {
         resp.json().await.context("the daemon's answer is not JSON")
     }
 
+    /// A `GET` whose answer is not JSON (a tar, say), whole.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .context("the daemon's answer broke off")?;
+        Ok(bytes.to_vec())
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let resp = self
             .send(self.http.post(format!("{}{path}", self.base)).json(body))
@@ -142,7 +154,8 @@ impl Client {
         activity: Option<&str>,
         mut each: impl FnMut(LogLine<'_>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        // Recipe names are `[A-Za-z0-9_-]` (checked when the home loads): nothing to escape.
+        // Activity names are recipe names (`[A-Za-z0-9_-]`, checked when the home loads), with
+        // `:N` for a search's part: nothing to escape.
         let activity = activity.map_or(String::new(), |a| format!("&activity={a}"));
         let resp = self
             .send(self.http.get(format!(

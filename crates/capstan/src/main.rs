@@ -37,6 +37,7 @@ mod k8s;
 mod models;
 mod quickstart;
 mod spark;
+mod tensorboard;
 mod token;
 mod transform;
 
@@ -144,6 +145,9 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         }
         Command::Logs(a) => runtime()?.block_on(async { jobs::logs(&connect()?, a).await }),
         Command::Cancel(a) => runtime()?.block_on(async { jobs::cancel(&connect()?, a).await }),
+        Command::Tensorboard(a) => {
+            runtime()?.block_on(async { tensorboard::serve(&connect()?, a).await })
+        }
         Command::Image(ImageCommand::BuildBase(a)) => {
             runtime()?.block_on(images::build_base(&home::locate(home)?, a))
         }

@@ -380,6 +380,36 @@ pub struct CodeEnv {
     pub build_for_spark: Vec<Sourced<String>>,
 }
 
+impl CodeEnv {
+    /// An environment capstan itself defines (no file declares it): Python, these packages.
+    pub fn managed(name: &str, description: &str, packages: impl IntoIterator<Item = String>) -> CodeEnv {
+        CodeEnv {
+            name: name.into(),
+            loc: Loc::NOWHERE,
+            description: Some(description.into()),
+            language: Sourced {
+                value: EnvLanguage::Python,
+                loc: Loc::NOWHERE,
+            },
+            packages: packages
+                .into_iter()
+                .map(|value| Sourced {
+                    value,
+                    loc: Loc::NOWHERE,
+                })
+                .collect(),
+            requirements_file: None,
+            constraints_file: None,
+            system_packages: Vec::new(),
+            build_for: Sourced {
+                value: BuildFor::None,
+                loc: Loc::NOWHERE,
+            },
+            build_for_spark: Vec::new(),
+        }
+    }
+}
+
 /// The key of a code environment's image for Spark configuration `spark` (in image records,
 /// where an execution configuration's name is the key).
 pub fn spark_env_key(spark: &str) -> String {

@@ -14,6 +14,7 @@
 
 pub mod data_api;
 mod models_api;
+mod tensorboard_api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +123,16 @@ fn endpoints() -> Vec<Endpoint> {
             Method::POST,
             "/api/v1/projects/{project}/models/{model}/evaluations",
             models_api::stage_evaluation,
+        ),
+        at(
+            Method::PUT,
+            "/api/v1/jobs/{id}/activities/{index}/tensorboard",
+            tensorboard_api::upload,
+        ),
+        at(
+            Method::GET,
+            "/api/v1/jobs/{id}/tensorboard",
+            tensorboard_api::download,
         ),
     ]
 }
@@ -1002,7 +1013,7 @@ async fn list_jobs(
 }
 
 /// A job id: a positive whole number, in digits only (as openapi.json's `minimum: 1` says).
-fn parse_id(id: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<i64, ApiError> {
     id.bytes()
         .all(|b| b.is_ascii_digit())
         .then(|| id.parse::<i64>().ok())

@@ -22,7 +22,7 @@ import urllib.request
 
 __version__ = "0.1.0"
 
-__all__ = ["Dataset", "Output", "context", "in_capstan", "CapstanError"]
+__all__ = ["Dataset", "Output", "context", "in_capstan", "tensorboard_dir", "CapstanError"]
 
 _FIELDS = {
     "job_id": "CAPSTAN_JOB_ID",
@@ -262,3 +262,109 @@ class _ChunkSink:
     def take(self):
         parts, self._parts = self._parts, []
         return [p for p in parts if p]
+
+
+# ---- TensorBoard ---------------------------------------------------------------------------
+
+# How often event files travel to the daemon while the recipe runs (so a TensorBoard shows a
+# training under way), besides once at its end.
+TENSORBOARD_SYNC_SECONDS = 30
+
+_tensorboard = None
+
+
+def tensorboard_dir():
+    """The folder to write TensorBoard event files to, e.g.
+    `torch.utils.tensorboard.SummaryWriter(capstan.tensorboard_dir())` or Keras'
+    `TensorBoard(log_dir=capstan.tensorboard_dir())`.
+
+    In capstan, what the folder holds is kept with the job, whether the recipe runs as a local
+    process, in a container or in a pod: it is uploaded every 30 seconds while the recipe runs
+    and once when it ends, and `capstan tensorboard JOB` serves it. Outside capstan it is
+    `./tensorboard`.
+    """
+    global _tensorboard
+    if _tensorboard is None:
+        if in_capstan() and os.environ.get("CAPSTAN_API_URL"):
+            _tensorboard = _TensorBoardSync()
+        else:
+            path = os.path.abspath("tensorboard")
+            os.makedirs(path, exist_ok=True)
+            return path
+    return _tensorboard.path
+
+
+class _TensorBoardSync:
+    """Uploads the event folder when it changed: now and then from a thread, and at exit."""
+
+    def __init__(self):
+        import atexit
+        import tempfile
+        import threading
+
+        self.path = tempfile.mkdtemp(prefix="capstan-tensorboard-")
+        self._lock = threading.Lock()
+        self._sent = None
+        self._warned = False
+        job, _, idx = os.environ["CAPSTAN_ACTIVITY_ID"].partition("-")
+        self._url_path = f"/api/v1/jobs/{job}/activities/{idx}/tensorboard"
+        atexit.register(self._final)
+        t = threading.Thread(target=self._loop, name="capstan-tensorboard", daemon=True)
+        t.start()
+
+    def _state(self):
+        seen = []
+        for root, _, files in os.walk(self.path):
+            for f in files:
+                st = os.stat(os.path.join(root, f))
+                seen.append((os.path.relpath(os.path.join(root, f), self.path), st.st_size, st.st_mtime_ns))
+        return sorted(seen)
+
+    def sync(self):
+        """Uploads the folder if it changed since the last upload."""
+        import io
+        import tarfile
+
+        with self._lock:
+            state = self._state()
+            if not state or state == self._sent:
+                return
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for rel, _, _ in state:
+                    tar.add(os.path.join(self.path, rel), arcname=rel, recursive=False)
+            base, token = _endpoint()
+            req = urllib.request.Request(
+                base + self._url_path,
+                data=buf.getvalue(),
+                method="PUT",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-tar"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=300) as resp:
+                    resp.read()
+            except urllib.error.HTTPError as e:
+                _raise_for(e.code, e.read(), base + self._url_path)
+            except urllib.error.URLError as e:
+                raise CapstanError(f"cannot reach the capstan data API at {base}: {e.reason}") from e
+            self._sent = state
+
+    def _loop(self):
+        import time
+
+        while True:
+            time.sleep(TENSORBOARD_SYNC_SECONDS)
+            try:
+                self.sync()
+            except Exception as e:  # the recipe goes on; the upload at exit tries again
+                if not self._warned:
+                    self._warned = True
+                    print(f"capstan: cannot upload TensorBoard event files yet: {e}", file=__import__("sys").stderr, flush=True)
+
+    def _final(self):
+        import sys
+
+        try:
+            self.sync()
+        except Exception as e:
+            print(f"capstan: the TensorBoard event files were not kept: {e}", file=sys.stderr, flush=True)

@@ -544,3 +544,132 @@ fn only_a_training_uploads_versions_and_an_activity_reaches_only_its_declared_mo
         "{unknown}"
     );
 }
+
+/// A recipe that writes TensorBoard scalars to `capstan.tensorboard_dir()` in TensorBoard's own
+/// file format (TFRecords of `Event` protos, written here byte by byte, so the recipe needs no
+/// ML library): `loss` at steps 0 to 4.
+const WRITES_EVENTS: &str = r#"import os, struct, time
+import capstan
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+def masked(data):
+    c = crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+def field(number, kind, payload):
+    return varint(number << 3 | kind) + (varint(len(payload)) + payload if kind == 2 else payload)
+
+def event(step, extra):
+    return field(1, 1, struct.pack("<d", time.time())) + field(2, 0, varint(step)) + extra
+
+def record(data):
+    n = struct.pack("<Q", len(data))
+    return n + struct.pack("<I", masked(n)) + data + struct.pack("<I", masked(data))
+
+path = os.path.join(capstan.tensorboard_dir(), f"events.out.tfevents.{int(time.time())}.capstan")
+with open(path, "wb") as f:
+    f.write(record(event(0, field(3, 2, b"brain.Event:2"))))
+    for step in range(5):
+        value = field(1, 2, b"loss") + field(2, 5, struct.pack("<f", 1.0 / (step + 1)))
+        f.write(record(event(step, field(5, 2, field(1, 2, value)))))
+print("wrote 5 steps of loss", flush=True)
+"#;
+
+#[test]
+fn tensorboard_serves_the_event_files_a_recipe_wrote_after_it_ended() {
+    let h = TestHome::new("tensorboard");
+    h.recipe("tb_train", "python", "py", WRITES_EVENTS, "");
+    let _d = h.start();
+    let out = ok(&h, &["run", "sample/tb_train"]);
+    assert!(out.contains("wrote 5 steps of loss"), "{out}");
+    // Kept with the job, in its activity's folder: the recipe's own temporary folder is gone.
+    let j = json(&h, &["job", "show", "1", "--json"]);
+    let kept = std::path::Path::new(j["activities"][0]["dir"].as_str().unwrap()).join("tensorboard");
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1, "{}", kept.display());
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut serve = h
+        .capstan()
+        .args(["tensorboard", "1", "--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(serve.stdout.take().unwrap()));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    let url = format!("http://127.0.0.1:{port}/");
+    assert!(
+        first.starts_with(&format!("TensorBoard for job 1 at {url} (1 run: tb_train)")),
+        "{first}"
+    );
+    // TensorBoard reads the files a moment after it starts listening.
+    let scalars = format!("{url}data/plugin/scalars/scalars?run=tb_train&tag=loss");
+    let mut points = Value::Null;
+    crate::support::wait_for("TensorBoard to have read the run", 60, || {
+        points = serde_json::from_str(&crate::support::curl(&["-sS", &scalars])).unwrap_or(Value::Null);
+        points.as_array().is_some_and(|p| p.len() == 5)
+    });
+    let steps: Vec<(u64, f64)> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[1].as_u64().unwrap(), p[2].as_f64().unwrap()))
+        .collect();
+    assert_eq!(steps[0], (0, 1.0));
+    assert_eq!(steps[4].0, 4);
+    assert!((steps[4].1 - 0.2).abs() < 1e-6, "{steps:?}");
+
+    // Ctrl-C stops it, and it leaves nothing behind.
+    Command::new("kill")
+        .args(["-INT", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    let status = serve.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "TensorBoard still listens"
+    );
+
+    // Only the job's own activity uploads, and a job without event files says so.
+    let alice = h.token("alice");
+    let put = crate::support::curl(&[
+        "-sS",
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Authorization: Bearer {alice}"),
+        "-H",
+        "Content-Type: application/x-tar",
+        "--data-binary",
+        "x",
+        &format!("{}/api/v1/jobs/1/activities/0/tensorboard", _d.url),
+    ]);
+    assert!(put.contains("come from the job's activities, not from users"), "{put}");
+    h.recipe("quiet", "python", "py", "print('no events')\n", "");
+    ok(&h, &["run", "sample/quiet"]);
+    crate::support::fails(
+        &h,
+        &["tensorboard", "2"],
+        1,
+        "job 2 kept no TensorBoard event files",
+    );
+}
