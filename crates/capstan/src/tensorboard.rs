@@ -48,7 +48,8 @@ fn tensorboard_env() -> capstan_core::model::CodeEnv {
 fn unpack(dir: &Path, tar_bytes: &[u8]) -> anyhow::Result<Vec<String>> {
     let fresh = dir.with_extension("new");
     let _ = std::fs::remove_dir_all(&fresh);
-    std::fs::create_dir_all(&fresh).with_context(|| format!("cannot create {}", fresh.display()))?;
+    std::fs::create_dir_all(&fresh)
+        .with_context(|| format!("cannot create {}", fresh.display()))?;
     capstan_data::models::unpack_tar(&fresh, tar_bytes)
         .context("the daemon's event files are not a tar")?;
     let _ = std::fs::remove_dir_all(dir);
@@ -72,9 +73,10 @@ impl Drop for Cleanup {
 
 pub async fn serve(client: &Client, args: &TensorboardArgs) -> anyhow::Result<u8> {
     let path = format!("/api/v1/jobs/{}/tensorboard", args.id);
-    let work = cache_dir()
-        .join("tensorboard")
-        .join(format!("job-{}-{}", args.id, std::process::id()));
+    let work =
+        cache_dir()
+            .join("tensorboard")
+            .join(format!("job-{}-{}", args.id, std::process::id()));
     let _cleanup = Cleanup(work.clone());
     let logdir = work.join("logs");
     let runs = unpack(&logdir, &client.get_bytes(&path).await?)?;
@@ -122,7 +124,10 @@ pub async fn serve(client: &Client, args: &TensorboardArgs) -> anyhow::Result<u8
             break;
         }
         if started.elapsed() > Duration::from_secs(120) {
-            bail!("TensorBoard did not listen on {address} within 2 minutes (its log: {})", log_path.display());
+            bail!(
+                "TensorBoard did not listen on {address} within 2 minutes (its log: {})",
+                log_path.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

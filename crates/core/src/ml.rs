@@ -782,7 +782,10 @@ mod tests {
     fn a_search_counts_its_points_as_the_runner_tries_them() {
         let text = GOOD
             .replace("max_depth = 4", "max_depth = [2, 4, 8]")
-            .replace("target = \"cultivar\"", "target = \"cultivar\"\nsearch = { containers = 2 }");
+            .replace(
+                "target = \"cultivar\"",
+                "target = \"cultivar\"\nsearch = { containers = 2 }",
+            );
         let MlSpec::Train(mut t) = read(RecipeKind::MlTrain, &text).unwrap().spec else {
             panic!()
         };

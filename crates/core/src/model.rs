@@ -382,7 +382,11 @@ pub struct CodeEnv {
 
 impl CodeEnv {
     /// An environment capstan itself defines (no file declares it): Python, these packages.
-    pub fn managed(name: &str, description: &str, packages: impl IntoIterator<Item = String>) -> CodeEnv {
+    pub fn managed(
+        name: &str,
+        description: &str,
+        packages: impl IntoIterator<Item = String>,
+    ) -> CodeEnv {
         CodeEnv {
             name: name.into(),
             loc: Loc::NOWHERE,

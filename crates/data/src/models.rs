@@ -250,7 +250,10 @@ impl ModelStore {
         };
         let mut candidates = Vec::new();
         for stage in stages {
-            candidates.push((read(stage, "metrics.json")?, read(stage, "train_info.json")?));
+            candidates.push((
+                read(stage, "metrics.json")?,
+                read(stage, "train_info.json")?,
+            ));
         }
         let Some((first, _)) = candidates.first() else {
             return Err(bad("a search with no parts".into()));
@@ -778,7 +781,8 @@ mod tests {
             .iter()
             .map(|(p, s)| json!({"point": p, "algorithm": "ridge", "params": {"alpha": p}, "cv_score": s}))
             .collect();
-        let metrics = json!({"metric": "r2", "score": 0.5, "greater_is_better": true, "search": search});
+        let metrics =
+            json!({"metric": "r2", "score": 0.5, "greater_is_better": true, "search": search});
         let info = json!({"algorithm": "ridge", "point": best});
         let files = upload(&[
             ("MLmodel", stage),
@@ -801,9 +805,17 @@ mod tests {
             .merge("p", "m", &stages, &provenance(7), Activation::Always)
             .unwrap();
         assert_eq!((m.committed.version, m.committed.activated), (1, true));
-        assert!(m.said.starts_with("best of 6 points over 3 parts: ridge {\"alpha\":1} from part 2/3"), "{}", m.said);
+        assert!(
+            m.said
+                .starts_with("best of 6 points over 3 parts: ridge {\"alpha\":1} from part 2/3"),
+            "{}",
+            m.said
+        );
         let dir = store.version_dir("p", "m", 1);
-        assert_eq!(std::fs::read_to_string(dir.join("MLmodel")).unwrap(), "7-1-0");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("MLmodel")).unwrap(),
+            "7-1-0"
+        );
         let v = store.version("p", "m", 1).unwrap().unwrap();
         let order: Vec<u64> = v.metrics["search"]
             .as_array()
@@ -812,16 +824,28 @@ mod tests {
             .map(|p| p["point"].as_u64().unwrap())
             .collect();
         assert_eq!(order, [0, 1, 2, 3, 4, 5]);
-        assert_eq!(v.train_info["search"], json!({"parts": 3, "points": 6, "part": 2}));
+        assert_eq!(
+            v.train_info["search"],
+            json!({"parts": 3, "points": 6, "part": 2})
+        );
         assert!(!home.path().join("models/p/m/.staging/7-0-0").exists());
         assert!(!home.path().join("models/p/m/.staging/7-2-0").exists());
 
         // A part without its candidate: nothing is committed, and the error says why.
         candidate(&store, "8-0-0", &[(0, 0.2)], 0);
         let err = store
-            .merge("p", "m", &["8-0-0".into(), "8-1-0".into()], &provenance(8), Activation::Always)
+            .merge(
+                "p",
+                "m",
+                &["8-0-0".into(), "8-1-0".into()],
+                &provenance(8),
+                Activation::Always,
+            )
             .unwrap_err();
-        assert!(err.to_string().contains("8-1-0 has no metrics.json"), "{err}");
+        assert!(
+            err.to_string().contains("8-1-0 has no metrics.json"),
+            "{err}"
+        );
         assert_eq!(store.latest("p", "m"), Some(1));
     }
 }

@@ -17,8 +17,8 @@ mod ml;
 pub use ml::stage_for_render as stage_ml_for_render;
 pub mod record;
 mod scheduler;
-mod search;
 pub mod schedules;
+mod search;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -383,13 +383,17 @@ impl Engine {
         let act = match recipe {
             None => acts.first(),
             // By name, or by recipe (a distributed search's first part).
-            Some(r) => Some(acts.iter().find(|a| a.name() == r || a.recipe == r).ok_or_else(|| {
-                let names: Vec<String> = acts.iter().map(|a| a.name()).collect();
-                EngineError::NotFound(format!(
-                    "job {id} has no activity `{r}` (its activities: {})",
-                    names.join(", ")
-                ))
-            })?),
+            Some(r) => Some(
+                acts.iter()
+                    .find(|a| a.name() == r || a.recipe == r)
+                    .ok_or_else(|| {
+                        let names: Vec<String> = acts.iter().map(|a| a.name()).collect();
+                        EngineError::NotFound(format!(
+                            "job {id} has no activity `{r}` (its activities: {})",
+                            names.join(", ")
+                        ))
+                    })?,
+            ),
         };
         let path = act
             .and_then(|a| a.dir.as_ref())

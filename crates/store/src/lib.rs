@@ -13,8 +13,8 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use capstan_core::job::Part;
 use capstan_core::job::JobState;
+pub use capstan_core::job::Part;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 /// The migrations, in order. Never edit one that has shipped: add a new one.
@@ -84,7 +84,6 @@ pub struct NewActivity {
     /// Its share of a distributed search.
     pub part: Option<Part>,
 }
-
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobRow {
@@ -333,7 +332,10 @@ fn activity_row(row: &Row<'_>) -> rusqlite::Result<(ActivityRow, String)> {
             why_json: row.get(19)?,
             io_json: row.get(20)?,
             provenance_json: row.get(21)?,
-            part: match (row.get::<_, Option<u32>>(22)?, row.get::<_, Option<u32>>(23)?) {
+            part: match (
+                row.get::<_, Option<u32>>(22)?,
+                row.get::<_, Option<u32>>(23)?,
+            ) {
                 (Some(index), Some(count)) => Some(Part { index, count }),
                 _ => None,
             },
@@ -993,7 +995,10 @@ mod tests {
         assert_eq!(acts[2].needs, [0, 1]);
         assert_eq!(acts[2].part, Some(Part { index: 1, count: 3 }));
         assert_eq!(acts[2].part.unwrap().to_string(), "part 2/3");
-        assert_eq!((acts[2].name().as_str(), acts[1].name().as_str()), ("c:2", "b"));
+        assert_eq!(
+            (acts[2].name().as_str(), acts[1].name().as_str()),
+            ("c:2", "b")
+        );
         assert_eq!(acts[1].part, None);
         for to in [JobState::Preparing, JobState::Starting, JobState::Running] {
             let from = [JobState::Queued, JobState::Preparing, JobState::Starting];

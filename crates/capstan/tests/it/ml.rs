@@ -276,7 +276,7 @@ fn version_file(show: &Value, file: &str) -> Value {
 
 #[test]
 fn a_search_split_over_three_activities_saves_the_model_one_search_saves_and_a_cancel_saves_nothing()
-{
+ {
     let Some(mlflow) = mlflow() else {
         return;
     };
@@ -342,11 +342,7 @@ fn a_search_split_over_three_activities_saves_the_model_one_search_saves_and_a_c
     assert_eq!(lines.len(), 2, "{predicted}");
     assert_eq!(lines[0], lines[1]);
     let staging = h.root().join("models/sample/wine_model/.staging");
-    let left = || {
-        std::fs::read_dir(&staging)
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
+    let left = || std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left(), 0, "the parts' candidates are gone");
 
     // Cancelled after its first part: no version, and no part's candidate stays.
@@ -599,8 +595,14 @@ fn tensorboard_serves_the_event_files_a_recipe_wrote_after_it_ended() {
     assert!(out.contains("wrote 5 steps of loss"), "{out}");
     // Kept with the job, in its activity's folder: the recipe's own temporary folder is gone.
     let j = json(&h, &["job", "show", "1", "--json"]);
-    let kept = std::path::Path::new(j["activities"][0]["dir"].as_str().unwrap()).join("tensorboard");
-    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1, "{}", kept.display());
+    let kept =
+        std::path::Path::new(j["activities"][0]["dir"].as_str().unwrap()).join("tensorboard");
+    assert_eq!(
+        std::fs::read_dir(&kept).unwrap().count(),
+        1,
+        "{}",
+        kept.display()
+    );
 
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -624,7 +626,8 @@ fn tensorboard_serves_the_event_files_a_recipe_wrote_after_it_ended() {
     let scalars = format!("{url}data/plugin/scalars/scalars?run=tb_train&tag=loss");
     let mut points = Value::Null;
     crate::support::wait_for("TensorBoard to have read the run", 60, || {
-        points = serde_json::from_str(&crate::support::curl(&["-sS", &scalars])).unwrap_or(Value::Null);
+        points =
+            serde_json::from_str(&crate::support::curl(&["-sS", &scalars])).unwrap_or(Value::Null);
         points.as_array().is_some_and(|p| p.len() == 5)
     });
     let steps: Vec<(u64, f64)> = points
@@ -663,7 +666,10 @@ fn tensorboard_serves_the_event_files_a_recipe_wrote_after_it_ended() {
         "x",
         &format!("{}/api/v1/jobs/1/activities/0/tensorboard", _d.url),
     ]);
-    assert!(put.contains("come from the job's activities, not from users"), "{put}");
+    assert!(
+        put.contains("come from the job's activities, not from users"),
+        "{put}"
+    );
     h.recipe("quiet", "python", "py", "print('no events')\n", "");
     ok(&h, &["run", "sample/quiet"]);
     crate::support::fails(
