@@ -79,17 +79,35 @@ pub async fn stage_version(
         "saved model versions",
     )?;
     known_model(&s, &project, &model)?;
-    match crate::media_type(&headers)?.as_deref() {
-        Some(TAR) => {}
-        other => {
-            return Err(ApiError::unsupported_media_type(format!(
-                "{}: send a version as `Content-Type: {TAR}` (a tar of its folder)",
-                other.map_or("missing Content-Type".to_string(), |t| format!(
-                    "unsupported Content-Type `{t}`"
-                ))
-            )));
-        }
+    require_tar(&headers, "a version")?;
+    let reader = body_reader(body);
+    let data = s.clone();
+    let (p, m) = (project.clone(), model.clone());
+    let files =
+        tokio::task::spawn_blocking(move || data.data.models.stage_tar(&p, &m, &stage, reader))
+            .await
+            .map_err(|e| ApiError::internal("the upload failed", &e))?
+            .map_err(upload_error)?;
+    Ok(Json(
+        json!({"project": project, "model": model, "files": files, "staged": true}),
+    ))
+}
+
+/// 415 unless the upload says it is a tar (`what`: what it should hold, for the message).
+pub(crate) fn require_tar(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    match crate::media_type(headers)?.as_deref() {
+        Some(TAR) => Ok(()),
+        other => Err(ApiError::unsupported_media_type(format!(
+            "{}: send {what} as `Content-Type: {TAR}` (a tar of its folder)",
+            other.map_or("missing Content-Type".to_string(), |t| format!(
+                "unsupported Content-Type `{t}`"
+            ))
+        ))),
     }
+}
+
+/// A blocking reader over an upload's body (for unpacking it off the async threads).
+pub(crate) fn body_reader(body: Body) -> ChannelReader {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
     tokio::spawn(async move {
         let mut stream = body.into_data_stream();
@@ -99,21 +117,10 @@ pub async fn stage_version(
             }
         }
     });
-    let data = s.clone();
-    let (p, m) = (project.clone(), model.clone());
-    let files = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx,
-            current: Bytes::new(),
-        };
-        data.data.models.stage_tar(&p, &m, &stage, reader)
-    })
-    .await
-    .map_err(|e| ApiError::internal("the upload failed", &e))?
-    .map_err(upload_error)?;
-    Ok(Json(
-        json!({"project": project, "model": model, "files": files, "staged": true}),
-    ))
+    ChannelReader {
+        rx,
+        current: Bytes::new(),
+    }
 }
 
 /// A refused or broken upload is the client's (400); a failing disk the server's, without its

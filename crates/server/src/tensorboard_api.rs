@@ -19,11 +19,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::data_api::{ChannelReader, Principal, blocking_body};
+use crate::data_api::{Principal, blocking_body};
 use crate::{ApiError, ApiPath, AppState, Auth, parse_id};
 
 const TAR: &str = "application/x-tar";
@@ -63,54 +61,27 @@ pub async fn upload(
             me.job, me.idx
         )));
     }
-    match crate::media_type(&headers)?.as_deref() {
-        Some(TAR) => {}
-        other => {
-            return Err(ApiError::unsupported_media_type(format!(
-                "{}: send event files as `Content-Type: {TAR}` (a tar of the folder)",
-                other.map_or("missing Content-Type".to_string(), |t| format!(
-                    "unsupported Content-Type `{t}`"
-                ))
-            )));
-        }
-    }
+    crate::models_api::require_tar(&headers, "event files")?;
     let dir = s
         .engine
         .activity(job, index)
         .and_then(|a| a.dir)
         .map(PathBuf::from)
         .ok_or_else(|| not_found(format!("activity {job}-{index} has no folder yet")))?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
-    tokio::spawn(async move {
-        let mut stream = body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            if tx.send(chunk.map_err(|e| e.to_string())).await.is_err() {
-                break;
-            }
-        }
-    });
+    let reader = crate::models_api::body_reader(body);
     let attempt = me.attempt;
-    let files = tokio::task::spawn_blocking(move || {
-        replace(
-            &dir,
-            attempt,
-            ChannelReader {
-                rx,
-                current: Bytes::new(),
-            },
-        )
-    })
-    .await
-    .map_err(|e| ApiError::internal("the upload failed", &e))?
-    .map_err(|e| match e {
-        capstan_data::DataError::Io { ref source, .. }
-            if source.kind() != std::io::ErrorKind::PermissionDenied
-                && source.kind() != std::io::ErrorKind::StorageFull =>
-        {
-            ApiError::bad_request(format!("the upload is not a folder as a tar: {source}"))
-        }
-        other => ApiError::from(other),
-    })?;
+    let files = tokio::task::spawn_blocking(move || replace(&dir, attempt, reader))
+        .await
+        .map_err(|e| ApiError::internal("the upload failed", &e))?
+        .map_err(|e| match e {
+            capstan_data::DataError::Io { ref source, .. }
+                if source.kind() != std::io::ErrorKind::PermissionDenied
+                    && source.kind() != std::io::ErrorKind::StorageFull =>
+            {
+                ApiError::bad_request(format!("the upload is not a folder as a tar: {source}"))
+            }
+            other => ApiError::from(other),
+        })?;
     Ok(Json(json!({"job": job, "activity": index, "files": files})))
 }
 
