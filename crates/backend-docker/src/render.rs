@@ -343,6 +343,7 @@ mod tests {
             models: Vec::new(),
             ml: None,
             activation: capstan_core::ml::Activation::Always,
+            part: None,
         }
     }
 
