@@ -500,18 +500,10 @@ fn only_a_training_uploads_versions_and_an_activity_reaches_only_its_declared_mo
     }
     // A user never uploads a version, whatever the permissions; reading one needs `read`.
     let alice = h.token("alice");
-    let put = crate::support::curl(&[
-        "-sS",
-        "-X",
-        "PUT",
-        "-H",
-        &format!("Authorization: Bearer {alice}"),
-        "-H",
-        "Content-Type: application/x-tar",
-        "--data-binary",
-        "x",
+    let put = put_tar(
+        &alice,
         &format!("{}/api/v1/projects/sample/models/wine_model/staged", d.url),
-    ]);
+    );
     assert!(
         put.contains("saved model versions come from ML recipes' activities, not from users"),
         "{put}"
@@ -654,18 +646,10 @@ fn tensorboard_serves_the_event_files_a_recipe_wrote_after_it_ended() {
 
     // Only the job's own activity uploads, and a job without event files says so.
     let alice = h.token("alice");
-    let put = crate::support::curl(&[
-        "-sS",
-        "-X",
-        "PUT",
-        "-H",
-        &format!("Authorization: Bearer {alice}"),
-        "-H",
-        "Content-Type: application/x-tar",
-        "--data-binary",
-        "x",
+    let put = put_tar(
+        &alice,
         &format!("{}/api/v1/jobs/1/activities/0/tensorboard", _d.url),
-    ]);
+    );
     assert!(
         put.contains("come from the job's activities, not from users"),
         "{put}"
@@ -678,4 +662,20 @@ fn tensorboard_serves_the_event_files_a_recipe_wrote_after_it_ended() {
         1,
         "job 2 kept no TensorBoard event files",
     );
+}
+
+/// A user's upload of a (broken) tar, as a script would send it: the response's body.
+fn put_tar(token: &str, url: &str) -> String {
+    crate::support::curl(&[
+        "-sS",
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/x-tar",
+        "--data-binary",
+        "x",
+        url,
+    ])
 }
