@@ -128,6 +128,7 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
         engine: engine.clone(),
         data: data.clone(),
         local_token_sha256: Arc::new(hash_token(&token)),
+        kernels: Default::default(),
     };
     let app = capstan_server::router(state);
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -97,6 +97,10 @@ impl fmt::Display for JobState {
     }
 }
 
+/// The recipe name a notebook kernel's job carries: no recipe file can have it (names start
+/// with a letter or digit), so a kernel is never mistaken for a recipe.
+pub const KERNEL_RECIPE: &str = "@kernel";
+
 /// One activity's share of a search split over several: part `index` of `count` (from 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Part {

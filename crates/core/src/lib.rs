@@ -67,6 +67,10 @@ pub const PYTHON_RUNTIME_SPARK: &str = include_str!("../../../python/capstan/cap
 /// beyond the runtime.
 pub const PYTHON_ML_RUNNER: &str = include_str!("../../../python/capstan/capstan/ml.py");
 
+/// The agent of notebook kernels (`capstan.kernel`): starts ipykernel next to itself and
+/// relays its channels to the daemon over one WebSocket it dials.
+pub const PYTHON_KERNEL_AGENT: &str = include_str!("../../../python/capstan/capstan/kernel.py");
+
 /// capstan's R client (`r/capstan.R`), loaded into R recipes through `R_PROFILE_USER`.
 pub const R_RUNTIME: &str = include_str!("../../../r/capstan.R");
 

@@ -672,6 +672,7 @@ fn decode_exec_config(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: L
         service_account: t.str(cx, "service_account"),
         timeout: t.duration(cx, "timeout"),
         pending_timeout: t.duration(cx, "pending_timeout"),
+        idle_timeout: t.duration(cx, "idle_timeout"),
         max_concurrent: t.count(cx, "max_concurrent", limits::MAX_CONCURRENT),
         allowed: allowed(cx, t),
     };
@@ -926,18 +927,41 @@ fn decode_code_env(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc)
             }
         }
     };
+    let language = language.unwrap_or(Sourced {
+        value: EnvLanguage::Python,
+        loc,
+    });
+    let mut packages = t
+        .string_list(cx, "packages")
+        .map(|l| l.value)
+        .unwrap_or_default();
+    // The kernel's packages join the environment's own, so its venv, its images and their
+    // hashes have them like any other (pinned: a kernel's agent is tested with these).
+    let with_jupyter = t.bool(cx, "with_jupyter");
+    if let Some(w) = &with_jupyter
+        && w.value
+    {
+        if language.value == EnvLanguage::R {
+            cx.diags.error_at(
+                cx.sources,
+                w.loc,
+                &t.field("with_jupyter"),
+                "notebook kernels run on Python environments only (IRkernel is not supported yet)",
+                None,
+            );
+        }
+        packages.extend(crate::pins::jupyter_packages().map(|p| Sourced {
+            value: p,
+            loc: w.loc,
+        }));
+    }
     CodeEnv {
         name: name.to_string(),
         loc,
         description: description(cx, t),
-        language: language.unwrap_or(Sourced {
-            value: EnvLanguage::Python,
-            loc,
-        }),
-        packages: t
-            .string_list(cx, "packages")
-            .map(|l| l.value)
-            .unwrap_or_default(),
+        language,
+        packages,
+        with_jupyter: with_jupyter.is_some_and(|w| w.value),
         requirements_file: t.str(cx, "requirements_file"),
         constraints_file: t.str(cx, "constraints_file"),
         system_packages: t

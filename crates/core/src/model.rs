@@ -192,9 +192,16 @@ pub struct ExecConfig {
     pub service_account: Option<Sourced<String>>,
     pub timeout: Option<Sourced<Duration>>,
     pub pending_timeout: Option<Sourced<Duration>>,
+    /// How long a notebook kernel on this configuration may sit idle (no execution, no client
+    /// connected) before it is culled; `None`: [`DEFAULT_KERNEL_IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Sourced<Duration>>,
     pub max_concurrent: Option<Sourced<u32>>,
     pub allowed: Allowed,
 }
+
+/// An idle kernel's life where its configuration says nothing: 12 hours, as Jupyter
+/// Enterprise Gateway recommends.
+pub const DEFAULT_KERNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SparkMaster {
@@ -378,6 +385,9 @@ pub struct CodeEnv {
     /// Spark configurations on Kubernetes whose driver and executors get this environment: an
     /// image built on the configuration's base image.
     pub build_for_spark: Vec<Sourced<String>>,
+    /// Whether the environment runs notebook kernels (`with_jupyter`): its packages then
+    /// include ipykernel, pinned, and each configuration it may run on is a kernelspec.
+    pub with_jupyter: bool,
 }
 
 impl CodeEnv {
@@ -410,6 +420,7 @@ impl CodeEnv {
                 loc: Loc::NOWHERE,
             },
             build_for_spark: Vec::new(),
+            with_jupyter: false,
         }
     }
 }

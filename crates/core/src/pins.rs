@@ -36,6 +36,15 @@ pub fn tensorboard_packages() -> [String; 1] {
     [format!("tensorboard=={TENSORBOARD}")]
 }
 
+/// ipykernel, the kernel of a code environment with `with_jupyter` (it brings jupyter_client,
+/// pyzmq and tornado, which the kernel's agent uses).
+pub const IPYKERNEL: &str = "7.4.0";
+
+/// The pip requirements a code environment with `with_jupyter` gains, pinned.
+pub fn jupyter_packages() -> [String; 1] {
+    [format!("ipykernel=={IPYKERNEL}")]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -275,7 +275,7 @@ impl Duration {
     /// also keeps every `now + duration` far from overflowing.
     pub const MAX: Duration = Duration { secs: 365 * 86_400 };
 
-    pub fn from_secs(secs: u64) -> Duration {
+    pub const fn from_secs(secs: u64) -> Duration {
         Duration { secs }
     }
 

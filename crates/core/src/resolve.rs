@@ -236,13 +236,7 @@ pub fn resolve(
     recipe: &str,
     request: &RunRequest,
 ) -> Result<Resolution, Vec<ResolveError>> {
-    let Some(p) = home.projects.get(project) else {
-        let keys: Vec<&str> = home.projects.keys().map(String::as_str).collect();
-        return Err(vec![ResolveError::UnknownProject {
-            name: project.to_string(),
-            help: unknown_help(project, &keys, "project"),
-        }]);
-    };
+    let p = project_of(home, project)?;
     let Some(r) = p.recipes.get(recipe) else {
         let names: Vec<&str> = p.recipes.keys().map(String::as_str).collect();
         return Err(vec![ResolveError::UnknownRecipe {
@@ -251,20 +245,73 @@ pub fn resolve(
             help: unknown_help(recipe, &names, "recipe"),
         }]);
     };
+    resolve_recipe(home, p, r, request)
+}
+
+/// Resolves a run of `recipe` of `project`: the request over the recipe, the project and the
+/// instance.
+fn resolve_recipe(
+    home: &Home,
+    project: &Project,
+    recipe: &Recipe,
+    request: &RunRequest,
+) -> Result<Resolution, Vec<ResolveError>> {
     let request_layer = request.as_layer();
     let r = Resolver {
         home,
-        project: p,
-        recipe: r,
+        project,
+        recipe,
         layers: [
             (Layer::Request, &request_layer),
-            (Layer::Recipe, &r.settings),
-            (Layer::Project, &p.settings),
+            (Layer::Recipe, &recipe.settings),
+            (Layer::Project, &project.settings),
             (Layer::Instance, &home.instance.defaults),
         ],
         errors: Vec::new(),
     };
     r.run(request)
+}
+
+/// Resolves a notebook kernel of `project` (its code environment and execution configuration in
+/// `request`, from the kernelspec): a Python activity with no recipe of its own, so its settings
+/// come from the request, the project's defaults and the instance's, as a recipe's would.
+pub fn resolve_kernel(
+    home: &Home,
+    project: &str,
+    request: &RunRequest,
+) -> Result<Resolution, Vec<ResolveError>> {
+    let p = project_of(home, project)?;
+    resolve_recipe(home, p, &kernel_recipe(), request)
+}
+
+fn project_of<'h>(home: &'h Home, project: &str) -> Result<&'h Project, Vec<ResolveError>> {
+    home.projects.get(project).ok_or_else(|| {
+        let keys: Vec<&str> = home.projects.keys().map(String::as_str).collect();
+        vec![ResolveError::UnknownProject {
+            name: project.to_string(),
+            help: unknown_help(project, &keys, "project"),
+        }]
+    })
+}
+
+/// What a notebook kernel's activity is, as a recipe: Python, with no code file, inputs or
+/// settings of its own.
+pub fn kernel_recipe() -> Recipe {
+    Recipe {
+        name: crate::job::KERNEL_RECIPE.to_string(),
+        loc: Loc::NOWHERE,
+        description: None,
+        kind: Sourced {
+            value: RecipeKind::Python,
+            loc: Loc::NOWHERE,
+        },
+        code: None,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        settings: LayerSettings::default(),
+        visual: None,
+        ml: None,
+    }
 }
 
 struct Resolver<'h> {

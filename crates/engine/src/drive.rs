@@ -55,7 +55,13 @@ impl Engine {
     ) -> Result<(ActivitySpec, Resolution), String> {
         let home = self.inner.home.current();
         let request = record::request_from_json(&job.request_json);
-        let r: Resolution = resolve(&home, &job.project, &act.recipe, &request).map_err(|errors| {
+        let kernel = act.recipe == capstan_core::job::KERNEL_RECIPE;
+        let resolved = if kernel {
+            capstan_core::resolve::resolve_kernel(&home, &job.project, &request)
+        } else {
+            resolve(&home, &job.project, &act.recipe, &request)
+        };
+        let r: Resolution = resolved.map_err(|errors| {
             let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             format!(
                 "the configuration changed since the job was queued and it no longer resolves: {}",
@@ -66,6 +72,9 @@ impl Engine {
         spec.idx = act.idx;
         spec.user = job.user.clone();
         spec.part = act.part;
+        if kernel {
+            crate::kernel::stage_agent(&mut spec);
+        }
         Ok((spec, r))
     }
 
@@ -406,7 +415,11 @@ impl Engine {
                         diagnose::missing_input(&self.inner.home.current(), &spec.project, input);
                     return Ran::Early(ActivityOutcome::failed(why));
                 }
-                if let Some(r) = &resolution {
+                // A kernel writes no outputs: nothing to record their provenance for.
+                if let Some(r) = resolution
+                    .as_ref()
+                    .filter(|r| r.recipe != capstan_core::job::KERNEL_RECIPE)
+                {
                     self.fix_provenance(at, &inputs, r);
                 }
             }

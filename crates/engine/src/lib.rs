@@ -13,6 +13,7 @@ pub mod diagnose;
 mod drive;
 pub mod engine_image;
 mod home_cache;
+pub mod kernel;
 mod ml;
 pub use ml::stage_for_render as stage_ml_for_render;
 pub mod record;
@@ -250,26 +251,38 @@ impl Engine {
         }
         request.user = caller.in_home.then(|| caller.name.clone());
         let resolution = resolve(&home, project, recipe, &request).map_err(resolve_error)?;
+        let job = self.queue(&home, caller, &request, &resolution)?;
+        tracing::info!(job_id = job.id, project, recipe, user = %caller.name, "job queued");
+        Ok(job)
+    }
+
+    /// Queues the run `resolution` describes, once its backend admits the caller.
+    fn queue(
+        &self,
+        home: &Home,
+        caller: &Caller,
+        request: &RunRequest,
+        resolution: &Resolution,
+    ) -> Result<JobRow, EngineError> {
         let kind = resolution.kind.value;
         let Some(backend) = self.backend(kind) else {
             return Err(EngineError::NoBackend(kind));
         };
-        let identity = capstan_core::access::local_identity(&home, request.user.as_deref());
+        let identity = capstan_core::access::local_identity(home, request.user.as_deref());
         backend
             .admit(&identity, caller.admin)
             .map_err(EngineError::Denied)?;
         let job = self.store().insert_job(&NewJob {
-            project: project.to_string(),
-            recipe: recipe.to_string(),
+            project: resolution.project.clone(),
+            recipe: resolution.recipe.clone(),
             user: caller.name.clone(),
-            request_json: record::request_json(&request).to_string(),
-            resolution_json: record::resolution_json(&resolution).to_string(),
+            request_json: record::request_json(request).to_string(),
+            resolution_json: record::resolution_json(resolution).to_string(),
             exec_config: resolution.exec_config.value.clone(),
             cluster: resolution.cluster.value.clone(),
             kind: kind.as_str().to_string(),
             build: None,
         })?;
-        tracing::info!(job_id = job.id, project, recipe, user = %caller.name, "job queued");
         let _ = self.inner.sched.send(SchedMsg::Queued(Slot::of(&job)));
         Ok(job)
     }
@@ -500,9 +513,18 @@ pub fn spec_from(
     attempt: i64,
     dir: PathBuf,
 ) -> ActivitySpec {
-    let (project, recipe) = home
-        .recipe(&r.project, &r.recipe)
-        .expect("a resolution names an existing recipe");
+    let kernel;
+    let (project, recipe) = if r.recipe == capstan_core::job::KERNEL_RECIPE {
+        kernel = capstan_core::resolve::kernel_recipe();
+        let project = home
+            .projects
+            .get(&r.project)
+            .expect("a resolution names an existing project");
+        (project, &kernel)
+    } else {
+        home.recipe(&r.project, &r.recipe)
+            .expect("a resolution names an existing recipe")
+    };
     let code_env = r
         .code_env
         .value

@@ -451,15 +451,36 @@ impl FromRequestParts<AppState> for Principal {
         }
         let recipe = act.map_or(job.recipe, |a| a.recipe);
         let home = engine.home();
-        let (inputs, outputs) = home
-            .recipe(&job.project, &recipe)
-            .map(|(_, r)| {
-                (
-                    r.inputs.iter().map(|i| i.value.clone()).collect(),
-                    r.outputs.iter().map(|o| o.value.clone()).collect(),
-                )
-            })
-            .unwrap_or_default();
+        let (inputs, outputs) = if recipe == capstan_core::job::KERNEL_RECIPE {
+            // A notebook kernel reads what its user may read in its project (looked at on each
+            // request, so a permission taken away is taken from running kernels too), and
+            // writes nothing: outputs are recipes' work.
+            let user = Caller {
+                name: job.user.clone(),
+                admin: home.users.get(&job.user).is_some_and(|u| u.admin),
+                in_home: home.users.contains_key(&job.user),
+            };
+            let readable = !user.in_home
+                || engine
+                    .authorize(&user, &job.project, Permission::Read)
+                    .is_ok();
+            let datasets = home
+                .projects
+                .get(&job.project)
+                .filter(|_| readable)
+                .map(|p| p.datasets.keys().cloned().collect())
+                .unwrap_or_default();
+            (datasets, Vec::new())
+        } else {
+            home.recipe(&job.project, &recipe)
+                .map(|(_, r)| {
+                    (
+                        r.inputs.iter().map(|i| i.value.clone()).collect(),
+                        r.outputs.iter().map(|o| o.value.clone()).collect(),
+                    )
+                })
+                .unwrap_or_default()
+        };
         Ok(Principal::Activity {
             id,
             project: job.project,

@@ -13,6 +13,7 @@
 //! 422; a wrong content type is 415.
 
 pub mod data_api;
+pub mod gateway;
 mod models_api;
 mod tensorboard_api;
 
@@ -53,6 +54,8 @@ pub struct AppState {
     pub data: Arc<data_api::DataPlaneImpl>,
     /// SHA-256 of the daemon's local token.
     pub local_token_sha256: Arc<String>,
+    /// The notebook kernels the Jupyter gateway relays.
+    pub kernels: Arc<gateway::Kernels>,
 }
 
 /// One route of the API: a method and a path, and the handler that serves them.
@@ -159,6 +162,7 @@ pub fn router(state: AppState) -> Router {
     endpoints()
         .into_iter()
         .fold(Router::new(), |r, e| r.route(e.path, e.handler))
+        .merge(gateway::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -491,7 +495,9 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
         .split_once([' ', '\t'])
         .ok_or_else(malformed)?;
     let token = token.trim_matches([' ', '\t']);
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains([' ', '\t']) {
+    // `token` is the scheme Jupyter Server's gateway client sends (`GatewayClient.auth_token`).
+    let known = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+    if !known || token.is_empty() || token.contains([' ', '\t']) {
         return Err(malformed());
     }
     Ok(token)
@@ -1227,6 +1233,7 @@ mod tests {
             engine,
             data: Arc::new(data_api::DataPlaneImpl::open(root, || [7; 32]).unwrap()),
             local_token_sha256: Arc::new(String::new()),
+            kernels: Default::default(),
         }
     }
 

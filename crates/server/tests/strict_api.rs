@@ -174,6 +174,7 @@ impl Api {
             engine: engine.clone(),
             data,
             local_token_sha256: Arc::new(capstan_core::token::hash_token(LOCAL)),
+            kernels: Default::default(),
         });
         Api {
             dir,

@@ -785,3 +785,49 @@ fn the_ml_flow_trains_in_a_container_and_scores_in_the_image_it_trained_in() {
         "no part's container outlives the search"
     );
 }
+
+#[test]
+fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_the_container() {
+    if !ready() {
+        return;
+    }
+    let Some(python) = crate::kernels::jupyter() else {
+        return;
+    };
+    let h = home(
+        "images-nb",
+        "[exec_config.nbbox]\nkind = \"docker\"\nbase_image = \"default\"\nmemory_limit = \"1Gi\"\ncpu_limit = 1\n",
+        &format!("{}build_for = [\"nbbox\"]\n", crate::kernels::NB_ENV),
+    );
+    ok(&h, &["image", "build-base", "default"]);
+    let out = ok(&h, &["env", "build", "nb"]);
+    assert!(
+        out.contains("nb for nbbox: built capstan-env-nb-nbbox:"),
+        "{out}"
+    );
+    let csv = h.root().join("projects/sample/data/wine.csv");
+    ok(
+        &h,
+        &["dataset", "import", "sample/wine", csv.to_str().unwrap()],
+    );
+    let d = h.start();
+    let steps = crate::kernels::session(&python, &h, &d, "sample.nb.nbbox");
+    crate::kernels::assert_session(&steps, "sample.nb.nbbox");
+    let job_id = steps["start"]["kernel"]["job_id"].as_i64().unwrap();
+    let job = d.job(job_id);
+    assert_eq!(job["kind"], "docker", "{job}");
+    assert_eq!(job["state"], "cancelled", "{job}");
+    // Deleted: its container is gone from the engine, not just stopped.
+    let left = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter"])
+        .arg(format!("label=capstan.job={job_id}"))
+        .arg("--filter")
+        .arg("label=capstan.recipe=@kernel")
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&left).trim(),
+        "",
+        "a kernel container outlived its kernel"
+    );
+}

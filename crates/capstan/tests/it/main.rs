@@ -10,6 +10,7 @@ mod homes;
 mod images;
 mod isolation;
 mod k8s;
+mod kernels;
 mod ml;
 mod quickstart;
 mod spark;

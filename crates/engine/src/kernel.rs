@@ -1,0 +1,128 @@
+//! Notebook kernels as activities.
+//!
+//! A kernel is a job of its project like a recipe's run, with [`capstan_core::job::KERNEL_RECIPE`] in place of a
+//! recipe: it is resolved from its kernelspec's code environment and execution configuration
+//! (and the project's and instance's defaults), queued within the configuration's
+//! `max_concurrent`, run by the configuration's backend with its limits and image, shown by
+//! `capstan jobs`, and ended by a cancel. What runs is capstan's kernel agent
+//! (`python/capstan/capstan/kernel.py`, embedded in the binary), which starts ipykernel next to
+//! itself and dials out to the daemon; the kernel's id reaches it as `CAPSTAN_KERNEL_ID`.
+
+use std::path::PathBuf;
+
+use capstan_core::access::check;
+use capstan_core::model::{Home, Permission, RecipeKind};
+use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve_kernel};
+use capstan_store::JobRow;
+
+use crate::backend::{ActivitySpec, Workload};
+use crate::{Caller, Engine, EngineError, resolve_error};
+
+/// The environment variable that names the kernel to its agent.
+pub const KERNEL_ID_VAR: &str = "CAPSTAN_KERNEL_ID";
+
+/// A kernel to start: where, on what, and the id the gateway gave it.
+#[derive(Clone, Debug)]
+pub struct KernelRequest {
+    pub project: String,
+    pub code_env: String,
+    pub exec_config: String,
+    pub kernel_id: String,
+}
+
+/// Whether `caller` may start kernels of `code_env` on `exec_config` in `project`: the
+/// resolution such a kernel would have, or why not.
+pub fn kernel_resolution(
+    home: &Home,
+    caller: &Caller,
+    project: &str,
+    code_env: &str,
+    exec_config: &str,
+) -> Result<Resolution, Vec<ResolveError>> {
+    let request = RunRequest {
+        user: caller.in_home.then(|| caller.name.clone()),
+        exec_config: Some(exec_config.to_string()),
+        code_env: Some(code_env.to_string()),
+        ..RunRequest::default()
+    };
+    resolve_kernel(home, project, &request)
+}
+
+impl Engine {
+    /// Resolves, checks and queues a kernel: a job whose one activity runs the kernel's agent.
+    pub fn start_kernel(&self, caller: &Caller, k: &KernelRequest) -> Result<JobRow, EngineError> {
+        let home = self.inner.home.fresh_now();
+        if !caller.admin {
+            check(&home, &k.project, &caller.name, false, Permission::Run)
+                .map_err(|d| EngineError::Denied(d.message))?;
+        }
+        if !home
+            .code_envs
+            .get(&k.code_env)
+            .is_some_and(|e| e.with_jupyter)
+        {
+            return Err(EngineError::NotFound(format!(
+                "code environment `{}` has no Jupyter kernel: set `with_jupyter = true` on it in images.toml",
+                k.code_env
+            )));
+        }
+        let mut request = RunRequest {
+            user: caller.in_home.then(|| caller.name.clone()),
+            exec_config: Some(k.exec_config.clone()),
+            code_env: Some(k.code_env.clone()),
+            ..RunRequest::default()
+        };
+        request
+            .env
+            .insert(KERNEL_ID_VAR.to_string(), k.kernel_id.clone());
+        let resolution = resolve_kernel(&home, &k.project, &request).map_err(resolve_error)?;
+        let job = self.queue(&home, caller, &request, &resolution)?;
+        tracing::info!(job_id = job.id, project = %k.project, kernel = %k.kernel_id, user = %caller.name, "kernel queued");
+        Ok(job)
+    }
+}
+
+/// Makes a kernel's spec run the agent: generated code in place of a recipe's, and no timeout
+/// (an idle kernel is culled by the gateway instead; a busy one is the user's work).
+pub(crate) fn stage_agent(spec: &mut ActivitySpec) {
+    let name = "capstan_kernel.py".to_string();
+    spec.workload = Workload::Generated {
+        name: name.clone(),
+        source: format!(
+            "{}\n\nmain(__import__(\"os\").environ[\"{KERNEL_ID_VAR}\"])\n",
+            capstan_core::PYTHON_KERNEL_AGENT
+        ),
+    };
+    spec.code_file = Some(PathBuf::from(name));
+    spec.recipe_kind = RecipeKind::Python;
+    spec.timeout = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_is_called_with_the_kernel_id_from_its_environment() {
+        let mut spec = ActivitySpec::bare(
+            1,
+            0,
+            PathBuf::from("/x"),
+            PathBuf::from("/h"),
+            capstan_core::model::ExecKind::Local,
+        );
+        spec.timeout = Some(capstan_core::quantity::Duration::from_secs(60));
+        stage_agent(&mut spec);
+        let Workload::Generated { name, source } = &spec.workload else {
+            panic!("not generated: {:?}", spec.workload);
+        };
+        assert_eq!(name, "capstan_kernel.py");
+        assert!(source.contains("class Agent"), "{source}");
+        assert!(
+            source.ends_with("main(__import__(\"os\").environ[\"CAPSTAN_KERNEL_ID\"])\n"),
+            "{source}"
+        );
+        assert_eq!(spec.timeout, None);
+        assert_eq!(spec.recipe_kind, RecipeKind::Python);
+    }
+}
