@@ -218,7 +218,10 @@ async fn main() {
             .arg(format!("{}:/in/data.parquet:ro", parquet.display()))
             .arg("-v")
             .arg(format!("{}:/in/recipe.toml:ro", recipe.display()))
-            .args([&env_image, "python", "-c", RAW, "/opt/capstan/runtime"])
+            // The runner itself (`capstan.ml`), which capstan stages as the activity's code.
+            .arg("-v")
+            .arg(format!("{}:/in/runtime:ro", runtime.display()))
+            .args([&env_image, "python", "-c", RAW, "/in/runtime"])
             .args(["/in/data.parquet", "/in/recipe.toml", "/tmp/version.tar"]);
         let (raw, our) = measure(runs, &mut raw, &http, &d, Some("mlbox")).await;
         println!();
