@@ -9,6 +9,21 @@ use capstan_engine::backend::{ActivitySpec, TRANSFORM_SPEC, Workload};
 
 /// Where the recipe's code is unpacked inside the container.
 pub const WORK_DIR: &str = "/capstan/work";
+/// Where a notebook kernel's container keeps its user's files: a named volume per instance,
+/// project and user, so what one session writes is there in the next.
+pub const NOTEBOOK_DIR: &str = "/capstan/notebooks";
+
+/// The volume of `spec`'s user's notebook files in its project.
+pub fn notebook_volume(spec: &ActivitySpec, instance: &str) -> String {
+    format!(
+        "capstan-notebooks-{instance}-{}-{}",
+        spec.project, spec.user
+    )
+}
+
+fn is_kernel(spec: &ActivitySpec) -> bool {
+    spec.recipe == capstan_core::job::KERNEL_RECIPE
+}
 /// The activity's data token inside the container.
 pub const TOKEN_PATH: &str = "/capstan/token";
 /// Where the built-in engine of visual recipes (the capstan binary) is in a container.
@@ -121,6 +136,9 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
         ));
     }
     env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+    if is_kernel(spec) {
+        env.push(format!("CAPSTAN_KERNEL_WORKDIR={NOTEBOOK_DIR}"));
+    }
     if let Some(access) = &spec.data {
         // The token itself travels in the code archive (`/capstan/token`): an environment
         // variable would show in `docker inspect`.
@@ -187,6 +205,12 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
             if runs_engine(spec) && engine_is_local(spec) {
                 let exe = capstan_engine::engine_image::binary()?;
                 binds.push(format!("{}:{ENGINE_PATH}:ro", exe.display()));
+            }
+            if is_kernel(spec) {
+                binds.push(format!(
+                    "{}:{NOTEBOOK_DIR}",
+                    notebook_volume(spec, instance)
+                ));
             }
             (!binds.is_empty()).then_some(binds)
         },
@@ -375,6 +399,32 @@ mod tests {
              extra_hosts = [\"db:10.0.0.5\"]\nvolumes = [\"/data:/data:ro\"]\n",
             2
         ));
+    }
+
+    #[test]
+    fn a_kernel_works_in_its_users_notebook_volume() {
+        let mut s = spec("[exec_config.c]\nkind = \"docker\"\nimage = \"x\"\n", 0);
+        s.recipe = capstan_core::job::KERNEL_RECIPE.into();
+        s.project = "sample".into();
+        s.user = "alice".into();
+        let body = container_body(&s, "i1").unwrap();
+        let binds = body.host_config.unwrap().binds.unwrap();
+        assert_eq!(
+            binds,
+            ["capstan-notebooks-i1-sample-alice:/capstan/notebooks"]
+        );
+        assert!(
+            body.env
+                .unwrap()
+                .contains(&"CAPSTAN_KERNEL_WORKDIR=/capstan/notebooks".to_string())
+        );
+        // A recipe has no such volume.
+        let recipe = container_body(
+            &spec("[exec_config.c]\nkind = \"docker\"\nimage = \"x\"\n", 0),
+            "i1",
+        )
+        .unwrap();
+        assert_eq!(recipe.host_config.unwrap().binds, None);
     }
 
     #[test]

@@ -150,17 +150,31 @@ impl Kernel {
     }
 
     /// The kernel model of Jupyter's API (`last_activity` in the exact form Jupyter Server
-    /// parses), with the job it is.
-    fn model(&self) -> Value {
-        let live = self.live();
-        json!({
-            "id": self.id,
-            "name": self.spec,
-            "last_activity": jupyter_time(live.last_activity),
-            "execution_state": live.execution_state,
-            "connections": live.connections,
-            "job_id": self.job,
-        })
+    /// parses), with the job it is; while no agent is connected, its `reason` says what the
+    /// job is doing (queued, pulling its image, starting…).
+    fn model(&self, s: &AppState) -> Value {
+        let mut model = {
+            let live = self.live();
+            json!({
+                "id": self.id,
+                "name": self.spec,
+                "last_activity": jupyter_time(live.last_activity),
+                "execution_state": live.execution_state,
+                "connections": live.connections,
+                "job_id": self.job,
+            })
+        };
+        if !*self.connected.borrow()
+            && let Ok(job) = s.engine.job(&system(), self.job)
+        {
+            model["reason"] = json!(format!(
+                "job {} is {}{}",
+                job.id,
+                job.state,
+                job.diagnosis.map(|d| format!(": {d}")).unwrap_or_default()
+            ));
+        }
+        model
     }
 
     fn send_to_agent(&self, text: String) -> bool {
@@ -518,7 +532,7 @@ async fn list_kernels(State(s): State<AppState>, Auth(caller): Auth) -> Json<Val
         .filter(|k| caller.admin || k.user == caller.name)
         .collect();
     list.sort_by_key(|k| k.job);
-    Json(Value::Array(list.iter().map(|k| k.model()).collect()))
+    Json(Value::Array(list.iter().map(|k| k.model(&s)).collect()))
 }
 
 async fn show_kernel(
@@ -527,7 +541,7 @@ async fn show_kernel(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, Gateway> {
     prune(&s);
-    Ok(Json(visible(&s, &caller, &id)?.model()))
+    Ok(Json(visible(&s, &caller, &id)?.model(&s)))
 }
 
 /// A random version-4 UUID, as Jupyter names kernels.
@@ -591,7 +605,7 @@ async fn start_kernel(
     s.kernels.insert(&s, kernel.clone());
     tracing::info!(kernel = %id, job_id = job.id, spec = %kernel.spec, user = %caller.name, "kernel starting");
     match wait_started(&s, &kernel).await {
-        Ok(()) => Ok((StatusCode::CREATED, Json(kernel.model()))),
+        Ok(()) => Ok((StatusCode::CREATED, Json(kernel.model(&s)))),
         Err(e) => {
             s.kernels.remove(&id);
             Err(e)
@@ -690,7 +704,7 @@ async fn restart_kernel(
 ) -> Result<Json<Value>, Gateway> {
     let kernel = visible(&s, &caller, &id)?;
     kernel.ask("restart", "restarted").await?;
-    Ok(Json(kernel.model()))
+    Ok(Json(kernel.model(&s)))
 }
 
 /// A client's WebSocket: its frames to the agent, the agent's to it.

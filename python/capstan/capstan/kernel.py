@@ -46,7 +46,13 @@ class Agent:
         self.restarting = False
 
     async def start(self):
-        await self.km.start_kernel()
+        # The user's notebook folder where the placement keeps one (a Docker volume), so files
+        # written with relative paths outlive the kernel.
+        workdir = os.environ.get("CAPSTAN_KERNEL_WORKDIR")
+        if workdir:
+            os.makedirs(workdir, exist_ok=True)
+        self.cwd = workdir or os.getcwd()
+        await self.km.start_kernel(cwd=self.cwd)
         self._connect_channels()
         await self._wait_ready()
         _log("kernel started")
@@ -139,7 +145,7 @@ class Agent:
             await asyncio.sleep(1)
             if not self.restarting and not await self.km.is_alive():
                 _log("the kernel died: restarting it")
-                await self.km.start_kernel()
+                await self.km.start_kernel(cwd=self.cwd)
                 await self._wait_ready()
                 await self._send(json.dumps({"capstan": "restarted"}))
 

@@ -830,4 +830,38 @@ fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_t
         "",
         "a kernel container outlived its kernel"
     );
+
+    // The user's files are in a volume of theirs for the project: a new kernel finds them.
+    let alice = h.token("alice");
+    let started = crate::kernels::gateway(
+        &alice,
+        "POST",
+        &format!("{}/api/kernels", d.url),
+        Some("{\"name\": \"sample.nb.nbbox\"}"),
+    );
+    assert!(started.ends_with("\n201"), "{started}");
+    let kernel: serde_json::Value =
+        serde_json::from_str(started.rsplit_once('\n').unwrap().0).unwrap();
+    let id = kernel["id"].as_str().unwrap();
+    let read = crate::kernels::direct(&python, &h, &d.url, id, "print(open('notes.txt').read())");
+    assert_eq!(read["out"], "kept\n", "{read}");
+    let deleted = crate::kernels::gateway(
+        &alice,
+        "DELETE",
+        &format!("{}/api/kernels/{id}", d.url),
+        None,
+    );
+    assert!(deleted.ends_with("\n204"), "{deleted}");
+    let instance = capstan_core::instance_id(&h.root());
+    let volume = format!("capstan-notebooks-{instance}-sample-alice");
+    let listed = Command::new("docker")
+        .args(["volume", "ls", "-q", "--filter"])
+        .arg(format!("name={volume}"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&listed).trim(), volume);
+    // The test's own volume goes with its home (instances never share one).
+    let _ = Command::new("docker")
+        .args(["volume", "rm", &volume])
+        .output();
 }

@@ -2,6 +2,7 @@
 
     python jupyter_client.py GATEWAY_URL CAPSTAN_TOKEN KERNELSPEC WORK_DIR
     python jupyter_client.py --direct GATEWAY_URL CAPSTAN_TOKEN KERNEL_ID CODE
+    python jupyter_client.py --first-reply GATEWAY_URL CAPSTAN_TOKEN KERNELSPEC CODE
 
 Starts `jupyter server --gateway-url GATEWAY_URL --GatewayClient.auth_token CAPSTAN_TOKEN` on a
 free port, then talks to **Jupyter Server's** own REST and WebSocket API only (as JupyterLab
@@ -23,7 +24,7 @@ import uuid
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-DIRECT = sys.argv[1] == "--direct"
+DIRECT = sys.argv[1] in ("--direct", "--first-reply")
 GATEWAY, CAPSTAN_TOKEN, SPEC, WORK = sys.argv[1 + DIRECT:5 + DIRECT]
 # Jupyter Server's own token for this session; `--direct` talks to the gateway itself, with
 # the capstan token.
@@ -174,6 +175,9 @@ async def main():
         )
         say(step="dataset", status=reply["status"], out=out)
 
+        reply, out = await ch.run("print(open('notes.txt', 'w').write('kept'))")
+        say(step="file", status=reply["status"], out=out)
+
         busy = await ch.send("while True:\n    pass")
         await asyncio.sleep(0.5)  # let the loop begin: an interrupt before it would be a no-op
         code, _ = await s.call("POST", f"/api/kernels/{kid}/interrupt", {})
@@ -202,4 +206,23 @@ async def direct():
     say(step="direct", status=reply["status"], out=out)
 
 
-asyncio.run(direct() if DIRECT else main())
+async def first_reply():
+    """Starts a kernel of SPEC on the gateway, runs CODE (WORK) and deletes the kernel: how long
+    the start took, and the start to the first execute reply (the benchmark's number)."""
+    s = Session(GATEWAY)
+    t0 = time.monotonic()
+    code, kernel = await s.call("POST", "/api/kernels", {"name": SPEC})
+    if code != 201:
+        raise SystemExit(f"start: {code} {kernel}")
+    started = time.monotonic() - t0
+    ch = await Channels.open(GATEWAY, kernel["id"])
+    reply, out = await ch.run(WORK)
+    first = time.monotonic() - t0
+    await s.call("DELETE", f"/api/kernels/{kernel['id']}")
+    say(step="first-reply", status=reply["status"], out=out, start=started, first_reply=first)
+
+
+if sys.argv[1] == "--first-reply":
+    asyncio.run(first_reply())
+else:
+    asyncio.run(direct() if DIRECT else main())

@@ -62,7 +62,7 @@ pub(crate) fn session(
 
 /// Runs `code` on kernel `id` through the gateway's own WebSocket (no Jupyter Server): its
 /// reply's status and what it printed.
-fn direct(python: &str, h: &TestHome, url: &str, id: &str, code: &str) -> Value {
+pub(crate) fn direct(python: &str, h: &TestHome, url: &str, id: &str, code: &str) -> Value {
     let script = h.dir.path().join("jupyter/jupyter_client.py");
     let out = Command::new(python)
         .arg(&script)
@@ -92,6 +92,7 @@ pub(crate) fn assert_session(steps: &std::collections::BTreeMap<String, Value>, 
     let execute = &steps["execute"];
     assert_eq!(execute["status"], "ok", "{execute}");
     assert_eq!(execute["out"], "42\n", "{execute}");
+    assert_eq!(steps["file"]["out"], "4\n", "{}", steps["file"]);
     let dataset = &steps["dataset"];
     assert_eq!(dataset["out"], "178 sample\n", "{dataset}");
     let interrupt = &steps["interrupt"];
@@ -144,7 +145,8 @@ fn a_stock_jupyter_server_runs_a_local_kernel_through_the_gateway() {
     h.append("images.toml", &format!("{NB_ENV}build_for = \"none\"\n"));
     h.append(
         "exec-configs.toml",
-        "\n[exec_config.local-brief]\nkind = \"local\"\nidle_timeout = \"2s\"\n",
+        "\n[exec_config.local-brief]\nkind = \"local\"\nidle_timeout = \"2s\"\n\n\
+         [exec_config.local-tiny]\nkind = \"local\"\nmemory_limit = \"24Mi\"\n",
     );
     let csv = h.root().join("projects/sample/data/wine.csv");
     let out = h
@@ -214,6 +216,13 @@ fn a_stock_jupyter_server_runs_a_local_kernel_through_the_gateway() {
         forbidden.contains("kernelspec `sample.nb.k8s-medium` is not yours to use"),
         "{forbidden}"
     );
+    // A kernel that cannot start says why, as a recipe's job would.
+    let oom = post("sample.nb.local-tiny");
+    assert!(oom.ends_with("\n503"), "{oom}");
+    assert!(
+        oom.contains("did not start: job ") && oom.contains("24 MiB memory limit"),
+        "{oom}"
+    );
     let unknown = post("sample.nb.nowhere");
     assert!(unknown.ends_with("\n404"), "{unknown}");
     assert!(
@@ -270,7 +279,7 @@ fn a_stock_jupyter_server_runs_a_local_kernel_through_the_gateway() {
 
 /// A request to the gateway itself, with the token as Jupyter sends it: the body, a newline and
 /// the status.
-fn gateway(token: &str, method: &str, url: &str, body: Option<&str>) -> String {
+pub(crate) fn gateway(token: &str, method: &str, url: &str, body: Option<&str>) -> String {
     let auth = format!("Authorization: token {token}");
     let mut args = vec!["-sS", "-w", "\n%{http_code}", "-X", method, "-H", &auth];
     if let Some(b) = body {
