@@ -173,6 +173,12 @@ impl LocalBackend {
             ));
             env.push(("CAPSTAN_API_URL".into(), access.api_url.clone()));
         }
+        if spec.recipe == capstan_core::job::KERNEL_RECIPE {
+            let dir =
+                private::notebook_dir(&self.work_root, &spec.project, &spec.user, who.as_ref())
+                    .map_err(|e| format!("cannot create the kernel's notebook folder: {e}"))?;
+            env.push(("CAPSTAN_KERNEL_WORKDIR".into(), dir.display().to_string()));
+        }
 
         if let Workload::Transform { .. } = &spec.workload {
             // The built-in engine is this binary: `capstan transform run`, reading the inputs

@@ -164,6 +164,29 @@ impl Private {
     }
 }
 
+/// Where a user's local notebook kernels work in a project: `ROOT/notebooks/PROJECT/USER`,
+/// kept between kernels (unlike an activity's private folder), owned by the kernel's Unix user
+/// and closed to others.
+pub fn notebook_dir(
+    work_root: &Path,
+    project: &str,
+    user: &str,
+    who: Option<&RunAs>,
+) -> std::io::Result<PathBuf> {
+    let dir = work_root.join("notebooks").join(project).join(user);
+    std::fs::create_dir_all(&dir)?;
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    give(&dir, who)?;
+    Ok(dir)
+}
+
 /// Hands `path` to `who` (no-op for the daemon's own user).
 fn give(path: &Path, who: Option<&RunAs>) -> std::io::Result<()> {
     match who {

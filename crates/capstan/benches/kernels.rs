@@ -10,7 +10,7 @@
 //! client side. The first run builds the `nb` environment (a venv, and its image).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -55,7 +55,11 @@ fn ok(home: &Path, args: &[&str]) -> String {
 /// Seconds from spawning `cmd` to its first line on stdout; the process is then waited for.
 fn until_first_line(cmd: &mut Command) -> f64 {
     let t = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -82,21 +86,6 @@ fn through_capstan(client: &str, script: &Path, d: &common::Daemon, spec: &str) 
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["out"], "42\n", "{v}");
     v["first_reply"].as_f64().unwrap()
-}
-
-/// The venv capstan built for `nb` (its interpreter).
-fn venv_python(home: &Path) -> PathBuf {
-    std::fs::read_dir(home.join("state/envs"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("nb-"))
-                && p.is_dir()
-        })
-        .map(|p| p.join("bin/python"))
-        .expect("the nb code environment was built")
 }
 
 fn report(what: &str, runs: usize, raw_what: &str, raw: f64, our: f64) {
@@ -163,15 +152,15 @@ fn main() {
         ),
     );
     if docker {
-        ok(&home, &["image", "build-base", "default"]);
+        ok(&home, &["image", "build-base", "default", "--no-push"]);
     }
-    let built = ok(&home, &["env", "build", "nb"]);
+    let built = ok(&home, &["env", "build", "nb", "--no-push"]);
     let script = dir.join("jupyter_client.py");
     std::fs::write(&script, CLIENT).unwrap();
     let d = start(&home);
 
     // Untimed: the first of each warms the page cache (and, in Docker, the image's layers).
-    let python = venv_python(&home);
+    let python = common::env_python(&home, "nb");
     let mut raw_local = Command::new(&python);
     raw_local.args(["-c", RAW]);
     until_first_line(&mut raw_local);

@@ -112,22 +112,6 @@ async fn train(
     (t.elapsed().as_secs_f64(), j)
 }
 
-/// The interpreter of the home's `ml` code environment (built by the first run).
-fn interpreter(home: &Path) -> PathBuf {
-    let envs = home.join("state/envs");
-    std::fs::read_dir(&envs)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("ml-"))
-                && p.is_dir()
-        })
-        .map(|p| p.join("bin/python"))
-        .expect("the ml code environment was built")
-}
-
 /// The medians of `runs` raw runs and as many trainings through capstan, taken in turns so
 /// that both see the same machine.
 async fn measure(
@@ -192,7 +176,7 @@ async fn main() {
     // Untimed: builds the venv, and warms the page cache for both sides.
     train(&http, &d, None).await;
 
-    let python = interpreter(&home);
+    let python = common::env_python(&home, "ml");
     let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/capstan");
     let parquet = home.join("data/sample/wine/data.parquet");
     let recipe = home.join("projects/sample/recipes/wine_model.toml");

@@ -88,3 +88,18 @@ pub async fn wait_final(http: &reqwest::Client, d: &Daemon, id: i64) -> Value {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// The interpreter of the venv capstan built for code environment `env` in `home`.
+pub fn env_python(home: &Path, env: &str) -> std::path::PathBuf {
+    std::fs::read_dir(home.join("state/envs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{env}-")))
+                && p.is_dir()
+        })
+        .map(|p| p.join("bin/python"))
+        .unwrap_or_else(|| panic!("the {env} code environment was built"))
+}

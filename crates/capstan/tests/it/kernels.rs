@@ -263,6 +263,9 @@ fn a_stock_jupyter_server_runs_a_local_kernel_through_the_gateway() {
     let id = kernel["id"].as_str().unwrap().to_string();
     let x = direct(&python, &h, &url, &id, "x = 41");
     assert_eq!(x["status"], "ok", "{x}");
+    // The session's file is in the user's notebook folder of the project, kept for them.
+    let kept = direct(&python, &h, &url, &id, "print(open('notes.txt').read())");
+    assert_eq!(kept["out"], "kept\n", "{kept}");
     d.kill9();
     let d = h.start_on(url.trim_start_matches("http://"));
     let show = || gateway(&alice, "GET", &format!("{url}/api/kernels/{id}"), None);
