@@ -868,6 +868,7 @@ fn decode_base_image(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Lo
         with_r: t.bool(cx, "with_r").is_some_and(|b| b.value),
         with_cuda: t.bool(cx, "with_cuda").is_some_and(|b| b.value),
         with_spark: t.bool(cx, "with_spark").is_some_and(|b| b.value),
+        with_jupyter: t.bool(cx, "with_jupyter").is_some_and(|b| b.value),
         system_packages: list(cx, t, "system_packages"),
         python_packages: list(cx, t, "python_packages"),
         dockerfile_prepend: t.str(cx, "dockerfile_prepend"),

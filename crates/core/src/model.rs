@@ -348,6 +348,9 @@ pub struct BaseImage {
     pub with_cuda: bool,
     /// Java and Spark (pyspark), for Spark configurations on Kubernetes.
     pub with_spark: bool,
+    /// ipykernel in the image's Python (pinned): its configurations run notebook kernels on
+    /// the image itself, without a code environment.
+    pub with_jupyter: bool,
     pub system_packages: Vec<Sourced<String>>,
     pub python_packages: Vec<Sourced<String>>,
     pub dockerfile_prepend: Option<Sourced<String>>,

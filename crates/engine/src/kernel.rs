@@ -25,7 +25,8 @@ pub const KERNEL_ID_VAR: &str = "CAPSTAN_KERNEL_ID";
 #[derive(Clone, Debug)]
 pub struct KernelRequest {
     pub project: String,
-    pub code_env: String,
+    /// `None`: the configuration's base image's own Python (`with_jupyter` on the base image).
+    pub code_env: Option<String>,
     pub exec_config: String,
     pub kernel_id: String,
 }
@@ -36,16 +37,25 @@ pub fn kernel_resolution(
     home: &Home,
     caller: &Caller,
     project: &str,
-    code_env: &str,
+    code_env: Option<&str>,
     exec_config: &str,
 ) -> Result<Resolution, Vec<ResolveError>> {
     let request = RunRequest {
         user: caller.in_home.then(|| caller.name.clone()),
         exec_config: Some(exec_config.to_string()),
-        code_env: Some(code_env.to_string()),
+        code_env: code_env.map(str::to_string),
         ..RunRequest::default()
     };
     resolve_kernel(home, project, &request)
+}
+
+/// Whether execution configuration `config` runs on a base image with `with_jupyter`.
+pub fn base_has_jupyter(home: &Home, config: &str) -> bool {
+    home.exec_configs
+        .get(config)
+        .and_then(|c| c.base_image.as_ref())
+        .and_then(|b| home.base_images.get(&b.value))
+        .is_some_and(|b| b.with_jupyter)
 }
 
 impl Engine {
@@ -56,20 +66,24 @@ impl Engine {
             check(&home, &k.project, &caller.name, false, Permission::Run)
                 .map_err(|d| EngineError::Denied(d.message))?;
         }
-        if !home
-            .code_envs
-            .get(&k.code_env)
-            .is_some_and(|e| e.with_jupyter)
-        {
-            return Err(EngineError::NotFound(format!(
-                "code environment `{}` has no Jupyter kernel: set `with_jupyter = true` on it in images.toml",
-                k.code_env
-            )));
+        match &k.code_env {
+            Some(env) if !home.code_envs.get(env).is_some_and(|e| e.with_jupyter) => {
+                return Err(EngineError::NotFound(format!(
+                    "code environment `{env}` has no Jupyter kernel: set `with_jupyter = true` on it in images.toml"
+                )));
+            }
+            None if !base_has_jupyter(&home, &k.exec_config) => {
+                return Err(EngineError::NotFound(format!(
+                    "execution configuration `{}` has no base image with a Jupyter kernel: set `with_jupyter = true` on its base image in images.toml, or name a code environment",
+                    k.exec_config
+                )));
+            }
+            _ => {}
         }
         let mut request = RunRequest {
             user: caller.in_home.then(|| caller.name.clone()),
             exec_config: Some(k.exec_config.clone()),
-            code_env: Some(k.code_env.clone()),
+            code_env: k.code_env.clone(),
             ..RunRequest::default()
         };
         request

@@ -104,6 +104,15 @@ pub fn base(spec: &BaseImage, inputs: &BaseInputs, spec_hash: &str) -> String {
         // The CUDA runtime from NVIDIA's wheels: no CUDA image needed, any base works.
         pip.push("nvidia-cuda-runtime-cu12".into());
     }
+    if spec.with_jupyter {
+        // Notebook kernels on the image itself (the kernel agent needs only ipykernel's own
+        // dependencies), at the version capstan's tests ran with.
+        pip.extend(
+            capstan_core::pins::jupyter_packages()
+                .iter()
+                .map(|p| shell_quote(p)),
+        );
+    }
     if !pip.is_empty() {
         d += &format!("RUN pip install {}\n", pip.join(" "));
     }
@@ -307,6 +316,21 @@ mod tests {
         let b = &h.base_images["spark"];
         assert!(os_packages(b).contains(&"openjdk-17-jre-headless".to_string()));
         insta::assert_snapshot!(base(b, &inputs("capstan-rootfs:bookworm", true), "HASH"));
+    }
+
+    #[test]
+    fn jupyter_base_installs_the_pinned_ipykernel() {
+        let h = home("[base_image.nb]\nwith_jupyter = true\n");
+        let d = base(
+            &h.base_images["nb"],
+            &inputs("capstan-rootfs:bookworm", true),
+            "HASH",
+        );
+        let pin = format!(
+            "RUN pip install ipykernel=={}\n",
+            capstan_core::pins::IPYKERNEL
+        );
+        assert!(d.contains(&pin), "{d}");
     }
 
     #[test]

@@ -343,7 +343,8 @@ impl IntoResponse for Gateway {
 pub struct Spec {
     pub name: String,
     pub project: String,
-    pub code_env: String,
+    /// `None`: the configuration's base image's own Python.
+    pub code_env: Option<String>,
     pub exec_config: String,
     /// Why the caller may not use it (`None`: they may).
     pub refused: Option<Refusal>,
@@ -369,7 +370,7 @@ impl Spec {
             "name": self.name,
             "spec": {
                 "argv": [],
-                "display_name": format!("{} · {} · {}", self.project, self.code_env, self.exec_config),
+                "display_name": display_name(&self.project, self.code_env.as_deref(), &self.exec_config),
                 "language": "python",
                 "interrupt_mode": "message",
                 "env": {},
@@ -382,6 +383,22 @@ impl Spec {
             },
             "resources": {},
         })
+    }
+}
+
+/// `PROJECT.ENV.CONFIG`, or `PROJECT.CONFIG` on a base image's own Python.
+fn spec_name(project: &str, env: Option<&str>, config: &str) -> String {
+    match env {
+        Some(env) => format!("{project}.{env}.{config}"),
+        None => format!("{project}.{config}"),
+    }
+}
+
+/// "PROJECT · ENV · CONFIG", as a launcher shows it.
+fn display_name(project: &str, env: Option<&str>, config: &str) -> String {
+    match env {
+        Some(env) => format!("{project} · {env} · {config}"),
+        None => format!("{project} · {config}"),
     }
 }
 
@@ -398,15 +415,25 @@ pub fn specs(home: &Home, caller: &Caller) -> Vec<Spec> {
                 capstan_core::model::Permission::Run,
             )
             .is_ok();
-        for env in home.code_envs.values().filter(|e| e.with_jupyter) {
+        // Each code environment with Jupyter on every configuration, and each configuration
+        // whose base image has Jupyter on its own.
+        let envs = home
+            .code_envs
+            .values()
+            .filter(|e| e.with_jupyter)
+            .map(|e| Some(e.name.as_str()));
+        for env in envs.chain(std::iter::once(None)) {
             for config in home.exec_configs.keys() {
+                if env.is_none() && !capstan_engine::kernel::base_has_jupyter(home, config) {
+                    continue;
+                }
                 let refused = if !may_run {
                     Some(Refusal::Forbidden(format!(
                         "user `{}` may not run in project `{project}`",
                         caller.name
                     )))
                 } else {
-                    kernel_resolution(home, caller, project, &env.name, config)
+                    kernel_resolution(home, caller, project, env, config)
                         .err()
                         .map(|errors| {
                             let text = errors
@@ -425,9 +452,9 @@ pub fn specs(home: &Home, caller: &Caller) -> Vec<Spec> {
                         })
                 };
                 out.push(Spec {
-                    name: format!("{project}.{}.{config}", env.name),
+                    name: spec_name(project, env, config),
                     project: project.clone(),
-                    code_env: env.name.clone(),
+                    code_env: env.map(str::to_string),
                     exec_config: config.clone(),
                     refused,
                 });
@@ -793,11 +820,7 @@ fn adopt(s: &AppState, job: i64, id: &str) -> Result<Arc<Kernel>, Gateway> {
         return Err(Gateway::not_found(format!("no kernel `{id}`")));
     }
     let config = request.exec_config.unwrap_or_default();
-    let spec = format!(
-        "{}.{}.{config}",
-        row.project,
-        request.code_env.unwrap_or_default()
-    );
+    let spec = spec_name(&row.project, request.code_env.as_deref(), &config);
     let home = s.engine.home();
     let kernel = Kernel::new(
         id.to_string(),

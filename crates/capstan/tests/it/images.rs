@@ -796,10 +796,13 @@ fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_t
     };
     let h = home(
         "images-nb",
-        "[exec_config.nbbox]\nkind = \"docker\"\nbase_image = \"default\"\nmemory_limit = \"1Gi\"\ncpu_limit = 1\n",
-        &format!("{}build_for = [\"nbbox\"]\n", crate::kernels::NB_ENV),
+        "[exec_config.nbbox]\nkind = \"docker\"\nbase_image = \"nbbase\"\nmemory_limit = \"1Gi\"\ncpu_limit = 1\n",
+        &format!(
+            "[base_image.nbbase]\nwith_jupyter = true\ndockerfile_append = \"LABEL capstan.test=images-nb\"\n{}build_for = [\"nbbox\"]\n",
+            crate::kernels::NB_ENV
+        ),
     );
-    ok(&h, &["image", "build-base", "default"]);
+    ok(&h, &["image", "build-base", "nbbase"]);
     let out = ok(&h, &["env", "build", "nb"]);
     assert!(
         out.contains("nb for nbbox: built capstan-env-nb-nbbox:"),
@@ -860,6 +863,27 @@ fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_t
         .output()
         .unwrap();
     assert_eq!(stdout(&listed).trim(), volume);
+
+    // A base image with Jupyter runs kernels on its own Python, without a code environment.
+    let started = crate::kernels::gateway(
+        &alice,
+        "POST",
+        &format!("{}/api/kernels", d.url),
+        Some("{\"name\": \"sample.nbbox\"}"),
+    );
+    assert!(started.ends_with("\n201"), "{started}");
+    let kernel: serde_json::Value =
+        serde_json::from_str(started.rsplit_once('\n').unwrap().0).unwrap();
+    let id = kernel["id"].as_str().unwrap();
+    let prefix = crate::kernels::direct(&python, &h, &d.url, id, "import sys; print(sys.prefix)");
+    assert_eq!(prefix["out"], "/opt/capstan/python\n", "{prefix}");
+    let deleted = crate::kernels::gateway(
+        &alice,
+        "DELETE",
+        &format!("{}/api/kernels/{id}", d.url),
+        None,
+    );
+    assert!(deleted.ends_with("\n204"), "{deleted}");
     // The test's own volume goes with its home (instances never share one).
     let _ = Command::new("docker")
         .args(["volume", "rm", &volume])
