@@ -835,26 +835,14 @@ fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_t
     );
 
     // The user's files are in a volume of theirs for the project: a new kernel finds them.
-    let alice = h.token("alice");
-    let started = crate::kernels::gateway(
-        &alice,
-        "POST",
-        &format!("{}/api/kernels", d.url),
-        Some("{\"name\": \"sample.nb.nbbox\"}"),
+    let read = crate::kernels::run_once(
+        &python,
+        &h,
+        &d.url,
+        "sample.nb.nbbox",
+        "print(open('notes.txt').read())",
     );
-    assert!(started.ends_with("\n201"), "{started}");
-    let kernel: serde_json::Value =
-        serde_json::from_str(started.rsplit_once('\n').unwrap().0).unwrap();
-    let id = kernel["id"].as_str().unwrap();
-    let read = crate::kernels::direct(&python, &h, &d.url, id, "print(open('notes.txt').read())");
     assert_eq!(read["out"], "kept\n", "{read}");
-    let deleted = crate::kernels::gateway(
-        &alice,
-        "DELETE",
-        &format!("{}/api/kernels/{id}", d.url),
-        None,
-    );
-    assert!(deleted.ends_with("\n204"), "{deleted}");
     let instance = capstan_core::instance_id(&h.root());
     let volume = format!("capstan-notebooks-{instance}-sample-alice");
     let listed = Command::new("docker")
@@ -865,25 +853,14 @@ fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_t
     assert_eq!(stdout(&listed).trim(), volume);
 
     // A base image with Jupyter runs kernels on its own Python, without a code environment.
-    let started = crate::kernels::gateway(
-        &alice,
-        "POST",
-        &format!("{}/api/kernels", d.url),
-        Some("{\"name\": \"sample.nbbox\"}"),
+    let prefix = crate::kernels::run_once(
+        &python,
+        &h,
+        &d.url,
+        "sample.nbbox",
+        "import sys; print(sys.prefix)",
     );
-    assert!(started.ends_with("\n201"), "{started}");
-    let kernel: serde_json::Value =
-        serde_json::from_str(started.rsplit_once('\n').unwrap().0).unwrap();
-    let id = kernel["id"].as_str().unwrap();
-    let prefix = crate::kernels::direct(&python, &h, &d.url, id, "import sys; print(sys.prefix)");
     assert_eq!(prefix["out"], "/opt/capstan/python\n", "{prefix}");
-    let deleted = crate::kernels::gateway(
-        &alice,
-        "DELETE",
-        &format!("{}/api/kernels/{id}", d.url),
-        None,
-    );
-    assert!(deleted.ends_with("\n204"), "{deleted}");
     // The test's own volume goes with its home (instances never share one).
     let _ = Command::new("docker")
         .args(["volume", "rm", &volume])

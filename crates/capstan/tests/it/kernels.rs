@@ -78,6 +78,25 @@ pub(crate) fn direct(python: &str, h: &TestHome, url: &str, id: &str, code: &str
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Starts a kernel of `spec` on the gateway as alice, runs `code` on it and deletes it: what
+/// the code's run gave.
+pub(crate) fn run_once(python: &str, h: &TestHome, url: &str, spec: &str, code: &str) -> Value {
+    let alice = h.token("alice");
+    let started = gateway(
+        &alice,
+        "POST",
+        &format!("{url}/api/kernels"),
+        Some(&format!("{{\"name\": \"{spec}\"}}")),
+    );
+    assert!(started.ends_with("\n201"), "{started}");
+    let kernel: Value = serde_json::from_str(started.rsplit_once('\n').unwrap().0).unwrap();
+    let id = kernel["id"].as_str().unwrap();
+    let ran = direct(python, h, url, id, code);
+    let deleted = gateway(&alice, "DELETE", &format!("{url}/api/kernels/{id}"), None);
+    assert!(deleted.ends_with("\n204"), "{deleted}");
+    ran
+}
+
 /// Asserts what every kernel session must show, wherever the kernel ran.
 pub(crate) fn assert_session(steps: &std::collections::BTreeMap<String, Value>, spec: &str) {
     let specs = &steps["kernelspecs"];
