@@ -23,7 +23,7 @@ use capstan_engine::backend::{
 };
 use futures_util::future::BoxFuture;
 use futures_util::{AsyncBufReadExt, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -288,6 +288,25 @@ impl K8sBackend {
             Err(e) => return (ActivityOutcome::failed(e), None),
         };
         ctl.report(ActivityEvent::Starting);
+        if let Some(claim) = &rendered.claim {
+            // A kernel's notebook volume: made once, then found again by every later kernel of
+            // its user in the project (it is never deleted with a pod).
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            match claims.create(&PostParams::default(), claim).await {
+                Ok(_) => {}
+                Err(e) if api_code(&e) == Some(409) => {}
+                Err(e) => {
+                    return (
+                        ActivityOutcome::failed(format!(
+                            "cannot create the notebook volume {} in namespace {ns}: {}",
+                            claim.metadata.name.as_deref().unwrap_or_default(),
+                            api_message(&e)
+                        )),
+                        None,
+                    );
+                }
+            }
+        }
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let pending_limit = pending_limit(spec);
         let started = Instant::now();

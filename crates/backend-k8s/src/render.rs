@@ -13,8 +13,10 @@ use capstan_engine::engine_image;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
-    Secret, SecretKeySelector, Toleration, Volume, VolumeMount,
+    KeyToPath, LocalObjectReference, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
+    ResourceRequirements, Secret, SecretKeySelector, Toleration, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
@@ -40,6 +42,72 @@ pub struct Rendered {
     pub pod: Pod,
     pub code: ConfigMap,
     pub secret: Secret,
+    /// A notebook kernel's volume of its user's files for the project, where the configuration
+    /// names a storage class: created if absent, and kept (never deleted with the pod).
+    pub claim: Option<PersistentVolumeClaim>,
+}
+
+/// Where a notebook kernel keeps its user's files.
+pub const NOTEBOOK_DIR: &str = "/capstan/notebooks";
+
+/// The claim of `spec`'s user's notebook files in its project: `capstan-notebooks-INSTANCE-`
+/// and a DNS-1123 form of the project and user (lower-case, `-` for anything else, with a
+/// hash of the exact names so two that map alike do not share one).
+pub fn notebook_claim_name(spec: &ActivitySpec, instance: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    let digest = capstan_core::token::hash_token(&format!("{}/{}", spec.project, spec.user));
+    let mut name = format!(
+        "capstan-notebooks-{instance}-{}-{}",
+        clean(&spec.project),
+        clean(&spec.user)
+    );
+    name.truncate(240);
+    format!("{}-{}", name.trim_end_matches('-'), &digest[..8])
+}
+
+fn notebook_claim(spec: &ActivitySpec, instance: &str) -> Option<PersistentVolumeClaim> {
+    if spec.recipe != capstan_core::job::KERNEL_RECIPE {
+        return None;
+    }
+    let exec = spec.exec.as_ref()?;
+    let class = exec.notebook_storage_class.as_ref()?;
+    let size = exec.notebook_storage.as_ref().map_or_else(
+        || capstan_core::model::DEFAULT_NOTEBOOK_STORAGE.to_string(),
+        |m| m.value.to_string(),
+    );
+    let labels: BTreeMap<String, String> = [
+        (LABEL_INSTANCE.to_string(), instance.to_string()),
+        ("capstan.io/project".to_string(), spec.project.clone()),
+        ("capstan.io/user".to_string(), spec.user.clone()),
+    ]
+    .into();
+    Some(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(notebook_claim_name(spec, instance)),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: Some(class.value.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), Quantity(size))].into()),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    })
 }
 
 pub fn object_name(spec: &ActivitySpec, instance: &str) -> String {
@@ -56,7 +124,11 @@ pub fn labels(spec: &ActivitySpec, instance: &str) -> BTreeMap<String, String> {
     l.insert(LABEL_ACTIVITY.into(), spec.activity_id());
     l.insert(LABEL_ATTEMPT.into(), spec.attempt.to_string());
     l.insert("capstan.io/project".into(), spec.project.clone());
-    l.insert("capstan.io/recipe".into(), spec.recipe.clone());
+    // A label value starts with a letter or digit: a kernel (`@kernel`) is `kernel`.
+    l.insert(
+        "capstan.io/recipe".into(),
+        spec.recipe.trim_start_matches('@').to_string(),
+    );
     l.insert("capstan.io/user".into(), spec.user.clone());
     l
 }
@@ -235,6 +307,14 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         value: Some(v.clone()),
         value_from: None,
     }));
+    let claim = notebook_claim(spec, instance);
+    if claim.is_some() {
+        env.push(EnvVar {
+            name: "CAPSTAN_KERNEL_WORKDIR".into(),
+            value: Some(NOTEBOOK_DIR.into()),
+            value_from: None,
+        });
+    }
     if let Some(access) = &spec.data {
         env.push(EnvVar {
             name: "CAPSTAN_API_URL".into(),
@@ -305,6 +385,21 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         }),
         ..Volume::default()
     }];
+    if let Some(c) = &claim {
+        mounts.push(VolumeMount {
+            name: "notebooks".into(),
+            mount_path: NOTEBOOK_DIR.into(),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "notebooks".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: c.metadata.name.clone().unwrap_or_default(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+    }
     if let Some(shm) = exec.and_then(|e| e.shm_size.as_ref()) {
         mounts.push(VolumeMount {
             name: "shm".into(),
@@ -472,7 +567,12 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
         string_data: Some([("token".to_string(), token)].into()),
         ..Secret::default()
     };
-    Ok(Rendered { pod, code, secret })
+    Ok(Rendered {
+        pod,
+        code,
+        secret,
+        claim,
+    })
 }
 
 /// The objects as YAML documents, the token never included.
@@ -485,6 +585,7 @@ pub fn to_yaml(r: &Rendered) -> Result<String, String> {
         serde_yaml::to_string(&secret),
     ]
     .into_iter()
+    .chain(r.claim.as_ref().map(serde_yaml::to_string))
     .collect::<Result<_, _>>()
     .map_err(|e| e.to_string())?;
     Ok(docs.join("---\n"))

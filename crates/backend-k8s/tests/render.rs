@@ -84,6 +84,26 @@ fn spec_for(config_toml: &str, dir: &Path) -> ActivitySpec {
             ExecKind::Kubernetes,
         )
     };
+    if config_toml.starts_with("# notebook kernel") {
+        return ActivitySpec {
+            recipe: capstan_core::job::KERNEL_RECIPE.into(),
+            code_file: Some("capstan_kernel.py".into()),
+            lib_dir: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            timeout: None,
+            env: [(
+                "CAPSTAN_KERNEL_ID".to_string(),
+                "6f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f".to_string(),
+            )]
+            .into(),
+            workload: Workload::Generated {
+                name: "capstan_kernel.py".into(),
+                source: "main(__import__(\"os\").environ[\"CAPSTAN_KERNEL_ID\"])\n".into(),
+            },
+            ..spec
+        };
+    }
     if !visual {
         return spec;
     }

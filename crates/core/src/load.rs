@@ -673,6 +673,8 @@ fn decode_exec_config(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: L
         timeout: t.duration(cx, "timeout"),
         pending_timeout: t.duration(cx, "pending_timeout"),
         idle_timeout: t.duration(cx, "idle_timeout"),
+        notebook_storage_class: t.str(cx, "notebook_storage_class"),
+        notebook_storage: t.memory(cx, "notebook_storage"),
         max_concurrent: t.count(cx, "max_concurrent", limits::MAX_CONCURRENT),
         allowed: allowed(cx, t),
     };

@@ -195,9 +195,17 @@ pub struct ExecConfig {
     /// How long a notebook kernel on this configuration may sit idle (no execution, no client
     /// connected) before it is culled; `None`: [`DEFAULT_KERNEL_IDLE_TIMEOUT`].
     pub idle_timeout: Option<Sourced<Duration>>,
+    /// Kubernetes: the storage class of each user's notebook volume for a project (a PVC, kept
+    /// between kernels); `None`: a kernel's files go with its pod.
+    pub notebook_storage_class: Option<Sourced<String>>,
+    /// Its size (default [`DEFAULT_NOTEBOOK_STORAGE`]).
+    pub notebook_storage: Option<Sourced<Memory>>,
     pub max_concurrent: Option<Sourced<u32>>,
     pub allowed: Allowed,
 }
+
+/// A notebook volume's size where its configuration says nothing: 10 GiB.
+pub const DEFAULT_NOTEBOOK_STORAGE: &str = "10Gi";
 
 /// An idle kernel's life where its configuration says nothing: 12 hours, as Jupyter
 /// Enterprise Gateway recommends.
