@@ -20,10 +20,6 @@ pub fn notebook_volume(spec: &ActivitySpec, instance: &str) -> String {
         spec.project, spec.user
     )
 }
-
-fn is_kernel(spec: &ActivitySpec) -> bool {
-    spec.recipe == capstan_core::job::KERNEL_RECIPE
-}
 /// The activity's data token inside the container.
 pub const TOKEN_PATH: &str = "/capstan/token";
 /// Where the built-in engine of visual recipes (the capstan binary) is in a container.
@@ -136,8 +132,11 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
         ));
     }
     env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
-    if is_kernel(spec) {
-        env.push(format!("CAPSTAN_KERNEL_WORKDIR={NOTEBOOK_DIR}"));
+    if spec.is_kernel() {
+        env.push(format!(
+            "{}={NOTEBOOK_DIR}",
+            capstan_engine::kernel::KERNEL_WORKDIR_VAR
+        ));
     }
     if let Some(access) = &spec.data {
         // The token itself travels in the code archive (`/capstan/token`): an environment
@@ -206,7 +205,7 @@ pub fn container_body(spec: &ActivitySpec, instance: &str) -> Result<ContainerCr
                 let exe = capstan_engine::engine_image::binary()?;
                 binds.push(format!("{}:{ENGINE_PATH}:ro", exe.display()));
             }
-            if is_kernel(spec) {
+            if spec.is_kernel() {
                 binds.push(format!(
                     "{}:{NOTEBOOK_DIR}",
                     notebook_volume(spec, instance)

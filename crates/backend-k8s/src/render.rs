@@ -76,7 +76,7 @@ pub fn notebook_claim_name(spec: &ActivitySpec, instance: &str) -> String {
 }
 
 fn notebook_claim(spec: &ActivitySpec, instance: &str) -> Option<PersistentVolumeClaim> {
-    if spec.recipe != capstan_core::job::KERNEL_RECIPE {
+    if !spec.is_kernel() {
         return None;
     }
     let exec = spec.exec.as_ref()?;
@@ -310,7 +310,7 @@ pub fn render(spec: &ActivitySpec, instance: &str, namespace: &str) -> Result<Re
     let claim = notebook_claim(spec, instance);
     if claim.is_some() {
         env.push(EnvVar {
-            name: "CAPSTAN_KERNEL_WORKDIR".into(),
+            name: capstan_engine::kernel::KERNEL_WORKDIR_VAR.into(),
             value: Some(NOTEBOOK_DIR.into()),
             value_from: None,
         });

@@ -173,11 +173,14 @@ impl LocalBackend {
             ));
             env.push(("CAPSTAN_API_URL".into(), access.api_url.clone()));
         }
-        if spec.recipe == capstan_core::job::KERNEL_RECIPE {
+        if spec.is_kernel() {
             let dir =
                 private::notebook_dir(&self.work_root, &spec.project, &spec.user, who.as_ref())
                     .map_err(|e| format!("cannot create the kernel's notebook folder: {e}"))?;
-            env.push(("CAPSTAN_KERNEL_WORKDIR".into(), dir.display().to_string()));
+            env.push((
+                capstan_engine::kernel::KERNEL_WORKDIR_VAR.into(),
+                dir.display().to_string(),
+            ));
         }
 
         if let Workload::Transform { .. } = &spec.workload {

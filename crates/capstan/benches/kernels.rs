@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 mod common;
-use common::{capstan, median, start};
+use common::{capstan, median, ok, start};
 
 /// The client's side (the tests' own): `--first-reply` starts a kernel on the gateway, runs one
 /// cell, and deletes the kernel.
@@ -35,22 +35,6 @@ km.shutdown_kernel(now=True)
 "#;
 
 const BOX_CPUS: &str = "1";
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = capstan()
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "capstan {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Seconds from spawning `cmd` to its first line on stdout; the process is then waited for.
 fn until_first_line(cmd: &mut Command) -> f64 {

@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 mod common;
-use common::{capstan, median, start, wait_final};
+use common::{capstan, median, ok, start, wait_final};
 
 /// The runner as a plain script: the training of `capstan.ml`, with the data plane replaced by
 /// direct file access (the stored Parquet in, the version's tar out).
@@ -63,29 +63,12 @@ fn setup(dir: &Path, docker: bool) -> PathBuf {
         let text = format!("{text}\n[base_image.mlbase]\nsystem_packages = [\"libgomp1\"]\n");
         std::fs::write(&images, text).unwrap();
     }
+    let csv = home.join("projects/sample/data/wine.csv");
     ok(
         &home,
-        &["dataset", "import", "sample/wine"],
-        Some(&home.join("projects/sample/data/wine.csv")),
+        &["dataset", "import", "sample/wine", csv.to_str().unwrap()],
     );
     home
-}
-
-/// Runs `capstan --home HOME ARGS [PATH]`, and its stdout if it succeeded.
-fn ok(home: &Path, args: &[&str], path: Option<&Path>) -> String {
-    let mut cmd = capstan();
-    cmd.arg("--home").arg(home).args(args);
-    if let Some(p) = path {
-        cmd.arg(p);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "capstan {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn train(
@@ -162,8 +145,8 @@ async fn main() {
             .is_ok_and(|o| o.status.success());
     let home = setup(&dir, docker);
     let env_image = docker.then(|| {
-        ok(&home, &["image", "build-base", "mlbase"], None);
-        let out = ok(&home, &["env", "build", "ml"], None);
+        ok(&home, &["image", "build-base", "mlbase"]);
+        let out = ok(&home, &["env", "build", "ml"]);
         // "ml for mlbox: built capstan-env-ml-mlbox:TAG (…)"
         out.split_whitespace()
             .find(|w| w.starts_with("capstan-env-ml-mlbox:"))

@@ -97,6 +97,11 @@ pub enum Workload {
 pub const TRANSFORM_SPEC: &str = "transform.json";
 
 impl ActivitySpec {
+    /// Whether this is a notebook kernel's activity (its agent), not a recipe's.
+    pub fn is_kernel(&self) -> bool {
+        self.recipe == capstan_core::job::KERNEL_RECIPE
+    }
+
     /// The arguments of `capstan transform run` for this activity: its spec, and the limits
     /// its engine plans within (the memory limit, the CPU limit in whole threads).
     pub fn transform_args(&self, spec_path: &str) -> Vec<String> {

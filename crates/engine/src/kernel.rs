@@ -20,6 +20,9 @@ use crate::{Caller, Engine, EngineError, resolve_error};
 
 /// The environment variable that names the kernel to its agent.
 pub const KERNEL_ID_VAR: &str = "CAPSTAN_KERNEL_ID";
+/// The environment variable that tells the agent where its user's notebook files are kept
+/// (set by each backend that keeps them: a folder, a Docker volume, a PVC).
+pub const KERNEL_WORKDIR_VAR: &str = "CAPSTAN_KERNEL_WORKDIR";
 
 /// A kernel to start: where, on what, and the id the gateway gave it.
 #[derive(Clone, Debug)]

@@ -103,3 +103,20 @@ pub fn env_python(home: &Path, env: &str) -> std::path::PathBuf {
         .map(|p| p.join("bin/python"))
         .unwrap_or_else(|| panic!("the {env} code environment was built"))
 }
+
+/// `capstan --home HOME ARGS`, which must succeed: its standard output.
+pub fn ok(home: &Path, args: &[&str]) -> String {
+    let out = capstan()
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "capstan {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
