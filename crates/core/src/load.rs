@@ -944,16 +944,13 @@ fn decode_code_env(cx: &mut Cx<'_>, t: &mut Table<'_, '_>, name: &str, loc: Loc)
     if let Some(w) = &with_jupyter
         && w.value
     {
-        if language.value == EnvLanguage::R {
-            cx.diags.error_at(
-                cx.sources,
-                w.loc,
-                &t.field("with_jupyter"),
-                "notebook kernels run on Python environments only (IRkernel is not supported yet)",
-                None,
-            );
-        }
-        packages.extend(crate::pins::jupyter_packages().map(|p| Sourced {
+        // An R environment's kernel is IRkernel from Debian (no CRAN needed); the agent that
+        // starts it is Python, which gets ipykernel's side in the image (see the Dockerfile).
+        let kernel = match language.value {
+            EnvLanguage::R => crate::pins::jupyter_r_packages().to_vec(),
+            EnvLanguage::Python => crate::pins::jupyter_packages().to_vec(),
+        };
+        packages.extend(kernel.into_iter().map(|p| Sourced {
             value: p,
             loc: w.loc,
         }));

@@ -45,6 +45,12 @@ pub fn jupyter_packages() -> [String; 1] {
     [format!("ipykernel=={IPYKERNEL}")]
 }
 
+/// The Debian package an R environment with `with_jupyter` gains: IRkernel as Debian ships it
+/// (bookworm: 1.3.2, with its kernelspec `ir`), so no CRAN access is needed.
+pub fn jupyter_r_packages() -> [String; 1] {
+    ["r-cran-irkernel".to_string()]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

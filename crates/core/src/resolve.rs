@@ -273,15 +273,41 @@ fn resolve_recipe(
 }
 
 /// Resolves a notebook kernel of `project` (its code environment and execution configuration in
-/// `request`, from the kernelspec): a Python activity with no recipe of its own, so its settings
-/// come from the request, the project's defaults and the instance's, as a recipe's would.
+/// `request`, from the kernelspec): an activity with no recipe of its own, so its settings
+/// come from the request, the project's defaults and the instance's, as a recipe's would. An R
+/// environment's kernel (IRkernel) runs only in a container, where the environment's image has
+/// it.
 pub fn resolve_kernel(
     home: &Home,
     project: &str,
     request: &RunRequest,
 ) -> Result<Resolution, Vec<ResolveError>> {
     let p = project_of(home, project)?;
-    resolve_recipe(home, p, &kernel_recipe(), request)
+    let env = request
+        .code_env
+        .as_ref()
+        .and_then(|e| home.code_envs.get(e));
+    let kind = match env.map(|e| e.language.value) {
+        Some(EnvLanguage::R) => RecipeKind::R,
+        _ => RecipeKind::Python,
+    };
+    let r = resolve_recipe(home, p, &kernel_recipe(kind), request)?;
+    if let Some(env) = env
+        && kind == RecipeKind::R
+        && r.kind.value == ExecKind::Local
+    {
+        return Err(vec![ResolveError::Invalid {
+            field: "exec_config",
+            message: format!(
+                "R kernels run in containers, where code environment `{}`'s image has IRkernel; execution configuration `{}` runs local processes",
+                env.name,
+                r.exec_config.value.as_deref().unwrap_or("local")
+            ),
+            help: Some("choose a Docker or Kubernetes configuration".into()),
+            loc: None,
+        }]);
+    }
+    Ok(r)
 }
 
 fn project_of<'h>(home: &'h Home, project: &str) -> Result<&'h Project, Vec<ResolveError>> {
@@ -294,15 +320,15 @@ fn project_of<'h>(home: &'h Home, project: &str) -> Result<&'h Project, Vec<Reso
     })
 }
 
-/// What a notebook kernel's activity is, as a recipe: Python, with no code file, inputs or
-/// settings of its own.
-pub fn kernel_recipe() -> Recipe {
+/// What a notebook kernel's activity is, as a recipe of `kind` (its kernel's language), with no
+/// code file, inputs or settings of its own.
+pub fn kernel_recipe(kind: RecipeKind) -> Recipe {
     Recipe {
         name: crate::job::KERNEL_RECIPE.to_string(),
         loc: Loc::NOWHERE,
         description: None,
         kind: Sourced {
-            value: RecipeKind::Python,
+            value: kind,
             loc: Loc::NOWHERE,
         },
         code: None,

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use capstan_core::access::check;
-use capstan_core::model::{Home, Permission, RecipeKind};
+use capstan_core::model::{CodeEnv, EnvLanguage, Home, Permission, RecipeKind};
 use capstan_core::resolve::{Resolution, ResolveError, RunRequest, resolve_kernel};
 use capstan_store::JobRow;
 
@@ -99,15 +99,26 @@ impl Engine {
     }
 }
 
+/// The Jupyter kernelspec the agent starts for an environment: IRkernel's (`ir`, which Debian's
+/// r-cran-irkernel installs) for an R environment, the interpreter's own ipykernel otherwise.
+pub fn kernel_name(code_env: Option<&CodeEnv>) -> &'static str {
+    match code_env.map(|e| e.language.value) {
+        Some(EnvLanguage::R) => "ir",
+        _ => "python3",
+    }
+}
+
 /// Makes a kernel's spec run the agent: generated code in place of a recipe's, and no timeout
-/// (an idle kernel is culled by the gateway instead; a busy one is the user's work).
+/// (an idle kernel is culled by the gateway instead; a busy one is the user's work). The agent
+/// is Python in every image (an R environment's image has ipykernel's Python side for it).
 pub(crate) fn stage_agent(spec: &mut ActivitySpec) {
     let name = "capstan_kernel.py".to_string();
     spec.workload = Workload::Generated {
         name: name.clone(),
         source: format!(
-            "{}\n\nmain(__import__(\"os\").environ[\"{KERNEL_ID_VAR}\"])\n",
-            capstan_core::PYTHON_KERNEL_AGENT
+            "{}\n\nmain(__import__(\"os\").environ[\"{KERNEL_ID_VAR}\"], {:?})\n",
+            capstan_core::PYTHON_KERNEL_AGENT,
+            kernel_name(spec.code_env.as_ref()),
         ),
     };
     spec.code_file = Some(PathBuf::from(name));
@@ -136,10 +147,25 @@ mod tests {
         assert_eq!(name, "capstan_kernel.py");
         assert!(source.contains("class Agent"), "{source}");
         assert!(
-            source.ends_with("main(__import__(\"os\").environ[\"CAPSTAN_KERNEL_ID\"])\n"),
+            source.ends_with(
+                "main(__import__(\"os\").environ[\"CAPSTAN_KERNEL_ID\"], \"python3\")\n"
+            ),
             "{source}"
         );
         assert_eq!(spec.timeout, None);
+        assert_eq!(spec.recipe_kind, RecipeKind::Python);
+
+        // An R environment's kernel is IRkernel, still started by the (Python) agent.
+        let mut env = CodeEnv::managed("r-nb", "R", []);
+        env.language.value = EnvLanguage::R;
+        env.with_jupyter = true;
+        spec.code_env = Some(env);
+        spec.recipe_kind = RecipeKind::R;
+        stage_agent(&mut spec);
+        let Workload::Generated { source, .. } = &spec.workload else {
+            panic!("not generated: {:?}", spec.workload);
+        };
+        assert!(source.ends_with(", \"ir\")\n"), "{source}");
         assert_eq!(spec.recipe_kind, RecipeKind::Python);
     }
 }

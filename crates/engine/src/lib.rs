@@ -515,7 +515,7 @@ pub fn spec_from(
 ) -> ActivitySpec {
     let kernel;
     let (project, recipe) = if r.recipe == capstan_core::job::KERNEL_RECIPE {
-        kernel = capstan_core::resolve::kernel_recipe();
+        kernel = capstan_core::resolve::kernel_recipe(r.recipe_kind);
         let project = home
             .projects
             .get(&r.project)

@@ -213,6 +213,18 @@ pub fn env(
                     list.join(", ")
                 );
             }
+            if spec.with_jupyter {
+                // The kernel's agent is Python (the base image's venv): it starts IRkernel
+                // through jupyter_client, which comes with ipykernel at the pinned version.
+                d += &format!(
+                    "RUN pip install {}\n",
+                    capstan_core::pins::jupyter_packages()
+                        .iter()
+                        .map(|p| shell_quote(p))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
         }
     }
     d += &format!(
@@ -355,6 +367,18 @@ mod tests {
         );
         insta::assert_snapshot!(env(
             &h.code_envs["stats"],
+            "capstan-base-r:abc",
+            false,
+            false,
+            "HASH"
+        ));
+    }
+
+    #[test]
+    fn r_env_with_jupyter_has_irkernel_from_debian_and_the_agents_python_side() {
+        let h = home("[code_env.rnb]\nlanguage = \"r\"\nwith_jupyter = true\n");
+        insta::assert_snapshot!(env(
+            &h.code_envs["rnb"],
             "capstan-base-r:abc",
             false,
             false,

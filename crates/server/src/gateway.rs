@@ -343,12 +343,22 @@ impl Spec {
             .exec_configs
             .get(&self.exec_config)
             .map(|c| c.kind.value.as_str());
+        // The kernel's language as Jupyter names it (a launcher's icon, a notebook's metadata).
+        let language = match self
+            .code_env
+            .as_ref()
+            .and_then(|e| home.code_envs.get(e))
+            .map(|e| e.language.value)
+        {
+            Some(capstan_core::model::EnvLanguage::R) => "R",
+            _ => "python",
+        };
         json!({
             "name": self.name,
             "spec": {
                 "argv": [],
                 "display_name": display_name(&self.project, self.code_env.as_deref(), &self.exec_config),
-                "language": "python",
+                "language": language,
                 "interrupt_mode": "message",
                 "env": {},
                 "metadata": {"capstan": {

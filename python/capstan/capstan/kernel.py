@@ -1,6 +1,7 @@
 """The agent of a notebook kernel: what runs as a kernel's activity, wherever it runs.
 
-It starts ipykernel on loopback (jupyter_client's kernel manager) and **dials out** to the
+It starts the kernel on loopback (jupyter_client's kernel manager: ipykernel, or IRkernel in an
+R environment's image) and **dials out** to the
 daemon over one WebSocket (`/api/v1/kernels/ID/agent`, authenticated by the activity's own
 token), then relays: every message the kernel sends on its iopub, shell, stdin and control
 channels goes to the daemon as Jupyter Server's JSON framing (the message with a `channel`
@@ -31,15 +32,16 @@ def _log(line):
 
 
 class Agent:
-    def __init__(self, kernel_id):
+    def __init__(self, kernel_id, kernel_name):
         from jupyter_client.manager import AsyncKernelManager
 
         from capstan import _endpoint
 
         self.kernel_id = kernel_id
         self.url, self.token = _endpoint()
-        # The native kernel of this interpreter (ipykernel), on loopback only.
-        self.km = AsyncKernelManager(kernel_name="python3")
+        # On loopback only: `python3` is this interpreter's own ipykernel, `ir` the kernelspec
+        # Debian's r-cran-irkernel installs (/usr/share/jupyter/kernels/ir).
+        self.km = AsyncKernelManager(kernel_name=kernel_name)
         self.km.ip = "127.0.0.1"
         self.sockets = {}
         self.ws = None
@@ -186,7 +188,7 @@ class Agent:
         await self.km.shutdown_kernel(now=True)
 
 
-def main(kernel_id):
+def main(kernel_id, kernel_name="python3"):
     import tempfile
 
     # A recipe's user may have no writable home: the kernel's connection file and IPython's
@@ -197,9 +199,17 @@ def main(kernel_id):
     try:
         import jupyter_client  # noqa: F401
         import ipykernel  # noqa: F401
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+        KernelSpecManager().get_kernel_spec(kernel_name)
     except ImportError as e:
         raise SystemExit(
             f"this code environment has no Jupyter kernel ({e.name} is missing): set "
             "`with_jupyter = true` on it and rebuild it (`capstan env build NAME`)"
         )
-    asyncio.run(Agent(kernel_id).run())
+    except NoSuchKernel:
+        raise SystemExit(
+            f"this image has no `{kernel_name}` kernel (IRkernel is missing): set "
+            "`with_jupyter = true` on the code environment and rebuild it (`capstan env build NAME`)"
+        )
+    asyncio.run(Agent(kernel_id, kernel_name).run())

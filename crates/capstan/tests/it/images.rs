@@ -866,3 +866,51 @@ fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_t
         .args(["volume", "rm", &volume])
         .output();
 }
+
+#[test]
+fn a_stock_jupyter_server_runs_an_r_kernel_in_a_container() {
+    if !ready() {
+        return;
+    }
+    let Some(python) = crate::kernels::jupyter() else {
+        return;
+    };
+    let h = home(
+        "images-rnb",
+        "[exec_config.rbox]\nkind = \"docker\"\nbase_image = \"r\"\nmemory_limit = \"1Gi\"\ncpu_limit = 1\n",
+        "[base_image.r]\nwith_r = true\n\n[code_env.rnb]\nlanguage = \"r\"\nwith_jupyter = true\nbuild_for = [\"rbox\"]\n",
+    );
+    ok(&h, &["image", "build-base", "r"]);
+    let out = ok(&h, &["env", "build", "rnb"]);
+    assert!(
+        out.contains("rnb for rbox: built capstan-env-rnb-rbox:"),
+        "{out}"
+    );
+    let csv = h.root().join("projects/sample/data/wine.csv");
+    ok(
+        &h,
+        &["dataset", "import", "sample/wine", csv.to_str().unwrap()],
+    );
+    let d = h.start();
+    // IRkernel through the same agent and gateway: the same session as Python's, in R.
+    let steps = crate::kernels::session(&python, &h, &d, "sample.rnb.rbox");
+    assert_eq!(steps["kernelspecs"]["language"], "R", "{:?}", steps);
+    crate::kernels::assert_session(&steps, "sample.rnb.rbox");
+    let job_id = steps["start"]["kernel"]["job_id"].as_i64().unwrap();
+    assert_eq!(d.job(job_id)["state"], "cancelled");
+    let left = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter"])
+        .arg(format!("label=capstan.job={job_id}"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&left).trim(),
+        "",
+        "a kernel container outlived its kernel"
+    );
+    let instance = capstan_core::instance_id(&h.root());
+    let _ = Command::new("docker")
+        .args(["volume", "rm"])
+        .arg(format!("capstan-notebooks-{instance}-sample-alice"))
+        .output();
+}

@@ -31,6 +31,28 @@ GATEWAY, CAPSTAN_TOKEN, SPEC, WORK = sys.argv[1 + DIRECT:5 + DIRECT]
 TOKEN = CAPSTAN_TOKEN if DIRECT else uuid.uuid4().hex
 WAIT = 300
 
+# What each step runs, in the kernelspec's language: the same checks in Python and in R.
+CODE = {
+    "python": {
+        "execute": "print(6 * 7)",
+        "dataset": "import capstan\nwine = capstan.Dataset('wine').to_pandas()\n"
+                   "print(len(wine), capstan.context()['project'])",
+        "file": "print(open('notes.txt', 'w').write('kept'))",
+        "busy": "while True:\n    pass",
+        "set": "x = 1",
+        "get": "print(x)",
+    },
+    "R": {
+        "execute": "cat(6 * 7, '\\n', sep = '')",
+        "dataset": "wine <- capstan_dataset('wine')\n"
+                   "cat(nrow(wine), ' ', Sys.getenv('CAPSTAN_PROJECT'), '\\n', sep = '')",
+        "file": "writeLines('kept', 'notes.txt', sep = '')\ncat(file.size('notes.txt'), '\\n', sep = '')",
+        "busy": "while (TRUE) {}",
+        "set": "x <- 1",
+        "get": "print(x)",
+    },
+}
+
 
 def say(**step):
     print(json.dumps(step), flush=True)
@@ -154,8 +176,11 @@ async def main():
             await asyncio.sleep(0.2)
 
         code, specs = await s.call("GET", "/api/kernelspecs")
-        say(step="kernelspecs", status=code, names=sorted((specs or {}).get("kernelspecs", {})),
-            display=[k["spec"]["display_name"] for k in (specs or {}).get("kernelspecs", {}).values()])
+        listed = (specs or {}).get("kernelspecs", {})
+        language = listed.get(SPEC, {}).get("spec", {}).get("language", "python")
+        say(step="kernelspecs", status=code, names=sorted(listed), language=language,
+            display=[k["spec"]["display_name"] for k in listed.values()])
+        run = CODE[language]
 
         t0 = time.monotonic()
         code, kernel = await s.call("POST", "/api/kernels", {"name": SPEC})
@@ -166,28 +191,26 @@ async def main():
         ch = await Channels.open(base, kid)
 
         t0 = time.monotonic()
-        reply, out = await ch.run("print(6 * 7)")
+        reply, out = await ch.run(run["execute"])
         say(step="execute", status=reply["status"], out=out, seconds=round(time.monotonic() - t0, 2))
 
-        reply, out = await ch.run(
-            "import capstan\nwine = capstan.Dataset('wine').to_pandas()\n"
-            "print(len(wine), capstan.context()['project'])"
-        )
+        reply, out = await ch.run(run["dataset"])
         say(step="dataset", status=reply["status"], out=out)
 
-        reply, out = await ch.run("print(open('notes.txt', 'w').write('kept'))")
+        reply, out = await ch.run(run["file"])
         say(step="file", status=reply["status"], out=out)
 
-        busy = await ch.send("while True:\n    pass")
+        busy = await ch.send(run["busy"])
         await asyncio.sleep(0.5)  # let the loop begin: an interrupt before it would be a no-op
         code, _ = await s.call("POST", f"/api/kernels/{kid}/interrupt", {})
         reply, out = await ch.result(busy)
         say(step="interrupt", status=code, reply=reply["status"], ename=reply.get("ename"))
 
-        reply, _ = await ch.run("x = 1")
+        reply, _ = await ch.run(run["set"])
         code, _ = await s.call("POST", f"/api/kernels/{kid}/restart", {})
-        reply, out = await ch.run("print(x)")
-        say(step="restart", status=code, reply=reply["status"], ename=reply.get("ename"))
+        reply, out = await ch.run(run["get"])
+        say(step="restart", status=code, reply=reply["status"], ename=reply.get("ename"),
+            evalue=reply.get("evalue"))
 
         code, listed = await s.call("GET", "/api/kernels")
         say(step="list", status=code, ids=[k["id"] for k in listed or []])

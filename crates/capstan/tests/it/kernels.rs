@@ -114,14 +114,31 @@ pub(crate) fn assert_session(steps: &std::collections::BTreeMap<String, Value>, 
     assert_eq!(steps["file"]["out"], "4\n", "{}", steps["file"]);
     let dataset = &steps["dataset"];
     assert_eq!(dataset["out"], "178 sample\n", "{dataset}");
+    // How each language's kernel answers an interrupted loop (IRkernel aborts the request),
+    // and the error of a name it lost.
+    let (interrupted, unbound) = match steps["kernelspecs"]["language"].as_str() {
+        Some("R") => (("abort", Value::Null), ("ERROR", "object 'x' not found")),
+        _ => (
+            ("error", Value::from("KeyboardInterrupt")),
+            ("NameError", "name 'x' is not defined"),
+        ),
+    };
     let interrupt = &steps["interrupt"];
     assert_eq!(interrupt["status"], 204, "{interrupt}");
-    assert_eq!(interrupt["reply"], "error", "{interrupt}");
-    assert_eq!(interrupt["ename"], "KeyboardInterrupt", "{interrupt}");
+    assert_eq!(interrupt["reply"], interrupted.0, "{interrupt}");
+    assert_eq!(interrupt["ename"], interrupted.1, "{interrupt}");
     let restart = &steps["restart"];
     assert_eq!(restart["status"], 200, "{restart}");
     assert_eq!(
-        restart["ename"], "NameError",
+        restart["reply"], "error",
+        "a restart keeps no state: {restart}"
+    );
+    assert_eq!(
+        restart["ename"], unbound.0,
+        "a restart keeps no state: {restart}"
+    );
+    assert!(
+        restart["evalue"].as_str().unwrap_or("").contains(unbound.1),
         "a restart keeps no state: {restart}"
     );
     let id = start["kernel"]["id"].as_str().unwrap();
@@ -161,7 +178,12 @@ fn processes_of(id: &str) -> Vec<String> {
 fn a_stock_jupyter_server_runs_a_local_kernel_through_the_gateway() {
     let Some(python) = jupyter() else { return };
     let h = TestHome::new("kernels");
-    h.append("images.toml", &format!("{NB_ENV}build_for = \"none\"\n"));
+    h.append(
+        "images.toml",
+        &format!(
+            "{NB_ENV}build_for = \"none\"\n\n[code_env.rnb]\nlanguage = \"r\"\nwith_jupyter = true\nbuild_for = \"none\"\n"
+        ),
+    );
     h.append(
         "exec-configs.toml",
         "\n[exec_config.local-brief]\nkind = \"local\"\nidle_timeout = \"2s\"\n\n\
@@ -241,6 +263,23 @@ fn a_stock_jupyter_server_runs_a_local_kernel_through_the_gateway() {
     assert!(
         oom.contains("did not start: job ") && oom.contains("24 MiB memory limit"),
         "{oom}"
+    );
+    // IRkernel comes with an R environment's image: not a local process's to start, nor listed.
+    assert!(
+        !specs["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "sample.rnb.local"),
+        "{specs}"
+    );
+    let r_local = post("sample.rnb.local");
+    assert!(r_local.ends_with("\n409"), "{r_local}");
+    assert!(
+        r_local.contains(
+            "R kernels run in containers, where code environment `rnb`'s image has IRkernel"
+        ),
+        "{r_local}"
     );
     let unknown = post("sample.nb.nowhere");
     assert!(unknown.ends_with("\n404"), "{unknown}");
