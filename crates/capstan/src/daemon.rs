@@ -129,6 +129,7 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
         data: data.clone(),
         local_token_sha256: Arc::new(hash_token(&token)),
         kernels: Default::default(),
+        ui_sessions: Default::default(),
     };
     let app = capstan_server::router(state);
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -387,6 +388,10 @@ pub async fn serve(root: &Path, args: &ServeArgs) -> anyhow::Result<u8> {
     eprintln!(
         "capstan daemon for {} listening on {}",
         root.display(),
+        daemon.url()
+    );
+    eprintln!(
+        "  web UI at {}/ui/ (sign in with your capstan token)",
         daemon.url()
     );
     eprintln!(

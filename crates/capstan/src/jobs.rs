@@ -11,20 +11,7 @@ use crate::client::{Client, LogLine};
 use crate::explain::parse_target;
 use crate::{Exit, exit};
 
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use capstan_core::quantity::human_bytes;
 
 pub fn human_ms(ms: i64) -> String {
     if ms < 1000 {

@@ -63,6 +63,42 @@ pub struct BuildAnswer {
 }
 
 impl Engine {
+    /// A project's whole flow as a smart build of everything would see it (what `capstan flow`
+    /// shows, and the web UI's graph): every dataset with its state, every recipe with why it
+    /// would run. Needs read permission on the project.
+    pub fn flow(
+        &self,
+        caller: &Caller,
+        project: &str,
+    ) -> Result<capstan_core::flow::FlowView, EngineError> {
+        let home = self.inner.home.fresh_now();
+        if !home.projects.contains_key(project) {
+            return Err(EngineError::NotFound(format!(
+                "unknown project `{project}`"
+            )));
+        }
+        self.authorize(caller, project, Permission::Read)?;
+        let request = RunRequest::default();
+        let state = |dataset: &str| match &self.inner.data_plane {
+            Some(dp) => dp.state(project, dataset),
+            None => DatasetState::Missing,
+        };
+        capstan_core::flow::view(&home, project, state, |r| {
+            let res = resolve(&home, project, &r.name, &request).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            capstan_core::flow::definition(&home, &self.inner.root, &res)
+        })
+        .map_err(|errors| EngineError::Invalid {
+            message: errors.join("; "),
+            details: Vec::new(),
+        })
+    }
+
     /// Plans a build of `project`'s datasets and, unless it is a dry run or nothing is out of
     /// date, queues it as one job.
     pub fn build(

@@ -16,6 +16,7 @@ pub mod data_api;
 pub mod gateway;
 mod models_api;
 mod tensorboard_api;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub local_token_sha256: Arc<String>,
     /// The notebook kernels the Jupyter gateway relays.
     pub kernels: Arc<gateway::Kernels>,
+    /// The web UI's signed-in sessions.
+    pub ui_sessions: Arc<ui::Sessions>,
 }
 
 /// One route of the API: a method and a path, and the handler that serves them.
@@ -163,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         .into_iter()
         .fold(Router::new(), |r, e| r.route(e.path, e.handler))
         .merge(gateway::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -511,8 +515,15 @@ fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiErro
             "activity tokens reach only their recipe's datasets",
         ));
     }
-    if capstan_core::token::hash_token(token) == *state.local_token_sha256 {
-        return Ok(Caller {
+    caller_for_hash(&capstan_core::token::hash_token(token), state)
+        .ok_or_else(|| ApiError::unauthorized("unknown token"))
+}
+
+/// The caller whose token has this SHA-256: the daemon's local caller, or a user of the home
+/// now (the web UI's sessions keep only the hash, and ask again on each request).
+pub(crate) fn caller_for_hash(hash: &str, state: &AppState) -> Option<Caller> {
+    if hash == state.local_token_sha256.as_str() {
+        return Some(Caller {
             name: "local".into(),
             admin: true,
             in_home: false,
@@ -520,9 +531,10 @@ fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiErro
     }
     let home = state.engine.home();
     let user = home
-        .user_for_token(token)
-        .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
-    Ok(Caller {
+        .users
+        .values()
+        .find(|u| u.tokens.iter().any(|t| t.sha256 == hash))?;
+    Some(Caller {
         name: user.name.clone(),
         admin: user.admin,
         in_home: true,
@@ -1111,58 +1123,17 @@ async fn logs(
         no_nul("activity", a)?;
     }
     s.engine.log_file(&c, id, q.activity.as_deref())?;
-    let engine = s.engine.clone();
-    let caller = c.clone();
-    struct Tail {
-        engine: Engine,
-        caller: Caller,
-        id: i64,
-        activity: Option<String>,
-        file: Option<tokio::fs::File>,
-        follow: bool,
-        changes: tokio::sync::watch::Receiver<u64>,
-    }
-    let tail = Tail {
-        changes: s.engine.changes(),
-        engine,
-        caller,
-        id,
-        activity: q.activity.clone(),
-        file: None,
-        follow,
-    };
-    let stream = futures_util::stream::unfold(tail, |mut t| async move {
-        use tokio::io::AsyncReadExt;
+    let tail = LogTail::new(&s.engine, &c, id, q.activity.clone());
+    let stream = futures_util::stream::unfold(tail, move |mut t| async move {
         loop {
-            // The job's state is read before the file: if it was final then, everything it
-            // wrote is in the file, so reading to the end afterwards loses nothing.
-            let (path, was_final) = match t.engine.log_file(&t.caller, t.id, t.activity.as_deref())
-            {
-                Ok(x) => x,
-                Err(_) => return None,
-            };
-            if t.file.is_none()
-                && let Some(p) = &path
-            {
-                t.file = tokio::fs::File::open(p).await.ok();
+            let (chunk, over) = t.read().await?;
+            if let Some(bytes) = chunk {
+                return Some((Ok::<_, std::io::Error>(bytes), t));
             }
-            let mut buf = vec![0u8; 64 * 1024];
-            let n = match t.file.as_mut() {
-                Some(f) => f.read(&mut buf).await.unwrap_or(0),
-                None => 0,
-            };
-            if n > 0 {
-                buf.truncate(n);
-                return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), t));
-            }
-            if was_final || !t.follow {
+            if over || !follow {
                 return None;
             }
-            // New lines are looked for every 100 ms; the job's end is seen as it happens.
-            tokio::select! {
-                _ = t.changes.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
+            t.wait().await;
         }
     });
     let mut headers = HeaderMap::new();
@@ -1171,6 +1142,65 @@ async fn logs(
         "text/plain; charset=utf-8".parse().expect("static header"),
     );
     Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+/// A job's log read as it grows: what the API's `logs?follow=true` streams, and the web UI's
+/// live log.
+pub(crate) struct LogTail {
+    engine: Engine,
+    caller: Caller,
+    id: i64,
+    activity: Option<String>,
+    file: Option<tokio::fs::File>,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl LogTail {
+    pub(crate) fn new(engine: &Engine, caller: &Caller, id: i64, activity: Option<String>) -> Self {
+        LogTail {
+            changes: engine.changes(),
+            engine: engine.clone(),
+            caller: caller.clone(),
+            id,
+            activity,
+            file: None,
+        }
+    }
+
+    /// The next bytes written, if any now, and whether the activity is over (then, once this
+    /// gives no more bytes, the log is whole). `None` when the job can no longer be read.
+    pub(crate) async fn read(&mut self) -> Option<(Option<Bytes>, bool)> {
+        use tokio::io::AsyncReadExt;
+        // The job's state is read before the file: if it was final then, everything it wrote
+        // is in the file, so reading to the end afterwards loses nothing.
+        let (path, was_final) = self
+            .engine
+            .log_file(&self.caller, self.id, self.activity.as_deref())
+            .ok()?;
+        if self.file.is_none()
+            && let Some(p) = &path
+        {
+            self.file = tokio::fs::File::open(p).await.ok();
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = match self.file.as_mut() {
+            Some(f) => f.read(&mut buf).await.unwrap_or(0),
+            None => 0,
+        };
+        if n > 0 {
+            buf.truncate(n);
+            return Some((Some(Bytes::from(buf)), was_final));
+        }
+        Some((None, was_final))
+    }
+
+    /// Until the job may have moved: a change of state as it happens, new lines within 100 ms.
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1234,6 +1264,7 @@ mod tests {
             data: Arc::new(data_api::DataPlaneImpl::open(root, || [7; 32]).unwrap()),
             local_token_sha256: Arc::new(String::new()),
             kernels: Default::default(),
+            ui_sessions: Default::default(),
         }
     }
 

@@ -175,6 +175,7 @@ impl Api {
             data,
             local_token_sha256: Arc::new(capstan_core::token::hash_token(LOCAL)),
             kernels: Default::default(),
+            ui_sessions: Default::default(),
         });
         Api {
             dir,

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_cancel.sql"),
     include_str!("../migrations/0004_builds.sql"),
     include_str!("../migrations/0005_search_parts.sql"),
+    include_str!("../migrations/0006_job_list_indexes.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +185,13 @@ pub struct JobFilter {
     /// Only jobs of `.0` or of the projects `.1` (what a user may see).
     pub visible_to: Option<(String, Vec<String>)>,
     pub states: Vec<JobState>,
+    pub project: Option<String>,
+    pub exec_config: Option<String>,
+    /// Only jobs created at or after this time (ms since the epoch).
+    pub since: Option<i64>,
+    /// Only jobs older than this id: the next page of a list that is newest first (keyset
+    /// paging, as fast on page 1,000 as on page 1).
+    pub before_id: Option<i64>,
     pub limit: Option<u32>,
 }
 
@@ -511,6 +519,23 @@ impl Store {
                 })
                 .collect();
             sql += &format!(" AND state IN ({})", marks.join(", "));
+        }
+        for (column, value) in [
+            ("project", &filter.project),
+            ("exec_config", &filter.exec_config),
+        ] {
+            if let Some(v) = value {
+                args.push(v.clone().into());
+                sql += &format!(" AND {column} = ?{}", args.len());
+            }
+        }
+        if let Some(t) = filter.since {
+            args.push(t.into());
+            sql += &format!(" AND created_at >= ?{}", args.len());
+        }
+        if let Some(id) = filter.before_id {
+            args.push(id.into());
+            sql += &format!(" AND id < ?{}", args.len());
         }
         sql += " ORDER BY id DESC";
         if let Some(limit) = filter.limit {
@@ -1097,5 +1122,59 @@ mod tests {
             ["c", "b"]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lists_page_by_id_with_every_filter() {
+        let mut s = Store::open_in_memory().unwrap();
+        for (i, r) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let mut j = new_job(r);
+            if i % 2 == 1 {
+                j.project = "q".into();
+                j.user = "bob".into();
+                j.exec_config = Some("docker-small".into());
+            }
+            s.insert_job(&j).unwrap();
+        }
+        let recipes = |f: JobFilter| -> Vec<String> {
+            s.jobs(&f).unwrap().into_iter().map(|j| j.recipe).collect()
+        };
+        let page1 = recipes(JobFilter {
+            limit: Some(2),
+            ..JobFilter::default()
+        });
+        assert_eq!(page1, ["e", "d"]);
+        // The next page starts below the last id shown.
+        assert_eq!(
+            recipes(JobFilter {
+                before_id: Some(4),
+                limit: Some(2),
+                ..JobFilter::default()
+            }),
+            ["c", "b"]
+        );
+        assert_eq!(
+            recipes(JobFilter {
+                project: Some("q".into()),
+                ..JobFilter::default()
+            }),
+            ["d", "b"]
+        );
+        assert_eq!(
+            recipes(JobFilter {
+                exec_config: Some("local".into()),
+                user: Some("alice".into()),
+                before_id: Some(5),
+                ..JobFilter::default()
+            }),
+            ["c", "a"]
+        );
+        assert!(
+            recipes(JobFilter {
+                since: Some(i64::MAX),
+                ..JobFilter::default()
+            })
+            .is_empty()
+        );
     }
 }

@@ -820,12 +820,14 @@ fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_t
     let job = d.job(job_id);
     assert_eq!(job["kind"], "docker", "{job}");
     assert_eq!(job["state"], "cancelled", "{job}");
-    // Deleted: its container is gone from the engine, not just stopped.
+    // Deleted: its container is gone from the engine, not just stopped (this instance's: other
+    // tests' homes number their jobs from 1 too).
+    let instance = capstan_core::instance_id(&h.root());
     let left = Command::new("docker")
         .args(["ps", "-a", "-q", "--filter"])
         .arg(format!("label=capstan.job={job_id}"))
         .arg("--filter")
-        .arg("label=capstan.recipe=@kernel")
+        .arg(format!("label=capstan.instance={instance}"))
         .output()
         .unwrap();
     assert_eq!(
@@ -843,7 +845,6 @@ fn a_stock_jupyter_server_runs_a_kernel_in_a_container_and_deleting_it_removes_t
         "print(open('notes.txt').read())",
     );
     assert_eq!(read["out"], "kept\n", "{read}");
-    let instance = capstan_core::instance_id(&h.root());
     let volume = format!("capstan-notebooks-{instance}-sample-alice");
     let listed = Command::new("docker")
         .args(["volume", "ls", "-q", "--filter"])
@@ -898,9 +899,12 @@ fn a_stock_jupyter_server_runs_an_r_kernel_in_a_container() {
     crate::kernels::assert_session(&steps, "sample.rnb.rbox");
     let job_id = steps["start"]["kernel"]["job_id"].as_i64().unwrap();
     assert_eq!(d.job(job_id)["state"], "cancelled");
+    let instance = capstan_core::instance_id(&h.root());
     let left = Command::new("docker")
         .args(["ps", "-a", "-q", "--filter"])
         .arg(format!("label=capstan.job={job_id}"))
+        .arg("--filter")
+        .arg(format!("label=capstan.instance={instance}"))
         .output()
         .unwrap();
     assert_eq!(
@@ -908,7 +912,6 @@ fn a_stock_jupyter_server_runs_an_r_kernel_in_a_container() {
         "",
         "a kernel container outlived its kernel"
     );
-    let instance = capstan_core::instance_id(&h.root());
     let _ = Command::new("docker")
         .args(["volume", "rm"])
         .arg(format!("capstan-notebooks-{instance}-sample-alice"))

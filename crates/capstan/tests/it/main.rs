@@ -14,6 +14,7 @@ mod kernels;
 mod ml;
 mod quickstart;
 mod spark;
+mod ui;
 mod visual;
 
 /// Whether the daemon with `pid` has published its address for `root`.
