@@ -31,8 +31,8 @@ use bollard::query_parameters::{
 };
 use capstan_core::model::{ClusterTarget, ExecKind, Home};
 use capstan_engine::backend::{
-    ActivityControl, ActivityEvent, ActivityKey, ActivityOutcome, ActivitySpec, Backend, Resumed,
-    Usage,
+    ActivityControl, ActivityEvent, ActivityKey, ActivityOutcome, ActivitySpec, Backend,
+    EngineListing, EngineWorkload, Resumed, Usage,
 };
 use capstan_engine::diagnose::{Ending, outcome};
 use futures_util::StreamExt;
@@ -444,36 +444,41 @@ impl DockerBackend {
     async fn usage_impl(&self, spec: &ActivitySpec) -> Option<Usage> {
         let docker = self.engine(spec.docker_host.as_deref()).await.ok()?;
         let id = self.find(&docker, spec).await.ok()??.id?;
-        let mut stream = docker.stats(&id, Some(StatsOptionsBuilder::new().stream(false).build()));
-        let s = stream.next().await?.ok()?;
-        let cpu = s.cpu_stats.as_ref()?;
-        let pre = s.precpu_stats.as_ref()?;
-        let delta =
-            |a: Option<u64>, b: Option<u64>| a.unwrap_or(0).saturating_sub(b.unwrap_or(0)) as f64;
-        let cpu_delta = delta(
-            cpu.cpu_usage.as_ref().and_then(|u| u.total_usage),
-            pre.cpu_usage.as_ref().and_then(|u| u.total_usage),
-        );
-        let system_delta = delta(cpu.system_cpu_usage, pre.system_cpu_usage);
-        let cpus = f64::from(cpu.online_cpus.unwrap_or(1));
-        Some(Usage {
-            cpu_percent: (system_delta > 0.0).then(|| cpu_delta / system_delta * cpus * 100.0),
-            memory_bytes: s.memory_stats.and_then(|m| m.usage),
-        })
+        sample_usage(&docker, &id).await
     }
 
-    async fn sweep_impl(&self, home: &Home, active: &[ActivityKey]) -> Vec<String> {
+    /// The engines this instance may have containers on: the local one, and each Docker
+    /// cluster's.
+    fn hosts(home: &Home) -> Vec<Option<String>> {
         let mut hosts: Vec<Option<String>> = vec![None];
         for c in home.clusters.values() {
             if let ClusterTarget::Docker { host } = &c.target {
                 hosts.push(Some(host.value.clone()));
             }
         }
+        hosts.dedup();
+        hosts
+    }
+
+    /// This instance's containers on `docker`, running or not.
+    async fn instance_containers(&self, docker: &Docker) -> Result<Vec<ContainerSummary>, String> {
         let filters: HashMap<&str, Vec<String>> =
             HashMap::from([("label", vec![format!("{LABEL_INSTANCE}={}", self.instance)])]);
+        docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine_message(&e))
+    }
+
+    async fn sweep_impl(&self, home: &Home, active: &[ActivityKey]) -> Vec<String> {
         let mut removed = Vec::new();
         let mut swept = false;
-        for host in hosts {
+        for host in Self::hosts(home) {
             // An engine that is down now has nothing we can remove; it is swept next time.
             let Ok((docker, layout)) = self.engine_and_layout(host.as_deref()).await else {
                 continue;
@@ -486,32 +491,11 @@ impl DockerBackend {
                     removed.push(format!("{n} empty cgroup parent(s) of ended containers"));
                 }
             }
-            let Ok(list) = docker
-                .list_containers(Some(
-                    ListContainersOptionsBuilder::new()
-                        .all(true)
-                        .filters(&filters)
-                        .build(),
-                ))
-                .await
-            else {
+            let Ok(list) = self.instance_containers(&docker).await else {
                 continue;
             };
             for c in list {
-                let labels = c.labels.clone().unwrap_or_default();
-                let num = |k: &str| labels.get(k).and_then(|v| v.parse::<i64>().ok());
-                let idx = labels
-                    .get(LABEL_ACTIVITY)
-                    .and_then(|a| a.rsplit('-').next())
-                    .and_then(|i| i.parse().ok());
-                let key = match (num(LABEL_JOB), idx, num(LABEL_ATTEMPT)) {
-                    (Some(job_id), Some(idx), Some(attempt)) => Some(ActivityKey {
-                        job_id,
-                        idx,
-                        attempt,
-                    }),
-                    _ => None,
-                };
+                let key = key_of(c.labels.as_ref());
                 if key.is_some_and(|k| active.contains(&k)) {
                     continue;
                 }
@@ -530,6 +514,172 @@ impl DockerBackend {
         }
         removed
     }
+
+    async fn workloads_impl(&self, home: &Home) -> Vec<EngineListing> {
+        let mut out = Vec::new();
+        for host in Self::hosts(home) {
+            let engine = match &host {
+                None => format!("the local Docker engine ({})", engine_name(None)),
+                Some(h) => {
+                    let cluster = home.clusters.values().find(
+                        |c| matches!(&c.target, ClusterTarget::Docker { host } if host.value == *h),
+                    );
+                    match cluster {
+                        Some(c) => format!("cluster {} ({h})", c.name),
+                        None => h.clone(),
+                    }
+                }
+            };
+            let listed = match self.engine(host.as_deref()).await {
+                Ok(docker) => self
+                    .instance_containers(&docker)
+                    .await
+                    .map(|list| (docker, list)),
+                Err(e) => Err(e),
+            };
+            let (docker, list) = match listed {
+                Ok(x) => x,
+                Err(error) => {
+                    out.push(EngineListing {
+                        engine,
+                        error: Some(error),
+                        workloads: Vec::new(),
+                    });
+                    continue;
+                }
+            };
+            // Limits come from each container's inspection, usage from one stats sample
+            // each (about a second, so sampled all at once).
+            let workloads = futures_util::future::join_all(
+                list.into_iter()
+                    .map(|c| workload_of(&docker, host.as_deref(), c)),
+            )
+            .await;
+            out.push(EngineListing {
+                engine,
+                error: None,
+                workloads,
+            });
+        }
+        out
+    }
+
+    async fn remove_workload_impl(&self, w: &EngineWorkload) -> Result<(), String> {
+        let (host, id) = w
+            .handle
+            .split_once('\n')
+            .ok_or_else(|| format!("`{}` is not a Docker workload", w.handle))?;
+        let host = (!host.is_empty()).then_some(host);
+        let docker = self.engine(host).await?;
+        docker
+            .remove_container(
+                id,
+                Some(
+                    RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
+            )
+            .await
+            .or_else(|e| {
+                if is_not_found(&e) {
+                    Ok(())
+                } else {
+                    Err(engine_message(&e))
+                }
+            })
+    }
+}
+
+/// The activity a container of this instance runs, from its labels.
+fn key_of(labels: Option<&HashMap<String, String>>) -> Option<ActivityKey> {
+    let labels = labels?;
+    ActivityKey::from_labels(
+        |k| labels.get(k).map(String::as_str),
+        [LABEL_JOB, LABEL_ACTIVITY, LABEL_ATTEMPT],
+    )
+}
+
+/// A container as the monitoring page shows it: limits from its inspection, usage from one
+/// stats sample when it runs.
+async fn workload_of(docker: &Docker, host: Option<&str>, c: ContainerSummary) -> EngineWorkload {
+    let id = c.id.clone().unwrap_or_default();
+    let name = c
+        .names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map_or(id.clone(), |n| n.trim_start_matches('/').to_string());
+    let key = key_of(c.labels.as_ref());
+    let job_id = c
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_JOB))
+        .and_then(|v| v.parse().ok());
+    let state = c
+        .state
+        .map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    let host_config = docker
+        .inspect_container(&id, None)
+        .await
+        .ok()
+        .and_then(|i| i.host_config);
+    let cpu_limit = host_config.as_ref().and_then(|h| {
+        h.nano_cpus
+            .filter(|n| *n > 0)
+            .map(|n| n as f64 / 1e9)
+            .or_else(|| match (h.cpu_quota, h.cpu_period) {
+                (Some(q), Some(p)) if q > 0 && p > 0 => Some(q as f64 / p as f64),
+                _ => None,
+            })
+    });
+    let memory_limit = host_config
+        .as_ref()
+        .and_then(|h| h.memory)
+        .filter(|m| *m > 0)
+        .map(|m| m as u64);
+    let memory_request = host_config
+        .as_ref()
+        .and_then(|h| h.memory_reservation)
+        .filter(|m| *m > 0)
+        .map(|m| m as u64);
+    let usage = if state == "running" {
+        sample_usage(docker, &id).await
+    } else {
+        None
+    };
+    EngineWorkload {
+        handle: format!("{}\n{id}", host.unwrap_or("")),
+        name,
+        key,
+        job_id,
+        state,
+        cpu_request: None,
+        cpu_limit,
+        memory_request,
+        memory_limit,
+        usage,
+    }
+}
+
+/// One stats sample of a running container (the engine takes two readings a second apart).
+async fn sample_usage(docker: &Docker, id: &str) -> Option<Usage> {
+    let mut stream = docker.stats(id, Some(StatsOptionsBuilder::new().stream(false).build()));
+    let s = stream.next().await?.ok()?;
+    let cpu = s.cpu_stats.as_ref()?;
+    let pre = s.precpu_stats.as_ref()?;
+    let delta =
+        |a: Option<u64>, b: Option<u64>| a.unwrap_or(0).saturating_sub(b.unwrap_or(0)) as f64;
+    let cpu_delta = delta(
+        cpu.cpu_usage.as_ref().and_then(|u| u.total_usage),
+        pre.cpu_usage.as_ref().and_then(|u| u.total_usage),
+    );
+    let system_delta = delta(cpu.system_cpu_usage, pre.system_cpu_usage);
+    let cpus = f64::from(cpu.online_cpus.unwrap_or(1));
+    Some(Usage {
+        cpu_percent: (system_delta > 0.0).then(|| cpu_delta / system_delta * cpus * 100.0),
+        memory_bytes: s.memory_stats.and_then(|m| m.usage),
+    })
 }
 
 /// Copies a Spark driver's full log out of its ended container, beside the job's log (the
@@ -722,6 +872,18 @@ impl Backend for DockerBackend {
         active: &'a [ActivityKey],
     ) -> BoxFuture<'a, Vec<String>> {
         Box::pin(self.sweep_impl(home, active))
+    }
+
+    fn workloads<'a>(&'a self, home: &'a Home) -> BoxFuture<'a, Vec<EngineListing>> {
+        Box::pin(self.workloads_impl(home))
+    }
+
+    fn remove_workload<'a>(
+        &'a self,
+        _home: &'a Home,
+        workload: &'a EngineWorkload,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.remove_workload_impl(workload))
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use capstan_core::model::{ClusterTarget, ExecKind, Home};
 use capstan_engine::backend::{
-    ActivityControl, ActivityEvent, ActivityKey, ActivityOutcome, ActivitySpec, Backend, Resumed,
-    Usage,
+    ActivityControl, ActivityEvent, ActivityKey, ActivityOutcome, ActivitySpec, Backend,
+    EngineListing, EngineWorkload, Resumed, Usage,
 };
 use futures_util::future::BoxFuture;
 use futures_util::{AsyncBufReadExt, StreamExt};
@@ -775,7 +775,8 @@ impl K8sBackend {
         }
     }
 
-    async fn sweep_impl(&self, home: &Home, active: &[ActivityKey]) -> Vec<String> {
+    /// The namespaces this instance can have pods in, `(kubeconfig, context, namespace)`.
+    fn namespaces(home: &Home) -> Vec<(Option<String>, Option<String>, String)> {
         // The namespaces this instance can name without a user (variables need one).
         let mut targets: Vec<(Option<String>, Option<String>, String)> = Vec::new();
         for c in home
@@ -832,34 +833,22 @@ impl K8sBackend {
         }
         targets.sort();
         targets.dedup();
+        targets
+    }
+
+    async fn sweep_impl(&self, home: &Home, active: &[ActivityKey]) -> Vec<String> {
         let mut removed = Vec::new();
-        for (kubeconfig, context, ns) in targets {
+        for (kubeconfig, context, ns) in Self::namespaces(home) {
             // A cluster that cannot be reached now is swept at the next start.
             let Ok(client) = self.client(kubeconfig.as_deref(), context.as_deref()).await else {
                 continue;
             };
             let pods: Api<Pod> = Api::namespaced(client, &ns);
-            let Ok(list) = pods
-                .list(&ListParams::default().labels(&format!("{LABEL_INSTANCE}={}", self.instance)))
-                .await
-            else {
+            let Ok(list) = pods.list(&self.instance_pods()).await else {
                 continue;
             };
             for p in list.items {
-                let labels = p.metadata.labels.clone().unwrap_or_default();
-                let num = |k: &str| labels.get(k).and_then(|v| v.parse::<i64>().ok());
-                let idx = labels
-                    .get(LABEL_ACTIVITY)
-                    .and_then(|a| a.rsplit('-').next())
-                    .and_then(|i| i.parse().ok());
-                let key = match (num(LABEL_JOB), idx, num(LABEL_ATTEMPT)) {
-                    (Some(job_id), Some(idx), Some(attempt)) => Some(ActivityKey {
-                        job_id,
-                        idx,
-                        attempt,
-                    }),
-                    _ => None,
-                };
+                let key = key_of(p.metadata.labels.as_ref());
                 if key.is_some_and(|k| active.contains(&k)) {
                     continue;
                 }
@@ -871,6 +860,147 @@ impl K8sBackend {
             }
         }
         removed
+    }
+
+    fn instance_pods(&self) -> ListParams {
+        ListParams::default().labels(&format!("{LABEL_INSTANCE}={}", self.instance))
+    }
+
+    async fn workloads_impl(&self, home: &Home) -> Vec<EngineListing> {
+        let mut out = Vec::new();
+        for (kubeconfig, context, ns) in Self::namespaces(home) {
+            let engine = match &context {
+                Some(c) => format!("namespace {ns} of context {c}"),
+                None => format!("namespace {ns} (the kubeconfig's current context)"),
+            };
+            let listed = match self.client(kubeconfig.as_deref(), context.as_deref()).await {
+                Ok(client) => Api::<Pod>::namespaced(client, &ns)
+                    .list(&self.instance_pods())
+                    .await
+                    .map_err(|e| api_message(&e)),
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok(list) => out.push(EngineListing {
+                    engine,
+                    error: None,
+                    workloads: list
+                        .items
+                        .iter()
+                        .map(|p| {
+                            let handle = [
+                                kubeconfig.as_deref().unwrap_or(""),
+                                context.as_deref().unwrap_or(""),
+                                &ns,
+                            ]
+                            .join("\n");
+                            pod_workload(handle, p)
+                        })
+                        .collect(),
+                }),
+                Err(error) => out.push(EngineListing {
+                    engine,
+                    error: Some(error),
+                    workloads: Vec::new(),
+                }),
+            }
+        }
+        out
+    }
+
+    async fn remove_workload_impl(&self, w: &EngineWorkload) -> Result<(), String> {
+        let mut parts = w.handle.split('\n');
+        let (Some(kubeconfig), Some(context), Some(ns)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("`{}` is not a Kubernetes workload", w.handle));
+        };
+        let some = |x: &str| (!x.is_empty()).then(|| x.to_string());
+        let client = self
+            .client(some(kubeconfig).as_deref(), some(context).as_deref())
+            .await?;
+        let pods: Api<Pod> = Api::namespaced(client, ns);
+        self.delete(&pods, &w.name).await
+    }
+}
+
+/// The activity a pod of this instance runs, from its labels.
+fn key_of(labels: Option<&std::collections::BTreeMap<String, String>>) -> Option<ActivityKey> {
+    let labels = labels?;
+    ActivityKey::from_labels(
+        |k| labels.get(k).map(String::as_str),
+        [LABEL_JOB, LABEL_ACTIVITY, LABEL_ATTEMPT],
+    )
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Requests,
+    Limits,
+}
+
+/// A resource (`cpu` in cores, `memory` in bytes) requested or limited by a pod's containers,
+/// added up; `None` when none of them says.
+fn sum_resources(p: &Pod, side: Side, resource: &str) -> Option<f64> {
+    let mut sum = None;
+    for c in p.spec.iter().flat_map(|s| &s.containers) {
+        let Some(r) = c.resources.as_ref() else {
+            continue;
+        };
+        let map = match side {
+            Side::Requests => r.requests.as_ref(),
+            Side::Limits => r.limits.as_ref(),
+        };
+        let Some(q) = map.and_then(|m| m.get(resource)) else {
+            continue;
+        };
+        let value = if resource == "cpu" {
+            capstan_core::quantity::Cpu::parse(&q.0)
+                .ok()
+                .map(|c| c.cores())
+        } else {
+            capstan_core::quantity::Memory::parse(&q.0)
+                .ok()
+                .map(|m| m.bytes() as f64)
+        };
+        if let Some(v) = value {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+/// A pod as the monitoring page shows it: its phase (or why it waits), and its containers'
+/// requests and limits added up. Live usage needs the metrics API, which capstan does not read.
+pub fn pod_workload(handle: String, p: &Pod) -> EngineWorkload {
+    let labels = p.metadata.labels.as_ref();
+    let cpu_request = sum_resources(p, Side::Requests, "cpu");
+    let cpu_limit = sum_resources(p, Side::Limits, "cpu");
+    let memory_request = sum_resources(p, Side::Requests, "memory").map(|b| b as u64);
+    let memory_limit = sum_resources(p, Side::Limits, "memory").map(|b| b as u64);
+    let status = p.status.as_ref();
+    // A waiting container's reason says more than the pod's phase (ImagePullBackOff).
+    let waiting = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+    let state = waiting
+        .or_else(|| status.and_then(|s| s.phase.clone()))
+        .unwrap_or_else(|| "Unknown".into());
+    EngineWorkload {
+        handle,
+        name: p.metadata.name.clone().unwrap_or_default(),
+        key: key_of(labels),
+        job_id: labels
+            .and_then(|l| l.get(LABEL_JOB))
+            .and_then(|v| v.parse().ok()),
+        state,
+        cpu_request,
+        cpu_limit,
+        memory_request,
+        memory_limit,
+        usage: None,
     }
 }
 
@@ -1017,6 +1147,18 @@ impl Backend for K8sBackend {
         active: &'a [ActivityKey],
     ) -> BoxFuture<'a, Vec<String>> {
         Box::pin(self.sweep_impl(home, active))
+    }
+
+    fn workloads<'a>(&'a self, home: &'a Home) -> BoxFuture<'a, Vec<EngineListing>> {
+        Box::pin(self.workloads_impl(home))
+    }
+
+    fn remove_workload<'a>(
+        &'a self,
+        _home: &'a Home,
+        workload: &'a EngineWorkload,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.remove_workload_impl(workload))
     }
 }
 

@@ -273,6 +273,10 @@ async fn spark_driver_keeps_executor_logs_and_names_oom_killed_executors() {
     std::fs::create_dir_all(dir.join("projects/p")).unwrap();
     std::fs::write(dir.join("projects/p/sum.py"), "print('sum')\n").unwrap();
     let mut files = capstan_core::load::HomeFiles::default();
+    files.toml.insert(
+        "capstan.toml".into(),
+        b"[instance]\nname = \"k\"\n".to_vec(),
+    );
     files.toml.insert("capstan.toml".into(), b"".to_vec());
     files.toml.insert(
         "spark-configs.toml".into(),
@@ -610,4 +614,107 @@ async fn a_pod_that_outstays_its_deletion_is_a_failed_cleanup() {
         Err("pod ns/capstan-x-7-0-0 is still there 600 ms after its deletion".to_string())
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cluster page's listing: this instance's pods in each configured namespace, with their
+/// requests and limits added up over containers and the waiting reason as their state; and a
+/// leftover's removal, waited for until the API no longer has it.
+#[tokio::test]
+async fn workloads_are_listed_with_their_resources_and_a_leftover_is_removed() {
+    let pod = |name: &str, labels: serde_json::Value, state: serde_json::Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ns", "labels": labels},
+            "spec": {"containers": [
+                {"name": "recipe", "image": "img", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}},
+                {"name": "sidecar", "image": "img", "resources": {"requests": {"cpu": "100m"}}}
+            ]},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "recipe", "image": "img", "imageID": "", "ready": false, "restartCount": 0, "state": state}]}
+        })
+    };
+    let running = pod(
+        "capstan-x-7-0-1",
+        json!({"capstan.io/instance": "x", "capstan.io/job": "7", "capstan.io/activity": "7-0", "capstan.io/attempt": "1"}),
+        json!({"waiting": {"reason": "ImagePullBackOff"}}),
+    );
+    let mut stray = pod(
+        "capstan-old",
+        json!({"capstan.io/instance": "x"}),
+        json!({"running": {"startedAt": "2026-11-28T00:00:01Z"}}),
+    );
+    stray["status"]["phase"] = json!("Running");
+    let deleted = Arc::new(Mutex::new(false));
+    let gone = deleted.clone();
+    let (client, seen) = mock_api(Box::new(move |method, path, _| match (method, path) {
+        ("GET", "/api/v1/namespaces/ns/pods") => (
+            StatusCode::OK,
+            Some(
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [running, stray]}),
+            ),
+        ),
+        ("DELETE", "/api/v1/namespaces/ns/pods/capstan-old") => {
+            *gone.lock().unwrap() = true;
+            (
+                StatusCode::OK,
+                Some(
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "capstan-old"}}),
+                ),
+            )
+        }
+        ("GET", "/api/v1/namespaces/ns/pods/capstan-old") if *gone.lock().unwrap() => {
+            not_found("pods \"capstan-old\"")
+        }
+        _ => not_found(path),
+    }));
+    let mut files = capstan_core::load::HomeFiles::default();
+    files.toml.insert(
+        "capstan.toml".into(),
+        b"[instance]\nname = \"k\"\n".to_vec(),
+    );
+    files.toml.insert(
+        "exec-configs.toml".into(),
+        b"[exec_config.k8s]\nkind = \"kubernetes\"\nnamespace = \"ns\"\nimage = \"img\"\n".to_vec(),
+    );
+    let (home, d) = capstan_core::load::load(std::path::Path::new("/h"), &files);
+    assert!(!d.has_errors(), "{:?}", d.list);
+    let backend = K8sBackend::with_client(std::path::Path::new("/h"), client)
+        .with_delete_wait(std::time::Duration::from_secs(5));
+
+    let engines = backend.workloads(&home).await;
+    assert_eq!(engines.len(), 1, "{engines:?}");
+    let e = &engines[0];
+    assert_eq!(e.engine, "namespace ns (the kubeconfig's current context)");
+    assert_eq!(e.error, None);
+    let w = &e.workloads[0];
+    assert_eq!(w.name, "capstan-x-7-0-1");
+    assert_eq!(
+        w.state, "ImagePullBackOff",
+        "a waiting reason says more than Pending"
+    );
+    assert_eq!(
+        w.key,
+        Some(capstan_engine::backend::ActivityKey {
+            job_id: 7,
+            idx: 0,
+            attempt: 1
+        })
+    );
+    assert_eq!(w.cpu_request, Some(0.6), "added up over containers");
+    assert_eq!(w.cpu_limit, Some(2.0));
+    assert_eq!(w.memory_request, Some(1 << 30));
+    assert_eq!(w.memory_limit, Some(2 << 30));
+    let stray = &e.workloads[1];
+    assert_eq!((stray.key, stray.job_id), (None, None));
+    assert_eq!(stray.state, "Running");
+    assert!(capstan_engine::monitor::is_leftover(stray, None));
+
+    backend.remove_workload(&home, stray).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let delete = position(&seen, "DELETE /api/v1/namespaces/ns/pods/capstan-old");
+    assert!(
+        seen[delete..]
+            .iter()
+            .any(|s| s == "GET /api/v1/namespaces/ns/pods/capstan-old"),
+        "the removal waits until the pod is gone: {seen:?}"
+    );
 }

@@ -552,6 +552,18 @@ pub enum ClusterCommand {
     /// Run a tiny pod on a Kubernetes cluster and report each step: API reachable, namespace,
     /// image pull and start, callback to the daemon, cleanup.
     Test(ClusterTestArgs),
+    /// List this instance's containers and pods on every Docker engine and Kubernetes
+    /// namespace, with their job, requests, limits and live usage, and leftovers marked.
+    Workloads(WorkloadsArgs),
+    /// Remove the containers and pods that no active job accounts for (admins).
+    RemoveLeftovers,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkloadsArgs {
+    /// Print the engines and their workloads as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

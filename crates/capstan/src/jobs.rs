@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use serde_json::{Value, json};
 
-use crate::cli::{CancelArgs, JobShowArgs, JobsArgs, LogsArgs, RunArgs};
+use crate::cli::{CancelArgs, JobShowArgs, JobsArgs, LogsArgs, RunArgs, WorkloadsArgs};
 use crate::client::{Client, LogLine};
 use crate::explain::parse_target;
 use crate::{Exit, exit};
@@ -480,6 +480,102 @@ fn spark_ui(log: &str, kind: &str, backend_ref: Option<&str>) -> Option<String> 
             capstan_spark::ui_address(log, host.trim())
         }
     }
+}
+
+/// `capstan cluster workloads`: what this instance has on each engine, as the web UI's
+/// cluster page shows it.
+pub async fn workloads(client: &Client, args: &WorkloadsArgs) -> anyhow::Result<u8> {
+    let engines = client.get("/api/v1/workloads").await?;
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&engines)?);
+        return Ok(exit::OK);
+    }
+    let list = engines.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        say!("no Docker engine or Kubernetes namespace is configured");
+    }
+    for e in &list {
+        say!(
+            "{} ({})",
+            e["engine"].as_str().unwrap_or("?"),
+            e["kind"].as_str().unwrap_or("?")
+        );
+        if let Some(err) = e["error"].as_str() {
+            say!("  not reachable: {err}");
+            continue;
+        }
+        let ws = e["workloads"].as_array().cloned().unwrap_or_default();
+        if ws.is_empty() {
+            say!("  nothing of this instance");
+            continue;
+        }
+        say!(
+            "  {:<36} {:>6} {:<10} {:<24} {:<16} {:>14} {:>22}",
+            "NAME",
+            "JOB",
+            "USER",
+            "RECIPE",
+            "STATE",
+            "CPU",
+            "MEMORY"
+        );
+        for w in &ws {
+            let cpu = match (w["cpu_percent"].as_f64(), w["cpu_limit"].as_f64()) {
+                (Some(p), Some(l)) => format!("{p:.0}% of {l}"),
+                (Some(p), None) => format!("{p:.0}%"),
+                (None, Some(l)) => format!("limit {l}"),
+                (None, None) => "-".into(),
+            };
+            let memory = match (w["memory_bytes"].as_u64(), w["memory_limit_bytes"].as_u64()) {
+                (Some(m), Some(l)) => format!("{} of {}", human_bytes(m), human_bytes(l)),
+                (Some(m), None) => human_bytes(m),
+                (None, Some(l)) => format!("limit {}", human_bytes(l)),
+                (None, None) => "-".into(),
+            };
+            let recipe = match (w["project"].as_str(), w["recipe"].as_str()) {
+                (Some(p), Some(r)) => format!("{p}/{r}"),
+                _ => "-".into(),
+            };
+            let state = if w["leftover"] == true {
+                format!("{} (leftover)", w["state"].as_str().unwrap_or("?"))
+            } else {
+                w["state"].as_str().unwrap_or("?").to_string()
+            };
+            say!(
+                "  {:<36} {:>6} {:<10} {:<24} {:<16} {:>14} {:>22}",
+                w["name"].as_str().unwrap_or("?"),
+                w["job_id"].as_i64().map_or("-".into(), |j| j.to_string()),
+                w["user"].as_str().unwrap_or("-"),
+                recipe,
+                state,
+                cpu,
+                memory
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `capstan cluster remove-leftovers`.
+pub async fn remove_leftovers(client: &Client) -> anyhow::Result<u8> {
+    let answer = client
+        .post("/api/v1/workloads/leftovers/remove", &json!({}))
+        .await?;
+    let said: Vec<&str> = answer["said"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if said.is_empty() {
+        say!("there was no leftover to remove");
+    }
+    let mut failed = false;
+    for line in said {
+        failed |= line.starts_with("could not");
+        say!("{line}");
+    }
+    Ok(if failed { exit::FAILURE } else { exit::OK })
 }
 
 #[cfg(test)]

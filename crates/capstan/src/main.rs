@@ -193,6 +193,12 @@ fn run(args: cli::Cli) -> anyhow::Result<u8> {
         }
         Command::K8s(K8sCommand::Render(a)) => k8s::render(&home::locate(home)?, a),
         Command::Spark(SparkCommand::Render(a)) => spark::render(&home::locate(home)?, a),
+        Command::Cluster(ClusterCommand::Workloads(a)) => {
+            runtime()?.block_on(async { jobs::workloads(&connect()?, a).await })
+        }
+        Command::Cluster(ClusterCommand::RemoveLeftovers) => {
+            runtime()?.block_on(async { jobs::remove_leftovers(&connect()?).await })
+        }
         Command::Cluster(ClusterCommand::Test(a)) => {
             runtime()?.block_on(k8s::cluster_test(&home::locate(home)?, a))
         }

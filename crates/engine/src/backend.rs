@@ -410,6 +410,60 @@ pub struct ActivityKey {
     pub attempt: i64,
 }
 
+impl ActivityKey {
+    /// The key a container's or pod's labels carry, looked up by `label` under the backend's
+    /// names for the job, the activity (`JOB-IDX`) and the attempt.
+    pub fn from_labels<'a>(
+        label: impl Fn(&str) -> Option<&'a str>,
+        [job, activity, attempt]: [&str; 3],
+    ) -> Option<ActivityKey> {
+        let num = |k: &str| label(k).and_then(|v| v.parse::<i64>().ok());
+        let idx = label(activity)
+            .and_then(|a| a.rsplit('-').next())
+            .and_then(|i| i.parse().ok())?;
+        Some(ActivityKey {
+            job_id: num(job)?,
+            idx,
+            attempt: num(attempt)?,
+        })
+    }
+}
+
+/// One engine (a Docker engine, a Kubernetes namespace of a cluster) and what this instance
+/// has on it, for the cluster monitoring page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineListing {
+    /// The engine in the user's words: "the local Docker engine", "cluster gpu (tcp://…)",
+    /// "namespace capstan of context prod".
+    pub engine: String,
+    /// Why the engine could not be listed (it is down, refused the listing), if so.
+    pub error: Option<String>,
+    pub workloads: Vec<EngineWorkload>,
+}
+
+/// A container or pod of this instance, as its engine reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineWorkload {
+    /// The backend's own reference to it, given back to [`Backend::remove_workload`].
+    pub handle: String,
+    /// Its name on the engine (container or pod name).
+    pub name: String,
+    /// The activity it runs, from its labels (`None`: labelled by this instance, but not as an
+    /// activity: always a leftover).
+    pub key: Option<ActivityKey>,
+    /// The job from its labels, where there is one without a full activity key (Spark
+    /// executors carry their driver's).
+    pub job_id: Option<i64>,
+    /// The engine's word for its state: `running`, `exited`, `Pending`, `Running`…
+    pub state: String,
+    pub cpu_request: Option<f64>,
+    pub cpu_limit: Option<f64>,
+    pub memory_request: Option<u64>,
+    pub memory_limit: Option<u64>,
+    /// Live usage, where the engine can tell (running Docker containers).
+    pub usage: Option<Usage>,
+}
+
 /// Live resource usage of a running activity.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
@@ -457,6 +511,27 @@ pub trait Backend: Send + Sync {
     ) -> BoxFuture<'a, Vec<String>> {
         let _ = (home, active);
         Box::pin(async { Vec::new() })
+    }
+
+    /// What this instance has on the backend's engines now, engine by engine: the cluster
+    /// monitoring page. Backends without containers or pods have nothing.
+    fn workloads<'a>(
+        &'a self,
+        home: &'a capstan_core::model::Home,
+    ) -> BoxFuture<'a, Vec<EngineListing>> {
+        let _ = home;
+        Box::pin(async { Vec::new() })
+    }
+
+    /// Removes one workload [`Backend::workloads`] listed (a leftover), and waits until its
+    /// engine no longer has it.
+    fn remove_workload<'a>(
+        &'a self,
+        home: &'a capstan_core::model::Home,
+        workload: &'a EngineWorkload,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let _ = (home, workload);
+        Box::pin(async { Err("this backend has no workloads to remove".to_string()) })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod engine_image;
 mod home_cache;
 pub mod kernel;
 mod ml;
+pub mod monitor;
 pub use ml::stage_for_render as stage_ml_for_render;
 pub mod record;
 mod scheduler;

@@ -539,14 +539,38 @@ fn prune(s: &AppState) {
 }
 
 async fn list_kernels(State(s): State<AppState>, Auth(caller): Auth) -> Json<Value> {
-    prune(&s);
+    Json(Value::Array(
+        kernels_of(&s, &caller)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect(),
+    ))
+}
+
+/// The kernels `caller` may see (theirs; an admin all), as Jupyter's kernel models with the
+/// user who started each: what `GET /api/kernels` answers, and the web UI's kernels page.
+pub(crate) fn kernels_of(s: &AppState, caller: &Caller) -> Vec<(String, Value)> {
+    prune(s);
     let map = s.kernels.map.lock().unwrap_or_else(|e| e.into_inner());
     let mut list: Vec<&Arc<Kernel>> = map
         .values()
         .filter(|k| caller.admin || k.user == caller.name)
         .collect();
     list.sort_by_key(|k| k.job);
-    Json(Value::Array(list.iter().map(|k| k.model(&s)).collect()))
+    list.iter().map(|k| (k.user.clone(), k.model(s))).collect()
+}
+
+/// The kernelspecs `caller` may start, by name with their display names.
+pub(crate) fn usable_specs(s: &AppState, caller: &Caller) -> Vec<(String, String)> {
+    let home = s.engine.home();
+    specs(&home, caller)
+        .into_iter()
+        .filter(|k| k.refused.is_none())
+        .map(|k| {
+            let shown = display_name(&k.project, k.code_env.as_deref(), &k.exec_config);
+            (k.name, shown)
+        })
+        .collect()
 }
 
 async fn show_kernel(

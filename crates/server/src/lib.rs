@@ -95,6 +95,12 @@ fn endpoints() -> Vec<Endpoint> {
         at(Method::GET, "/api/v1/jobs/{id}/logs", logs),
         at(Method::POST, "/api/v1/projects/{project}/builds", build),
         at(Method::GET, "/api/v1/schedules", list_schedules),
+        at(Method::GET, "/api/v1/workloads", list_workloads),
+        at(
+            Method::POST,
+            "/api/v1/workloads/leftovers/remove",
+            remove_leftovers,
+        ),
         at(
             Method::GET,
             "/api/v1/projects/{project}/datasets",
@@ -880,6 +886,56 @@ async fn list_schedules(State(s): State<AppState>, Auth(c): Auth) -> Result<Json
             })
             .collect(),
     )))
+}
+
+async fn list_workloads(State(s): State<AppState>, Auth(c): Auth) -> Result<Json<Value>, ApiError> {
+    Ok(Json(workloads_json(&s.engine.workloads(&c).await?)))
+}
+
+async fn remove_leftovers(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+) -> Result<Json<Value>, ApiError> {
+    let said = s.engine.remove_leftovers(&c).await?;
+    Ok(Json(json!({ "said": said })))
+}
+
+/// The engines' workloads as `GET /api/v1/workloads` answers them (and the cluster page shows).
+pub(crate) fn workloads_json(engines: &[capstan_engine::monitor::EngineView]) -> Value {
+    Value::Array(
+        engines
+            .iter()
+            .map(|e| {
+                json!({
+                    "kind": e.kind,
+                    "engine": e.engine,
+                    "error": e.error,
+                    "workloads": e.workloads.iter().map(|v| {
+                        let w = &v.workload;
+                        json!({
+                            "name": w.name,
+                            "state": w.state,
+                            "job_id": w.key.map(|k| k.job_id).or(w.job_id),
+                            "activity": w.key.map(|k| k.idx),
+                            "attempt": w.key.map(|k| k.attempt),
+                            "user": v.job.as_ref().map(|j| j.user.clone()),
+                            "project": v.job.as_ref().map(|j| j.project.clone()),
+                            "recipe": v.job.as_ref().map(|j| j.recipe.clone()),
+                            "job_state": v.job.as_ref().map(|j| j.state.as_str()),
+                            "exec_config": v.job.as_ref().and_then(|j| j.exec_config.clone()),
+                            "leftover": v.leftover,
+                            "cpu_request": w.cpu_request,
+                            "cpu_limit": w.cpu_limit,
+                            "memory_request_bytes": w.memory_request,
+                            "memory_limit_bytes": w.memory_limit,
+                            "cpu_percent": w.usage.and_then(|u| u.cpu_percent),
+                            "memory_bytes": w.usage.and_then(|u| u.memory_bytes),
+                        })
+                    }).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
 }
 
 async fn submit(

@@ -625,3 +625,120 @@ fn cluster_test_of_a_docker_host_checks_the_callback_from_a_real_container() {
         "the test container was left behind"
     );
 }
+
+/// The cluster view (`GET /api/v1/workloads`, the web UI's cluster page) on a real engine: a
+/// running job's container with its limits, live usage, user and project; a container no job
+/// accounts for, made while the daemon runs (so the start sweep never saw it), marked a
+/// leftover; "remove leftovers" removes it and leaves the job's container alone.
+#[test]
+fn the_cluster_view_shows_a_jobs_container_and_removes_only_leftovers() {
+    let Some(image) = image() else { return };
+    let home = docker_home("docker-workloads", &image);
+    home.recipe(
+        "nap",
+        "python",
+        "py",
+        "import time\nprint('ready', flush=True)\ntime.sleep(300)\n",
+        "exec_config = \"small\"",
+    );
+    let d = home.start();
+    let id = submit(&home, "sample/nap", &[]);
+    d.wait_state(id, 60, &["running"]);
+    let job_label = format!("capstan.job={id}");
+    wait_for("the job's container", 30, || {
+        !containers(None, &home, &job_label).is_empty()
+    });
+    let instance = capstan_core::instance_id(&home.root());
+    let made = Command::new("docker")
+        .args(["create", "--label", &format!("capstan.instance={instance}")])
+        .args([
+            "--label",
+            "capstan.job=999",
+            "--label",
+            "capstan.activity=999-0",
+        ])
+        .args(["--label", "capstan.attempt=1", &image, "sleep", "1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+
+    let engines = d.get("/api/v1/workloads");
+    let docker: Vec<&serde_json::Value> = engines
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "docker" && e["error"].is_null())
+        .collect();
+    let all: Vec<&serde_json::Value> = docker
+        .iter()
+        .flat_map(|e| e["workloads"].as_array().unwrap())
+        .collect();
+    let ours = all
+        .iter()
+        .find(|w| w["job_id"] == id)
+        .unwrap_or_else(|| panic!("job {id} not in {engines:#}"));
+    assert_eq!(ours["leftover"], false, "{ours:#}");
+    assert_eq!(ours["state"], "running");
+    assert_eq!(ours["project"], "sample");
+    assert_eq!(ours["recipe"], "nap");
+    assert_eq!(ours["cpu_limit"], 1.0);
+    assert_eq!(ours["memory_limit_bytes"], 268_435_456);
+    assert!(
+        ours["memory_bytes"].as_u64().is_some_and(|m| m > 0),
+        "{ours:#}"
+    );
+    let stray = all
+        .iter()
+        .find(|w| w["job_id"] == 999)
+        .unwrap_or_else(|| panic!("the stray container is not in {engines:#}"));
+    assert_eq!(stray["leftover"], true);
+    assert_eq!(stray["state"], "created");
+
+    // A user sees the containers of jobs they may see, and no leftover; removal is admins'.
+    let alice = format!("Authorization: Bearer {}", home.token("alice"));
+    let seen = crate::support::curl(&["-sS", "-H", &alice, &format!("{}/api/v1/workloads", d.url)]);
+    assert!(!seen.contains("\"job_id\":999"), "{seen}");
+    let refused = crate::support::curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        &alice,
+        &format!("{}/api/v1/workloads/leftovers/remove", d.url),
+    ]);
+    assert_eq!(refused, "403");
+
+    let admin = format!("Authorization: Bearer {}", d.token);
+    let said = crate::support::curl(&[
+        "-sS",
+        "-X",
+        "POST",
+        "-H",
+        &admin,
+        &format!("{}/api/v1/workloads/leftovers/remove", d.url),
+    ]);
+    assert!(said.contains("removed "), "{said}");
+    assert!(
+        containers(None, &home, "capstan.job=999").is_empty(),
+        "{said}"
+    );
+    assert_eq!(
+        containers(None, &home, &job_label).len(),
+        1,
+        "the job's container stays: {said}"
+    );
+    assert_eq!(d.job(id)["state"], "running");
+
+    let out = home
+        .capstan()
+        .args(["cancel", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.wait_state(id, 60, &["cancelled"]);
+    assert!(containers(None, &home, "").is_empty());
+}

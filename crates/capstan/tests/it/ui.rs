@@ -222,6 +222,7 @@ fn a_person_runs_watches_diagnoses_and_cancels_jobs_in_the_web_ui() {
             capstan_core::token::hash_token(bob)
         ),
     );
+    crate::support::import_orders(&h);
     let d = h.start();
     let base = d.url.clone();
     let alice = h.token("alice");
@@ -300,6 +301,17 @@ fn a_person_runs_watches_diagnoses_and_cancels_jobs_in_the_web_ui() {
             .unwrap();
         let list = wait_text(&c, "#jobs", "broken", 30).await;
         assert!(!list.contains("clean_wine"), "{list}");
+
+        // A dataset's page: its rows, schema and first rows; reached from the project's page.
+        c.goto(&format!("{base}/ui/projects/sample")).await.unwrap();
+        click(&c, "#dataset-orders a").await;
+        let rows = wait_text(&c, "#rows", "3", 30).await;
+        assert_eq!(rows, "3");
+        let schema = wait_text(&c, "#schema", "amount", 10).await;
+        assert!(schema.contains("customer"), "{schema}");
+        let preview = wait_text(&c, "#preview", "alice", 10).await;
+        assert!(preview.contains("7.25"), "{preview}");
+        shoot(&c, "dataset").await;
 
         // bob may not see alice's jobs: not in the list, and not by their URL.
         click(&c, "form[action='/ui/logout'] button").await;

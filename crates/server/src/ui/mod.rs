@@ -69,6 +69,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("projects.html", include_str!("templates/projects.html")),
     ("project.html", include_str!("templates/project.html")),
     ("configs.html", include_str!("templates/configs.html")),
+    ("dataset.html", include_str!("templates/dataset.html")),
+    ("model.html", include_str!("templates/model.html")),
+    ("kernels.html", include_str!("templates/kernels.html")),
+    ("cluster.html", include_str!("templates/cluster.html")),
 ];
 
 /// A session's life: a working day; signing in again starts a new one.
@@ -122,6 +126,14 @@ pub fn routes() -> Router<AppState> {
             "/ui/projects/{project}/recipes/{recipe}/run",
             post(pages::run_recipe),
         )
+        .route(
+            "/ui/projects/{project}/datasets/{dataset}",
+            get(pages::dataset),
+        )
+        .route("/ui/projects/{project}/models/{model}", get(pages::model))
+        .route("/ui/kernels", get(pages::kernels))
+        .route("/ui/cluster", get(pages::cluster))
+        .route("/ui/cluster/leftovers", post(pages::remove_leftovers))
         .route("/ui/configs", get(pages::configs))
         .route("/ui/assets/{version}/{name}", get(asset))
 }

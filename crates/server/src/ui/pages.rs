@@ -576,7 +576,19 @@ pub async fn project(
                     ("has data", Some(*version))
                 }
             };
-            json!({"name": d.name, "producer": d.producer, "readers": d.readers, "state": state, "version": version})
+            json!({"name": d.name, "producer": d.producer, "readers": d.readers, "state": state, "version": version,
+                "model": home.projects[&project].models.contains_key(&d.name)})
+        })
+        .collect();
+    let models: Vec<Value> = home.projects[&project]
+        .models
+        .keys()
+        .map(|m| {
+            json!({
+                "name": m,
+                "versions": s.data.models.numbers(&project, m).len(),
+                "active": s.data.models.active(&project, m),
+            })
         })
         .collect();
     let jobs = s.engine.jobs(
@@ -593,6 +605,7 @@ pub async fn project(
         "graph": flowgraph::svg(&flow),
         "recipes": recipes,
         "datasets": datasets,
+        "models": models,
         "jobs": jobs.iter().map(view::job_row).collect::<Vec<_>>(),
         "may_run": may_run,
         "said": q.said,
@@ -720,23 +733,225 @@ pub async fn configs(State(s): State<AppState>, viewer: Viewer) -> Page {
             })
         })
         .collect();
+    // The images' states as `image list` and `env list` show them, checked on the Docker
+    // engine when it answers in time (from the build records alone when not).
+    let engine = tokio::time::timeout(
+        Duration::from_secs(2),
+        capstan_backend_docker::image_ops::Engine::connect(None),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    let base_rows = capstan_images::list_bases(&home, engine.as_ref()).await;
+    let env_rows = capstan_images::list_envs(&home, engine.as_ref()).await;
     let images: Vec<Value> = home
         .base_images
         .values()
-        .map(|b| json!({"name": b.name, "declared": view::declared_lines(&home, b.loc, admin)}))
+        .map(|b| {
+            json!({
+                "name": b.name, "declared": view::declared_lines(&home, b.loc, admin),
+                "builds": view::image_rows(base_rows.iter().filter(|r| r.kind == "base" && r.name == b.name)),
+            })
+        })
         .collect();
     let envs: Vec<Value> = home
         .code_envs
         .values()
         .filter(|e| e.loc != capstan_core::diag::Loc::NOWHERE)
-        .map(|e| json!({"name": e.name, "declared": view::declared_lines(&home, e.loc, admin)}))
+        .map(|e| {
+            json!({
+                "name": e.name, "declared": view::declared_lines(&home, e.loc, admin),
+                "builds": view::image_rows(env_rows.iter().filter(|r| r.name == e.name)),
+            })
+        })
         .collect();
+    let engine_image = view::image_rows(base_rows.iter().filter(|r| r.kind == "engine"));
     let ctx = json!({
         "exec_configs": exec, "spark_configs": spark, "clusters": clusters,
-        "base_images": images, "code_envs": envs,
+        "base_images": images, "code_envs": envs, "engine_image": engine_image,
+        "engine_reached": engine.is_some(),
     });
     Ok(html(render(
         "configs.html",
         page(&viewer, "configs", "Configurations", ctx),
     )?))
+}
+
+/// Project `key` of `home`, when the viewer may read it: 404 for one that does not exist,
+/// 403 for one they may not read.
+fn readable<'h>(
+    s: &AppState,
+    viewer: &Viewer,
+    home: &'h capstan_core::model::Home,
+    key: &str,
+) -> Result<&'h capstan_core::model::Project, UiError> {
+    let p = home
+        .projects
+        .get(key)
+        .ok_or_else(|| UiError::new(StatusCode::NOT_FOUND, format!("unknown project `{key}`")))?;
+    s.engine
+        .authorize(&viewer.caller, key, capstan_core::model::Permission::Read)?;
+    Ok(p)
+}
+
+/// A dataset: its schema (declared and stored), rows and size, its current version and who
+/// wrote it from what, the jobs that wrote it, and its first rows.
+pub async fn dataset(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    Path((project, dataset)): Path<(String, String)>,
+) -> Page {
+    use capstan_data::DatasetStore;
+    let home = s.engine.home();
+    let p = readable(&s, &viewer, &home, &project)?;
+    let declared = p.datasets.get(&dataset).ok_or_else(|| {
+        UiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown dataset `{dataset}` in project `{project}`"),
+        )
+    })?;
+    let (info, preview) = {
+        let data = s.data.clone();
+        let (project, dataset) = (project.clone(), dataset.clone());
+        // Parquet is read on a blocking thread, and only its first rows.
+        tokio::task::spawn_blocking(move || {
+            let info = data.store.info(&project, &dataset)?;
+            let preview = match &info {
+                Some(_) => {
+                    let batches = data
+                        .store
+                        .read(&project, &dataset, None, Some(PREVIEW_ROWS))?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(capstan_data::DataError::from)?;
+                    capstan_data::display::json_rows(&batches)
+                }
+                None => Vec::new(),
+            };
+            Ok::<_, capstan_data::DataError>((info, preview))
+        })
+        .await
+        .map_err(|e| UiError::internal("reading the dataset failed", &e))?
+        .map_err(|e| UiError::internal("the dataset cannot be read", &e))?
+    };
+    let state = s.data.store.state(&project, &dataset);
+    // Its history: the project's jobs that wrote it, among the newest 500.
+    let jobs = s.engine.jobs(
+        &viewer.caller,
+        JobFilter {
+            project: Some(project.clone()),
+            limit: Some(500),
+            ..JobFilter::default()
+        },
+    )?;
+    let ctx = view::dataset(&project, declared, info.as_ref(), &state, preview, &jobs);
+    Ok(html(render(
+        "dataset.html",
+        page(&viewer, "projects", &dataset, ctx),
+    )?))
+}
+
+/// Rows a dataset's page shows.
+pub const PREVIEW_ROWS: usize = 20;
+
+/// A saved model: each version with its score, algorithm and the job that trained it, which
+/// one is active, and its evaluations.
+pub async fn model(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    Path((project, model)): Path<(String, String)>,
+) -> Page {
+    let home = s.engine.home();
+    let p = readable(&s, &viewer, &home, &project)?;
+    let declared = p.models.get(&model).ok_or_else(|| {
+        UiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown model `{model}` in project `{project}`"),
+        )
+    })?;
+    let store = &s.data.models;
+    let versions = store
+        .versions(&project, &model)
+        .map_err(|e| UiError::internal("the model's versions cannot be read", &e))?;
+    let ctx = view::model(
+        &project,
+        declared,
+        &versions,
+        store.active(&project, &model),
+        &store.evaluations(&project, &model),
+    );
+    Ok(html(render(
+        "model.html",
+        page(&viewer, "projects", &model, ctx),
+    )?))
+}
+
+/// The viewer's notebook kernels (an admin's: everyone's), what they may start, and how to
+/// connect JupyterLab.
+pub async fn kernels(State(s): State<AppState>, viewer: Viewer, headers: HeaderMap) -> Page {
+    let list: Vec<Value> = crate::gateway::kernels_of(&s, &viewer.caller)
+        .into_iter()
+        .map(|(user, mut model)| {
+            model["user"] = json!(user);
+            model
+        })
+        .collect();
+    let specs: Vec<Value> = crate::gateway::usable_specs(&s, &viewer.caller)
+        .into_iter()
+        .map(|(name, shown)| json!({"name": name, "display": shown}))
+        .collect();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("HOST:7878");
+    let ctx = json!({
+        "kernels": list,
+        "specs": specs,
+        "gateway": format!("http://{host}"),
+    });
+    Ok(html(render(
+        "kernels.html",
+        page(&viewer, "kernels", "Kernels", ctx),
+    )?))
+}
+
+#[derive(Deserialize)]
+pub struct SaidQuery {
+    said: Option<String>,
+}
+
+/// What this instance has on each Docker engine and Kubernetes namespace, with the job each
+/// container or pod belongs to, its requests, limits and live usage; admins see leftovers and
+/// may remove them.
+pub async fn cluster(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<SaidQuery>,
+) -> Page {
+    let engines = s.engine.workloads(&viewer.caller).await?;
+    let ctx = json!({
+        "engines": crate::workloads_json(&engines),
+        "leftovers": engines.iter().flat_map(|e| &e.workloads).filter(|w| w.leftover).count(),
+        "said": q.said,
+    });
+    Ok(html(render(
+        "cluster.html",
+        page(&viewer, "cluster", "Cluster", ctx),
+    )?))
+}
+
+/// "Remove leftovers" (admins).
+pub async fn remove_leftovers(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Page {
+    viewer.check(&headers, f.csrf.as_deref())?;
+    let said = s.engine.remove_leftovers(&viewer.caller).await?;
+    let text = if said.is_empty() {
+        "There was no leftover to remove.".to_string()
+    } else {
+        said.join("; ")
+    };
+    Ok(Redirect::to(&format!("/ui/cluster?said={}", view::url_encode(&text))).into_response())
 }

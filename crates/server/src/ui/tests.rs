@@ -39,7 +39,7 @@ fn home() -> Home {
     );
     add(
         "projects/sample/project.toml",
-        "[project]\nname = \"Sample\"\ndescription = \"Wine, cleaned and summed.\"\n\n[project.permissions]\nanalysts = [\"run\"]\n\n[dataset.wine]\n[dataset.wine_clean]\n",
+        "[project]\nname = \"Sample\"\ndescription = \"Wine, cleaned and summed.\"\n\n[project.permissions]\nanalysts = [\"run\"]\n\n[dataset.wine]\n[dataset.wine_clean]\ndescription = \"Wine without its empty rows.\"\nschema = { cultivar = \"int64\", alcohol = \"float64\" }\n\n[model.quality]\nactivation = \"if_better\"\n",
     );
     add(
         "projects/sample/recipes/wine_clean.toml",
@@ -445,4 +445,270 @@ fn the_session_cookie_is_for_this_site_only_and_expires() {
     assert_eq!(sessions.get(&id).unwrap().token_sha256, "HASH");
     sessions.close(&id);
     assert!(sessions.get(&id).is_none());
+}
+
+#[test]
+fn a_dataset_page_shows_its_schema_history_and_first_rows() {
+    use capstan_data::arrow::datatypes::{DataType, Field, Schema};
+    let h = home();
+    let declared = &h.projects["sample"].datasets["wine_clean"];
+    let info = capstan_data::DatasetInfo {
+        rows: 178,
+        size_bytes: 6_912,
+        schema: std::sync::Arc::new(Schema::new(vec![
+            Field::new("cultivar", DataType::Int64, false),
+            Field::new("alcohol", DataType::Float64, true),
+            Field::new("color", DataType::Utf8, true),
+        ])),
+        modified: None,
+    };
+    let state = DatasetState::Version {
+        version: 3,
+        at_ms: NOW - 30_000,
+        provenance: capstan_core::flow::Provenance {
+            written_by: capstan_core::flow::WrittenBy::Activity {
+                job: 12,
+                idx: 0,
+                recipe: "wine_clean".into(),
+            },
+            inputs: [("wine".to_string(), 1)].into(),
+            definition: Default::default(),
+        },
+    };
+    let preview = vec![
+        json!({"cultivar": 1, "alcohol": 14.23, "color": "red"}),
+        json!({"cultivar": 2, "alcohol": null, "color": "<b>white</b>"}),
+    ];
+    // Job 11 read only: it is not in the history.
+    let mut reader = job(11, JobState::Succeeded);
+    reader.io_json = Some(r#"{"read":{"wine_clean":178},"written":{}}"#.into());
+    let jobs = [job(12, JobState::Succeeded), reader];
+    let ctx = view::dataset("sample", declared, Some(&info), &state, preview, &jobs);
+    assert_eq!(ctx["writes"].as_array().unwrap().len(), 1);
+    let html = show(
+        "dataset.html",
+        &viewer("alice", false),
+        "projects",
+        "wine_clean",
+        ctx,
+    );
+    assert!(
+        html.contains("&lt;b&gt;white") && !html.contains("<b>white"),
+        "cells are escaped"
+    );
+    insta::assert_snapshot!(html);
+
+    // No data yet: the declared columns, and nothing to preview.
+    let ctx = view::dataset(
+        "sample",
+        declared,
+        None,
+        &DatasetState::Missing,
+        vec![],
+        &[],
+    );
+    insta::assert_snapshot!(
+        "dataset_without_data",
+        show(
+            "dataset.html",
+            &viewer("alice", false),
+            "projects",
+            "wine_clean",
+            ctx
+        )
+    );
+}
+
+#[test]
+fn a_model_page_lists_versions_newest_first_with_the_active_one() {
+    use capstan_data::models::ModelVersion;
+    let h = home();
+    let declared = &h.projects["sample"].models["quality"];
+    let version = |n: u64, score: f64| ModelVersion {
+        version: n,
+        at_ms: NOW - 3_600_000 * (3 - n as i64),
+        provenance: Some(capstan_core::flow::Provenance {
+            written_by: capstan_core::flow::WrittenBy::Activity {
+                job: 20 + n as i64,
+                idx: 0,
+                recipe: "train_quality".into(),
+            },
+            inputs: [("wine_clean".to_string(), n)].into(),
+            definition: Default::default(),
+        }),
+        metrics: json!({"metric": "accuracy", "score": score, "greater_is_better": true}),
+        train_info: json!({"algorithm": "random_forest", "params": {"n_estimators": 100}}),
+    };
+    let evaluations = [json!({
+        "at_ms": NOW - 60_000, "model_version": 2, "job": 31, "input": "wine_holdout", "rows": 40,
+        "metrics": {"accuracy": 0.925, "f1": 0.91}
+    })];
+    let ctx = view::model(
+        "sample",
+        declared,
+        &[version(1, 0.88), version(2, 0.94)],
+        Some(2),
+        &evaluations,
+    );
+    assert_eq!(ctx["versions"][0]["version"], 2, "newest first");
+    assert_eq!(ctx["versions"][0]["active"], true);
+    insta::assert_snapshot!(show(
+        "model.html",
+        &viewer("alice", false),
+        "projects",
+        "quality",
+        ctx
+    ));
+}
+
+#[test]
+fn the_kernels_page_says_how_to_connect_jupyterlab() {
+    let ctx = json!({
+        "kernels": [{
+            "id": "5f0c8a52-6d1e-4c1b-9a3e-0b8f3c2d1e4f", "name": "capstan-sample-pandas-docker-small",
+            "last_activity": "2026-12-04T04:29:10.000000Z", "execution_state": "starting",
+            "connections": 0, "job_id": 14, "user": "alice",
+            "reason": "job 14 is starting: pulling image capstan/sample-pandas"
+        }],
+        "specs": [{"name": "capstan-sample-pandas-docker-small", "display": "sample · pandas · docker-small"}],
+        "gateway": "http://capstan.example:7878",
+    });
+    let html = show(
+        "kernels.html",
+        &viewer("root", true),
+        "kernels",
+        "Kernels",
+        ctx,
+    );
+    assert!(
+        html.contains("<td>alice</td>"),
+        "an admin sees whose kernel it is"
+    );
+    insta::assert_snapshot!(html);
+    let none = show(
+        "kernels.html",
+        &viewer("alice", false),
+        "kernels",
+        "Kernels",
+        json!({"kernels": [], "specs": [], "gateway": "http://h:7878"}),
+    );
+    assert!(none.contains("No kernel of yours is running"), "{none}");
+}
+
+#[test]
+fn images_show_their_state_and_the_command_that_builds_them() {
+    let mut h = home();
+    h.images.insert(
+        ("base".into(), "default".into(), None),
+        capstan_core::model::ImageRecord {
+            kind: "base".into(),
+            name: "default".into(),
+            exec_config: None,
+            repository: "capstan-base-default".into(),
+            tag: "3f9a1c2b".into(),
+            image_id: "sha256:5d1e".into(),
+            base_image_id: None,
+            built_at: "2026-12-04T03:30:00Z".into(),
+            size_bytes: 312_000_000,
+            pushed: false,
+            last_error: Some(
+                "pip install failed: no matching distribution for pandas==9\nmore".into(),
+            ),
+        },
+    );
+    let rows = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(capstan_images::list_bases(&h, None));
+    let base = view::image_rows(rows.iter().filter(|r| r.kind == "base"));
+    let engine = view::image_rows(rows.iter().filter(|r| r.kind == "engine"));
+    // The Kubernetes configuration needs the engine image, never built here.
+    assert_eq!(engine[0]["state"], "missing");
+    assert_eq!(engine[0]["command"], "capstan image build-engine");
+    let html = show(
+        "configs.html",
+        &viewer("alice", false),
+        "configs",
+        "Configurations",
+        json!({
+            "exec_configs": [], "spark_configs": [], "clusters": [], "code_envs": [],
+            "base_images": [{"name": "default", "declared": view::declared_lines(&h, h.base_images["default"].loc, false), "builds": base}],
+            "engine_image": engine, "engine_reached": false,
+        }),
+    );
+    assert!(
+        html.contains("last build failed: pip install failed"),
+        "{html}"
+    );
+    insta::assert_snapshot!(html);
+}
+
+#[test]
+fn the_cluster_page_shows_each_engines_workloads_and_marks_leftovers() {
+    use capstan_engine::backend::{ActivityKey, EngineWorkload, Usage};
+    use capstan_engine::monitor::{EngineView, WorkloadView};
+    let container = |name: &str, job_id: i64, state: &str| EngineWorkload {
+        handle: format!("\n{name}"),
+        name: name.into(),
+        key: Some(ActivityKey {
+            job_id,
+            idx: 0,
+            attempt: 1,
+        }),
+        job_id: Some(job_id),
+        state: state.into(),
+        cpu_request: None,
+        cpu_limit: Some(2.0),
+        memory_request: None,
+        memory_limit: Some(4 << 30),
+        usage: (state == "running").then_some(Usage {
+            cpu_percent: Some(87.4),
+            memory_bytes: Some(182_452_224),
+        }),
+    };
+    let engines = vec![
+        EngineView {
+            kind: "docker",
+            engine: "the local Docker engine (unix:///var/run/docker.sock)".into(),
+            error: None,
+            workloads: vec![
+                WorkloadView {
+                    workload: container("capstan-ab12-12-0-1", 12, "running"),
+                    job: Some(job(12, JobState::Running)),
+                    leftover: false,
+                },
+                WorkloadView {
+                    workload: container("capstan-ab12-9-0-1", 9, "exited"),
+                    job: Some(job(9, JobState::Succeeded)),
+                    leftover: true,
+                },
+            ],
+        },
+        EngineView {
+            kind: "kubernetes",
+            engine: "namespace capstan of context prod".into(),
+            error: Some("cannot reach the cluster: connection refused".into()),
+            workloads: vec![],
+        },
+    ];
+    let ctx = json!({"engines": crate::workloads_json(&engines), "leftovers": 1, "said": null});
+    let html = show(
+        "cluster.html",
+        &viewer("root", true),
+        "cluster",
+        "Cluster",
+        ctx.clone(),
+    );
+    assert!(html.contains("id=\"remove-leftovers\""), "{html}");
+    assert!(html.contains("job 9 is succeeded"), "{html}");
+    insta::assert_snapshot!(html);
+    // The button is an admin's only.
+    let html = show(
+        "cluster.html",
+        &viewer("alice", false),
+        "cluster",
+        "Cluster",
+        ctx,
+    );
+    assert!(!html.contains("remove-leftovers"), "{html}");
 }

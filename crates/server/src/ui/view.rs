@@ -360,3 +360,191 @@ pub fn allowed(home: &Home, allowed: &Allowed, user: &str, admin: bool) -> Value
         "mine": mine,
     })
 }
+
+/// A dataset's page: its schema (stored types beside the declared ones), rows and size, the
+/// version it is at and what wrote it from what, the jobs that wrote it with their row counts,
+/// and its first rows (`preview`, as `capstan_data::display::json_rows` makes them).
+pub fn dataset(
+    project: &str,
+    declared: &capstan_core::model::Dataset,
+    info: Option<&capstan_data::DatasetInfo>,
+    state: &capstan_core::flow::DatasetState,
+    preview: Vec<Value>,
+    jobs: &[JobRow],
+) -> Value {
+    use capstan_core::flow::{DatasetState, WrittenBy};
+    let declared_type = |c: &str| {
+        declared
+            .schema
+            .iter()
+            .find(|(name, _)| name == c)
+            .map(|(_, t)| t.value.clone())
+    };
+    let columns: Vec<Value> = match info {
+        Some(i) => i
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                json!({
+                    "name": f.name(),
+                    "type": capstan_data::type_name(f.data_type()),
+                    "declared": declared_type(f.name()),
+                })
+            })
+            .collect(),
+        None => declared
+            .schema
+            .iter()
+            .map(|(c, t)| json!({"name": c, "type": null, "declared": t.value}))
+            .collect(),
+    };
+    let version = match state {
+        DatasetState::Version {
+            version,
+            at_ms,
+            provenance,
+        } => {
+            let by = match &provenance.written_by {
+                WrittenBy::Activity { job, recipe, .. } => json!({"job": job, "recipe": recipe}),
+                WrittenBy::Import { user, file } => json!({"user": user, "file": file}),
+            };
+            json!({"version": version, "at": at_ms, "by": by, "inputs": provenance.inputs})
+        }
+        _ => Value::Null,
+    };
+    // Its history as jobs record it: each job that wrote it, with the rows it wrote.
+    let writes: Vec<Value> = jobs
+        .iter()
+        .filter_map(|j| {
+            let io: Value = serde_json::from_str(j.io_json.as_deref()?).ok()?;
+            let rows = io["written"].get(&declared.name)?.clone();
+            let mut row = job_row(j);
+            row["rows"] = rows;
+            Some(row)
+        })
+        .take(20)
+        .collect();
+    let preview_columns: Vec<&str> = info
+        .map(|i| {
+            i.schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "project": project,
+        "dataset": {"name": declared.name, "description": declared.description},
+        "rows": info.map(|i| i.rows),
+        "size_bytes": info.map(|i| i.size_bytes as i64),
+        "columns": columns,
+        "version": version,
+        "untracked": matches!(state, DatasetState::Untracked),
+        "writes": writes,
+        "preview": preview,
+        "preview_columns": preview_columns,
+    })
+}
+
+/// A saved model's page: its versions, newest first, with score, algorithm and the job that
+/// trained each, which one is active, and its evaluations (newest first, 20 at most).
+pub fn model(
+    project: &str,
+    declared: &capstan_core::model::SavedModel,
+    versions: &[capstan_data::models::ModelVersion],
+    active: Option<u64>,
+    evaluations: &[Value],
+) -> Value {
+    let rows: Vec<Value> = versions
+        .iter()
+        .rev()
+        .map(|v| {
+            let job = v.provenance.as_ref().and_then(|p| match &p.written_by {
+                capstan_core::flow::WrittenBy::Activity { job, .. } => Some(*job),
+                _ => None,
+            });
+            let params = v.train_info.get("params").filter(|p| !p.is_null());
+            json!({
+                "version": v.version,
+                "at": v.at_ms,
+                "active": active == Some(v.version),
+                "metric": v.score().map(|(m, _)| m),
+                "score": v.score().map(|(_, x)| format!("{x:.4}")),
+                "algorithm": v.train_info["algorithm"].as_str(),
+                "params": params.map(Value::to_string),
+                "job": job,
+            })
+        })
+        .collect();
+    let evaluations: Vec<Value> = evaluations
+        .iter()
+        .rev()
+        .take(20)
+        .map(|e| {
+            let metrics: Vec<String> = e["metrics"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| match v.as_f64() {
+                            Some(f) => format!("{k} {f:.4}"),
+                            None => format!("{k} {v}"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "at": e["at_ms"].as_i64(),
+                "version": e["model_version"].as_u64(),
+                "job": e["job"].as_i64(),
+                "input": e["input"].as_str(),
+                "rows": e["rows"].as_u64(),
+                "metrics": metrics.join(", "),
+            })
+        })
+        .collect();
+    json!({
+        "project": project,
+        "model": {
+            "name": declared.name,
+            "description": declared.description,
+            "activation": declared.activation.value.as_str(),
+        },
+        "versions": rows,
+        "evaluations": evaluations,
+    })
+}
+
+/// Image builds as rows: state, image, size, age, what uses it, pins, the last build's error,
+/// and the command that (re)builds it.
+pub fn image_rows<'a>(rows: impl Iterator<Item = &'a capstan_images::ImageRow>) -> Value {
+    rows.map(|r| {
+        let record = r.record.as_ref().filter(|x| !x.image_id.is_empty());
+        let command = match r.kind {
+            "base" => format!("capstan image build-base {}", r.name),
+            "engine" => "capstan image build-engine".to_string(),
+            _ => format!("capstan env build {}", r.name),
+        };
+        json!({
+            "kind": r.kind,
+            "name": r.name,
+            "for": r.exec_config,
+            "state": r.state.as_str(),
+            "image": record.map(|x| x.reference()),
+            "size_bytes": record.map(|x| x.size_bytes as i64),
+            "built_ms": record.and_then(|x| rfc3339_ms(&x.built_at)),
+            "pushed": record.is_some_and(|x| x.pushed),
+            "used_by": r.used_by,
+            "pins": r.pins,
+            "last_error": r.record.as_ref().and_then(|x| x.last_error.as_deref()).map(|e| e.lines().next().unwrap_or("").to_string()),
+            "command": command,
+        })
+    })
+    .collect()
+}
+
+fn rfc3339_ms(t: &str) -> Option<i64> {
+    let at = humantime::parse_rfc3339_weak(t).ok()?;
+    Some(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+}

@@ -51,11 +51,21 @@
       log.insertAdjacentHTML("beforeend", e.data);
       if (!follow || follow.checked) log.scrollTop = log.scrollHeight;
     });
-    source.addEventListener("state", function (e) {
+    // The summary is fetched again whenever it shows another state than the stream's last.
+    // A refresh asked for while one is in flight can be lost (the element it was queued on
+    // is swapped out), so each swap checks again, a few times per state.
+    var lastState = null, tries = 0;
+    function refresh() {
       var summary = document.getElementById("summary");
-      if (summary && summary.dataset.state !== e.data) {
-        document.body.dispatchEvent(new Event("job-state"));
-      }
+      if (!summary || lastState === null || summary.dataset.state === lastState) return;
+      if (tries++ < 5) document.body.dispatchEvent(new Event("job-state"));
+    }
+    document.body.addEventListener("htmx:afterSettle", function () {
+      setTimeout(refresh, 100);
+    });
+    source.addEventListener("state", function (e) {
+      if (e.data !== lastState) { lastState = e.data; tries = 0; }
+      refresh();
     });
     source.addEventListener("usage", function (e) {
       var u = JSON.parse(e.data);
@@ -71,13 +81,14 @@
         draw(document.getElementById("mem-chart"), mem, 1);
       }
     });
-    source.addEventListener("end", function () {
+    source.addEventListener("end", function (e) {
       source.close();
       // Over before two samples: no chart to draw.
       if (cpu.length < 2 && mem.length < 2) document.getElementById("usage").hidden = true;
       log.dataset.ended = "true";
       var empty = document.getElementById("log-empty");
       if (empty) empty.textContent = "No output.";
+      if (e.data !== "gone" && e.data !== lastState) { lastState = e.data; tries = 0; }
       document.body.dispatchEvent(new Event("job-state"));
     });
   }
