@@ -130,6 +130,11 @@ pub async fn start(root: &Path, bind: &str) -> anyhow::Result<Daemon> {
         local_token_sha256: Arc::new(hash_token(&token)),
         kernels: Default::default(),
         ui_sessions: Default::default(),
+        cluster_tests: Arc::new(capstan_engine::cluster_test::ClusterTests::new(Arc::new(
+            crate::k8s::Tester {
+                root: root.to_path_buf(),
+            },
+        ))),
     };
     let app = capstan_server::router(state);
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -9,6 +9,7 @@ use crate::explain::resolve_target;
 use crate::home::load_valid;
 use anyhow::bail;
 use capstan_core::model::ExecKind;
+use capstan_engine::cluster_test::{ClusterTester, Report, TestLine};
 
 pub fn render(root: &Path, args: &K8sRenderArgs) -> anyhow::Result<u8> {
     let (home, r) = resolve_target(root, &args.target, &args.user, &args.select)?;
@@ -50,6 +51,43 @@ if url:
 "#;
 
 pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result<u8> {
+    let print = |line: TestLine| match &line {
+        TestLine::Error(_) => eprintln!("{line}"),
+        _ => println!("{line}"),
+    };
+    let passed = test_cluster(root, &args.name, args.exec_config.as_deref(), &print).await?;
+    Ok(if passed { exit::OK } else { exit::FAILURE })
+}
+
+/// The daemon's cluster tests (the web UI's button, `POST /api/v1/clusters/NAME/tests`): the
+/// same test as `capstan cluster test`, reporting to the daemon instead of the terminal.
+pub struct Tester {
+    pub root: std::path::PathBuf,
+}
+
+impl ClusterTester for Tester {
+    fn test<'a>(
+        &'a self,
+        cluster: &'a str,
+        exec_config: Option<&'a str>,
+        report: Report<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            test_cluster(&self.root, cluster, exec_config, report)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+}
+
+/// Tests cluster `name` with a configuration's image, reporting each step as it happens:
+/// whether every step passed.
+pub async fn test_cluster(
+    root: &Path,
+    name: &str,
+    exec_config: Option<&str>,
+    report: Report<'_>,
+) -> anyhow::Result<bool> {
     use capstan_core::model::ClusterTarget;
     use capstan_engine::backend::{ActivitySpec, DataAccess};
     use std::time::Instant;
@@ -57,8 +95,8 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
     let home = load_valid(root)?;
     let cluster = home
         .clusters
-        .get(&args.name)
-        .ok_or_else(|| anyhow::anyhow!("unknown cluster `{}`", args.name))?;
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("unknown cluster `{}`", name))?;
     let (kubeconfig, context, cluster_ns) = match &cluster.target {
         ClusterTarget::Kubernetes {
             kubeconfig,
@@ -66,17 +104,10 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
             namespace,
         } => (kubeconfig, context, namespace),
         ClusterTarget::Docker { host } => {
-            return docker(
-                root,
-                &home,
-                &args.name,
-                &host.value,
-                args.exec_config.as_deref(),
-            )
-            .await;
+            return docker(root, &home, name, &host.value, exec_config, report).await;
         }
     };
-    let (config, why) = test_config(&home, args.exec_config.as_deref(), ExecKind::Kubernetes)?;
+    let (config, why) = test_config(&home, exec_config, ExecKind::Kubernetes)?;
     let backend = capstan_backend_k8s::K8sBackend::new(root);
     let kc = kubeconfig.as_ref().map(|k| k.value.clone());
     let ctx = context.as_ref().map(|c| c.value.clone());
@@ -84,12 +115,15 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
     let t = Instant::now();
     let reachable = backend.server_version(kc.as_deref(), ctx.as_deref()).await;
     match &reachable {
-        Ok(v) => step(true, "API reachable", v, t),
-        Err(e) => step(false, "API reachable", e, t),
+        Ok(v) => step(report, true, "API reachable", v, t),
+        Err(e) => step(report, false, "API reachable", e, t),
     }
-    println!("using execution configuration {} ({why})", config.name);
+    report(TestLine::Note(format!(
+        "using execution configuration {} ({why})",
+        config.name
+    )));
     if reachable.is_err() {
-        return Ok(exit::FAILURE);
+        return Ok(false);
     }
 
     let t = Instant::now();
@@ -104,21 +138,32 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
         .namespace_exists(kc.as_deref(), ctx.as_deref(), &ns)
         .await
     {
-        Ok(true) => step(true, "namespace", &format!("{ns} exists"), t),
-        Ok(false) if config.create_namespace => {
-            step(true, "namespace", &format!("{ns} will be created"), t)
-        }
+        Ok(true) => step(report, true, "namespace", &format!("{ns} exists"), t),
+        Ok(false) if config.create_namespace => step(
+            report,
+            true,
+            "namespace",
+            &format!("{ns} will be created"),
+            t,
+        ),
         Ok(false) => {
             step(
+                report,
                 false,
                 "namespace",
                 &format!("{ns} does not exist (set create_namespace = true, or create it)"),
                 t,
             );
-            return Ok(exit::FAILURE);
+            return Ok(false);
         }
         // Reading namespaces may be forbidden to a user who may use one: go on and see.
-        Err(e) => step(true, "namespace", &format!("{ns} (cannot check: {e})"), t),
+        Err(e) => step(
+            report,
+            true,
+            "namespace",
+            &format!("{ns} (cannot check: {e})"),
+            t,
+        ),
     }
 
     let t = Instant::now();
@@ -127,7 +172,7 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
         &home,
         root,
         config,
-        &args.name,
+        name,
         &ns,
         test_code(&dir),
         dir.clone(),
@@ -173,6 +218,7 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
         .elapsed()
         .saturating_sub(cleanup.as_ref().map_or(Default::default(), |c| c.took));
     step_took(
+        report,
         started || ok,
         "image pull and start",
         &detail(&image),
@@ -180,9 +226,21 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
     );
     let diagnosis = outcome.diagnosis.clone().unwrap_or_default();
     match callback(public.as_deref(), started || ok, &log, &diagnosis) {
-        Check::Ok(d) => step_took(true, "callback to the daemon", &d, Default::default()),
-        Check::Fail(d) => step_took(false, "callback to the daemon", &d, Default::default()),
-        Check::Skip(why) => skip("callback to the daemon", &why),
+        Check::Ok(d) => step_took(
+            report,
+            true,
+            "callback to the daemon",
+            &d,
+            Default::default(),
+        ),
+        Check::Fail(d) => step_took(
+            report,
+            false,
+            "callback to the daemon",
+            &d,
+            Default::default(),
+        ),
+        Check::Skip(why) => skip(report, "callback to the daemon", &why),
     }
     // The backend deletes the pod, its code and its token, and waits until they are gone.
     let cleaned = match cleanup {
@@ -192,28 +250,29 @@ pub async fn cluster_test(root: &Path, args: &ClusterTestArgs) -> anyhow::Result
                 Ok(()) => format!("pod, code and token deleted from {ns}"),
                 Err(e) => e,
             };
-            step_took(gone, "cleanup", &detail, c.took);
+            step_took(report, gone, "cleanup", &detail, c.took);
             gone
         }
         None => {
-            skip("cleanup", "nothing was created in the cluster");
+            skip(report, "cleanup", "nothing was created in the cluster");
             true
         }
     };
     if !cleaned && ok {
-        eprintln!("error: the test's objects are still in namespace {ns}");
-        return Ok(exit::FAILURE);
+        report(TestLine::Error(format!(
+            "the test's objects are still in namespace {ns}"
+        )));
+        return Ok(false);
     }
     if !ok {
-        eprintln!(
-            "error: {}",
+        report(TestLine::Error(
             outcome
                 .diagnosis
-                .unwrap_or_else(|| "the test pod did not succeed".into())
-        );
-        return Ok(exit::FAILURE);
+                .unwrap_or_else(|| "the test pod did not succeed".into()),
+        ));
+        return Ok(false);
     }
-    Ok(exit::OK)
+    Ok(true)
 }
 
 /// The execution configuration a cluster test runs with, and why that one: the one named,
@@ -292,7 +351,12 @@ fn callback(public: Option<&str>, ran: bool, log: &str, diagnosis: &str) -> Chec
 /// A folder laid out as a home holding the test's code (in the folder of its project, where
 /// backends read code from).
 fn test_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("capstan-cluster-test-{}", std::process::id()));
+    // The daemon may run several tests at once: a folder each.
+    let dir = std::env::temp_dir().join(format!(
+        "capstan-cluster-test-{}-{}",
+        std::process::id(),
+        unique_attempt()
+    ));
     std::fs::create_dir_all(test_code(&dir).parent().unwrap_or(&dir))?;
     std::fs::write(test_code(&dir), TEST_POD)?;
     Ok(dir)
@@ -358,21 +422,25 @@ fn finish_test(
 }
 
 /// One line of `cluster test`: whether a step worked, what it found, how long it took.
-fn step(ok: bool, what: &str, detail: &str, t: std::time::Instant) {
-    step_took(ok, what, detail, t.elapsed());
+fn step(report: Report<'_>, ok: bool, what: &str, detail: &str, t: std::time::Instant) {
+    step_took(report, ok, what, detail, t.elapsed());
 }
 
-fn step_took(ok: bool, what: &str, detail: &str, took: std::time::Duration) {
-    println!(
-        "{} {what:<26} {detail} ({} ms)",
-        if ok { "ok  " } else { "FAIL" },
-        took.as_millis()
-    );
+fn step_took(report: Report<'_>, ok: bool, what: &str, detail: &str, took: std::time::Duration) {
+    report(TestLine::Step {
+        ok,
+        what: what.to_string(),
+        detail: detail.to_string(),
+        took_ms: took.as_millis() as u64,
+    });
 }
 
 /// A step not tried, and why.
-fn skip(what: &str, why: &str) {
-    println!("skip {what:<26} {why}");
+fn skip(report: Report<'_>, what: &str, why: &str) {
+    report(TestLine::Skip {
+        what: what.to_string(),
+        why: why.to_string(),
+    });
 }
 
 /// `capstan cluster test NAME` for a Docker cluster: the engine answers, the address its
@@ -384,7 +452,8 @@ pub async fn docker(
     name: &str,
     host: &str,
     exec_config: Option<&str>,
-) -> anyhow::Result<u8> {
+    report: Report<'_>,
+) -> anyhow::Result<bool> {
     use capstan_engine::backend::DataAccess;
     use std::time::Instant;
 
@@ -393,19 +462,31 @@ pub async fn docker(
     let engine = match capstan_backend_docker::image_ops::Engine::connect(Some(host)).await {
         Ok(e) => e,
         Err(e) => {
-            step(false, "engine reachable", &e, t);
-            println!("using execution configuration {} ({why})", config.name);
-            return Ok(exit::FAILURE);
+            step(report, false, "engine reachable", &e, t);
+            report(TestLine::Note(format!(
+                "using execution configuration {} ({why})",
+                config.name
+            )));
+            return Ok(false);
         }
     };
     let version = engine.version().await;
     match &version {
-        Ok(v) => step(true, "engine reachable", &format!("{host}, Docker {v}"), t),
-        Err(e) => step(false, "engine reachable", e, t),
+        Ok(v) => step(
+            report,
+            true,
+            "engine reachable",
+            &format!("{host}, Docker {v}"),
+            t,
+        ),
+        Err(e) => step(report, false, "engine reachable", e, t),
     }
-    println!("using execution configuration {} ({why})", config.name);
+    report(TestLine::Note(format!(
+        "using execution configuration {} ({why})",
+        config.name
+    )));
     if version.is_err() {
-        return Ok(exit::FAILURE);
+        return Ok(false);
     }
 
     // Where the containers call back: the daemon's public URL when set, else an address of this
@@ -419,6 +500,7 @@ pub async fn docker(
     let (url, _probe) = match public {
         Some(u) => {
             step(
+                report,
                 true,
                 "address for containers",
                 &format!("{u} ([server] public_url)"),
@@ -434,6 +516,7 @@ pub async fn docker(
                     axum::serve(listener, capstan_server::probe_router()).await
                 });
                 step(
+                    report,
                     true,
                     "address for containers",
                     &format!("{} ({})", a.ip, a.why),
@@ -443,12 +526,13 @@ pub async fn docker(
             }
             Err(e) => {
                 step(
+                    report,
                     false,
                     "address for containers",
                     &format!("{e}: set [server] public_url"),
                     t,
                 );
-                return Ok(exit::FAILURE);
+                return Ok(false);
             }
         },
     };
@@ -479,6 +563,7 @@ pub async fn docker(
             .as_ref()
             .map_or("default", |b| b.value.as_str());
         step(
+            report,
             false,
             "container start",
             &format!(
@@ -487,7 +572,7 @@ pub async fn docker(
             ),
             t,
         );
-        return Ok(exit::FAILURE);
+        return Ok(false);
     };
     let backend = capstan_backend_docker::DockerBackend::new(root);
     let TestRun {
@@ -503,12 +588,13 @@ pub async fn docker(
     } else {
         format!("{image}: {why}")
     };
-    step(started, "container start", &detail, t);
+    step(report, started, "container start", &detail, t);
     if started {
         let t = Instant::now();
         match log.contains("callback ok") {
-            true => step(true, "callback to this machine", &url, t),
+            true => step(report, true, "callback to this machine", &url, t),
             false => step(
+                report,
                 false,
                 "callback to this machine",
                 &format!("{url}: {why}"),
@@ -516,22 +602,23 @@ pub async fn docker(
             ),
         }
     } else {
-        skip("callback to this machine", "the container never ran");
+        skip(
+            report,
+            "callback to this machine",
+            "the container never ran",
+        );
     }
     // The backend removes the container before it returns, whatever happened.
-    step(true, "cleanup", "container removed", Instant::now());
+    step(report, true, "cleanup", "container removed", Instant::now());
     if !ok {
-        eprintln!(
-            "error: {}",
-            if why.is_empty() {
-                "the test container did not succeed".into()
-            } else {
-                why
-            }
-        );
-        return Ok(exit::FAILURE);
+        report(TestLine::Error(if why.is_empty() {
+            "the test container did not succeed".into()
+        } else {
+            why
+        }));
+        return Ok(false);
     }
-    Ok(exit::OK)
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod build;
+pub mod cluster_test;
 pub mod diagnose;
 mod drive;
 pub mod engine_image;

@@ -59,6 +59,8 @@ pub struct AppState {
     pub kernels: Arc<gateway::Kernels>,
     /// The web UI's signed-in sessions.
     pub ui_sessions: Arc<ui::Sessions>,
+    /// Cluster tests run by the daemon (the binary's tester; none in tests of this crate).
+    pub cluster_tests: Arc<capstan_engine::cluster_test::ClusterTests>,
 }
 
 /// One route of the API: a method and a path, and the handler that serves them.
@@ -96,6 +98,12 @@ fn endpoints() -> Vec<Endpoint> {
         at(Method::POST, "/api/v1/projects/{project}/builds", build),
         at(Method::GET, "/api/v1/schedules", list_schedules),
         at(Method::GET, "/api/v1/workloads", list_workloads),
+        at(
+            Method::POST,
+            "/api/v1/clusters/{cluster}/tests",
+            start_cluster_test,
+        ),
+        at(Method::GET, "/api/v1/cluster-tests/{id}", show_cluster_test),
         at(
             Method::POST,
             "/api/v1/workloads/leftovers/remove",
@@ -900,6 +908,71 @@ async fn remove_leftovers(
     Ok(Json(json!({ "said": said })))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterTestQuery {
+    /// The execution configuration to test with (default: the tester's choice, said).
+    exec_config: Option<String>,
+}
+
+async fn start_cluster_test(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ClusterTestQuery>,
+) -> Result<Response, ApiError> {
+    let run = s
+        .cluster_tests
+        .start(&c, &s.engine.home(), &cluster, q.exec_config)?;
+    Ok((StatusCode::ACCEPTED, Json(cluster_test_json(&run))).into_response())
+}
+
+async fn show_cluster_test(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)? as u64;
+    let run = s.cluster_tests.get(&c, id)?;
+    Ok(Json(cluster_test_json(&run)))
+}
+
+/// A cluster test run as the API answers it (and the web UI shows it).
+pub(crate) fn cluster_test_json(run: &capstan_engine::cluster_test::TestRun) -> Value {
+    use capstan_engine::cluster_test::TestLine;
+    let lines: Vec<Value> = run
+        .lines()
+        .iter()
+        .map(|l| {
+            let text = l.to_string();
+            match l {
+                TestLine::Step {
+                    ok,
+                    what,
+                    detail,
+                    took_ms,
+                } => json!({"kind": if *ok { "ok" } else { "fail" }, "what": what, "detail": detail, "took_ms": took_ms, "text": text}),
+                TestLine::Skip { what, why } => {
+                    json!({"kind": "skip", "what": what, "detail": why, "text": text})
+                }
+                TestLine::Note(n) => json!({"kind": "note", "detail": n, "text": text}),
+                TestLine::Error(e) => json!({"kind": "error", "detail": e, "text": text}),
+            }
+        })
+        .collect();
+    let passed = run.passed();
+    json!({
+        "id": run.id,
+        "cluster": run.cluster,
+        "exec_config": run.exec_config,
+        "user": run.user,
+        "started_at": ms_to_rfc3339(Some(run.started_ms)),
+        "done": passed.is_some(),
+        "passed": passed,
+        "lines": lines,
+    })
+}
+
 /// The engines' workloads as `GET /api/v1/workloads` answers them (and the cluster page shows).
 pub(crate) fn workloads_json(engines: &[capstan_engine::monitor::EngineView]) -> Value {
     Value::Array(
@@ -1321,6 +1394,7 @@ mod tests {
             local_token_sha256: Arc::new(String::new()),
             kernels: Default::default(),
             ui_sessions: Default::default(),
+            cluster_tests: Default::default(),
         }
     }
 

@@ -176,6 +176,7 @@ impl Api {
             local_token_sha256: Arc::new(capstan_core::token::hash_token(LOCAL)),
             kernels: Default::default(),
             ui_sessions: Default::default(),
+            cluster_tests: Default::default(),
         });
         Api {
             dir,

@@ -624,6 +624,67 @@ fn cluster_test_of_a_docker_host_checks_the_callback_from_a_real_container() {
         containers(None, &home, "").is_empty(),
         "the test container was left behind"
     );
+
+    // The same test run by the daemon (the web UI's button): its steps as they come, then
+    // its end; for admins only.
+    let d = home.start();
+    let api = |method: &str, path: &str, token: &str| {
+        crate::support::curl(&[
+            "-sS",
+            "-X",
+            method,
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{}{path}", d.url),
+        ])
+    };
+    let refused = api(
+        "POST",
+        "/api/v1/clusters/local-docker/tests",
+        &home.token("alice"),
+    );
+    assert!(refused.contains("for instance admins"), "{refused}");
+    let started: serde_json::Value = serde_json::from_str(&api(
+        "POST",
+        "/api/v1/clusters/local-docker/tests?exec_config=small",
+        &d.token,
+    ))
+    .unwrap();
+    let id = started["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{started}"));
+    let mut run = serde_json::Value::Null;
+    wait_for("the daemon's cluster test to end", 120, || {
+        run = serde_json::from_str(&api(
+            "GET",
+            &format!("/api/v1/cluster-tests/{id}"),
+            &d.token,
+        ))
+        .unwrap();
+        run["done"] == true
+    });
+    let lines: Vec<&str> = run["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["text"].as_str())
+        .collect();
+    assert_eq!(run["passed"], true, "{run:#}");
+    for step in [
+        "ok   engine reachable",
+        "ok   container start",
+        "ok   callback to this machine   http://",
+        "ok   cleanup",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(step)),
+            "`{step}` missing: {lines:#?}"
+        );
+    }
+    assert!(
+        containers(None, &home, "").is_empty(),
+        "the daemon's test container was left behind"
+    );
 }
 
 /// The cluster view (`GET /api/v1/workloads`, the web UI's cluster page) on a real engine: a

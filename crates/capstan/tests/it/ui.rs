@@ -223,6 +223,14 @@ fn a_person_runs_watches_diagnoses_and_cancels_jobs_in_the_web_ui() {
         ),
     );
     crate::support::import_orders(&h);
+    // A Docker configuration on the test image, for the cluster test's button.
+    let image = crate::docker::image();
+    if let Some(image) = &image {
+        h.append(
+            "exec-configs.toml",
+            &format!("\n[exec_config.small]\nkind = \"docker\"\nimage = \"{image}\"\n"),
+        );
+    }
     let d = h.start();
     let base = d.url.clone();
     let alice = h.token("alice");
@@ -327,6 +335,32 @@ fn a_person_runs_watches_diagnoses_and_cancels_jobs_in_the_web_ui() {
         // Nor reach its project.
         c.goto(&format!("{base}/ui/projects/sample")).await.unwrap();
         wait_text(&c, "main", "403", 30).await;
+        // No cluster test button for him, nor the test's page.
+        c.goto(&format!("{base}/ui/configs")).await.unwrap();
+        wait_text(&c, "main", "Clusters", 30).await;
+        assert!(c.find(Locator::Css("#test-local-docker")).await.is_err());
+
+        // An admin tests the Docker cluster from its button: the steps appear as they run.
+        if image.is_some() {
+            click(&c, "form[action='/ui/logout'] button").await;
+            c.wait().for_element(Locator::Css("#token")).await.unwrap();
+            sign_in(&c, &base, &d.token).await;
+            c.goto(&format!("{base}/ui/configs#cluster-local-docker"))
+                .await
+                .unwrap();
+            click(&c, "#test-with-local-docker option[value='small']").await;
+            click(&c, "#test-local-docker").await;
+            wait_text(&c, "#steps", "engine reachable", 30).await;
+            let state = wait_text(&c, "#test-state", "passed", 120).await;
+            assert_eq!(state, "passed");
+            let steps = wait_text(&c, "#steps", "cleanup", 10).await;
+            assert!(steps.contains("callback to this machine"), "{steps}");
+            shoot(&c, "cluster-test").await;
+            assert!(
+                crate::docker::containers(None, &h, "").is_empty(),
+                "the test container was left behind"
+            );
+        }
         c.close().await.unwrap();
     });
     drop(d);

@@ -73,6 +73,14 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("model.html", include_str!("templates/model.html")),
     ("kernels.html", include_str!("templates/kernels.html")),
     ("cluster.html", include_str!("templates/cluster.html")),
+    (
+        "cluster_test.html",
+        include_str!("templates/cluster_test.html"),
+    ),
+    (
+        "cluster_test_steps.html",
+        include_str!("templates/cluster_test_steps.html"),
+    ),
 ];
 
 /// A session's life: a working day; signing in again starts a new one.
@@ -134,6 +142,15 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/kernels", get(pages::kernels))
         .route("/ui/cluster", get(pages::cluster))
         .route("/ui/cluster/leftovers", post(pages::remove_leftovers))
+        .route(
+            "/ui/clusters/{cluster}/test",
+            post(pages::start_cluster_test),
+        )
+        .route("/ui/cluster-tests/{id}", get(pages::cluster_test))
+        .route(
+            "/ui/cluster-tests/{id}/steps",
+            get(pages::cluster_test_steps),
+        )
         .route("/ui/configs", get(pages::configs))
         .route("/ui/assets/{version}/{name}", get(asset))
 }

@@ -726,8 +726,15 @@ pub async fn configs(State(s): State<AppState>, viewer: Viewer) -> Page {
         .clusters
         .values()
         .map(|c| {
+            // What `cluster test` may run with: the configurations of the cluster's kind.
+            let testable: Vec<&str> = home
+                .exec_configs
+                .values()
+                .filter(|x| x.kind.value.as_str() == c.kind().as_str())
+                .map(|x| x.name.as_str())
+                .collect();
             json!({
-                "name": c.name, "kind": c.kind().as_str(),
+                "name": c.name, "kind": c.kind().as_str(), "testable": testable,
                 "declared": view::declared_lines(&home, c.loc, admin),
                 "allowed": view::allowed(&home, &c.allowed, me, admin),
             })
@@ -954,4 +961,59 @@ pub async fn remove_leftovers(
         said.join("; ")
     };
     Ok(Redirect::to(&format!("/ui/cluster?said={}", view::url_encode(&text))).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ClusterTestForm {
+    csrf: Option<String>,
+    exec_config: Option<String>,
+}
+
+/// The "Test" button of a cluster: starts `cluster test` in the daemon, and shows it.
+pub async fn start_cluster_test(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Path(cluster): Path<String>,
+    Form(f): Form<ClusterTestForm>,
+) -> Page {
+    viewer.check(&headers, f.csrf.as_deref())?;
+    let exec_config = f.exec_config.filter(|c| !c.is_empty());
+    let run = s
+        .cluster_tests
+        .start(&viewer.caller, &s.engine.home(), &cluster, exec_config)?;
+    Ok(Redirect::to(&format!("/ui/cluster-tests/{}", run.id)).into_response())
+}
+
+fn cluster_test_ctx(s: &AppState, viewer: &Viewer, id: &str) -> Result<Value, UiError> {
+    let id = parse_id(id)? as u64;
+    let run = s.cluster_tests.get(&viewer.caller, id)?;
+    Ok(json!({"test": crate::cluster_test_json(&run)}))
+}
+
+/// A cluster test's page: its steps as they happen.
+pub async fn cluster_test(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Page {
+    let ctx = cluster_test_ctx(&s, &viewer, &id)?;
+    let title = format!("Test of {}", ctx["test"]["cluster"].as_str().unwrap_or(""));
+    Ok(html(render(
+        "cluster_test.html",
+        page(&viewer, "configs", &title, ctx),
+    )?))
+}
+
+/// The steps so far (the page polls this fragment until the test is over).
+pub async fn cluster_test_steps(
+    State(s): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Page {
+    let ctx = cluster_test_ctx(&s, &viewer, &id)?;
+    Ok(html(render(
+        "cluster_test_steps.html",
+        page(&viewer, "configs", "", ctx),
+    )?))
 }

@@ -712,3 +712,63 @@ fn the_cluster_page_shows_each_engines_workloads_and_marks_leftovers() {
     );
     assert!(!html.contains("remove-leftovers"), "{html}");
 }
+
+#[test]
+fn a_cluster_test_page_shows_its_steps_and_polls_until_the_end() {
+    let line = |kind: &str, what: &str, detail: &str, took: Option<u64>| {
+        let mut l = json!({"kind": kind, "what": what, "detail": detail, "text": ""});
+        if let Some(t) = took {
+            l["took_ms"] = json!(t);
+        }
+        l
+    };
+    let mut test = json!({
+        "id": 3, "cluster": "local-docker", "exec_config": "docker-small", "user": "root",
+        "started_at": "2026-12-04T04:29:58Z", "done": false, "passed": null,
+        "lines": [
+            line("ok", "engine reachable", "unix:///var/run/docker.sock, Docker 20.10.24", Some(4)),
+            line("note", "", "using execution configuration docker-small (chosen with --exec-config)", None),
+        ],
+    });
+    let running = show(
+        "cluster_test.html",
+        &viewer("root", true),
+        "configs",
+        "Test of local-docker",
+        json!({"test": test}),
+    );
+    assert!(
+        running.contains("hx-trigger=\"load delay:500ms\""),
+        "{running}"
+    );
+    insta::assert_snapshot!(running);
+    test["done"] = json!(true);
+    test["passed"] = json!(false);
+    test["lines"].as_array_mut().unwrap().extend([
+        line(
+            "fail",
+            "container start",
+            "capstan-test-python:bookworm-1: the image is not on the engine",
+            Some(120),
+        ),
+        line(
+            "skip",
+            "callback to this machine",
+            "the container never ran",
+            None,
+        ),
+        json!({"kind": "error", "detail": "the test container did not succeed", "text": ""}),
+    ]);
+    let over = show(
+        "cluster_test_steps.html",
+        &viewer("root", true),
+        "configs",
+        "",
+        json!({"test": test}),
+    );
+    assert!(
+        !over.contains("hx-trigger"),
+        "a finished test stops polling: {over}"
+    );
+    insta::assert_snapshot!("cluster_test_failed", over);
+}
