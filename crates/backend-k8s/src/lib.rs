@@ -874,14 +874,17 @@ impl K8sBackend {
                 None => format!("namespace {ns} (the kubeconfig's current context)"),
             };
             let listed = match self.client(kubeconfig.as_deref(), context.as_deref()).await {
-                Ok(client) => Api::<Pod>::namespaced(client, &ns)
+                Ok(client) => match Api::<Pod>::namespaced(client.clone(), &ns)
                     .list(&self.instance_pods())
                     .await
-                    .map_err(|e| api_message(&e)),
+                {
+                    Ok(list) => Ok((list, self.pod_usage(client, &ns).await)),
+                    Err(e) => Err(api_message(&e)),
+                },
                 Err(e) => Err(e),
             };
             match listed {
-                Ok(list) => out.push(EngineListing {
+                Ok((list, usage)) => out.push(EngineListing {
                     engine,
                     error: None,
                     workloads: list
@@ -894,7 +897,9 @@ impl K8sBackend {
                                 &ns,
                             ]
                             .join("\n");
-                            pod_workload(handle, p)
+                            let mut w = pod_workload(handle, p);
+                            w.usage = usage.get(&w.name).copied();
+                            w
                         })
                         .collect(),
                 }),
@@ -906,6 +911,23 @@ impl K8sBackend {
             }
         }
         out
+    }
+
+    /// Live usage of this instance's pods in `ns`, by pod name, from the cluster's metrics API
+    /// (metrics-server): nothing where the cluster serves none.
+    async fn pod_usage(&self, client: Client, ns: &str) -> HashMap<String, Usage> {
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client, ns, &pod_metrics());
+        match api.list(&self.instance_pods()).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter_map(|m| Some((m.metadata.name.clone()?, pod_metrics_usage(&m.data))))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(namespace = ns, error = %api_message(&e), "no pod metrics");
+                HashMap::new()
+            }
+        }
     }
 
     async fn remove_workload_impl(&self, w: &EngineWorkload) -> Result<(), String> {
@@ -954,15 +976,10 @@ fn sum_resources(p: &Pod, side: Side, resource: &str) -> Option<f64> {
         let Some(q) = map.and_then(|m| m.get(resource)) else {
             continue;
         };
-        let value = if resource == "cpu" {
-            capstan_core::quantity::Cpu::parse(&q.0)
-                .ok()
-                .map(|c| c.cores())
-        } else {
-            capstan_core::quantity::Memory::parse(&q.0)
-                .ok()
-                .map(|m| m.bytes() as f64)
-        };
+        // Cores, or bytes: whatever the unit, a quantity is a number of nano-units.
+        let value = capstan_core::quantity::Quantity::parse(&q.0)
+            .ok()
+            .map(|q| q.nanos() as f64 / 1e9);
         if let Some(v) = value {
             *sum.get_or_insert(0.0) += v;
         }
@@ -970,8 +987,42 @@ fn sum_resources(p: &Pod, side: Side, resource: &str) -> Option<f64> {
     sum
 }
 
+/// The metrics API's pods (metrics-server's `PodMetrics`).
+fn pod_metrics() -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "metrics.k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "metrics.k8s.io/v1beta1".into(),
+        kind: "PodMetrics".into(),
+        plural: "pods".into(),
+    }
+}
+
+/// A pod's usage from its `PodMetrics` (`containers[].usage.cpu` in cores, usually
+/// nanocores as `12345678n`, and `.memory`), added up over its containers.
+fn pod_metrics_usage(data: &serde_json::Value) -> Usage {
+    let quantity = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| capstan_core::quantity::Quantity::parse(t).ok())
+            .map(|q| q.nanos() as f64 / 1e9)
+    };
+    let (mut cpu, mut memory) = (None::<f64>, None::<f64>);
+    for c in data["containers"].as_array().into_iter().flatten() {
+        if let Some(x) = quantity(&c["usage"]["cpu"]) {
+            *cpu.get_or_insert(0.0) += x;
+        }
+        if let Some(x) = quantity(&c["usage"]["memory"]) {
+            *memory.get_or_insert(0.0) += x;
+        }
+    }
+    Usage {
+        cpu_percent: cpu.map(|c| c * 100.0),
+        memory_bytes: memory.map(|m| m as u64),
+    }
+}
+
 /// A pod as the monitoring page shows it: its phase (or why it waits), and its containers'
-/// requests and limits added up. Live usage needs the metrics API, which capstan does not read.
+/// requests and limits added up; its live usage comes from the metrics API, where there is one.
 pub fn pod_workload(handle: String, p: &Pod) -> EngineWorkload {
     let labels = p.metadata.labels.as_ref();
     let cpu_request = sum_resources(p, Side::Requests, "cpu");
@@ -1136,9 +1187,22 @@ impl Backend for K8sBackend {
         Box::pin(self.resume_impl(spec, backend_ref, ctl))
     }
 
-    fn usage<'a>(&'a self, _spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>> {
-        // Live usage needs the metrics API, which not every cluster serves.
-        Box::pin(async { None })
+    fn usage<'a>(&'a self, spec: &'a ActivitySpec) -> BoxFuture<'a, Option<Usage>> {
+        // From the metrics API, which not every cluster serves (then: none).
+        Box::pin(async move {
+            let ns = spec.namespace.as_deref()?;
+            let client = self
+                .client(spec.kubeconfig.as_deref(), spec.kube_context.as_deref())
+                .await
+                .ok()?;
+            let api: Api<kube::api::DynamicObject> =
+                Api::namespaced_with(client, ns, &pod_metrics());
+            let m = api
+                .get_opt(&render::object_name(spec, &self.instance))
+                .await
+                .ok()??;
+            Some(pod_metrics_usage(&m.data))
+        })
     }
 
     fn sweep<'a>(

@@ -652,6 +652,21 @@ async fn workloads_are_listed_with_their_resources_and_a_leftover_is_removed() {
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [running, stray]}),
             ),
         ),
+        // metrics-server's view: the running one's two containers.
+        ("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/ns/pods") => (
+            StatusCode::OK,
+            Some(
+                json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetricsList", "metadata": {}, "items": [{
+                    "apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
+                    "metadata": {"name": "capstan-x-7-0-1", "namespace": "ns"},
+                    "timestamp": "2026-11-28T00:00:10Z", "window": "15s",
+                    "containers": [
+                        {"name": "recipe", "usage": {"cpu": "250000000n", "memory": "102400Ki"}},
+                        {"name": "sidecar", "usage": {"cpu": "50m", "memory": "1Mi"}}
+                    ]
+                }]}),
+            ),
+        ),
         ("DELETE", "/api/v1/namespaces/ns/pods/capstan-old") => {
             *gone.lock().unwrap() = true;
             (
@@ -703,7 +718,11 @@ async fn workloads_are_listed_with_their_resources_and_a_leftover_is_removed() {
     assert_eq!(w.cpu_limit, Some(2.0));
     assert_eq!(w.memory_request, Some(1 << 30));
     assert_eq!(w.memory_limit, Some(2 << 30));
+    let usage = w.usage.expect("usage from the metrics API");
+    assert_eq!(usage.cpu_percent.map(|c| c.round()), Some(30.0));
+    assert_eq!(usage.memory_bytes, Some(102_400 * 1024 + (1 << 20)));
     let stray = &e.workloads[1];
+    assert_eq!(stray.usage, None, "a pod the metrics API does not list");
     assert_eq!((stray.key, stray.job_id), (None, None));
     assert_eq!(stray.state, "Running");
     assert!(capstan_engine::monitor::is_leftover(stray, None));
