@@ -28,6 +28,10 @@ fn home() -> Home {
     add("capstan.toml", "[instance]\nname = \"ui\"\n");
     add("images.toml", "[base_image.default]\n");
     add(
+        "clusters.toml",
+        "[cluster.local-docker]\nkind = \"docker\"\nhost = \"unix:///var/run/docker.sock\"\nmax_concurrent = 8\n",
+    );
+    add(
         "exec-configs.toml",
         "[exec_config.docker-small]\nkind = \"docker\"\ndescription = \"2 CPUs, 4 GiB\"\ncpu_limit = 2\nmemory_limit = \"4Gi\"\nmax_concurrent = 4\n\n\
          [exec_config.docker-small.env]\nAWS_SECRET_ACCESS_KEY = \"hunter2\"\n\n\
@@ -212,9 +216,16 @@ fn the_overview_shows_each_configuration_and_why_jobs_wait() {
             job(13, JobState::Queued),
             Some("waiting for a slot of docker-small (4 of 4 in use)".to_string()),
         ),
-        (job(12, JobState::Running), None),
+        (
+            JobRow {
+                cluster: Some("local-docker".into()),
+                ..job(12, JobState::Running)
+            },
+            None,
+        ),
     ];
     let mut ctx = view::overview(&h, &active);
+    assert_eq!(ctx["clusters"][0]["running"], 1, "{ctx:#}");
     ctx["recent"] = json!([view::job_row(&job(11, JobState::Failed))]);
     insta::assert_snapshot!(show(
         "overview.html",

@@ -290,6 +290,29 @@ pub fn overview(home: &Home, active: &[(JobRow, Option<String>)]) -> Value {
             "queued": active.iter().filter(|(j, _)| j.exec_config.is_none() && j.state == JobState::Queued).count(),
         }));
     }
+    // The same per cluster: a cluster's slots are shared by every configuration sent there.
+    let clusters: Vec<Value> = home
+        .clusters
+        .values()
+        .map(|c| {
+            let of = |states: &[JobState]| {
+                active
+                    .iter()
+                    .filter(|(j, _)| {
+                        j.cluster.as_deref() == Some(c.name.as_str()) && states.contains(&j.state)
+                    })
+                    .count()
+            };
+            json!({
+                "name": c.name,
+                "kind": c.kind().as_str(),
+                "max_concurrent": c.max_concurrent.as_ref().map(|m| m.value),
+                "running": of(&[JobState::Running]),
+                "starting": of(&[JobState::Preparing, JobState::Starting]),
+                "queued": of(&[JobState::Queued]),
+            })
+        })
+        .collect();
     let jobs: Vec<Value> = active
         .iter()
         .map(|(j, why)| {
@@ -298,7 +321,7 @@ pub fn overview(home: &Home, active: &[(JobRow, Option<String>)]) -> Value {
             row
         })
         .collect();
-    json!({"configs": configs, "jobs": jobs})
+    json!({"configs": configs, "clusters": clusters, "jobs": jobs})
 }
 
 /// The lines of the TOML table an object was declared by (its header and each of its fields,
