@@ -449,14 +449,18 @@ impl DockerBackend {
 
     /// The engines this instance may have containers on: the local one, and each Docker
     /// cluster's.
+    /// A cluster naming the local engine's own address is the local engine, listed once.
     fn hosts(home: &Home) -> Vec<Option<String>> {
         let mut hosts: Vec<Option<String>> = vec![None];
         for c in home.clusters.values() {
-            if let ClusterTarget::Docker { host } = &c.target {
+            if let ClusterTarget::Docker { host } = &c.target
+                && !hosts
+                    .iter()
+                    .any(|h| engine_name(h.as_deref()) == engine_name(Some(&host.value)))
+            {
                 hosts.push(Some(host.value.clone()));
             }
         }
-        hosts.dedup();
         hosts
     }
 
@@ -518,17 +522,23 @@ impl DockerBackend {
     async fn workloads_impl(&self, home: &Home) -> Vec<EngineListing> {
         let mut out = Vec::new();
         for host in Self::hosts(home) {
-            let engine = match &host {
-                None => format!("the local Docker engine ({})", engine_name(None)),
-                Some(h) => {
-                    let cluster = home.clusters.values().find(
-                        |c| matches!(&c.target, ClusterTarget::Docker { host } if host.value == *h),
-                    );
-                    match cluster {
-                        Some(c) => format!("cluster {} ({h})", c.name),
-                        None => h.clone(),
-                    }
-                }
+            let address = engine_name(host.as_deref());
+            let clusters: Vec<&str> = home
+                .clusters
+                .values()
+                .filter(|c| match &c.target {
+                    ClusterTarget::Docker { host } => engine_name(Some(&host.value)) == address,
+                    _ => false,
+                })
+                .map(|c| c.name.as_str())
+                .collect();
+            let engine = match (&host, clusters.as_slice()) {
+                (None, []) => format!("the local Docker engine ({address})"),
+                (None, names) => format!(
+                    "the local Docker engine ({address}), cluster {}",
+                    names.join(", ")
+                ),
+                (Some(_), names) => format!("cluster {} ({address})", names.join(", ")),
             };
             let listed = match self.engine(host.as_deref()).await {
                 Ok(docker) => self

@@ -59,7 +59,7 @@ pub enum Command {
     /// Spark recipes: the exact spark-submit command.
     #[command(subcommand)]
     Spark(SparkCommand),
-    /// Clusters: check that one works end to end.
+    /// Clusters: check that one works end to end, and see what this instance runs on them.
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Base images: build and list.
@@ -549,8 +549,8 @@ pub struct K8sRenderArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Run a tiny pod on a Kubernetes cluster and report each step: API reachable, namespace,
-    /// image pull and start, callback to the daemon, cleanup.
+    /// Run a tiny pod on a Kubernetes cluster (a container on a Docker host) and report each
+    /// step: API reachable, namespace, image pull and start, callback to the daemon, cleanup.
     Test(ClusterTestArgs),
     /// List this instance's containers and pods on every Docker engine and Kubernetes
     /// namespace, with their job, requests, limits and live usage, and leftovers marked.
