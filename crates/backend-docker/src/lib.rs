@@ -448,8 +448,7 @@ impl DockerBackend {
     }
 
     /// The engines this instance may have containers on: the local one, and each Docker
-    /// cluster's.
-    /// A cluster naming the local engine's own address is the local engine, listed once.
+    /// cluster's (one naming the local engine's own address is the local engine, listed once).
     fn hosts(home: &Home) -> Vec<Option<String>> {
         let mut hosts: Vec<Option<String>> = vec![None];
         for c in home.clusters.values() {
@@ -579,26 +578,8 @@ impl DockerBackend {
             .handle
             .split_once('\n')
             .ok_or_else(|| format!("`{}` is not a Docker workload", w.handle))?;
-        let host = (!host.is_empty()).then_some(host);
-        let docker = self.engine(host).await?;
-        docker
-            .remove_container(
-                id,
-                Some(
-                    RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .v(true)
-                        .build(),
-                ),
-            )
-            .await
-            .or_else(|e| {
-                if is_not_found(&e) {
-                    Ok(())
-                } else {
-                    Err(engine_message(&e))
-                }
-            })
+        let docker = self.engine((!host.is_empty()).then_some(host)).await?;
+        try_remove(&docker, id).await
     }
 }
 
@@ -741,14 +722,21 @@ async fn stop(docker: &Docker, id: &str) {
 }
 
 async fn remove(docker: &Docker, id: &str) {
+    if let Err(error) = try_remove(docker, id).await {
+        tracing::warn!(container = id, error = %error, "cannot remove a container");
+    }
+}
+
+/// Removes container `id` with its anonymous volumes, running or not; one already gone is
+/// removed.
+async fn try_remove(docker: &Docker, id: &str) -> Result<(), String> {
     let opts = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
         .build();
-    if let Err(e) = docker.remove_container(id, Some(opts)).await
-        && !is_not_found(&e)
-    {
-        tracing::warn!(container = id, error = %engine_message(&e), "cannot remove a container");
+    match docker.remove_container(id, Some(opts)).await {
+        Err(e) if !is_not_found(&e) => Err(engine_message(&e)),
+        _ => Ok(()),
     }
 }
 

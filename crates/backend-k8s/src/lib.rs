@@ -869,9 +869,11 @@ impl K8sBackend {
     async fn workloads_impl(&self, home: &Home) -> Vec<EngineListing> {
         let mut out = Vec::new();
         for (kubeconfig, context, ns) in Self::namespaces(home) {
-            let engine = match &context {
-                Some(c) => format!("namespace {ns} of context {c}"),
-                None => format!("namespace {ns} (the kubeconfig's current context)"),
+            let engine = match (&context, &kubeconfig) {
+                (Some(c), None) => format!("namespace {ns} of context {c}"),
+                (None, None) => format!("namespace {ns} (the kubeconfig's current context)"),
+                (Some(c), Some(k)) => format!("namespace {ns} of context {c} in {k}"),
+                (None, Some(k)) => format!("namespace {ns} (the current context of {k})"),
             };
             let listed = match self.client(kubeconfig.as_deref(), context.as_deref()).await {
                 Ok(client) => match Api::<Pod>::namespaced(client.clone(), &ns)

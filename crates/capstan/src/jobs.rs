@@ -510,7 +510,7 @@ pub async fn workloads(client: &Client, args: &WorkloadsArgs) -> anyhow::Result<
             continue;
         }
         say!(
-            "  {:<36} {:>6} {:<10} {:<24} {:<16} {:>14} {:>22}",
+            "  {:<36} {:>6} {:<10} {:<24} {:<16} {:>14} {:>26}",
             "NAME",
             "JOB",
             "USER",
@@ -521,13 +521,13 @@ pub async fn workloads(client: &Client, args: &WorkloadsArgs) -> anyhow::Result<
         );
         for w in &ws {
             let cpu = match (w["cpu_percent"].as_f64(), w["cpu_limit"].as_f64()) {
-                (Some(p), Some(l)) => format!("{p:.0}% of {l}"),
+                (Some(p), Some(l)) => format!("{p:.0}%, limit {l}"),
                 (Some(p), None) => format!("{p:.0}%"),
                 (None, Some(l)) => format!("limit {l}"),
                 (None, None) => "-".into(),
             };
             let memory = match (w["memory_bytes"].as_u64(), w["memory_limit_bytes"].as_u64()) {
-                (Some(m), Some(l)) => format!("{} of {}", human_bytes(m), human_bytes(l)),
+                (Some(m), Some(l)) => format!("{}, limit {}", human_bytes(m), human_bytes(l)),
                 (Some(m), None) => human_bytes(m),
                 (None, Some(l)) => format!("limit {}", human_bytes(l)),
                 (None, None) => "-".into(),
@@ -542,7 +542,7 @@ pub async fn workloads(client: &Client, args: &WorkloadsArgs) -> anyhow::Result<
                 w["state"].as_str().unwrap_or("?").to_string()
             };
             say!(
-                "  {:<36} {:>6} {:<10} {:<24} {:<16} {:>14} {:>22}",
+                "  {:<36} {:>6} {:<10} {:<24} {:<16} {:>14} {:>26}",
                 w["name"].as_str().unwrap_or("?"),
                 w["job_id"].as_i64().map_or("-".into(), |j| j.to_string()),
                 w["user"].as_str().unwrap_or("-"),

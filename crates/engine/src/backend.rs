@@ -464,6 +464,13 @@ pub struct EngineWorkload {
     pub usage: Option<Usage>,
 }
 
+impl EngineWorkload {
+    /// The job its labels name.
+    pub fn job(&self) -> Option<i64> {
+        self.key.map(|k| k.job_id).or(self.job_id)
+    }
+}
+
 /// Live resource usage of a running activity.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {

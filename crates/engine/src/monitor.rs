@@ -9,11 +9,12 @@
 //! while jobs run, unlike the sweep at start, which compares with exact activity attempts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use capstan_core::job::JobState;
 use capstan_store::JobRow;
 
-use crate::backend::{EngineListing, EngineWorkload};
+use crate::backend::{Backend, EngineWorkload};
 use crate::{Caller, Engine, EngineError};
 
 /// One engine's workloads as the monitoring page shows them.
@@ -38,43 +39,21 @@ pub struct WorkloadView {
 /// Whether a workload is a leftover, given the state of the job its labels name (`None`: the
 /// store has no such job).
 pub fn is_leftover(w: &EngineWorkload, job: Option<JobState>) -> bool {
-    if w.key.is_none() && w.job_id.is_none() {
-        return true;
-    }
-    job.is_none_or(JobState::is_final)
+    w.job().is_none() || job.is_none_or(JobState::is_final)
 }
 
 impl Engine {
     /// Every engine's workloads of this instance. Admins see all of them; others, only the
     /// workloads of jobs they may see (and no leftover, which belongs to nobody).
     pub async fn workloads(&self, caller: &Caller) -> Result<Vec<EngineView>, EngineError> {
-        let listed = self.list_workloads().await;
         let mut out = Vec::new();
-        for (kind, e) in listed {
-            let mut workloads = Vec::new();
-            for w in e.workloads {
-                let id = w.key.map(|k| k.job_id).or(w.job_id);
-                let job = match id {
-                    Some(id) => self.store().job(id)?,
-                    None => None,
-                };
-                let leftover = is_leftover(&w, job.as_ref().map(|j| j.state));
-                let visible = caller.admin || job.as_ref().is_some_and(|j| self.may_see(caller, j));
-                if visible {
-                    workloads.push(WorkloadView {
-                        workload: w,
-                        job,
-                        leftover,
-                    });
-                }
-            }
-            out.push(EngineView {
-                kind,
-                engine: e.engine,
-                // Which engines exist and why one is down is the admins' business.
-                error: e.error.filter(|_| caller.admin),
-                workloads,
+        for (_, mut e) in self.survey().await? {
+            e.workloads.retain(|v| {
+                caller.admin || v.job.as_ref().is_some_and(|j| self.may_see(caller, j))
             });
+            // Which engines exist and why one is down is the admins' business.
+            e.error = e.error.filter(|_| caller.admin);
+            out.push(e);
         }
         Ok(out)
     }
@@ -88,48 +67,62 @@ impl Engine {
         }
         let home = self.home();
         let mut said = Vec::new();
-        for backend in &self.inner.backends {
-            let mut states: BTreeMap<i64, Option<JobState>> = BTreeMap::new();
-            for e in backend.workloads(&home).await {
-                for w in e.workloads {
-                    let state = match w.key.map(|k| k.job_id).or(w.job_id) {
-                        Some(id) => match states.get(&id) {
-                            Some(s) => *s,
-                            None => {
-                                let s = self.store().job(id)?.map(|j| j.state);
-                                states.insert(id, s);
-                                s
-                            }
-                        },
-                        None => None,
-                    };
-                    if !is_leftover(&w, state) {
-                        continue;
+        for (backend, e) in self.survey().await? {
+            for v in e.workloads.iter().filter(|v| v.leftover) {
+                let what = format!("{} on {}", v.workload.name, e.engine);
+                match backend.remove_workload(&home, &v.workload).await {
+                    Ok(()) => {
+                        tracing::warn!(what = %what, "removed a leftover on request");
+                        said.push(format!("removed {what}"));
                     }
-                    let what = format!("{} on {}", w.name, e.engine);
-                    match backend.remove_workload(&home, &w).await {
-                        Ok(()) => {
-                            tracing::warn!(what = %what, "removed a leftover on request");
-                            said.push(format!("removed {what}"));
-                        }
-                        Err(error) => said.push(format!("could not remove {what}: {error}")),
-                    }
+                    Err(error) => said.push(format!("could not remove {what}: {error}")),
                 }
             }
         }
         Ok(said)
     }
 
-    async fn list_workloads(&self) -> Vec<(&'static str, EngineListing)> {
+    /// Each backend's engines and their workloads, each with its job as the store has it now,
+    /// read after the listing (see the module's comment), and whether it is a leftover.
+    async fn survey(&self) -> Result<Vec<(Arc<dyn Backend>, EngineView)>, EngineError> {
         let home = self.home();
         let mut out = Vec::new();
         for backend in &self.inner.backends {
-            let kind = backend.kind().as_str();
-            for e in backend.workloads(&home).await {
-                out.push((kind, e));
+            let listings = backend.workloads(&home).await;
+            // Looked up after this backend's listing only: a job read before it could have
+            // started since, and its work would pass for a leftover.
+            let mut jobs: BTreeMap<i64, Option<JobRow>> = BTreeMap::new();
+            for e in listings {
+                let mut workloads = Vec::new();
+                for w in e.workloads {
+                    let job = match w.job() {
+                        Some(id) => match jobs.get(&id) {
+                            Some(j) => j.clone(),
+                            None => {
+                                let j = self.store().job(id)?;
+                                jobs.insert(id, j.clone());
+                                j
+                            }
+                        },
+                        None => None,
+                    };
+                    let leftover = is_leftover(&w, job.as_ref().map(|j| j.state));
+                    workloads.push(WorkloadView {
+                        workload: w,
+                        job,
+                        leftover,
+                    });
+                }
+                let view = EngineView {
+                    kind: backend.kind().as_str(),
+                    engine: e.engine,
+                    error: e.error,
+                    workloads,
+                };
+                out.push((backend.clone(), view));
             }
         }
-        out
+        Ok(out)
     }
 }
 

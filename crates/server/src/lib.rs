@@ -988,7 +988,7 @@ pub(crate) fn workloads_json(engines: &[capstan_engine::monitor::EngineView]) ->
                         json!({
                             "name": w.name,
                             "state": w.state,
-                            "job_id": w.key.map(|k| k.job_id).or(w.job_id),
+                            "job_id": w.job(),
                             "activity": w.key.map(|k| k.idx),
                             "attempt": w.key.map(|k| k.attempt),
                             "user": v.job.as_ref().map(|j| j.user.clone()),

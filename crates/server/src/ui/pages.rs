@@ -801,6 +801,22 @@ fn readable<'h>(
     Ok(p)
 }
 
+/// What project `project` declares as `name` among `items` (its datasets, its models), or a
+/// 404 naming it.
+fn declared<'h, T>(
+    items: &'h BTreeMap<String, T>,
+    what: &str,
+    name: &str,
+    project: &str,
+) -> Result<&'h T, UiError> {
+    items.get(name).ok_or_else(|| {
+        UiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown {what} `{name}` in project `{project}`"),
+        )
+    })
+}
+
 /// A dataset: its schema (declared and stored), rows and size, its current version and who
 /// wrote it from what, the jobs that wrote it, and its first rows.
 pub async fn dataset(
@@ -811,12 +827,7 @@ pub async fn dataset(
     use capstan_data::DatasetStore;
     let home = s.engine.home();
     let p = readable(&s, &viewer, &home, &project)?;
-    let declared = p.datasets.get(&dataset).ok_or_else(|| {
-        UiError::new(
-            StatusCode::NOT_FOUND,
-            format!("unknown dataset `{dataset}` in project `{project}`"),
-        )
-    })?;
+    let declared = declared(&p.datasets, "dataset", &dataset, &project)?;
     let (info, preview) = {
         let data = s.data.clone();
         let (project, dataset) = (project.clone(), dataset.clone());
@@ -869,12 +880,7 @@ pub async fn model(
 ) -> Page {
     let home = s.engine.home();
     let p = readable(&s, &viewer, &home, &project)?;
-    let declared = p.models.get(&model).ok_or_else(|| {
-        UiError::new(
-            StatusCode::NOT_FOUND,
-            format!("unknown model `{model}` in project `{project}`"),
-        )
-    })?;
+    let declared = declared(&p.models, "model", &model, &project)?;
     let store = &s.data.models;
     let versions = store
         .versions(&project, &model)

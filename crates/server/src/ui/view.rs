@@ -251,66 +251,39 @@ pub fn job_detail(d: &JobDetail, activity: Option<&str>, now: i64) -> Value {
     })
 }
 
-/// The overview: work that is not over, per configuration, with why each job waits.
+/// The overview: work that is not over, per configuration and per cluster, with why each job
+/// waits.
 pub fn overview(home: &Home, active: &[(JobRow, Option<String>)]) -> Value {
     let mut configs: Vec<Value> = home
         .exec_configs
         .values()
         .map(|c| {
-            let of = |states: &[JobState]| {
-                active
-                    .iter()
-                    .filter(|(j, _)| {
-                        j.exec_config.as_deref() == Some(c.name.as_str())
-                            && states.contains(&j.state)
-                    })
-                    .count()
-            };
-            json!({
-                "name": c.name,
-                "kind": c.kind.value.as_str(),
-                "max_concurrent": c.max_concurrent.as_ref().map(|m| m.value),
-                "running": of(&[JobState::Running]),
-                "starting": of(&[JobState::Preparing, JobState::Starting]),
-                "queued": of(&[JobState::Queued]),
-            })
+            slot_row(
+                &c.name,
+                c.kind.value.as_str(),
+                c.max_concurrent.as_ref().map(|m| m.value),
+                active,
+                |j| j.exec_config.as_deref() == Some(c.name.as_str()),
+            )
         })
         .collect();
-    let builtin = active
-        .iter()
-        .filter(|(j, _)| j.exec_config.is_none())
-        .count();
-    if builtin > 0 {
-        configs.push(json!({
-            "name": "local (built in)",
-            "kind": "local",
-            "max_concurrent": null,
-            "running": active.iter().filter(|(j, _)| j.exec_config.is_none() && j.state == JobState::Running).count(),
-            "starting": active.iter().filter(|(j, _)| j.exec_config.is_none() && matches!(j.state, JobState::Preparing | JobState::Starting)).count(),
-            "queued": active.iter().filter(|(j, _)| j.exec_config.is_none() && j.state == JobState::Queued).count(),
+    if active.iter().any(|(j, _)| j.exec_config.is_none()) {
+        configs.push(slot_row("local (built in)", "local", None, active, |j| {
+            j.exec_config.is_none()
         }));
     }
-    // The same per cluster: a cluster's slots are shared by every configuration sent there.
+    // A cluster's slots are shared by every configuration sent there.
     let clusters: Vec<Value> = home
         .clusters
         .values()
         .map(|c| {
-            let of = |states: &[JobState]| {
-                active
-                    .iter()
-                    .filter(|(j, _)| {
-                        j.cluster.as_deref() == Some(c.name.as_str()) && states.contains(&j.state)
-                    })
-                    .count()
-            };
-            json!({
-                "name": c.name,
-                "kind": c.kind().as_str(),
-                "max_concurrent": c.max_concurrent.as_ref().map(|m| m.value),
-                "running": of(&[JobState::Running]),
-                "starting": of(&[JobState::Preparing, JobState::Starting]),
-                "queued": of(&[JobState::Queued]),
-            })
+            slot_row(
+                &c.name,
+                c.kind().as_str(),
+                c.max_concurrent.as_ref().map(|m| m.value),
+                active,
+                |j| j.cluster.as_deref() == Some(c.name.as_str()),
+            )
         })
         .collect();
     let jobs: Vec<Value> = active
@@ -322,6 +295,30 @@ pub fn overview(home: &Home, active: &[(JobRow, Option<String>)]) -> Value {
         })
         .collect();
     json!({"configs": configs, "clusters": clusters, "jobs": jobs})
+}
+
+/// One row of the overview's slot tables: the active jobs `of` it, by state.
+fn slot_row(
+    name: &str,
+    kind: &str,
+    max_concurrent: Option<u32>,
+    active: &[(JobRow, Option<String>)],
+    of: impl Fn(&JobRow) -> bool,
+) -> Value {
+    let count = |states: &[JobState]| {
+        active
+            .iter()
+            .filter(|(j, _)| of(j) && states.contains(&j.state))
+            .count()
+    };
+    json!({
+        "name": name,
+        "kind": kind,
+        "max_concurrent": max_concurrent,
+        "running": count(&[JobState::Running]),
+        "starting": count(&[JobState::Preparing, JobState::Starting]),
+        "queued": count(&[JobState::Queued]),
+    })
 }
 
 /// The lines of the TOML table an object was declared by (its header and each of its fields,
